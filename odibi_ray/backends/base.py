@@ -1,0 +1,36 @@
+"""What the scheduler needs from an execution backend: submit an attempt, wait, read, cancel, fetch."""
+
+from __future__ import annotations
+
+from typing import Any, Hashable, Protocol, Sequence
+
+from ..attempt import AttemptMeta
+from ..context import NodeContext
+from ..node import Node
+
+
+class Backend(Protocol):
+    """Runs node attempts somewhere (Ray tasks, local threads). Handles are opaque and hashable."""
+
+    name: str
+
+    def prepare(self, nodes: Sequence[Node]) -> None:
+        """Called once per run before any submit: connect, serialise functions, check picklability."""
+
+    def submit(self, node: Node, ctx: NodeContext, inputs: Sequence[Hashable]) -> Hashable:
+        """Start one attempt; ``inputs`` are the handles of the upstream attempts, in parameter order."""
+
+    def wait(self, handles: Sequence[Hashable], timeout: float | None) -> list[Hashable]:
+        """Block until at least one handle is done or ``timeout`` passes; return every done handle."""
+
+    def outcomes(self, handles: Sequence[Hashable]) -> list[AttemptMeta]:
+        """The attempt metadata of done handles; a system failure comes back as an ErrorInfo in it."""
+
+    def cancel(self, handle: Hashable) -> None:
+        """Stop an attempt (best effort on the local backend)."""
+
+    def fetch(self, handle: Hashable) -> Any:
+        """The output value of a successful attempt."""
+
+    def close(self) -> None:
+        """Release what :meth:`prepare` acquired for this run."""

@@ -1,0 +1,192 @@
+"""Ray backend: every node attempt is one Ray task with the node's resource request.
+
+A task has two returns: a small metadata tuple (timings, worker, error) that the driver reads, and
+the node's output, which stays in the object store until a downstream task or the user needs it.
+Ray's own retries are off (``max_retries=0``): the driver's :class:`RetryPolicy` decides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Any, Callable, Sequence
+
+import cloudpickle
+
+from ..attempt import AttemptMeta, error_info, run_attempt
+from ..context import NodeContext
+from ..errors import SystemFailureError, UnpicklableNodeError
+from ..node import Node
+from ..result import ErrorInfo
+
+log = logging.getLogger(__name__)
+
+# --- worker side ---------------------------------------------------------------------------------
+
+_FN_CACHE: dict[str, Callable[..., Any]] = {}
+_FN_CACHE_MAX = 4096
+_NODE_ID: str | None = None
+
+
+def _worker_node_id() -> str:
+    global _NODE_ID
+    if _NODE_ID is None:
+        import ray
+
+        _NODE_ID = ray.get_runtime_context().get_node_id()
+    return _NODE_ID
+
+
+def _execute(fn_key: str, fn_bytes: bytes, params_bytes: bytes | None, input_names: tuple[str, ...],
+             ctx: NodeContext, *input_values: Any) -> tuple[AttemptMeta, Any]:
+    """Body of every odibi_ray task: unpickle the node function once per worker process, run one attempt."""
+    fn = _FN_CACHE.get(fn_key)
+    if fn is None:
+        if len(_FN_CACHE) >= _FN_CACHE_MAX:
+            _FN_CACHE.clear()
+        fn = _FN_CACHE[fn_key] = cloudpickle.loads(fn_bytes)
+    params = cloudpickle.loads(params_bytes) if params_bytes is not None else {}
+    return run_attempt(fn, params, input_names, input_values, ctx, _worker_node_id())
+
+
+# --- driver side ---------------------------------------------------------------------------------
+
+def ensure_ray(address: str | None = None, **init_kwargs: Any) -> None:
+    """Connect to Ray once per process: ``address`` names a cluster ("auto", "ray://..."); None starts
+    a local Ray (or joins the one ``RAY_ADDRESS`` names)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    log.info("starting Ray (address=%s)", address or "local")
+    ray.init(address=address, **init_kwargs)
+
+
+class _Handle:
+    """The two object refs of one attempt; hashed by the metadata ref."""
+
+    __slots__ = ("meta", "value")
+
+    def __init__(self, meta: Any, value: Any) -> None:
+        self.meta, self.value = meta, value
+
+    def __hash__(self) -> int:
+        return hash(self.meta)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Handle) and other.meta == self.meta
+
+
+class RayBackend:
+    """Submits node attempts as Ray tasks; connects with :func:`ensure_ray` on first use."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, init_kwargs: dict[str, Any] | None = None) -> None:
+        self.address = address
+        self.init_kwargs = dict(init_kwargs or {})
+        self._payloads: dict[str, tuple[str, bytes, bytes | None, tuple[str, ...]]] = {}
+        self._remotes: dict[str, Any] = {}
+
+    def prepare(self, nodes: Sequence[Node]) -> None:
+        """Serialise every node's function and params once per run (also the picklability check)."""
+        self._payloads = {}
+        by_fn: dict[int, tuple[str, bytes]] = {}
+        for node in nodes:
+            try:
+                fn_entry = by_fn.get(id(node.fn))
+                if fn_entry is None:
+                    fn_bytes = cloudpickle.dumps(node.fn)
+                    fn_entry = by_fn[id(node.fn)] = (hashlib.sha1(fn_bytes).hexdigest(), fn_bytes)
+                params_bytes = cloudpickle.dumps(node.params) if node.params else None
+            except Exception as exc:
+                raise UnpicklableNodeError(
+                    f"node {node.name!r}: its function or params cannot be serialised for a Ray worker: "
+                    f"{type(exc).__name__}: {exc}", nodes=(node.name,)) from exc
+            self._payloads[node.name] = (fn_entry[0], fn_entry[1], params_bytes, tuple(node.inputs))
+        ensure_ray(self.address, **self.init_kwargs)
+        import ray
+
+        remote = ray.remote(_execute)
+        self._remotes = {
+            node.name: remote.options(num_returns=2, max_retries=0, retry_exceptions=False, name=node.name,
+                                      **node.ray_options())
+            for node in nodes
+        }
+
+    def submit(self, node: Node, ctx: NodeContext, inputs: Sequence[_Handle]) -> _Handle:
+        fn_key, fn_bytes, params_bytes, names = self._payloads[node.name]
+        meta, value = self._remotes[node.name].remote(fn_key, fn_bytes, params_bytes, names, ctx,
+                                                      *[h.value for h in inputs])
+        return _Handle(meta, value)
+
+    def wait(self, handles: Sequence[_Handle], timeout: float | None) -> list[_Handle]:
+        import ray
+
+        by_ref = {h.meta: h for h in handles}
+        refs = list(by_ref)
+        ready, rest = ray.wait(refs, num_returns=1, timeout=timeout, fetch_local=False)
+        if ready and rest:  # collect everything else already done, in the same pass
+            more, _ = ray.wait(rest, num_returns=len(rest), timeout=0, fetch_local=False)
+            ready += more
+        return [by_ref[r] for r in ready]
+
+    def outcomes(self, handles: Sequence[_Handle]) -> list[AttemptMeta]:
+        import ray
+
+        refs = [h.meta for h in handles]
+        try:
+            return list(ray.get(refs))
+        except Exception:
+            pass  # at least one attempt failed at the system level: read them one by one
+        out = []
+        for ref in refs:
+            try:
+                out.append(ray.get(ref))
+            except Exception as exc:
+                now = time.time()
+                out.append((now, now, None, None, classify_ray_error(exc)))
+        return out
+
+    def cancel(self, handle: _Handle) -> None:
+        import ray
+
+        try:
+            ray.cancel(handle.meta, force=True)
+        except Exception as exc:  # already finished, or its worker is gone
+            log.debug("cancel failed: %s", exc)
+
+    def fetch(self, handle: _Handle) -> Any:
+        import ray
+
+        return ray.get(handle.value)
+
+    def close(self) -> None:
+        self._payloads = {}
+        self._remotes = {}
+
+
+def classify_ray_error(exc: BaseException) -> ErrorInfo:
+    """Map what ``ray.get`` raised for an attempt to an :class:`ErrorInfo` with the right ``kind``."""
+    import ray.exceptions as rx
+
+    if isinstance(exc, rx.RayTaskError):
+        # The task body raised outside the node function (e.g. the function could not be unpickled
+        # on the worker): report the underlying error as the node's own.
+        cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+        return error_info(cause, traceback_text=str(exc))
+    if isinstance(exc, rx.OutOfMemoryError):
+        kind = "oom"
+    elif isinstance(exc, (rx.NodeDiedError, rx.LocalRayletDiedError)):
+        kind = "node_lost"
+    elif isinstance(exc, rx.WorkerCrashedError):
+        kind = "worker_died"
+    elif isinstance(exc, (rx.ObjectLostError, rx.OwnerDiedError)):
+        kind = "object_lost"
+    elif isinstance(exc, rx.TaskCancelledError):
+        kind = "cancelled"
+    else:
+        kind = "system"
+    wrapped = SystemFailureError(kind, f"{type(exc).__name__}: {exc}")
+    return error_info(wrapped, kind=kind, traceback_text=f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,196 @@
+"""The DAG: nodes by name, validation, topological levels and graph walks.
+
+Imports nothing from Ray or storage: a DAG is plain definition.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+from .errors import CycleError, DuplicateNodeError, InvalidNodeError, UnknownInputError
+from .node import Node
+from .policy import RetryPolicy
+
+
+class DAG:
+    """A pipeline: named nodes whose inputs are other nodes' outputs.
+
+    Build it with :meth:`add_node` or the :meth:`node` decorator; :meth:`validate` checks it as a
+    whole (the runner calls it before anything runs) and :meth:`levels` groups it for execution.
+    """
+
+    def __init__(self, name: str = "dag", nodes: Iterable[Node] = (), *, retry: RetryPolicy | None = None,
+                 description: str = "") -> None:
+        self.name = name
+        self.retry = retry or RetryPolicy()
+        self.description = description
+        self._nodes: dict[str, Node] = {}
+        for n in nodes:
+            self.add_node(n)
+
+    # --- building -----------------------------------------------------------------------------
+
+    def add_node(self, node: Node | None = None, /, **kwargs: Any) -> Node:
+        """Add a :class:`Node` (or build one from keyword arguments); a taken name raises at once."""
+        if node is None:
+            node = Node(**kwargs)
+        elif kwargs:
+            raise TypeError("add_node takes a Node or keyword arguments, not both")
+        if not isinstance(node, Node):
+            raise InvalidNodeError(f"add_node expects a Node, got {type(node).__name__}")
+        if node.name in self._nodes:
+            raise DuplicateNodeError(node.name)
+        self._nodes[node.name] = node
+        return node
+
+    def node(self, name: str | None = None, /, *, inputs: Mapping[str, str] | Sequence[str] | None = None,
+             **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: add the function as a node (named after it unless ``name`` is given).
+
+        The function itself is returned unchanged, so it can still be called and tested directly.
+        ``options`` are the other :class:`Node` fields (params, retry, timeout_s, num_cpus, ...).
+        """
+        if callable(name):  # used bare: @dag.node
+            fn, name = name, None
+            self.add_node(Node(name=fn.__name__, fn=fn, inputs=inputs or {}, **options))
+            return fn  # type: ignore[return-value]
+
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self.add_node(Node(name=name or fn.__name__, fn=fn, inputs=inputs or {}, **options))
+            return fn
+
+        return register
+
+    # --- reading ------------------------------------------------------------------------------
+
+    @property
+    def nodes(self) -> dict[str, Node]:
+        """Nodes by name, in insertion order (a copy)."""
+        return dict(self._nodes)
+
+    def __getitem__(self, name: str) -> Node:
+        return self._nodes[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._nodes
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self._nodes.values())
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __repr__(self) -> str:
+        return f"DAG({self.name!r}, {len(self._nodes)} nodes)"
+
+    def policy_of(self, name: str) -> RetryPolicy:
+        """The retry policy in force for a node (its own, else the DAG's)."""
+        return self._nodes[name].retry or self.retry
+
+    # --- validation and structure -------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Raise the precise :class:`~odibi_ray.errors.DAGValidationError` of the first fault found.
+
+        Checks, in order: every input names a node; every function's parameters match its inputs
+        and params; no cycle (the error shows the cycle's path).
+        """
+        for node in self._nodes.values():
+            for param, upstream in node.inputs.items():
+                if upstream not in self._nodes:
+                    raise UnknownInputError(node.name, param, upstream)
+        for node in self._nodes.values():
+            node.check_signature()
+        cycle = self._find_cycle()
+        if cycle:
+            raise CycleError(cycle)
+
+    def _find_cycle(self) -> list[str] | None:
+        """A cycle's path (first node repeated last), or None. Iterative DFS, deterministic."""
+        WHITE, GREY, BLACK = 0, 1, 2
+        colour = dict.fromkeys(self._nodes, WHITE)
+        for root in self._nodes:
+            if colour[root] != WHITE:
+                continue
+            path: list[str] = [root]
+            stack: list[Iterator[str]] = [iter(self._nodes[root].upstream)]
+            colour[root] = GREY
+            while stack:
+                nxt = next(stack[-1], None)
+                if nxt is None:
+                    colour[path.pop()] = BLACK
+                    stack.pop()
+                    continue
+                if nxt not in colour:
+                    continue  # unknown input: reported by validate() before this runs
+                if colour[nxt] == GREY:
+                    # path runs downstream -> upstream; report it in data-flow order
+                    cyc = path[path.index(nxt):] + [nxt]
+                    return list(reversed(cyc))
+                if colour[nxt] == WHITE:
+                    colour[nxt] = GREY
+                    path.append(nxt)
+                    stack.append(iter(self._nodes[nxt].upstream))
+        return None
+
+    def levels(self) -> list[list[str]]:
+        """Nodes grouped by topological level: level 0 has no inputs, level k = 1 + max level of inputs.
+
+        Validates the DAG first. Within a level, nodes keep insertion order.
+        """
+        self.validate()
+        return self._levels()
+
+    def _levels(self) -> list[list[str]]:
+        level: dict[str, int] = {}
+        for name in self.topological_order(validate=False):
+            ups = self._nodes[name].upstream
+            level[name] = 1 + max((level[u] for u in ups), default=-1)
+        out: list[list[str]] = [[] for _ in range(1 + max(level.values(), default=-1))]
+        for name in self._nodes:  # insertion order within a level
+            out[level[name]].append(name)
+        return out
+
+    def topological_order(self, validate: bool = True) -> list[str]:
+        """Node names with every node after all its inputs (Kahn's algorithm, stable)."""
+        if validate:
+            self.validate()
+        indeg = {n: len(node.upstream) for n, node in self._nodes.items()}
+        children = self.downstream_map()
+        order = [n for n, d in indeg.items() if d == 0]
+        i = 0
+        while i < len(order):
+            for child in children[order[i]]:
+                indeg[child] -= 1
+                if indeg[child] == 0:
+                    order.append(child)
+            i += 1
+        return order
+
+    def downstream_map(self) -> dict[str, list[str]]:
+        """For each node, the nodes that read its output."""
+        children: dict[str, list[str]] = {n: [] for n in self._nodes}
+        for name, node in self._nodes.items():
+            for up in node.upstream:
+                if up in children:
+                    children[up].append(name)
+        return children
+
+    def descendants(self, names: Iterable[str]) -> set[str]:
+        """Every node downstream of any of ``names`` (not including them)."""
+        return _walk(names, self.downstream_map())
+
+    def ancestors(self, names: Iterable[str]) -> set[str]:
+        """Every node upstream of any of ``names`` (not including them)."""
+        return _walk(names, {n: node.upstream for n, node in self._nodes.items()})
+
+
+def _walk(start: Iterable[str], edges: Mapping[str, Sequence[str]]) -> set[str]:
+    seen: set[str] = set()
+    todo = [e for s in start for e in edges.get(s, ())]
+    while todo:
+        n = todo.pop()
+        if n not in seen:
+            seen.add(n)
+            todo.extend(edges.get(n, ()))
+    return seen

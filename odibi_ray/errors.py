@@ -1,0 +1,126 @@
+"""The one exception hierarchy of odibi_ray.
+
+Every error the library raises on purpose derives from :class:`OdibiError`, so callers can catch
+the whole family, or one precise fault (a cycle, an unknown input, ...) by its own type.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+class OdibiError(Exception):
+    """Base class of every error odibi_ray raises on purpose."""
+
+
+# --- definition / validation -------------------------------------------------------------------
+
+
+class DAGValidationError(OdibiError):
+    """The DAG (or one of its nodes) is invalid; raised before anything runs."""
+
+    def __init__(self, message: str, nodes: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.nodes: tuple[str, ...] = tuple(nodes)
+
+
+class CycleError(DAGValidationError):
+    """The DAG has a cycle; ``cycle`` holds its path, first node repeated at the end."""
+
+    def __init__(self, cycle: Sequence[str]) -> None:
+        self.cycle: tuple[str, ...] = tuple(cycle)
+        super().__init__(f"cycle in DAG: {' -> '.join(self.cycle)}", nodes=self.cycle[:-1])
+
+
+class UnknownInputError(DAGValidationError):
+    """A node names an input that is no node of the DAG."""
+
+    def __init__(self, node: str, param: str, missing: str) -> None:
+        self.node, self.param, self.missing = node, param, missing
+        super().__init__(
+            f"node {node!r}: input {param!r} names {missing!r}, which is not a node of the DAG",
+            nodes=(node,),
+        )
+
+
+class DuplicateNodeError(DAGValidationError):
+    """Two nodes share one name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"duplicate node name {name!r}", nodes=(name,))
+
+
+class SignatureMismatchError(DAGValidationError):
+    """A node function's parameters do not match the node's inputs and params."""
+
+
+class InvalidPolicyError(DAGValidationError, ValueError):
+    """A retry policy, timeout or resource request holds a value that cannot work."""
+
+
+class UnpicklableNodeError(DAGValidationError):
+    """A node's function or params cannot be serialised for a Ray worker."""
+
+
+class InvalidNodeError(DAGValidationError):
+    """A node is malformed in another way (bad name, not callable, ...)."""
+
+
+# --- execution ---------------------------------------------------------------------------------
+
+
+class ExecutionError(OdibiError):
+    """Something went wrong while running a DAG."""
+
+
+class NodeTimeoutError(ExecutionError, TimeoutError):
+    """One attempt of a node ran longer than its ``timeout_s``; the attempt was cancelled."""
+
+
+class SystemFailureError(ExecutionError):
+    """The process or machine running an attempt failed (worker died, node lost, out of memory).
+
+    ``kind`` is one of ``"worker_died"``, ``"node_lost"``, ``"oom"``, ``"object_lost"``,
+    ``"cancelled"``, ``"system"``.
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+
+
+class NodeFailedError(ExecutionError):
+    """A node failed for good. Carries the original exception's type name, message and traceback."""
+
+    def __init__(self, node: str, error_type: str, message: str, traceback_text: str, attempts: int) -> None:
+        self.node = node
+        self.error_type = error_type
+        self.error_message = message
+        self.traceback_text = traceback_text
+        self.attempts = attempts
+        super().__init__(
+            f"node {node!r} failed after {attempts} attempt(s): {error_type}: {message}"
+        )
+
+
+class RunFailedError(ExecutionError):
+    """A run ended with failed nodes; ``failures`` maps node name to its :class:`NodeFailedError`."""
+
+    def __init__(self, pipeline: str, failures: dict[str, NodeFailedError], skipped: Sequence[str]) -> None:
+        self.pipeline = pipeline
+        self.failures = failures
+        self.skipped = tuple(skipped)
+        parts = [str(e) for e in failures.values()]
+        msg = f"pipeline {pipeline!r} failed: " + "; ".join(parts)
+        if skipped:
+            msg += f" ({len(skipped)} node(s) not run: {', '.join(sorted(skipped)[:10])}"
+            msg += ", ...)" if len(skipped) > 10 else ")"
+        super().__init__(msg)
+
+
+class OutputUnavailableError(ExecutionError, KeyError):
+    """The output of a node was asked for, but the node did not succeed (or is unknown)."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""

@@ -1,0 +1,140 @@
+"""A node of a pipeline: a Python function, where its inputs come from, and how it is run."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from .errors import InvalidNodeError, InvalidPolicyError, SignatureMismatchError
+from .policy import RetryPolicy
+
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+
+
+@dataclass
+class Node:
+    """One step of a DAG.
+
+    ``inputs`` maps a parameter of ``fn`` to the upstream node whose output it receives; a list of
+    node names is shorthand for ``{name: name}``. ``params`` are constant keyword arguments.
+    ``retry`` (default: the DAG's policy) decides what happens when an attempt fails; ``timeout_s``
+    bounds one attempt. ``num_cpus``, ``num_gpus``, ``memory`` (bytes) and ``resources`` (custom
+    Ray resources) are the resource request of the Ray task.
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    inputs: Mapping[str, str] | Sequence[str] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict)
+    retry: RetryPolicy | None = None
+    timeout_s: float | None = None
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    memory: int | None = None
+    resources: Mapping[str, float] = field(default_factory=dict)
+    version: str | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            raise InvalidNodeError(
+                f"invalid node name {self.name!r}: use letters, digits, '_', '-', '.'; start with a letter or '_'",
+                nodes=(str(self.name),),
+            )
+        if not callable(self.fn):
+            raise InvalidNodeError(f"node {self.name!r}: fn must be callable, got {type(self.fn).__name__}", (self.name,))
+        if isinstance(self.inputs, str):
+            self.inputs = [self.inputs]
+        if not isinstance(self.inputs, Mapping):
+            self.inputs = {str(n): str(n) for n in self.inputs}
+        self.inputs = dict(self.inputs)
+        self.params = dict(self.params)
+        self.resources = dict(self.resources or {})
+        self._check_values()
+
+    def _check_values(self) -> None:
+        problems = []
+        if self.retry is not None and not isinstance(self.retry, RetryPolicy):
+            problems.append(f"retry must be a RetryPolicy, got {type(self.retry).__name__}")
+        if self.timeout_s is not None and (not _number(self.timeout_s) or self.timeout_s <= 0):
+            problems.append(f"timeout_s must be a number > 0, got {self.timeout_s!r}")
+        for attr in ("num_cpus", "num_gpus"):
+            value = getattr(self, attr)
+            if not _number(value) or value < 0:
+                problems.append(f"{attr} must be a number >= 0, got {value!r}")
+        if self.memory is not None and (not _number(self.memory) or self.memory <= 0):
+            problems.append(f"memory must be a number of bytes > 0, got {self.memory!r}")
+        for res, amount in self.resources.items():
+            if res in ("CPU", "GPU", "memory"):
+                problems.append(f"resource {res!r} goes in num_cpus / num_gpus / memory, not resources")
+            elif not _number(amount) or amount < 0:
+                problems.append(f"resource {res!r} must be a number >= 0, got {amount!r}")
+        for param, upstream in self.inputs.items():
+            if not isinstance(upstream, str):
+                problems.append(f"input {param!r} must name a node, got {upstream!r}")
+        overlap = sorted(set(self.inputs) & set(self.params))
+        if overlap:
+            raise SignatureMismatchError(
+                f"node {self.name!r}: {overlap} given both as inputs and as params", nodes=(self.name,)
+            )
+        if problems:
+            raise InvalidPolicyError(f"node {self.name!r}: " + "; ".join(problems), nodes=(self.name,))
+
+    @property
+    def upstream(self) -> list[str]:
+        """Names of the nodes this node reads from (each once, in parameter order)."""
+        return list(dict.fromkeys(self.inputs.values()))
+
+    def check_signature(self) -> None:
+        """Raise :class:`SignatureMismatchError` if ``fn`` cannot be called with the inputs and params."""
+        try:
+            sig = inspect.signature(self.fn)
+        except (TypeError, ValueError):  # builtins and some C callables have no signature
+            return
+        given = set(self.inputs) | set(self.params)
+        accepts_any = False
+        accepted: set[str] = set()
+        required: set[str] = set()
+        for p in sig.parameters.values():
+            if p.kind is p.VAR_KEYWORD:
+                accepts_any = True
+            elif p.kind is p.VAR_POSITIONAL:
+                continue
+            elif p.kind is p.POSITIONAL_ONLY:
+                if p.default is p.empty:
+                    required.add(p.name)  # cannot be passed by keyword: always a mismatch
+            else:
+                accepted.add(p.name)
+                if p.default is p.empty:
+                    required.add(p.name)
+        missing = sorted(required - given)
+        unexpected = sorted(given - accepted) if not accepts_any else []
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(f"parameter(s) {missing} receive no input or param")
+            if unexpected:
+                parts.append(f"input(s)/param(s) {unexpected} match no parameter")
+            raise SignatureMismatchError(
+                f"node {self.name!r}: function {getattr(self.fn, '__qualname__', self.fn)!s}{sig}: "
+                + "; ".join(parts),
+                nodes=(self.name,),
+            )
+
+    def ray_options(self) -> dict[str, Any]:
+        """The Ray task options of this node's resource request."""
+        opts: dict[str, Any] = {"num_cpus": self.num_cpus}
+        if self.num_gpus:
+            opts["num_gpus"] = self.num_gpus
+        if self.memory:
+            opts["memory"] = int(self.memory)
+        if self.resources:
+            opts["resources"] = dict(self.resources)
+        return opts
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,101 @@
+"""Retry policy of a node, and the one pure function that turns it into a delay."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from .errors import InvalidPolicyError
+
+#: Kinds of system failure (see :class:`~odibi_ray.errors.SystemFailureError`).
+SYSTEM_FAILURE_KINDS = frozenset({"worker_died", "node_lost", "oom", "object_lost", "system"})
+
+
+def _type_path(tp: type) -> str:
+    return f"{tp.__module__}.{tp.__qualname__}"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and when a failed node attempt is tried again.
+
+    The delay before attempt ``n+1`` is ``min(max_delay_s, delay_s * backoff ** (n - 1))``, scaled by a
+    random factor in ``[1 - jitter, 1 + jitter]`` (see :func:`compute_delay`).
+
+    ``retry_on`` lists the exception types (and their subclasses) that are retried; others fail the
+    node at once. ``retry_system_failures`` says whether a dead worker process, a lost machine or an
+    out-of-memory kill is retried; ``retry_on_timeout`` whether an attempt that hit ``timeout_s`` is.
+    """
+
+    max_attempts: int = 1
+    delay_s: float = 1.0
+    backoff: float = 2.0
+    max_delay_s: float = 60.0
+    jitter: float = 0.0
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    retry_system_failures: bool = True
+    retry_on_timeout: bool = True
+    _retry_on_paths: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        retry_on = self.retry_on
+        if isinstance(retry_on, type):
+            retry_on = (retry_on,)
+        retry_on = tuple(retry_on)
+        object.__setattr__(self, "retry_on", retry_on)
+        problems = []
+        if not isinstance(self.max_attempts, int) or isinstance(self.max_attempts, bool) or self.max_attempts < 1:
+            problems.append(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
+        for name in ("delay_s", "max_delay_s"):
+            value = getattr(self, name)
+            if not _finite_number(value) or value < 0:
+                problems.append(f"{name} must be a finite number >= 0, got {value!r}")
+        if not _finite_number(self.backoff) or self.backoff < 1:
+            problems.append(f"backoff must be a finite number >= 1, got {self.backoff!r}")
+        if not _finite_number(self.jitter) or not 0 <= self.jitter <= 1:
+            problems.append(f"jitter must be a number in [0, 1], got {self.jitter!r}")
+        bad = [t for t in retry_on if not (isinstance(t, type) and issubclass(t, BaseException))]
+        if bad:
+            problems.append(f"retry_on must hold exception types, got {bad!r}")
+        if problems:
+            raise InvalidPolicyError("invalid RetryPolicy: " + "; ".join(problems))
+        object.__setattr__(self, "_retry_on_paths", frozenset(_type_path(t) for t in retry_on))
+
+    @classmethod
+    def none(cls) -> "RetryPolicy":
+        """One attempt, no retry."""
+        return cls(max_attempts=1)
+
+    def retries_exception(self, mro_paths: Iterable[str]) -> bool:
+        """True if an exception whose class hierarchy is ``mro_paths`` (``module.qualname``) retries.
+
+        Matching by name lets the driver decide without unpickling the user's exception class.
+        """
+        return any(p in self._retry_on_paths for p in mro_paths)
+
+
+def _finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def compute_delay(policy: RetryPolicy, failed_attempt: int, rng: random.Random | None = None) -> float:
+    """Seconds to wait after attempt number ``failed_attempt`` (1-based) failed, before the next one.
+
+    Pure apart from ``rng``: pass a seeded :class:`random.Random` for repeatable jitter. The
+    exponential part is capped at ``policy.max_delay_s`` before jitter is applied; the result is never
+    negative.
+    """
+    if failed_attempt < 1:
+        raise ValueError(f"failed_attempt is 1-based, got {failed_attempt}")
+    # Cap the exponent's growth before it can overflow a float.
+    try:
+        base = policy.delay_s * policy.backoff ** (failed_attempt - 1)
+    except OverflowError:
+        base = math.inf
+    base = min(base, policy.max_delay_s)
+    if policy.jitter and base > 0:
+        r = (rng or random).random()
+        base *= 1.0 - policy.jitter + 2.0 * policy.jitter * r
+    return max(0.0, base)

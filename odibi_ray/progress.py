@@ -1,0 +1,52 @@
+"""Live progress of a run with ``rich``: one bar per topological level and one for the whole run."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .result import NodeStatus
+from .scheduler import ProgressSink
+
+
+class RichProgress(ProgressSink):
+    """Shows progress on a terminal; silent when output is not a terminal (CI, logs, pipes)."""
+
+    max_level_bars = 12
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self._progress: Progress | None = None
+        self._tasks: list = []
+        self._total = None
+        self._failed = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.console.is_terminal
+
+    def start(self, levels: list[list[str]]) -> None:
+        if not self.enabled:
+            return
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), console=self.console, transient=False)
+        self._total = self._progress.add_task("[bold]all nodes", total=sum(map(len, levels)))
+        # One bar per level while that stays readable; deep DAGs get the total bar only.
+        if len(levels) <= self.max_level_bars:
+            self._tasks = [self._progress.add_task(f"level {i}", total=len(names)) for i, names in enumerate(levels)]
+        self._progress.start()
+
+    def node_done(self, name: str, level: int, status: NodeStatus) -> None:
+        if self._progress is None:
+            return
+        if self._tasks:
+            self._progress.advance(self._tasks[level])
+        self._progress.advance(self._total)
+        if status is NodeStatus.FAILED:
+            self._failed += 1
+            self._progress.update(self._total, description=f"[bold]all nodes [red]({self._failed} failed)")
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

@@ -1,0 +1,209 @@
+"""What a run leaves behind: per-node records (status, attempts, timings, worker, error) and lazy outputs."""
+
+from __future__ import annotations
+
+import enum
+import pickle
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from .errors import NodeFailedError, OutputUnavailableError, RunFailedError
+
+
+class NodeStatus(str, enum.Enum):
+    """Final (or current) state of a node in a run."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # not run because an upstream node failed
+    CANCELLED = "cancelled"  # not run / stopped because the run failed fast
+
+    @property
+    def done(self) -> bool:
+        return self not in (NodeStatus.PENDING, NodeStatus.RUNNING)
+
+
+class RunStatus(str, enum.Enum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """A failure, in a form that travels between processes without the user's exception classes.
+
+    ``kind`` is ``"application"`` (the node raised), ``"timeout"`` or a system failure kind
+    (``"worker_died"``, ``"node_lost"``, ``"oom"``, ``"object_lost"``, ``"system"``).
+    """
+
+    type: str  # module.qualname of the exception class
+    message: str
+    traceback: str
+    kind: str = "application"
+    mro: tuple[str, ...] = ()
+    exception_bytes: bytes | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def type_name(self) -> str:
+        """The exception class's short name (``ValueError``)."""
+        return self.type.rsplit(".", 1)[-1]
+
+    def exception(self) -> BaseException | None:
+        """The original exception object, if it could be carried over; else None."""
+        if self.exception_bytes is None:
+            return None
+        try:
+            return pickle.loads(self.exception_bytes)
+        except Exception:
+            return None
+
+
+@dataclass
+class AttemptRecord:
+    """One try of a node. Times are seconds since the epoch."""
+
+    number: int
+    submitted_at: float
+    started_at: float | None = None
+    ended_at: float | None = None
+    worker_node_id: str | None = None
+    worker_pid: int | None = None
+    error: ErrorInfo | None = None
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return max(0.0, self.ended_at - self.started_at)
+
+    @property
+    def queue_wait_s(self) -> float | None:
+        """Time from submission to the attempt starting on a worker."""
+        if self.started_at is None:
+            return None
+        return max(0.0, self.started_at - self.submitted_at)
+
+
+@dataclass
+class NodeRecord:
+    """The outcome of one node in one run."""
+
+    name: str
+    level: int
+    status: NodeStatus = NodeStatus.PENDING
+    attempt_history: list[AttemptRecord] = field(default_factory=list)
+    error: ErrorInfo | None = None
+    reason: str = ""  # why a node was skipped or cancelled
+
+    @property
+    def attempts(self) -> int:
+        """How many attempts were started (0 for a skipped node)."""
+        return len(self.attempt_history)
+
+    @property
+    def duration_s(self) -> float | None:
+        """How long the last attempt ran on its worker."""
+        return self.attempt_history[-1].duration_s if self.attempt_history else None
+
+    @property
+    def started_at(self) -> float | None:
+        return self.attempt_history[0].started_at if self.attempt_history else None
+
+    @property
+    def ended_at(self) -> float | None:
+        return self.attempt_history[-1].ended_at if self.attempt_history else None
+
+    @property
+    def worker_node_id(self) -> str | None:
+        """The Ray node (machine) id of the last attempt's worker; ``"local"`` on the local backend."""
+        return self.attempt_history[-1].worker_node_id if self.attempt_history else None
+
+    def failure(self) -> NodeFailedError:
+        """This node's failure as an exception (carrying the original type, message and traceback)."""
+        err = self.error or ErrorInfo("odibi_ray.errors.OdibiError", self.reason or "no error recorded", "")
+        exc = NodeFailedError(self.name, err.type_name, err.message, err.traceback, self.attempts)
+        exc.__cause__ = err.exception()
+        return exc
+
+
+@dataclass
+class RunResult:
+    """Everything one run produced. Outputs are fetched lazily: ``result["node"]``."""
+
+    pipeline: str
+    run_id: str
+    backend: str
+    levels: list[list[str]]
+    nodes: dict[str, NodeRecord]
+    started_at: float
+    ended_at: float
+    _fetch: Callable[[str], Any] = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def status(self) -> RunStatus:
+        ok = all(r.status is NodeStatus.SUCCEEDED for r in self.nodes.values())
+        return RunStatus.SUCCEEDED if ok else RunStatus.FAILED
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is RunStatus.SUCCEEDED
+
+    @property
+    def duration_s(self) -> float:
+        return self.ended_at - self.started_at
+
+    def by_status(self, status: NodeStatus) -> list[str]:
+        return [n for n, r in self.nodes.items() if r.status is status]
+
+    @property
+    def failed(self) -> list[str]:
+        return self.by_status(NodeStatus.FAILED)
+
+    def by_level(self) -> list[list[NodeRecord]]:
+        """Node records grouped by topological level."""
+        return [[self.nodes[n] for n in level] for level in self.levels]
+
+    def raise_for_status(self) -> "RunResult":
+        """Raise :class:`RunFailedError` if any node did not succeed; return self otherwise."""
+        if self.succeeded:
+            return self
+        failures = {n: self.nodes[n].failure() for n in self.failed}
+        not_run = [n for n, r in self.nodes.items() if r.status in (NodeStatus.SKIPPED, NodeStatus.CANCELLED)]
+        err = RunFailedError(self.pipeline, failures, not_run)
+        if failures:
+            err.__cause__ = next(iter(failures.values()))
+        raise err
+
+    def output(self, name: str) -> Any:
+        """The output of a node that succeeded (fetched from the cluster on first use)."""
+        rec = self.nodes.get(name)
+        if rec is None:
+            raise OutputUnavailableError(f"no node {name!r} in pipeline {self.pipeline!r}")
+        if rec.status is not NodeStatus.SUCCEEDED:
+            raise OutputUnavailableError(f"node {name!r} has no output: it {rec.status.value}")
+        if name not in self._cache:
+            self._cache[name] = self._fetch(name)
+        return self._cache[name]
+
+    __getitem__ = output
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.nodes
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.nodes)
+
+    def outputs(self) -> dict[str, Any]:
+        """Outputs of every node that succeeded (fetches them all)."""
+        return {n: self.output(n) for n in self.by_status(NodeStatus.SUCCEEDED)}
+
+    def summary(self) -> str:
+        """One line: counts per status and the wall time."""
+        counts: dict[str, int] = {}
+        for r in self.nodes.values():
+            counts[r.status.value] = counts.get(r.status.value, 0) + 1
+        parts = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        return f"{self.pipeline} run {self.run_id}: {self.status.value} ({parts}) in {self.duration_s:.2f}s"
