@@ -7,6 +7,8 @@ application error (the policy's ``retry_on`` decides) from a system failure (the
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 import traceback
 from typing import Any, Callable, Mapping, Sequence
@@ -14,10 +16,26 @@ from typing import Any, Callable, Mapping, Sequence
 import cloudpickle
 
 from . import context
+from .errors import NodeTimeoutError
 from .result import ErrorInfo
 
 #: What a worker sends back about an attempt: (started_at, ended_at, worker_node_id, pid, error or None).
 AttemptMeta = tuple[float, float, str, int, "ErrorInfo | None"]
+
+#: How long a timed-out attempt may ignore its alarm before a Ray worker process kills itself.
+HARD_KILL_GRACE_S = 5.0
+
+
+class UpstreamFailed:
+    """The output slot of a failed attempt. A task that receives one as input returns at once."""
+
+    __slots__ = ()
+
+    def __reduce__(self):
+        return (UpstreamFailed, ())
+
+
+FAILED = UpstreamFailed()
 
 
 def error_info(exc: BaseException, kind: str = "application", traceback_text: str | None = None) -> ErrorInfo:
@@ -34,20 +52,71 @@ def error_info(exc: BaseException, kind: str = "application", traceback_text: st
                      exception_bytes=exc_bytes)
 
 
+_UPSTREAM_FAILED = ErrorInfo("odibi_ray.attempt.UpstreamFailed", "an input's attempt failed", "",
+                             kind="upstream_failed")
+
+
 def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: Sequence[str],
-                input_values: Sequence[Any], ctx: context.NodeContext, worker_node_id: str) -> tuple[AttemptMeta, Any]:
-    """Call the node function once with its inputs and params; never raises for the function's errors."""
+                input_values: Sequence[Any], ctx: context.NodeContext, worker_node_id: str,
+                timeout_s: float | None = None, hard_kill: bool = False) -> tuple[AttemptMeta, Any]:
+    """Call the node function once with its inputs and params; never raises for the function's errors.
+
+    With ``timeout_s`` and on the main thread (a Ray worker), an alarm raises
+    :class:`NodeTimeoutError` inside the function once it has run that long; with ``hard_kill`` a
+    function that ignores the alarm for :data:`HARD_KILL_GRACE_S` more gets its process killed.
+    """
+    started = time.time()
+    for v in input_values:
+        if v.__class__ is UpstreamFailed:
+            return (started, started, worker_node_id, os.getpid(), _UPSTREAM_FAILED), FAILED
     kwargs = dict(params)
     kwargs.update(zip(input_names, input_values))
     token = context._set(ctx)
-    started = time.time()
+    alarm = _Alarm(ctx, timeout_s, hard_kill) if timeout_s else None
     try:
+        if alarm:
+            alarm.start()
         value = fn(**kwargs)
         error = None
+    except NodeTimeoutError as exc:
+        value, error = FAILED, error_info(exc, kind="timeout")
     except Exception as exc:  # the node's own failure: reported, not raised
-        value, error = None, error_info(exc)
+        value, error = FAILED, error_info(exc)
     except SystemExit as exc:  # sys.exit() inside a node is a failure of that node, not of the worker
-        value, error = None, error_info(exc)
+        value, error = FAILED, error_info(exc)
     finally:
+        if alarm:
+            alarm.stop()
         context._reset(token)
     return (started, time.time(), worker_node_id, os.getpid(), error), value
+
+
+class _Alarm:
+    """Per-attempt timeout inside the worker, counted from the start of the function (not from submission)."""
+
+    def __init__(self, ctx: context.NodeContext, timeout_s: float, hard_kill: bool) -> None:
+        self.ctx, self.timeout_s, self.hard_kill = ctx, timeout_s, hard_kill
+        self._old: Any = None
+        self._armed = False
+        self._killer: threading.Timer | None = None
+
+    def _fire(self, signum: int, frame: Any) -> None:
+        raise NodeTimeoutError(f"node {self.ctx.node!r} attempt {self.ctx.attempt} exceeded "
+                               f"timeout_s={self.timeout_s} and was cancelled")
+
+    def start(self) -> None:
+        if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
+            self._old = signal.signal(signal.SIGALRM, self._fire)
+            signal.setitimer(signal.ITIMER_REAL, self.timeout_s)
+            self._armed = True
+        if self.hard_kill:
+            self._killer = threading.Timer(self.timeout_s + HARD_KILL_GRACE_S, os._exit, args=(70,))
+            self._killer.daemon = True
+            self._killer.start()
+
+    def stop(self) -> None:
+        if self._armed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._old if self._old is not None else signal.SIG_DFL)
+        if self._killer is not None:
+            self._killer.cancel()

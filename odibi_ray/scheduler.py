@@ -1,8 +1,14 @@
-"""The driver loop: submit ready nodes in level order, collect completions in batches, retry, propagate.
+"""The driver loop: submit nodes in level order, collect completions in batches, retry, propagate failure.
 
 Backend-independent: the same loop drives Ray tasks and local threads, so both give the same records.
 Retries live here and only here: a task runs one attempt, and on failure :func:`should_retry` and
 :func:`~odibi_ray.policy.compute_delay` decide; the wait is a timer, never a sleep that blocks others.
+
+On a *speculative* backend (Ray) a node is submitted as soon as its inputs are *submitted*, with their
+output refs as arguments: Ray starts it when they are done, without a round trip through this loop.
+When an input's attempt fails, the tasks already submitted downstream of it are discarded (they see
+the failure marker and return at once) and submitted again after the input's retry. Other backends
+submit a node when its inputs have succeeded. ``barrier=True`` runs level by level on any backend.
 """
 
 from __future__ import annotations
@@ -57,21 +63,25 @@ class Scheduler:
         self.dag, self.backend, self.run_id = dag, backend, run_id
         self.levels = levels
         self.barrier, self.fail_fast = barrier, fail_fast
+        self.speculative = getattr(backend, "speculative", False) and not barrier
+        self.worker_timeouts = getattr(backend, "worker_timeouts", False)
         self.rng = rng or random.Random()
         self.progress = progress or ProgressSink()
         self._nodes = dag.nodes
+        self._inputs = {n: list(node.inputs.values()) for n, node in self._nodes.items()}
         self._children = dag.downstream_map()
         self._level_of = {n: i for i, names in enumerate(levels) for n in names}
         self._rank = {n: i for i, n in enumerate(itertools.chain.from_iterable(levels))}
+        self._policy = {n: dag.policy_of(n) for n in self._rank}
         self.records = {n: NodeRecord(n, self._level_of[n]) for n in self._rank}
-        self._waiting_on = {n: len(self._nodes[n].upstream) for n in self._rank}
         self._left_in_level = [len(names) for names in levels]
         self._current_level = 0
-        self._ready: list[tuple[int, str]] = []  # (rank, name): level order, then insertion order
+        self._ready: list[tuple[int, str]] = []  # candidates (rank, name): level order, then insertion order
         self._timers: list[tuple[float, int, str]] = []  # (due, seq, name) for retries
-        self._deadlines: list[tuple[float, int, Hashable]] = []
-        self._running: dict[Hashable, str] = {}
-        self._outputs: dict[str, Hashable] = {}  # handle of each node's successful attempt
+        self._deadlines: list[tuple[float, int, Hashable]] = []  # driver-side timeouts (local backend)
+        self._inflight: dict[Hashable, tuple[str, tuple]] = {}  # handle -> (node, input handles)
+        self._live: dict[str, Hashable] = {}  # node -> handle of its submitted or succeeded attempt
+        self._retrying: set[str] = set()
         self._seq = itertools.count()
         self._open = len(self._rank)
 
@@ -82,22 +92,22 @@ class Scheduler:
         self.backend.prepare([self._nodes[n] for n in self._rank])
         self.progress.start(self.levels)
         try:
-            for n, waiting in self._waiting_on.items():
-                if waiting == 0:
+            for n in self._rank:
+                if not self._inputs[n]:
                     heapq.heappush(self._ready, (self._rank[n], n))
             self._loop()
         finally:
             self.progress.stop()
-        outputs = self._outputs
-        backend = self.backend
+        live, backend = self._live, self.backend
         return RunResult(self.dag.name, self.run_id, backend.name, self.levels, self.records, started, time.time(),
-                         _fetch=lambda name: backend.fetch(outputs[name]))
+                         _fetch=lambda name: backend.fetch(live[name]))
 
     def _loop(self) -> None:
         while self._open:
             now = time.monotonic()
             while self._timers and self._timers[0][0] <= now:
                 _, _, name = heapq.heappop(self._timers)
+                self._retrying.discard(name)
                 heapq.heappush(self._ready, (self._rank[name], name))
             self._submit_ready()
             self._expire_deadlines(now)
@@ -105,81 +115,127 @@ class Scheduler:
                 break
             wake = [t[0][0] for t in (self._timers, self._deadlines) if t]
             timeout = max(0.0, min(wake) - time.monotonic()) if wake else None
-            if not self._running:
+            if not self._inflight:
                 if timeout is None:
                     raise RuntimeError(f"scheduler stalled with {self._open} open node(s)")  # a bug, not a user error
                 time.sleep(timeout)
                 continue
-            done = self.backend.wait(list(self._running), timeout)
+            done = self.backend.wait(list(self._inflight), timeout)
             if done:
+                done.sort(key=lambda h: self._rank[self._inflight[h][0]])  # inputs before their consumers
                 for handle, meta in zip(done, self.backend.outcomes(done)):
                     self._finish_attempt(handle, meta)
 
+    def _submittable(self, name: str) -> bool:
+        if self.records[name].status is not NodeStatus.PENDING or name in self._live or name in self._retrying:
+            return False
+        if self.speculative:
+            return all(u in self._live for u in self._inputs[name])
+        return all(self.records[u].status is NodeStatus.SUCCEEDED for u in self._inputs[name])
+
     def _submit_ready(self) -> None:
-        while self._ready:
-            rank, name = self._ready[0]
+        ready = self._ready
+        while ready:
+            rank, name = ready[0]
             if self.barrier and self._level_of[name] > self._current_level:
                 return
-            heapq.heappop(self._ready)
+            heapq.heappop(ready)
+            if not self._submittable(name):
+                continue
             node = self._nodes[name]
             rec = self.records[name]
             attempt = rec.attempts + 1
-            ctx = NodeContext(self.dag.name, self.run_id, name, attempt, self.dag.policy_of(name).max_attempts)
+            ctx = NodeContext(self.dag.name, self.run_id, name, attempt, self._policy[name].max_attempts)
             rec.attempt_history.append(AttemptRecord(number=attempt, submitted_at=time.time()))
             rec.status = NodeStatus.RUNNING
-            handle = self.backend.submit(node, ctx, [self._outputs[u] for u in node.inputs.values()])
-            self._running[handle] = name
-            if node.timeout_s is not None:
+            inputs = tuple(self._live[u] for u in self._inputs[name])
+            handle = self.backend.submit(node, ctx, inputs)
+            self._inflight[handle] = (name, inputs)
+            self._live[name] = handle
+            if node.timeout_s is not None and not self.worker_timeouts:
                 heapq.heappush(self._deadlines, (time.monotonic() + node.timeout_s, next(self._seq), handle))
+            if self.speculative:
+                for child in self._children[name]:
+                    heapq.heappush(ready, (self._rank[child], child))
 
     def _expire_deadlines(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:
             _, _, handle = heapq.heappop(self._deadlines)
-            name = self._running.pop(handle, None)
-            if name is None:
-                continue  # finished in time
+            entry = self._inflight.pop(handle, None)
+            if entry is None:
+                continue  # finished in time, or discarded
+            name = entry[0]
             self.backend.cancel(handle)
-            node = self._nodes[name]
             att = self.records[name].attempt_history[-1]
             att.ended_at = time.time()
-            exc = NodeTimeoutError(f"node {name!r} attempt {att.number} exceeded timeout_s={node.timeout_s} "
-                                   "and was cancelled")
+            exc = NodeTimeoutError(f"node {name!r} attempt {att.number} exceeded timeout_s="
+                                   f"{self._nodes[name].timeout_s} and was cancelled")
             self._attempt_failed(name, error_info(exc, kind="timeout", traceback_text=str(exc)))
 
     # --- outcomes -------------------------------------------------------------------------------
 
     def _finish_attempt(self, handle: Hashable, meta: Any) -> None:
-        name = self._running.pop(handle, None)
-        if name is None:
-            return  # timed out or cancelled already
+        entry = self._inflight.pop(handle, None)
+        if entry is None:
+            return  # timed out, cancelled or discarded already
+        name, inputs = entry
         started, ended, node_id, pid, error = meta
+        if not self._inputs_still_valid(name, inputs) or (error is not None and error.kind == "upstream_failed"):
+            self._discard(name)  # ran (or not) on an input attempt that failed: not an attempt of its own
+            return
         att = self.records[name].attempt_history[-1]
         att.started_at, att.ended_at, att.worker_node_id, att.worker_pid = started, ended, node_id, pid
         if error is not None:
+            if error.kind == "worker_died" and self.worker_timeouts and self._overran(name, att):
+                error = error_info(NodeTimeoutError(
+                    f"node {name!r} attempt {att.number} ignored its timeout_s={self._nodes[name].timeout_s}; "
+                    "its worker process was killed"), kind="timeout", traceback_text=error.traceback)
             self._attempt_failed(name, error)
             return
-        self._outputs[name] = handle
         self._close(name, NodeStatus.SUCCEEDED)
         for child in self._children[name]:
-            self._waiting_on[child] -= 1
-            if self._waiting_on[child] == 0 and self.records[child].status is NodeStatus.PENDING:
-                heapq.heappush(self._ready, (self._rank[child], child))
+            heapq.heappush(self._ready, (self._rank[child], child))
+
+    def _inputs_still_valid(self, name: str, inputs: tuple) -> bool:
+        live = self._live
+        return all(live.get(u) is h and self.records[u].status is NodeStatus.SUCCEEDED
+                   for u, h in zip(self._inputs[name], inputs))
+
+    def _overran(self, name: str, att: AttemptRecord) -> bool:
+        timeout = self._nodes[name].timeout_s
+        return timeout is not None and time.time() - att.submitted_at >= timeout
+
+    def _discard(self, name: str) -> None:
+        """Forget a submitted attempt that depended on a failed input attempt; it will be submitted again."""
+        handle = self._live.pop(name, None)
+        if handle is not None:
+            self._inflight.pop(handle, None)
+        rec = self.records[name]
+        if rec.status is NodeStatus.RUNNING:
+            rec.attempt_history.pop()
+            rec.status = NodeStatus.PENDING
 
     def _attempt_failed(self, name: str, error: ErrorInfo) -> None:
         rec = self.records[name]
         rec.attempt_history[-1].error = error
-        policy = self.dag.policy_of(name)
+        self._live.pop(name, None)
+        descendants = self._descendants(name)
+        if self.speculative:
+            for d in descendants:
+                self._discard(d)
+        policy = self._policy[name]
         if should_retry(policy, error, rec.attempts):
             delay = compute_delay(policy, rec.attempts, self.rng)
             log.info("node %r attempt %d failed (%s: %s); retrying in %.2fs", name, rec.attempts, error.type_name,
                      error.message, delay)
             rec.status = NodeStatus.PENDING
+            self._retrying.add(name)
             heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), name))
             return
         log.warning("node %r failed after %d attempt(s): %s: %s", name, rec.attempts, error.type_name, error.message)
         rec.error = error
         self._close(name, NodeStatus.FAILED)
-        for d in self._descendants(name):
+        for d in descendants:
             if not self.records[d].status.done:
                 self.records[d].reason = f"upstream node {name!r} failed"
                 self._close(d, NodeStatus.SKIPPED)
@@ -188,12 +244,12 @@ class Scheduler:
 
     def _abort(self, reason: str) -> None:
         """Cancel every running attempt and every node not yet finished."""
-        for handle, name in list(self._running.items()):
+        for handle, (name, _) in list(self._inflight.items()):
             self.backend.cancel(handle)
             att = self.records[name].attempt_history[-1]
             att.ended_at = time.time()
             att.error = ErrorInfo("odibi_ray.errors.ExecutionError", reason, "", kind="cancelled")
-        self._running.clear()
+        self._inflight.clear()
         self._ready.clear()
         self._timers.clear()
         self._deadlines.clear()
@@ -214,14 +270,15 @@ class Scheduler:
         self.progress.node_done(name, level, status)
 
     def _descendants(self, name: str) -> list[str]:
-        seen: dict[str, None] = {}
+        """Every node downstream of ``name``, in level order."""
+        seen: set[str] = set()
         todo = list(self._children[name])
         while todo:
             n = todo.pop()
             if n not in seen:
-                seen[n] = None
+                seen.add(n)
                 todo.extend(self._children[n])
-        return list(seen)
+        return sorted(seen, key=self._rank.__getitem__)
 
 
 def new_run_id() -> str:

@@ -22,6 +22,8 @@ class LocalBackend:
     """
 
     name = "local"
+    speculative = False  # a thread waiting for its inputs would hold a pool slot
+    worker_timeouts = False  # the scheduler times attempts from submission and abandons the thread
 
     def __init__(self, max_workers: int | None = None) -> None:
         self.max_workers = max_workers or min(32, (os.cpu_count() or 1) + 4)

@@ -38,16 +38,21 @@ def _worker_node_id() -> str:
     return _NODE_ID
 
 
-def _execute(fn_key: str, fn_bytes: bytes, params_bytes: bytes | None, input_names: tuple[str, ...],
-             ctx: NodeContext, *input_values: Any) -> tuple[AttemptMeta, Any]:
-    """Body of every odibi_ray task: unpickle the node function once per worker process, run one attempt."""
+def _execute(spec: tuple, attempt: int, *input_values: Any) -> tuple[AttemptMeta, Any]:
+    """Body of every odibi_ray task: unpickle the node function once per worker process, run one attempt.
+
+    ``spec`` is built once per node and run: (fn_key, fn_bytes, params_bytes, input_names, pipeline,
+    run_id, node, max_attempts, timeout_s).
+    """
+    fn_key, fn_bytes, params_bytes, names, pipeline, run_id, node, max_attempts, timeout_s = spec
     fn = _FN_CACHE.get(fn_key)
     if fn is None:
         if len(_FN_CACHE) >= _FN_CACHE_MAX:
             _FN_CACHE.clear()
         fn = _FN_CACHE[fn_key] = cloudpickle.loads(fn_bytes)
     params = cloudpickle.loads(params_bytes) if params_bytes is not None else {}
-    return run_attempt(fn, params, input_names, input_values, ctx, _worker_node_id())
+    ctx = NodeContext(pipeline, run_id, node, attempt, max_attempts)
+    return run_attempt(fn, params, names, input_values, ctx, _worker_node_id(), timeout_s, hard_kill=True)
 
 
 # --- driver side ---------------------------------------------------------------------------------
@@ -82,16 +87,18 @@ class RayBackend:
     """Submits node attempts as Ray tasks; connects with :func:`ensure_ray` on first use."""
 
     name = "ray"
+    speculative = True  # submit a node with its inputs' refs; Ray starts it when they are done
+    worker_timeouts = True  # timeouts are enforced inside the task, counted from its start
 
     def __init__(self, address: str | None = None, init_kwargs: dict[str, Any] | None = None) -> None:
         self.address = address
         self.init_kwargs = dict(init_kwargs or {})
-        self._payloads: dict[str, tuple[str, bytes, bytes | None, tuple[str, ...]]] = {}
+        self._specs: dict[str, tuple] = {}
         self._remotes: dict[str, Any] = {}
 
     def prepare(self, nodes: Sequence[Node]) -> None:
         """Serialise every node's function and params once per run (also the picklability check)."""
-        self._payloads = {}
+        self._specs = {}
         by_fn: dict[int, tuple[str, bytes]] = {}
         for node in nodes:
             try:
@@ -104,7 +111,8 @@ class RayBackend:
                 raise UnpicklableNodeError(
                     f"node {node.name!r}: its function or params cannot be serialised for a Ray worker: "
                     f"{type(exc).__name__}: {exc}", nodes=(node.name,)) from exc
-            self._payloads[node.name] = (fn_entry[0], fn_entry[1], params_bytes, tuple(node.inputs))
+            self._specs[node.name] = (fn_entry[0], fn_entry[1], params_bytes, tuple(node.inputs), None, None,
+                                      node.name, None, node.timeout_s)
         ensure_ray(self.address, **self.init_kwargs)
         import ray
 
@@ -116,9 +124,11 @@ class RayBackend:
         }
 
     def submit(self, node: Node, ctx: NodeContext, inputs: Sequence[_Handle]) -> _Handle:
-        fn_key, fn_bytes, params_bytes, names = self._payloads[node.name]
-        meta, value = self._remotes[node.name].remote(fn_key, fn_bytes, params_bytes, names, ctx,
-                                                      *[h.value for h in inputs])
+        spec = self._specs[node.name]
+        if spec[4] is None:  # first submit of this node in this run: fill in the run's context
+            spec = self._specs[node.name] = spec[:4] + (ctx.pipeline, ctx.run_id, node.name, ctx.max_attempts,
+                                                        spec[8])
+        meta, value = self._remotes[node.name].remote(spec, ctx.attempt, *[h.value for h in inputs])
         return _Handle(meta, value)
 
     def wait(self, handles: Sequence[_Handle], timeout: float | None) -> list[_Handle]:
@@ -146,7 +156,7 @@ class RayBackend:
                 out.append(ray.get(ref))
             except Exception as exc:
                 now = time.time()
-                out.append((now, now, None, None, classify_ray_error(exc)))
+                out.append((None, now, None, None, classify_ray_error(exc)))
         return out
 
     def cancel(self, handle: _Handle) -> None:
@@ -163,7 +173,7 @@ class RayBackend:
         return ray.get(handle.value)
 
     def close(self) -> None:
-        self._payloads = {}
+        self._specs = {}
         self._remotes = {}
 
 

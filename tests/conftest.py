@@ -1,0 +1,91 @@
+"""Shared fixtures: one local Ray per test session, a guard against non-loopback connections.
+
+Network safety: every test talks only to 127.0.0.x. Ray is kept on loopback by
+RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 and never reports usage (RAY_USAGE_STATS_ENABLED=0); both are set
+here before Ray is imported, and .ci/run sets them too.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+
+import pytest  # noqa: E402
+
+RAY_LOCAL_ARGS = dict(address="local", num_cpus=2, include_dashboard=False,
+                      object_store_memory=200 * 1024 * 1024, log_to_driver=True)
+
+
+# --- network guard ---------------------------------------------------------------------------------
+
+class NonLoopbackConnection(AssertionError):
+    pass
+
+
+def _is_loopback(address) -> bool:
+    if isinstance(address, (str, bytes)):  # AF_UNIX path
+        return True
+    host = address[0]
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False  # a host name: would need DNS, which is itself a way out
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _loopback_only():
+    """Fail any test whose Python code opens a connection to an address other than loopback."""
+    original_connect, original_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def connect(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address):
+            raise NonLoopbackConnection(f"test tried to connect to non-loopback address {address!r}")
+        return original_connect(self, address)
+
+    def connect_ex(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address):
+            raise NonLoopbackConnection(f"test tried to connect to non-loopback address {address!r}")
+        return original_connect_ex(self, address)
+
+    socket.socket.connect, socket.socket.connect_ex = connect, connect_ex
+    yield
+    socket.socket.connect, socket.socket.connect_ex = original_connect, original_connect_ex
+
+
+# --- Ray -------------------------------------------------------------------------------------------
+
+_local_ray_address: list[str] = []
+
+
+@pytest.fixture
+def ray_local():
+    """A local single-node Ray, started once per session (again only after a cluster module ran)."""
+    import ray
+
+    if ray.is_initialized() and _local_ray_address and ray.get_runtime_context().gcs_address == _local_ray_address[0]:
+        yield ray
+        return
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(**RAY_LOCAL_ARGS)
+    _local_ray_address[:] = [ray.get_runtime_context().gcs_address]
+    yield ray
+
+
+@pytest.fixture(params=["local", "ray"])
+def backend(request):
+    """Run a test on both backends: the in-process thread pool and real Ray tasks."""
+    if request.param == "ray":
+        request.getfixturevalue("ray_local")
+    return request.param
+
+
+def pytest_collection_modifyitems(config, items):
+    """Multi-node cluster tests restart Ray: run them after everything else."""
+    items.sort(key=lambda item: 1 if item.get_closest_marker("cluster") else 0)
