@@ -114,7 +114,7 @@ def build_dag(shape: dict[str, Any], sleep: bool) -> DAG:
 def run_odibi(dag: DAG) -> dict[str, Any]:
     result = odibi_ray.run(dag, backend="ray", progress=False)
     result.raise_for_status()
-    return {name: result[name] for name in dag.levels()[-1]}
+    return result.outputs(result.levels[-1])
 
 
 def run_raw_deps(shape: dict[str, Any], sleep: bool) -> dict[str, Any]:

@@ -99,8 +99,12 @@ class DAG:
             for param, upstream in node.inputs.items():
                 if upstream not in self._nodes:
                     raise UnknownInputError(node.name, param, upstream)
+        checked: set[tuple[int, frozenset[str]]] = set()  # one check per function and call shape
         for node in self._nodes.values():
-            node.check_signature()
+            shape = (id(node.fn), frozenset(node.inputs) | frozenset(node.params))
+            if shape not in checked:
+                node.check_signature()
+                checked.add(shape)
         cycle = self._find_cycle()
         if cycle:
             raise CycleError(cycle)

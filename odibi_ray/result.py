@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import pickle
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from .errors import NodeFailedError, OutputUnavailableError, RunFailedError
 
@@ -139,7 +139,7 @@ class RunResult:
     nodes: dict[str, NodeRecord]
     started_at: float
     ended_at: float
-    _fetch: Callable[[str], Any] = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
+    _fetch: Callable[[list[str]], list[Any]] = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
     _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -179,14 +179,7 @@ class RunResult:
 
     def output(self, name: str) -> Any:
         """The output of a node that succeeded (fetched from the cluster on first use)."""
-        rec = self.nodes.get(name)
-        if rec is None:
-            raise OutputUnavailableError(f"no node {name!r} in pipeline {self.pipeline!r}")
-        if rec.status is not NodeStatus.SUCCEEDED:
-            raise OutputUnavailableError(f"node {name!r} has no output: it {rec.status.value}")
-        if name not in self._cache:
-            self._cache[name] = self._fetch(name)
-        return self._cache[name]
+        return self.outputs([name])[name]
 
     __getitem__ = output
 
@@ -196,9 +189,19 @@ class RunResult:
     def __iter__(self) -> Iterator[str]:
         return iter(self.nodes)
 
-    def outputs(self) -> dict[str, Any]:
-        """Outputs of every node that succeeded (fetches them all)."""
-        return {n: self.output(n) for n in self.by_status(NodeStatus.SUCCEEDED)}
+    def outputs(self, names: Iterable[str] | None = None) -> dict[str, Any]:
+        """Outputs of the named nodes (default: every node that succeeded), fetched in one round trip."""
+        names = list(self.by_status(NodeStatus.SUCCEEDED) if names is None else names)
+        for name in names:
+            rec = self.nodes.get(name)
+            if rec is None:
+                raise OutputUnavailableError(f"no node {name!r} in pipeline {self.pipeline!r}")
+            if rec.status is not NodeStatus.SUCCEEDED:
+                raise OutputUnavailableError(f"node {name!r} has no output: it {rec.status.value}")
+        missing = [n for n in names if n not in self._cache]
+        if missing:
+            self._cache.update(zip(missing, self._fetch(missing)))
+        return {n: self._cache[n] for n in names}
 
     def summary(self) -> str:
         """One line: counts per status and the wall time."""

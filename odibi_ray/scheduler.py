@@ -30,6 +30,11 @@ from .result import AttemptRecord, ErrorInfo, NodeRecord, NodeStatus, RunResult
 
 log = logging.getLogger(__name__)
 
+#: Speculative mode: how many of the oldest in-flight attempts one wait watches, and how long it may
+#: block before the loop looks at timers again. Failures are seen at most this late.
+WAIT_WINDOW = 512
+POLL_S = 0.05
+
 
 def should_retry(policy: RetryPolicy, error: ErrorInfo, attempt: int) -> bool:
     """Whether attempt number ``attempt`` (1-based), which failed with ``error``, gets another try."""
@@ -100,7 +105,7 @@ class Scheduler:
             self.progress.stop()
         live, backend = self._live, self.backend
         return RunResult(self.dag.name, self.run_id, backend.name, self.levels, self.records, started, time.time(),
-                         _fetch=lambda name: backend.fetch(live[name]))
+                         _fetch=lambda names: backend.fetch_many([live[n] for n in names]))
 
     def _loop(self) -> None:
         while self._open:
@@ -120,7 +125,15 @@ class Scheduler:
                     raise RuntimeError(f"scheduler stalled with {self._open} open node(s)")  # a bug, not a user error
                 time.sleep(timeout)
                 continue
-            done = self.backend.wait(list(self._inflight), timeout)
+            if self.speculative:
+                # Ray chains the submitted tasks itself: the loop only has to observe them. Watch the oldest
+                # attempts (completions follow submission order) and take them in batches, so the driver
+                # does not compete with the workers for CPU.
+                window = list(itertools.islice(self._inflight, WAIT_WINDOW))
+                done = self.backend.wait(window, min(POLL_S, timeout) if timeout is not None else POLL_S,
+                                         all_of=True)
+            else:
+                done = self.backend.wait(list(self._inflight), timeout)
             if done:
                 done.sort(key=lambda h: self._rank[self._inflight[h][0]])  # inputs before their consumers
                 for handle, meta in zip(done, self.backend.outcomes(done)):

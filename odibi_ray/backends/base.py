@@ -20,8 +20,9 @@ class Backend(Protocol):
     def submit(self, node: Node, ctx: NodeContext, inputs: Sequence[Hashable]) -> Hashable:
         """Start one attempt; ``inputs`` are the handles of the upstream attempts, in parameter order."""
 
-    def wait(self, handles: Sequence[Hashable], timeout: float | None) -> list[Hashable]:
-        """Block until at least one handle is done or ``timeout`` passes; return every done handle."""
+    def wait(self, handles: Sequence[Hashable], timeout: float | None, all_of: bool = False) -> list[Hashable]:
+        """Block until at least one handle (``all_of``: every handle) is done or ``timeout`` passes;
+        return every done handle."""
 
     def outcomes(self, handles: Sequence[Hashable]) -> list[AttemptMeta]:
         """The attempt metadata of done handles; a system failure comes back as an ErrorInfo in it."""
@@ -31,6 +32,9 @@ class Backend(Protocol):
 
     def fetch(self, handle: Hashable) -> Any:
         """The output value of a successful attempt."""
+
+    def fetch_many(self, handles: Sequence[Hashable]) -> list[Any]:
+        """The output values of several successful attempts, in one round trip."""
 
     def close(self) -> None:
         """Release what :meth:`prepare` acquired for this run."""

@@ -38,8 +38,8 @@ class LocalBackend:
         names = list(node.inputs)
         return self._pool.submit(run_attempt, node.fn, node.params, names, values, ctx, "local")
 
-    def wait(self, handles: Sequence[cf.Future], timeout: float | None) -> list[cf.Future]:
-        done, _ = cf.wait(handles, timeout=timeout, return_when=cf.FIRST_COMPLETED)
+    def wait(self, handles: Sequence[cf.Future], timeout: float | None, all_of: bool = False) -> list[cf.Future]:
+        done, _ = cf.wait(handles, timeout=timeout, return_when=cf.ALL_COMPLETED if all_of else cf.FIRST_COMPLETED)
         return [h for h in handles if h in done]
 
     def outcomes(self, handles: Sequence[cf.Future]) -> list[AttemptMeta]:
@@ -58,6 +58,9 @@ class LocalBackend:
 
     def fetch(self, handle: cf.Future) -> Any:
         return handle.result()[1]
+
+    def fetch_many(self, handles: Sequence[cf.Future]) -> list[Any]:
+        return [h.result()[1] for h in handles]
 
     def close(self) -> None:
         if self._pool is not None:

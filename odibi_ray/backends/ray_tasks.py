@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
 import time
 from typing import Any, Callable, Sequence
 
@@ -38,13 +39,13 @@ def _worker_node_id() -> str:
     return _NODE_ID
 
 
-def _execute(spec: tuple, attempt: int, *input_values: Any) -> tuple[AttemptMeta, Any]:
+def _execute(spec: bytes, attempt: int, *input_values: Any) -> tuple[AttemptMeta, Any]:
     """Body of every odibi_ray task: unpickle the node function once per worker process, run one attempt.
 
-    ``spec`` is built once per node and run: (fn_key, fn_bytes, params_bytes, input_names, pipeline,
-    run_id, node, max_attempts, timeout_s).
+    ``spec`` is pickled once per node and run (Ray sends bytes faster than a tuple): (fn_key, fn_bytes,
+    params_bytes, input_names, pipeline, run_id, node, max_attempts, timeout_s).
     """
-    fn_key, fn_bytes, params_bytes, names, pipeline, run_id, node, max_attempts, timeout_s = spec
+    fn_key, fn_bytes, params_bytes, names, pipeline, run_id, node, max_attempts, timeout_s = pickle.loads(spec)
     fn = _FN_CACHE.get(fn_key)
     if fn is None:
         if len(_FN_CACHE) >= _FN_CACHE_MAX:
@@ -93,7 +94,7 @@ class RayBackend:
     def __init__(self, address: str | None = None, init_kwargs: dict[str, Any] | None = None) -> None:
         self.address = address
         self.init_kwargs = dict(init_kwargs or {})
-        self._specs: dict[str, tuple] = {}
+        self._specs: dict[str, tuple | bytes] = {}
         self._remotes: dict[str, Any] = {}
 
     def prepare(self, nodes: Sequence[Node]) -> None:
@@ -125,17 +126,20 @@ class RayBackend:
 
     def submit(self, node: Node, ctx: NodeContext, inputs: Sequence[_Handle]) -> _Handle:
         spec = self._specs[node.name]
-        if spec[4] is None:  # first submit of this node in this run: fill in the run's context
-            spec = self._specs[node.name] = spec[:4] + (ctx.pipeline, ctx.run_id, node.name, ctx.max_attempts,
-                                                        spec[8])
+        if type(spec) is tuple:  # first submit of this node in this run: add the run's context, pickle once
+            spec = self._specs[node.name] = pickle.dumps(
+                spec[:4] + (ctx.pipeline, ctx.run_id, node.name, ctx.max_attempts, spec[8]), protocol=5)
         meta, value = self._remotes[node.name].remote(spec, ctx.attempt, *[h.value for h in inputs])
         return _Handle(meta, value)
 
-    def wait(self, handles: Sequence[_Handle], timeout: float | None) -> list[_Handle]:
+    def wait(self, handles: Sequence[_Handle], timeout: float | None, all_of: bool = False) -> list[_Handle]:
         import ray
 
         by_ref = {h.meta: h for h in handles}
         refs = list(by_ref)
+        if all_of:  # block until all are done or the timeout passes; return what is done
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout, fetch_local=False)
+            return [by_ref[r] for r in ready]
         ready, rest = ray.wait(refs, num_returns=1, timeout=timeout, fetch_local=False)
         if ready and rest:  # collect everything else already done, in the same pass
             more, _ = ray.wait(rest, num_returns=len(rest), timeout=0, fetch_local=False)
@@ -171,6 +175,11 @@ class RayBackend:
         import ray
 
         return ray.get(handle.value)
+
+    def fetch_many(self, handles: Sequence[_Handle]) -> list[Any]:
+        import ray
+
+        return ray.get([h.value for h in handles])
 
     def close(self) -> None:
         self._specs = {}
