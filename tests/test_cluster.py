@@ -1,0 +1,97 @@
+"""Multi-node Ray on one machine (ray.cluster_utils.Cluster): placement by resources, a node lost mid-task.
+
+These tests restart Ray, so conftest runs them after every other test.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from odibi_ray import DAG, Node, NodeStatus, RetryPolicy, current_context, run
+
+from .nodes import wait_for
+
+pytestmark = pytest.mark.cluster
+
+NODE_ARGS = dict(num_cpus=1, object_store_memory=80 * 1024 * 1024)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    c = Cluster(initialize_head=True, head_node_args=dict(NODE_ARGS, include_dashboard=False))
+    special = c.add_node(**NODE_ARGS, resources={"special": 1, "spot": 1})
+    plain = c.add_node(**NODE_ARGS, resources={"spot": 1})
+    ray.init(address=c.address)
+    c.wait_for_nodes()
+    c.named = {"head": c.head_node, "special": special, "plain": plain}
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+def test_cluster_nodes_are_on_loopback(cluster):
+    import ray
+
+    alive = [n for n in ray.nodes() if n["Alive"]]
+    assert len(alive) == 3
+    assert all(n["NodeManagerAddress"].startswith("127.") for n in alive)
+
+
+def where_am_i():
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
+def test_custom_resource_places_the_node(cluster):
+    dag = DAG("placement")
+    for i in range(3):
+        dag.add_node(Node(f"special{i}", where_am_i, resources={"special": 1}))
+    result = run(dag, progress=False).raise_for_status()
+    special_id = cluster.named["special"].node_id
+    for i in range(3):
+        assert result[f"special{i}"] == special_id
+        assert result.nodes[f"special{i}"].worker_node_id == special_id
+
+
+def victim(marker_dir: str):
+    import ray
+
+    here = ray.get_runtime_context().get_node_id()
+    if current_context().attempt == 1:
+        Path(marker_dir, "started").write_text(here)
+        time.sleep(120)  # the test removes this machine meanwhile
+    return here
+
+
+def test_node_removed_mid_task_and_the_run_completes(cluster, tmp_path):
+    dag = DAG("node_loss")
+    dag.add_node(Node("victim", victim, params={"marker_dir": str(tmp_path)}, resources={"spot": 1},
+                      retry=RetryPolicy(max_attempts=3, delay_s=0.1)))
+    dag.add_node(Node("after", lambda node_id: node_id, inputs={"node_id": "victim"}))
+    dag.add_node(Node("bystander", lambda: "fine"))
+    box = {}
+    runner = threading.Thread(target=lambda: box.setdefault("result", run(dag, progress=False)))
+    runner.start()
+    assert wait_for(tmp_path / "started", timeout=60), "victim never started"
+    doomed_id = (tmp_path / "started").read_text()
+    doomed = next(n for n in (cluster.named["special"], cluster.named["plain"]) if n.node_id == doomed_id)
+    cluster.remove_node(doomed, allow_graceful=False)
+    runner.join(timeout=120)
+    assert not runner.is_alive(), "run did not finish after the node was removed"
+    result = box["result"].raise_for_status()
+    rec = result.nodes["victim"]
+    assert rec.attempts == 2
+    assert rec.attempt_history[0].error.kind in ("node_lost", "worker_died")
+    assert result["victim"] != doomed_id and result["after"] == result["victim"]
+    assert rec.worker_node_id == result["victim"]
+    assert result.nodes["bystander"].status is NodeStatus.SUCCEEDED

@@ -1,0 +1,62 @@
+"""System failures on real Ray: crashed workers, alarms that are ignored, loopback-only nodes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from odibi_ray import DAG, Node, NodeStatus, RetryPolicy, current_context, run
+
+
+def crash_on_first_attempt():
+    if current_context().attempt == 1:
+        os._exit(1)  # the worker process dies, as on a segfault or a kill -9
+    return "survived"
+
+
+def test_ray_nodes_stay_on_loopback(ray_local):
+    addresses = [n["NodeManagerAddress"] for n in ray_local.nodes() if n["Alive"]]
+    assert addresses and all(a.startswith("127.") for a in addresses), addresses
+
+
+def test_worker_crash_is_retried(ray_local):
+    dag = DAG("crash")
+    dag.add_node(Node("fragile", crash_on_first_attempt, retry=RetryPolicy(max_attempts=2, delay_s=0.05)))
+    dag.add_node(Node("after", lambda x: x + "!", inputs={"x": "fragile"}))
+    result = run(dag, progress=False).raise_for_status()
+    rec = result.nodes["fragile"]
+    assert result["after"] == "survived!"
+    assert rec.attempts == 2 and rec.attempt_history[0].error.kind == "worker_died"
+    assert rec.attempt_history[0].error.type_name == "SystemFailureError"
+    # the downstream node, submitted before its input crashed, counts one attempt only
+    assert result.nodes["after"].attempts == 1
+
+
+def test_worker_crash_not_retried_when_policy_says_so(ray_local):
+    dag = DAG("crash_final")
+    dag.add_node(Node("fragile", crash_on_first_attempt,
+                      retry=RetryPolicy(max_attempts=3, retry_system_failures=False)))
+    result = run(dag, progress=False)
+    rec = result.nodes["fragile"]
+    assert rec.status is NodeStatus.FAILED and rec.attempts == 1 and rec.error.kind == "worker_died"
+
+
+def deaf_sleeper():
+    if current_context().attempt == 1:
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])  # like C code that never yields
+        time.sleep(30)
+    return "second attempt"
+
+
+def test_attempt_ignoring_its_alarm_is_killed_and_counted_as_timeout(ray_local):
+    dag = DAG("deaf")
+    dag.add_node(Node("deaf", deaf_sleeper, timeout_s=0.5, retry=RetryPolicy(max_attempts=2, delay_s=0.01)))
+    started = time.monotonic()
+    result = run(dag, progress=False).raise_for_status()
+    assert time.monotonic() - started < 25  # killed after timeout + grace, not after the 30 s sleep
+    first = result.nodes["deaf"].attempt_history[0].error
+    assert first.kind == "timeout" and "worker process was killed" in first.message
+    assert result["deaf"] == "second attempt"
