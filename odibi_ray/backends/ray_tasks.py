@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import pickle
+import struct
 import time
 from typing import Any, Callable, Sequence
 
@@ -53,7 +54,28 @@ def _execute(spec: bytes, attempt: int, *input_values: Any) -> tuple[AttemptMeta
         fn = _FN_CACHE[fn_key] = cloudpickle.loads(fn_bytes)
     params = cloudpickle.loads(params_bytes) if params_bytes is not None else {}
     ctx = NodeContext(pipeline, run_id, node, attempt, max_attempts)
-    return run_attempt(fn, params, names, input_values, ctx, _worker_node_id(), timeout_s, hard_kill=True)
+    meta, value = run_attempt(fn, params, names, input_values, ctx, _worker_node_id(), timeout_s, hard_kill=True)
+    if meta[4] is None:  # success: a packed metadata record is cheaper for Ray to store and ship than a tuple
+        return _META.pack(meta[0], meta[1], meta[3]) + _node_id_bytes(meta[2]), value
+    return meta, value
+
+
+_META = struct.Struct("<ddI")  # started_at, ended_at, pid; then the node id's raw bytes
+
+
+def _node_id_bytes(hex_id: str) -> bytes:
+    try:
+        return bytes.fromhex(hex_id)
+    except ValueError:
+        return hex_id.encode()
+
+
+def _unpack_meta(meta: Any) -> AttemptMeta:
+    """A worker's metadata record back as a tuple: packed bytes on success, a tuple on failure."""
+    if type(meta) is not bytes:
+        return meta
+    started, ended, pid = _META.unpack_from(meta)
+    return started, ended, meta[_META.size:].hex(), pid, None
 
 
 # --- driver side ---------------------------------------------------------------------------------
@@ -151,13 +173,13 @@ class RayBackend:
 
         refs = [h.meta for h in handles]
         try:
-            return list(ray.get(refs))
+            return [_unpack_meta(m) for m in ray.get(refs)]
         except Exception:
             pass  # at least one attempt failed at the system level: read them one by one
         out = []
         for ref in refs:
             try:
-                out.append(ray.get(ref))
+                out.append(_unpack_meta(ray.get(ref)))
             except Exception as exc:
                 now = time.time()
                 out.append((None, now, None, None, classify_ray_error(exc)))
