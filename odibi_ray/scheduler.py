@@ -87,6 +87,7 @@ class Scheduler:
         self._inflight: dict[Hashable, tuple[str, tuple]] = {}  # handle -> (node, input handles)
         self._live: dict[str, Hashable] = {}  # node -> handle of its submitted or succeeded attempt
         self._retrying: set[str] = set()
+        self._reported: set[str] = set()
         self._seq = itertools.count()
         self._open = len(self._rank)
 
@@ -198,6 +199,8 @@ class Scheduler:
             return
         att = self.records[name].attempt_history[-1]
         att.started_at, att.ended_at, att.worker_node_id, att.worker_pid = started, ended, node_id, pid
+        if error is not None and error.kind == "object_lost" and self._recompute_lost_inputs(name):
+            return
         if error is not None:
             if error.kind == "worker_died" and self.worker_timeouts and self._overran(name, att):
                 error = error_info(NodeTimeoutError(
@@ -227,6 +230,36 @@ class Scheduler:
         if rec.status is NodeStatus.RUNNING:
             rec.attempt_history.pop()
             rec.status = NodeStatus.PENDING
+
+    def _recompute_lost_inputs(self, name: str) -> bool:
+        """An input's output object was lost with the machine that held it: run that input again.
+
+        Ray cannot rebuild it (its own retries are off), so the driver does. The consumer's attempt
+        is discarded (it never ran) and submitted again after the recomputed inputs.
+        """
+        alive = self.backend.alive_nodes()
+        lost = [u for u in dict.fromkeys(self._inputs[name])
+                if self.records[u].status is NodeStatus.SUCCEEDED and self.records[u].worker_node_id not in alive]
+        if not lost:
+            return False
+        self._discard(name)
+        for u in lost:
+            log.warning("output of node %r was lost with its Ray node %s; computing it again", u,
+                        self.records[u].worker_node_id)
+            self._reopen(u)
+        return True
+
+    def _reopen(self, name: str) -> None:
+        """Make a succeeded node pending again (its output is gone); consumers already submitted are discarded."""
+        rec = self.records[name]
+        rec.status = NodeStatus.PENDING
+        rec.reason = "output lost with its Ray node; recomputed"
+        self._open += 1
+        self._left_in_level[rec.level] += 1
+        self._live.pop(name, None)
+        for d in self._descendants(name):
+            self._discard(d)
+        heapq.heappush(self._ready, (self._rank[name], name))
 
     def _attempt_failed(self, name: str, error: ErrorInfo) -> None:
         rec = self.records[name]
@@ -280,7 +313,9 @@ class Scheduler:
         while (self._current_level < len(self._left_in_level) - 1
                and self._left_in_level[self._current_level] == 0):
             self._current_level += 1
-        self.progress.node_done(name, level, status)
+        if name not in self._reported:  # a recomputed node is reported once
+            self._reported.add(name)
+            self.progress.node_done(name, level, status)
 
     def _descendants(self, name: str) -> list[str]:
         """Every node downstream of ``name``, in level order."""

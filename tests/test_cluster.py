@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from odibi_ray import DAG, Node, NodeStatus, RetryPolicy, current_context, run
+from odibi_ray.scheduler import ProgressSink
 
 from .nodes import wait_for
 
@@ -95,3 +96,60 @@ def test_node_removed_mid_task_and_the_run_completes(cluster, tmp_path):
     assert result["victim"] != doomed_id and result["after"] == result["victim"]
     assert rec.worker_node_id == result["victim"]
     assert result.nodes["bystander"].status is NodeStatus.SUCCEEDED
+
+
+def big_output(marker_dir: str):
+    import ray
+
+    here = ray.get_runtime_context().get_node_id()
+    Path(marker_dir, "big_node").write_text(here)
+    return here, b"x" * 5_000_000  # large: kept in the object store of the node that made it
+
+
+def gate(marker: str):
+    assert wait_for(marker, timeout=60), "test never opened the gate"
+    return True
+
+
+class _DoneEvents(ProgressSink):
+    """Progress sink that lets the test act when a given node has succeeded."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.event = name, threading.Event()
+
+    def node_done(self, name, level, status):
+        if name == self.name and status is NodeStatus.SUCCEEDED:
+            self.event.set()
+
+
+def test_output_lost_with_its_node_is_recomputed(cluster, tmp_path):
+    """`big` finishes on a worker node; that node is removed before `use` reads its output."""
+    spares = [cluster.add_node(**NODE_ARGS, resources={"spot": 1}) for _ in range(2)]
+    cluster.wait_for_nodes()
+    dag = DAG("object_loss")
+    dag.add_node(Node("big", big_output, params={"marker_dir": str(tmp_path)}, resources={"spot": 1}))
+    dag.add_node(Node("gate", gate, params={"marker": str(tmp_path / "open")}, num_cpus=0))
+    dag.add_node(Node("use", lambda big, ok: (big[0], len(big[1])), inputs={"big": "big", "ok": "gate"},
+                      num_cpus=0))
+    events = _DoneEvents("big")
+    box = {}
+    runner = threading.Thread(target=lambda: box.setdefault("result", run(dag, progress=events)))
+    runner.start()
+    try:
+        assert events.event.wait(60), "big never finished"
+        big_node = (tmp_path / "big_node").read_text()
+        holder = next(n for n in cluster.worker_nodes if n.node_id == big_node)
+        cluster.remove_node(holder, allow_graceful=False)
+    finally:
+        (tmp_path / "open").write_text("1")
+    runner.join(timeout=120)
+    assert not runner.is_alive()
+    result = box["result"].raise_for_status()
+    big_rec = result.nodes["big"]
+    assert big_rec.attempts == 2 and big_rec.status is NodeStatus.SUCCEEDED
+    assert "recomputed" in big_rec.reason
+    assert big_rec.attempt_history[0].worker_node_id == holder.node_id
+    assert big_rec.attempt_history[1].worker_node_id != holder.node_id
+    assert result["use"] == (big_rec.worker_node_id, 5_000_000)
+    assert result.nodes["use"].attempts == 1
+    assert spares

@@ -36,5 +36,8 @@ class Backend(Protocol):
     def fetch_many(self, handles: Sequence[Hashable]) -> list[Any]:
         """The output values of several successful attempts, in one round trip."""
 
+    def alive_nodes(self) -> set[str]:
+        """Ids of the machines still alive (an output held by any other is lost)."""
+
     def close(self) -> None:
         """Release what :meth:`prepare` acquired for this run."""

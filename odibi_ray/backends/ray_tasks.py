@@ -203,6 +203,11 @@ class RayBackend:
 
         return ray.get([h.value for h in handles])
 
+    def alive_nodes(self) -> set[str]:
+        import ray
+
+        return {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+
     def close(self) -> None:
         self._specs = {}
         self._remotes = {}
@@ -212,11 +217,9 @@ def classify_ray_error(exc: BaseException) -> ErrorInfo:
     """Map what ``ray.get`` raised for an attempt to an :class:`ErrorInfo` with the right ``kind``."""
     import ray.exceptions as rx
 
-    if isinstance(exc, rx.RayTaskError):
-        # The task body raised outside the node function (e.g. the function could not be unpickled
-        # on the worker): report the underlying error as the node's own.
-        cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-        return error_info(cause, traceback_text=str(exc))
+    cause = getattr(exc, "cause", None)
+    if isinstance(exc, rx.RayTaskError) and isinstance(cause, rx.RayError):
+        exc = cause  # e.g. "an input argument could not be computed": the input's system error
     if isinstance(exc, rx.OutOfMemoryError):
         kind = "oom"
     elif isinstance(exc, (rx.NodeDiedError, rx.LocalRayletDiedError)):
@@ -227,6 +230,10 @@ def classify_ray_error(exc: BaseException) -> ErrorInfo:
         kind = "object_lost"
     elif isinstance(exc, rx.TaskCancelledError):
         kind = "cancelled"
+    elif isinstance(exc, rx.RayTaskError):
+        # The task body raised outside the node function (e.g. the function could not be unpickled
+        # on the worker): report the underlying error as the node's own.
+        return error_info(cause if cause is not None else exc, traceback_text=str(exc))
     else:
         kind = "system"
     wrapped = SystemFailureError(kind, f"{type(exc).__name__}: {exc}")
