@@ -5,7 +5,7 @@ from .dag import DAG
 from .errors import (CycleError, DAGValidationError, DuplicateNodeError, ExecutionError, InvalidNodeError,
                      InvalidPolicyError, NodeFailedError, NodeTimeoutError, OdibiError, OutputUnavailableError,
                      RunFailedError, SignatureMismatchError, SystemFailureError, UnknownInputError,
-                     UnpicklableNodeError)
+                     UnpicklableNodeError, UnschedulableNodeError)
 from .executor import DistributedExecutor, ExecutionBackend
 from .node import Node
 from .policy import RetryPolicy, compute_delay
@@ -21,5 +21,5 @@ __all__ = [
     "OdibiError", "DAGValidationError", "CycleError", "UnknownInputError", "DuplicateNodeError",
     "SignatureMismatchError", "InvalidPolicyError", "UnpicklableNodeError", "InvalidNodeError",
     "ExecutionError", "NodeFailedError", "NodeTimeoutError", "SystemFailureError", "RunFailedError",
-    "OutputUnavailableError",
+    "OutputUnavailableError", "UnschedulableNodeError",
 ]

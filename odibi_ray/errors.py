@@ -63,6 +63,10 @@ class UnpicklableNodeError(DAGValidationError):
     """A node's function or params cannot be serialised for a Ray worker."""
 
 
+class UnschedulableNodeError(DAGValidationError):
+    """A node asks for resources that no machine of the Ray cluster has (it would wait forever)."""
+
+
 class InvalidNodeError(DAGValidationError):
     """A node is malformed in another way (bad name, not callable, ...)."""
 

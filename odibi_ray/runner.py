@@ -18,12 +18,12 @@ log = logging.getLogger(__name__)
 
 
 def make_backend(backend: str | Backend, *, address: str | None = None, max_workers: int | None = None,
-                 ray_init_kwargs: dict[str, Any] | None = None) -> Backend:
+                 ray_init_kwargs: dict[str, Any] | None = None, wait_for_resources: bool = False) -> Backend:
     """``"ray"`` (Ray tasks; ``address`` picks the cluster) or ``"local"`` (threads, no Ray)."""
     if not isinstance(backend, str):
         return backend
     if backend == "ray":
-        return RayBackend(address=address, init_kwargs=ray_init_kwargs)
+        return RayBackend(address=address, init_kwargs=ray_init_kwargs, wait_for_resources=wait_for_resources)
     if backend in ("local", "thread_pool", "threads"):
         return LocalBackend(max_workers=max_workers)
     raise ValueError(f"unknown backend {backend!r}: use 'ray' or 'local'")
@@ -32,7 +32,7 @@ def make_backend(backend: str | Backend, *, address: str | None = None, max_work
 def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None, barrier: bool = False,
         fail_fast: bool = False, seed: int | None = None, progress: bool | ProgressSink | None = None,
         max_workers: int | None = None, ray_init_kwargs: dict[str, Any] | None = None,
-        run_id: str | None = None) -> RunResult:
+        wait_for_resources: bool = False, run_id: str | None = None) -> RunResult:
     """Run a DAG once and return its :class:`RunResult` (it does not raise for failed nodes:
     call ``result.raise_for_status()``).
 
@@ -44,10 +44,13 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
     Nodes start as soon as their own inputs are done (submitted in level order); ``barrier=True``
     runs level by level instead. ``fail_fast=True`` cancels everything at the first node that fails
     for good. ``seed`` makes retry jitter repeatable. ``progress``: None shows a live display when
-    stderr is a terminal, False never, or pass your own :class:`ProgressSink`.
+    stderr is a terminal, False never, or pass your own :class:`ProgressSink`. A node whose resource
+    request fits no machine of the Ray cluster raises :class:`UnschedulableNodeError` before anything
+    runs, unless ``wait_for_resources=True`` (an autoscaler will add such machines).
     """
     levels = dag.levels()  # validates: nothing runs on an invalid DAG
-    be = make_backend(backend, address=address, max_workers=max_workers, ray_init_kwargs=ray_init_kwargs)
+    be = make_backend(backend, address=address, max_workers=max_workers, ray_init_kwargs=ray_init_kwargs,
+                      wait_for_resources=wait_for_resources)
     if progress is None or progress is True:
         sink: ProgressSink = RichProgress()
     elif progress is False:

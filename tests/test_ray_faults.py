@@ -60,3 +60,32 @@ def test_attempt_ignoring_its_alarm_is_killed_and_counted_as_timeout(ray_local):
     first = result.nodes["deaf"].attempt_history[0].error
     assert first.kind == "timeout" and "worker process was killed" in first.message
     assert result["deaf"] == "second attempt"
+
+
+def test_resources_reach_ray(ray_local):
+    from odibi_ray import Node as N
+
+    node = N("r", lambda: 1, num_cpus=0.5, num_gpus=1, memory=64 * 2**20, resources={"special": 2})
+    assert node.ray_options() == {"num_cpus": 0.5, "num_gpus": 1, "memory": 64 * 2**20,
+                                  "resources": {"special": 2}}
+    dag = DAG("resources")
+    dag.add_node(N("fits", lambda: ray_local.get_runtime_context().get_assigned_resources(), num_cpus=0.5,
+                   memory=32 * 2**20))
+    assigned = run(dag, progress=False).raise_for_status()["fits"]
+    assert assigned["CPU"] == 0.5 and assigned["memory"] == 32 * 2**20
+
+
+def test_unschedulable_request_is_an_error_before_anything_runs(ray_local, tmp_path):
+    from odibi_ray import UnschedulableNodeError
+
+    marker = tmp_path / "ran"
+    dag = DAG("unicorn")
+    dag.add_node(Node("fine", lambda: marker.write_text("x")))
+    dag.add_node(Node("greedy", lambda: 1, resources={"unicorn": 1}))
+    with pytest.raises(UnschedulableNodeError, match="'greedy'.*unicorn"):
+        run(dag, progress=False)
+    dag2 = DAG("too_many_cpus")
+    dag2.add_node(Node("huge", lambda: 1, num_cpus=64))
+    with pytest.raises(UnschedulableNodeError, match="'huge'"):
+        run(dag2, progress=False)
+    assert not marker.exists()

@@ -18,7 +18,7 @@ import cloudpickle
 
 from ..attempt import AttemptMeta, error_info, run_attempt
 from ..context import NodeContext
-from ..errors import SystemFailureError, UnpicklableNodeError
+from ..errors import SystemFailureError, UnpicklableNodeError, UnschedulableNodeError
 from ..node import Node
 from ..result import ErrorInfo
 
@@ -113,8 +113,10 @@ class RayBackend:
     speculative = True  # submit a node with its inputs' refs; Ray starts it when they are done
     worker_timeouts = True  # timeouts are enforced inside the task, counted from its start
 
-    def __init__(self, address: str | None = None, init_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(self, address: str | None = None, init_kwargs: dict[str, Any] | None = None,
+                 wait_for_resources: bool = False) -> None:
         self.address = address
+        self.wait_for_resources = wait_for_resources
         self.init_kwargs = dict(init_kwargs or {})
         self._specs: dict[str, tuple | bytes] = {}
         self._remotes: dict[str, Any] = {}
@@ -138,6 +140,9 @@ class RayBackend:
                                       node.name, None, node.timeout_s)
         ensure_ray(self.address, **self.init_kwargs)
         import ray
+
+        if not self.wait_for_resources:
+            check_schedulable(nodes, [n["Resources"] for n in ray.nodes() if n["Alive"]])
 
         remote = ray.remote(_execute)
         self._remotes = {
@@ -211,6 +216,23 @@ class RayBackend:
     def close(self) -> None:
         self._specs = {}
         self._remotes = {}
+
+
+def check_schedulable(nodes: Sequence[Node], machines: Sequence[dict[str, float]]) -> None:
+    """Raise :class:`UnschedulableNodeError` for a node whose request fits on no machine of the cluster.
+
+    Ray would keep such a task pending forever (waiting for an autoscaler); on a fixed cluster that is
+    a hang, so it is an error before anything runs unless the run says ``wait_for_resources=True``.
+    """
+    for node in nodes:
+        request = {"CPU": node.num_cpus, "GPU": node.num_gpus, "memory": node.memory or 0, **node.resources}
+        request = {k: v for k, v in request.items() if v}
+        if not any(all(m.get(k, 0) >= v for k, v in request.items()) for m in machines):
+            have = sorted({k for m in machines for k in m if not k.startswith("node:")})
+            raise UnschedulableNodeError(
+                f"node {node.name!r} asks for {request}, which no node of the Ray cluster has "
+                f"(resources present: {have}); pass wait_for_resources=True to wait for an autoscaler",
+                nodes=(node.name,))
 
 
 def classify_ray_error(exc: BaseException) -> ErrorInfo:
