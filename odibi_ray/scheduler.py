@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 #: block before the loop looks at timers again. Failures are seen at most this late.
 WAIT_WINDOW = 512
 POLL_S = 0.05
+#: Driver-side timeouts (local backend): how often a queued attempt's start is looked for.
+QUEUED_RECHECK_S = 0.05
 
 
 def should_retry(policy: RetryPolicy, error: ErrorInfo, attempt: int) -> bool:
@@ -175,10 +177,16 @@ class Scheduler:
     def _expire_deadlines(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:
             _, _, handle = heapq.heappop(self._deadlines)
-            entry = self._inflight.pop(handle, None)
+            entry = self._inflight.get(handle)
             if entry is None:
                 continue  # finished in time, or discarded
             name = entry[0]
+            started = self.backend.started(handle)
+            due = (now + QUEUED_RECHECK_S) if started is None else started + self._nodes[name].timeout_s
+            if due > now:  # the clock starts when the attempt starts, not when it was queued
+                heapq.heappush(self._deadlines, (due, next(self._seq), handle))
+                continue
+            del self._inflight[handle]
             self.backend.cancel(handle)
             att = self.records[name].attempt_history[-1]
             att.ended_at = time.time()

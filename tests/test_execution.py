@@ -256,3 +256,17 @@ def test_same_result_records_on_both_backends(ray_local):
     assert {r.worker_node_id for r in local.nodes.values()} == {"local"}
     assert ray_.nodes["a"].worker_node_id == ray_local.get_runtime_context().get_node_id()
     assert ray_.nodes["a"].attempt_history[0].worker_pid != os.getpid()
+
+
+def test_timeout_counts_from_start_not_from_queueing(backend):
+    """`quick` waits ~1.5 s for a free slot behind `hog`; its 0.5 s timeout only runs once it starts."""
+    import time as _t
+
+    dag = DAG("queued")
+    dag.add_node(Node("hog", lambda: _t.sleep(1.5) or "hog", num_cpus=2))
+    dag.add_node(Node("quick", lambda: "quick", num_cpus=2, timeout_s=0.5))
+    result = go(dag, backend, max_workers=1).raise_for_status()
+    assert result.nodes["quick"].attempts == 1
+    hog, quick = result.nodes["hog"], result.nodes["quick"]
+    waited = quick.attempt_history[0].queue_wait_s
+    assert quick.started_at >= hog.ended_at or waited > 0.5  # it really was queued past its timeout

@@ -27,6 +27,9 @@ class Backend(Protocol):
     def outcomes(self, handles: Sequence[Hashable]) -> list[AttemptMeta]:
         """The attempt metadata of done handles; a system failure comes back as an ErrorInfo in it."""
 
+    def started(self, handle: Hashable) -> float | None:
+        """When an attempt began (``time.monotonic``), None while queued; used for driver-side timeouts."""
+
     def cancel(self, handle: Hashable) -> None:
         """Stop an attempt (best effort on the local backend)."""
 
