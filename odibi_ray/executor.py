@@ -44,13 +44,6 @@ class DistributedExecutor:
 
     def execute(self, dag: DAG) -> RunResult:
         """Run the DAG; nodes without their own retry policy get this executor's default."""
-        if self.default_retry is not None:
-            original = dag.retry
-            dag.retry = self.default_retry
-        try:
-            return run(dag, backend=self.backend.value, address=self.address, barrier=self.barrier,
-                       fail_fast=self.fail_fast, seed=self.seed, progress=self.progress,
-                       max_workers=self.max_workers)
-        finally:
-            if self.default_retry is not None:
-                dag.retry = original
+        return run(dag, backend=self.backend.value, address=self.address, retry=self.default_retry,
+                   barrier=self.barrier, fail_fast=self.fail_fast, seed=self.seed, progress=self.progress,
+                   max_workers=self.max_workers)

@@ -10,6 +10,7 @@ from .backends.base import Backend
 from .backends.local import LocalBackend
 from .backends.ray_tasks import RayBackend
 from .dag import DAG
+from .policy import RetryPolicy
 from .progress import RichProgress
 from .result import RunResult
 from .scheduler import ProgressSink, Scheduler, new_run_id
@@ -29,7 +30,8 @@ def make_backend(backend: str | Backend, *, address: str | None = None, max_work
     raise ValueError(f"unknown backend {backend!r}: use 'ray' or 'local'")
 
 
-def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None, barrier: bool = False,
+def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None, retry: RetryPolicy | None = None,
+        barrier: bool = False,
         fail_fast: bool = False, seed: int | None = None, progress: bool | ProgressSink | None = None,
         max_workers: int | None = None, ray_init_kwargs: dict[str, Any] | None = None,
         wait_for_resources: bool = False, run_id: str | None = None) -> RunResult:
@@ -41,6 +43,7 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
     Ray started on first use when no address is given and Ray is not yet initialised.
     ``backend="local"`` runs nodes in a thread pool of ``max_workers`` without Ray.
 
+    ``retry`` is the policy of nodes that have none of their own (default: the DAG's ``retry``).
     Nodes start as soon as their own inputs are done (submitted in level order); ``barrier=True``
     runs level by level instead. ``fail_fast=True`` cancels everything at the first node that fails
     for good. ``seed`` makes retry jitter repeatable. ``progress``: None shows a live display when
@@ -60,7 +63,7 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
     rid = run_id or new_run_id()
     log.info("run %s of %r: %d nodes in %d levels on %s", rid, dag.name, len(dag), len(levels), be.name)
     scheduler = Scheduler(dag, be, run_id=rid, levels=levels, barrier=barrier, fail_fast=fail_fast,
-                          rng=random.Random(seed), progress=sink)
+                          rng=random.Random(seed), progress=sink, default_retry=retry)
     try:
         result = scheduler.run()
     finally:

@@ -66,7 +66,7 @@ class Scheduler:
 
     def __init__(self, dag: DAG, backend: Backend, *, run_id: str, levels: list[list[str]], barrier: bool = False,
                  fail_fast: bool = False, rng: random.Random | None = None,
-                 progress: ProgressSink | None = None) -> None:
+                 progress: ProgressSink | None = None, default_retry: RetryPolicy | None = None) -> None:
         self.dag, self.backend, self.run_id = dag, backend, run_id
         self.levels = levels
         self.barrier, self.fail_fast = barrier, fail_fast
@@ -79,7 +79,8 @@ class Scheduler:
         self._children = dag.downstream_map()
         self._level_of = {n: i for i, names in enumerate(levels) for n in names}
         self._rank = {n: i for i, n in enumerate(itertools.chain.from_iterable(levels))}
-        self._policy = {n: dag.policy_of(n) for n in self._rank}
+        default = default_retry or dag.retry
+        self._policy = {n: self._nodes[n].retry or default for n in self._rank}
         self.records = {n: NodeRecord(n, self._level_of[n]) for n in self._rank}
         self._left_in_level = [len(names) for names in levels]
         self._current_level = 0
