@@ -6,6 +6,7 @@ application error (the policy's ``retry_on`` decides) from a system failure (the
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -52,6 +53,7 @@ def error_info(exc: BaseException, kind: str = "application", traceback_text: st
                      exception_bytes=exc_bytes)
 
 
+_TIMEOUT_TYPE = f"{NodeTimeoutError.__module__}.{NodeTimeoutError.__qualname__}"
 _UPSTREAM_FAILED = ErrorInfo("odibi_ray.attempt.UpstreamFailed", "an input's attempt failed", "",
                              kind="upstream_failed")
 
@@ -74,20 +76,25 @@ def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: 
     token = context._set(ctx)
     alarm = _Alarm(ctx, timeout_s, hard_kill) if timeout_s else None
     try:
-        if alarm:
-            alarm.start()
-        value = fn(**kwargs)
-        error = None
-    except NodeTimeoutError as exc:
-        value, error = FAILED, error_info(exc, kind="timeout")
+        try:
+            if alarm:
+                alarm.start()
+            value = fn(**kwargs)
+            error = None
+        finally:  # disarm before anything else: an alarm firing up to here is caught just below
+            if alarm:
+                alarm.stop()
     except Exception as exc:  # the node's own failure: reported, not raised
         value, error = FAILED, error_info(exc)
     except SystemExit as exc:  # sys.exit() inside a node is a failure of that node, not of the worker
         value, error = FAILED, error_info(exc)
     finally:
-        if alarm:
-            alarm.stop()
         context._reset(token)
+    if alarm is not None and alarm.fired:
+        # Timed out, even if the function caught the NodeTimeoutError and returned or raised something else.
+        if error is None or error.type != _TIMEOUT_TYPE:
+            error = error_info(alarm.exception(), traceback_text="(the node caught its NodeTimeoutError)")
+        value, error = FAILED, dataclasses.replace(error, kind="timeout")
     return (started, time.time(), worker_node_id, os.getpid(), error), value
 
 
@@ -98,11 +105,17 @@ class _Alarm:
         self.ctx, self.timeout_s, self.hard_kill = ctx, timeout_s, hard_kill
         self._old: Any = None
         self._armed = False
+        self.fired = False
         self._killer: threading.Timer | None = None
 
+    def exception(self) -> NodeTimeoutError:
+        return NodeTimeoutError(f"node {self.ctx.node!r} attempt {self.ctx.attempt} exceeded "
+                                f"timeout_s={self.timeout_s} and was cancelled")
+
     def _fire(self, signum: int, frame: Any) -> None:
-        raise NodeTimeoutError(f"node {self.ctx.node!r} attempt {self.ctx.attempt} exceeded "
-                               f"timeout_s={self.timeout_s} and was cancelled")
+        if not self.fired:
+            self.fired = True
+            raise self.exception()
 
     def start(self) -> None:
         if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
@@ -116,6 +129,7 @@ class _Alarm:
 
     def stop(self) -> None:
         if self._armed:
+            self._armed = False
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, self._old if self._old is not None else signal.SIG_DFL)
         if self._killer is not None:

@@ -92,10 +92,12 @@ class DAG:
     def validate(self) -> None:
         """Raise the precise :class:`~odibi_ray.errors.DAGValidationError` of the first fault found.
 
-        Checks, in order: every input names a node; every function's parameters match its inputs
-        and params; no cycle (the error shows the cycle's path).
+        Checks, in order: every node's values (policy, timeout, resources) and that its inputs name
+        nodes; every function's parameters match its inputs and params; no cycle (the error shows
+        the cycle's path).
         """
         for node in self._nodes.values():
+            node._check_values()  # fields may have been changed since the node was built
             for param, upstream in node.inputs.items():
                 if upstream not in self._nodes:
                     raise UnknownInputError(node.name, param, upstream)

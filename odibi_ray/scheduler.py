@@ -20,7 +20,7 @@ import random
 import time
 from typing import Any, Hashable
 
-from .attempt import error_info
+from .attempt import HARD_KILL_GRACE_S, error_info
 from .backends.base import Backend
 from .context import NodeContext
 from .dag import DAG
@@ -30,12 +30,14 @@ from .result import AttemptRecord, ErrorInfo, NodeRecord, NodeStatus, RunResult
 
 log = logging.getLogger(__name__)
 
-#: Speculative mode: how many of the oldest in-flight attempts one wait watches, and how long it may
-#: block before the loop looks at timers again. Failures are seen at most this late.
-WAIT_WINDOW = 512
+#: Speculative mode: how many in-flight attempts one wait watches (see ``Scheduler._wait_window``), and
+#: how long it may block before the loop looks at timers again.
+WAIT_WINDOW = 1024
 POLL_S = 0.05
 #: Driver-side timeouts (local backend): how often a queued attempt's start is looked for.
 QUEUED_RECHECK_S = 0.05
+#: How long to wait for the cluster to declare dead the machine that held a lost input.
+LOST_NODE_WAIT_S = 5.0
 
 
 def should_retry(policy: RetryPolicy, error: ErrorInfo, attempt: int) -> bool:
@@ -91,6 +93,7 @@ class Scheduler:
         self._live: dict[str, Hashable] = {}  # node -> handle of its submitted or succeeded attempt
         self._retrying: set[str] = set()
         self._reported: set[str] = set()
+        self._rotation = 0
         self._seq = itertools.count()
         self._open = len(self._rank)
 
@@ -130,18 +133,33 @@ class Scheduler:
                 time.sleep(timeout)
                 continue
             if self.speculative:
-                # Ray chains the submitted tasks itself: the loop only has to observe them. Watch the oldest
-                # attempts (completions follow submission order) and take them in batches, so the driver
-                # does not compete with the workers for CPU.
-                window = list(itertools.islice(self._inflight, WAIT_WINDOW))
-                done = self.backend.wait(window, min(POLL_S, timeout) if timeout is not None else POLL_S,
-                                         all_of=True)
+                # Ray chains the submitted tasks itself: the loop only has to observe them, in batches, so
+                # the driver does not compete with the workers for CPU.
+                done = self.backend.wait(self._wait_window(), min(POLL_S, timeout) if timeout is not None
+                                         else POLL_S, all_of=True)
             else:
                 done = self.backend.wait(list(self._inflight), timeout)
             if done:
                 done.sort(key=lambda h: self._rank[self._inflight[h][0]])  # inputs before their consumers
                 for handle, meta in zip(done, self.backend.outcomes(done)):
                     self._finish_attempt(handle, meta)
+
+    def _wait_window(self) -> list[Hashable]:
+        """The in-flight attempts one wait watches: all of them when few; else the oldest half-window
+        (completions mostly follow submission order) plus a slice of the rest that rotates on every
+        call, so a failure anywhere is seen within ``len(inflight) / (WAIT_WINDOW / 2)`` polls."""
+        inflight = self._inflight
+        if len(inflight) <= WAIT_WINDOW:
+            return list(inflight)
+        half = WAIT_WINDOW // 2
+        handles = list(inflight)
+        rest = len(handles) - half
+        start = half + self._rotation % rest
+        self._rotation += half
+        window = handles[:half] + handles[start:start + half]
+        if start + half > len(handles):
+            window += handles[half:half + start + half - len(handles)]
+        return window
 
     def _submittable(self, name: str) -> bool:
         if self.records[name].status is not NodeStatus.PENDING or name in self._live or name in self._retrying:
@@ -227,18 +245,39 @@ class Scheduler:
                    for u, h in zip(self._inputs[name], inputs))
 
     def _overran(self, name: str, att: AttemptRecord) -> bool:
+        """Whether a worker that died had run past its timeout plus the kill grace (the in-worker
+        watchdog kills it then). The start is estimated from below: the attempt cannot have started
+        before it was submitted nor before its inputs ended."""
         timeout = self._nodes[name].timeout_s
-        return timeout is not None and time.time() - att.submitted_at >= timeout
+        if timeout is None:
+            return False
+        earliest = max([att.submitted_at] + [self.records[u].ended_at or 0.0 for u in self._inputs[name]])
+        return time.time() - earliest >= timeout + HARD_KILL_GRACE_S * 0.9
 
     def _discard(self, name: str) -> None:
-        """Forget a submitted attempt that depended on a failed input attempt; it will be submitted again."""
+        """Forget a submitted attempt that depended on a failed or lost input attempt; the node goes
+        back to pending and is submitted again. Not counted as an attempt of its own."""
+        rec = self.records[name]
+        if rec.status is not NodeStatus.RUNNING:
+            return
         handle = self._live.pop(name, None)
         if handle is not None:
             self._inflight.pop(handle, None)
-        rec = self.records[name]
-        if rec.status is NodeStatus.RUNNING:
-            rec.attempt_history.pop()
-            rec.status = NodeStatus.PENDING
+        rec.attempt_history.pop()
+        rec.status = NodeStatus.PENDING
+
+    def _discard_consumers(self, name: str) -> None:
+        """Discard every in-flight attempt that (through other in-flight attempts) reads ``name``'s
+        current output. Nodes that already succeeded keep their outputs, and so do their consumers."""
+        todo = list(self._children[name])
+        seen: set[str] = set()
+        while todo:
+            n = todo.pop()
+            if n in seen or self.records[n].status is not NodeStatus.RUNNING:
+                continue
+            seen.add(n)
+            self._discard(n)
+            todo.extend(self._children[n])
 
     def _recompute_lost_inputs(self, name: str) -> bool:
         """An input's output object was lost with the machine that held it: run that input again.
@@ -246,9 +285,15 @@ class Scheduler:
         Ray cannot rebuild it (its own retries are off), so the driver does. The consumer's attempt
         is discarded (it never ran) and submitted again after the recomputed inputs.
         """
-        alive = self.backend.alive_nodes()
-        lost = [u for u in dict.fromkeys(self._inputs[name])
-                if self.records[u].status is NodeStatus.SUCCEEDED and self.records[u].worker_node_id not in alive]
+        lost: list[str] = []
+        deadline = time.monotonic() + LOST_NODE_WAIT_S
+        while True:  # the cluster may take a moment to declare the machine dead
+            alive = self.backend.alive_nodes()
+            lost = [u for u in dict.fromkeys(self._inputs[name]) if self.records[u].status is NodeStatus.SUCCEEDED
+                    and self.records[u].worker_node_id not in alive]
+            if lost or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
         if not lost:
             return False
         self._discard(name)
@@ -266,18 +311,14 @@ class Scheduler:
         self._open += 1
         self._left_in_level[rec.level] += 1
         self._live.pop(name, None)
-        for d in self._descendants(name):
-            self._discard(d)
+        self._discard_consumers(name)
         heapq.heappush(self._ready, (self._rank[name], name))
 
     def _attempt_failed(self, name: str, error: ErrorInfo) -> None:
         rec = self.records[name]
         rec.attempt_history[-1].error = error
         self._live.pop(name, None)
-        descendants = self._descendants(name)
-        if self.speculative:
-            for d in descendants:
-                self._discard(d)
+        self._discard_consumers(name)
         policy = self._policy[name]
         if should_retry(policy, error, rec.attempts):
             delay = compute_delay(policy, rec.attempts, self.rng)
@@ -290,7 +331,7 @@ class Scheduler:
         log.warning("node %r failed after %d attempt(s): %s: %s", name, rec.attempts, error.type_name, error.message)
         rec.error = error
         self._close(name, NodeStatus.FAILED)
-        for d in descendants:
+        for d in self._descendants(name):
             if not self.records[d].status.done:
                 self.records[d].reason = f"upstream node {name!r} failed"
                 self._close(d, NodeStatus.SKIPPED)
@@ -301,7 +342,11 @@ class Scheduler:
         """Cancel every running attempt and every node not yet finished."""
         for handle, (name, _) in list(self._inflight.items()):
             self.backend.cancel(handle)
-            att = self.records[name].attempt_history[-1]
+            rec = self.records[name]
+            if any(self.records[u].status is not NodeStatus.SUCCEEDED for u in self._inputs[name]):
+                rec.attempt_history.pop()  # queued behind its inputs: it never started
+                continue
+            att = rec.attempt_history[-1]
             att.ended_at = time.time()
             att.error = ErrorInfo("odibi_ray.errors.ExecutionError", reason, "", kind="cancelled")
         self._inflight.clear()

@@ -22,8 +22,11 @@ RAY_LOCAL_ARGS = dict(address="local", num_cpus=2, include_dashboard=False,
 
 # --- network guard ---------------------------------------------------------------------------------
 
-class NonLoopbackConnection(AssertionError):
-    pass
+class NonLoopbackConnection(ConnectionRefusedError):
+    """Raised to the code that tried to leave loopback; the test fails at teardown even if it is caught."""
+
+
+_violations: list[str] = []
 
 
 def _is_loopback(address) -> bool:
@@ -40,22 +43,38 @@ def _is_loopback(address) -> bool:
 
 @pytest.fixture(autouse=True, scope="session")
 def _loopback_only():
-    """Fail any test whose Python code opens a connection to an address other than loopback."""
+    """Refuse, and record, any connection from the test process to an address other than loopback.
+
+    It covers the pytest process (the driver, the storage clients); code in Ray worker processes is
+    kept on loopback by Ray's own settings (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, checked by a test).
+    """
     original_connect, original_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def refuse(address):
+        _violations.append(repr(address))
+        raise NonLoopbackConnection(f"test tried to connect to non-loopback address {address!r}")
 
     def connect(self, address):
         if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address):
-            raise NonLoopbackConnection(f"test tried to connect to non-loopback address {address!r}")
+            refuse(address)
         return original_connect(self, address)
 
     def connect_ex(self, address):
         if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address):
-            raise NonLoopbackConnection(f"test tried to connect to non-loopback address {address!r}")
+            refuse(address)
         return original_connect_ex(self, address)
 
     socket.socket.connect, socket.socket.connect_ex = connect, connect_ex
     yield
     socket.socket.connect, socket.socket.connect_ex = original_connect, original_connect_ex
+
+
+@pytest.fixture(autouse=True)
+def _no_connection_left_loopback():
+    """Fail the test if anything in it tried to leave loopback, even if the error was swallowed."""
+    del _violations[:]
+    yield
+    assert not _violations, f"connections to non-loopback addresses attempted: {_violations}"
 
 
 # --- Ray -------------------------------------------------------------------------------------------

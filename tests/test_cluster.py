@@ -112,14 +112,14 @@ def gate(marker: str):
 
 
 class _DoneEvents(ProgressSink):
-    """Progress sink that lets the test act when a given node has succeeded."""
+    """Progress sink that lets the test act when given nodes have succeeded."""
 
-    def __init__(self, name: str) -> None:
-        self.name, self.event = name, threading.Event()
+    def __init__(self, *names: str) -> None:
+        self.events = {n: threading.Event() for n in names}
 
     def node_done(self, name, level, status):
-        if name == self.name and status is NodeStatus.SUCCEEDED:
-            self.event.set()
+        if name in self.events and status is NodeStatus.SUCCEEDED:
+            self.events[name].set()
 
 
 def test_output_lost_with_its_node_is_recomputed(cluster, tmp_path):
@@ -131,12 +131,16 @@ def test_output_lost_with_its_node_is_recomputed(cluster, tmp_path):
     dag.add_node(Node("gate", gate, params={"marker": str(tmp_path / "open")}, num_cpus=0))
     dag.add_node(Node("use", lambda big, ok: (big[0], len(big[1])), inputs={"big": "big", "ok": "gate"},
                       num_cpus=0))
-    events = _DoneEvents("big")
+    # a second consumer that finishes before the loss (small output: kept by the driver, not lost)
+    dag.add_node(Node("early", lambda big: len(big[1]), inputs={"big": "big"}, num_cpus=0))
+    dag.add_node(Node("late", lambda early, ok: early + 1, inputs={"early": "early", "ok": "gate"}, num_cpus=0))
+    events = _DoneEvents("big", "early")
     box = {}
     runner = threading.Thread(target=lambda: box.setdefault("result", run(dag, progress=events)))
     runner.start()
     try:
-        assert events.event.wait(60), "big never finished"
+        assert events.events["big"].wait(60), "big never finished"
+        assert events.events["early"].wait(60), "early never finished"
         big_node = (tmp_path / "big_node").read_text()
         holder = next(n for n in cluster.worker_nodes if n.node_id == big_node)
         cluster.remove_node(holder, allow_graceful=False)
@@ -152,4 +156,6 @@ def test_output_lost_with_its_node_is_recomputed(cluster, tmp_path):
     assert big_rec.attempt_history[1].worker_node_id != holder.node_id
     assert result["use"] == (big_rec.worker_node_id, 5_000_000)
     assert result.nodes["use"].attempts == 1
+    assert result["early"] == 5_000_000 and result["late"] == 5_000_001
+    assert result.nodes["early"].attempts == 1 and result.nodes["late"].attempts == 1
     assert spares

@@ -204,3 +204,11 @@ def test_ancestors_and_descendants():
     assert dag.descendants(["left"]) == {"bottom"}
     assert dag.ancestors(["bottom"]) == {"top", "left", "right"}
     assert dag.descendants(["top"]) == {"left", "right", "bottom"}
+
+
+def test_values_changed_after_construction_are_checked_again():
+    dag = DAG()
+    dag.add_node(Node("n", f0))
+    dag["n"].timeout_s = 0
+    with pytest.raises(InvalidPolicyError, match="'n'.*timeout_s"):
+        dag.validate()

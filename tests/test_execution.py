@@ -37,13 +37,22 @@ def test_outputs_flow_along_edges(backend):
 
 
 def test_outputs_are_fetched_lazily(backend):
+    from odibi_ray.runner import make_backend
+
+    class Counting(type(make_backend(backend))):
+        fetched: list = []
+
+        def fetch_many(self, handles):
+            Counting.fetched.append(len(handles))
+            return super().fetch_many(handles)
+
     dag = DAG("lazy")
     dag.add_node(Node("big", lambda: b"x" * 2_000_000))
     dag.add_node(Node("size", lambda obj: len(obj), inputs={"obj": "big"}))
-    result = go(dag, backend)
-    assert result._cache == {}  # nothing was pulled to the driver by the run itself
-    assert result["size"] == 2_000_000
-    assert list(result._cache) == ["size"]
+    result = go(dag, Counting())
+    assert Counting.fetched == []  # the run itself pulled no output to the driver
+    assert result["size"] == 2_000_000 and result["size"] == 2_000_000
+    assert Counting.fetched == [1]  # one fetch, of one output, then cached
 
 
 def test_attempt_number_and_context_reach_the_node(backend):
@@ -99,6 +108,8 @@ def test_exhausted_retries_carry_type_message_and_traceback(backend):
 
 
 def test_waiting_to_retry_does_not_block_other_nodes(backend, tmp_path):
+    """While A waits 3 s to retry, the driver must go on: C fails right after A and is retried at once
+    (delay 0), then B runs on C's output. A driver that slept through A's delay would hold C back."""
     failed_once = tmp_path / "a_failed"
 
     def a():
@@ -107,17 +118,21 @@ def test_waiting_to_retry_does_not_block_other_nodes(backend, tmp_path):
             raise FlakyError("first try fails")
         return time.time()
 
-    def b():
-        assert wait_for(failed_once, timeout=30), "A never failed"
-        return time.time()  # B finishes while A waits out its 3 s retry delay
+    def c():
+        if current_context().attempt == 1:
+            assert wait_for(failed_once, timeout=30), "A never failed"
+            raise FlakyError("fails just after A")
+        return time.time()
 
     dag = DAG("nonblocking")
     dag.add_node(Node("a", a, retry=RetryPolicy(max_attempts=2, delay_s=3.0)))
-    dag.add_node(Node("b", b))
+    dag.add_node(Node("c", c, retry=RetryPolicy(max_attempts=2, delay_s=0.0)))
+    dag.add_node(Node("b", lambda c: time.time(), inputs={"c": "c"}))
     result = go(dag, backend).raise_for_status()
     a_retry_started = result.nodes["a"].attempt_history[1].started_at
-    b_done = result["b"]
-    assert b_done < a_retry_started
+    c_first_failed = result.nodes["c"].attempt_history[0].ended_at
+    assert result.nodes["c"].attempt_history[1].started_at - c_first_failed < 2.5  # not held behind A's 3 s
+    assert result["b"] < a_retry_started
     assert result.nodes["b"].ended_at < a_retry_started
 
 
@@ -193,6 +208,7 @@ def test_fail_fast_cancels_the_rest(backend, tmp_path):
     assert s["long"] is NodeStatus.CANCELLED and s["after_long"] is NodeStatus.CANCELLED
     assert "fail_fast" in result.nodes["after_long"].reason
     assert result.nodes["long"].attempt_history[-1].error.kind == "cancelled"
+    assert result.nodes["after_long"].attempts == 0  # it never started, on either backend
 
 
 def sleeper(seconds: float, tmp: str):
@@ -270,3 +286,24 @@ def test_timeout_counts_from_start_not_from_queueing(backend):
     hog, quick = result.nodes["hog"], result.nodes["quick"]
     waited = quick.attempt_history[0].queue_wait_s
     assert quick.started_at >= hog.ended_at or waited > 0.5  # it really was queued past its timeout
+
+
+def test_timed_out_thread_or_worker_does_not_hold_up_the_retry(backend, tmp_path):
+    """One slot only: attempt 1 hangs (until the test ends), attempt 2 must still get to run."""
+    release = tmp_path / "release"
+
+    def hangs_first():
+        if current_context().attempt == 1:
+            wait_for(release, timeout=60)
+            return "first"
+        return "second"
+
+    dag = DAG("slot")
+    dag.add_node(Node("h", hangs_first, num_cpus=2, timeout_s=0.5, retry=RetryPolicy(max_attempts=2, delay_s=0)))
+    try:
+        t0 = time.monotonic()
+        result = go(dag, backend, max_workers=1).raise_for_status()
+        assert time.monotonic() - t0 < 30  # did not wait for the hung attempt (it would hang 60 s)
+    finally:
+        release.write_text("1")
+    assert result["h"] == "second" and result.nodes["h"].attempt_history[0].error.kind == "timeout"

@@ -89,3 +89,71 @@ def test_unschedulable_request_is_an_error_before_anything_runs(ray_local, tmp_p
     with pytest.raises(UnschedulableNodeError, match="'huge'"):
         run(dag2, progress=False)
     assert not marker.exists()
+
+
+def swallow_timeout():
+    try:
+        time.sleep(5)
+    except Exception as exc:  # a careless node that catches everything, our NodeTimeoutError included
+        return f"swallowed {type(exc).__name__}"
+    return "slept"
+
+
+def test_node_cannot_swallow_its_timeout(ray_local):
+    dag = DAG("swallow")
+    dag.add_node(Node("careless", swallow_timeout, timeout_s=0.5))
+    result = run(dag, progress=False)
+    rec = result.nodes["careless"]
+    assert rec.status is NodeStatus.FAILED and rec.error.kind == "timeout"
+    assert rec.error.type_name == "NodeTimeoutError"
+
+
+def slow_source():
+    time.sleep(2)
+    return 1
+
+
+def crash_at_once(x):
+    os._exit(1)
+
+
+def test_crash_after_waiting_for_inputs_is_a_crash_not_a_timeout(ray_local):
+    """The child is submitted at once but starts after its 2 s input: its crash must not be read as a
+    timeout (that would ignore retry_system_failures=False)."""
+    dag = DAG("crash_not_timeout")
+    dag.add_node(Node("src", slow_source))
+    dag.add_node(Node("child", crash_at_once, inputs={"x": "src"}, timeout_s=1.0,
+                      retry=RetryPolicy(max_attempts=3, retry_system_failures=False)))
+    result = run(dag, progress=False)
+    rec = result.nodes["child"]
+    assert rec.status is NodeStatus.FAILED and rec.attempts == 1 and rec.error.kind == "worker_died"
+
+
+def test_address_of_another_cluster_is_an_error_when_ray_is_connected(ray_local):
+    from odibi_ray import ExecutionError
+
+    dag = DAG("elsewhere")
+    dag.add_node(Node("a", lambda: 1))
+    with pytest.raises(ExecutionError, match="already connected"):
+        run(dag, address="127.0.0.1:1", progress=False)
+    assert run(dag, address="auto", progress=False)["a"] == 1  # "auto": the cluster we are on
+
+
+def test_large_function_travels_through_the_object_store_once(ray_local, monkeypatch):
+    from odibi_ray.backends.ray_tasks import INLINE_FN_BYTES
+
+    puts = []
+    real_put = ray_local.put
+    monkeypatch.setattr(ray_local, "put", lambda value, **kw: puts.append(len(value)) or real_put(value, **kw))
+
+    blob = os.urandom(4 * INLINE_FN_BYTES)
+
+    def blob_size(i):
+        return len(blob) + i
+
+    dag = DAG("bigfn")
+    for i in range(4):
+        dag.add_node(Node(f"n{i}", blob_size, params={"i": i}))
+    result = run(dag, progress=False).raise_for_status()
+    assert [result[f"n{i}"] for i in range(4)] == [len(blob) + i for i in range(4)]
+    assert len(puts) == 1 and puts[0] > len(blob)  # one object holds the function for the four nodes

@@ -1,9 +1,11 @@
-"""In-process backend: node attempts run in a thread pool, no Ray needed (debugging, small jobs)."""
+"""In-process backend: node attempts run in threads of this process, no Ray needed (debugging, small jobs)."""
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import os
+import threading
 import time
 from typing import Any, Sequence
 
@@ -14,39 +16,62 @@ from ..node import Node
 
 
 class LocalBackend:
-    """Runs each attempt as a call in a :class:`~concurrent.futures.ThreadPoolExecutor`.
+    """Runs each attempt in a daemon thread, at most ``max_workers`` at a time.
 
     Same scheduling, retries and records as the Ray backend. Resource requests are not enforced
     (only ``max_workers`` bounds concurrency). Timeouts are timed by the scheduler from the thread's
-    start; a timed-out attempt cannot be killed: it is recorded as failed and its thread is abandoned
-    (its result ignored) until it returns.
+    start; a thread cannot be killed, so a timed-out attempt is recorded as failed and its thread is
+    abandoned: it gives up its slot at once (a retry does not wait for it), its result is ignored, and
+    being a daemon thread it does not keep the process alive.
     """
 
     name = "local"
-    speculative = False  # a thread waiting for its inputs would hold a pool slot
+    speculative = False  # a thread waiting for its inputs would hold a slot
     worker_timeouts = False  # the scheduler times attempts (from their start) and abandons the thread
 
     def __init__(self, max_workers: int | None = None) -> None:
         self.max_workers = max_workers or min(32, (os.cpu_count() or 1) + 4)
-        self._pool: cf.ThreadPoolExecutor | None = None
-        self._starts: dict[cf.Future, list[float]] = {}
+        self._lock = threading.Lock()
+        self._queue: collections.deque[tuple[cf.Future, tuple]] = collections.deque()
+        self._running: set[cf.Future] = set()  # futures holding a slot
+        self._starts: dict[cf.Future, float] = {}
 
     def prepare(self, nodes: Sequence[Node]) -> None:
-        self._pool = cf.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="odibi-node")
+        pass
 
     def submit(self, node: Node, ctx: NodeContext, inputs: Sequence[cf.Future]) -> cf.Future:
-        assert self._pool is not None, "prepare() first"
         values = [f.result()[1] for f in inputs]  # inputs are done: the scheduler waits for them
-        names = list(node.inputs)
-        box: list[float] = []
-        fut = self._pool.submit(_timed, box, node.fn, node.params, names, values, ctx)
-        self._starts[fut] = box
+        fut: cf.Future = cf.Future()
+        with self._lock:
+            self._queue.append((fut, (node.fn, node.params, list(node.inputs), values, ctx, "local")))
+            self._pump()
         return fut
+
+    def _pump(self) -> None:
+        """Start queued attempts while slots are free (caller holds the lock)."""
+        while self._queue and len(self._running) < self.max_workers:
+            fut, args = self._queue.popleft()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            self._running.add(fut)
+            self._starts[fut] = time.monotonic()
+            threading.Thread(target=self._work, args=(fut, args), daemon=True,
+                             name=f"odibi-node-{args[4].node}").start()
+
+    def _work(self, fut: cf.Future, args: tuple) -> None:
+        try:
+            result = run_attempt(*args)
+        except BaseException as exc:  # run_attempt reports the node's errors; this is a bug or an interrupt
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+        with self._lock:
+            self._running.discard(fut)
+            self._pump()
 
     def started(self, handle: cf.Future) -> float | None:
         """When the attempt's thread began (``time.monotonic``), or None while it is queued."""
-        box = self._starts.get(handle)
-        return box[0] if box else None
+        return self._starts.get(handle)
 
     def wait(self, handles: Sequence[cf.Future], timeout: float | None, all_of: bool = False) -> list[cf.Future]:
         done, _ = cf.wait(handles, timeout=timeout, return_when=cf.ALL_COMPLETED if all_of else cf.FIRST_COMPLETED)
@@ -61,12 +86,16 @@ class LocalBackend:
             except BaseException as exc:  # the wrapper itself failed, or the future was cancelled
                 now = time.time()
                 err = error_info(SystemFailureError("system", f"{type(exc).__name__}: {exc}"), kind="system")
-                out.append((now, now, "local", os.getpid(), err))
+                out.append((None, now, "local", os.getpid(), err))
         return out
 
     def cancel(self, handle: cf.Future) -> None:
-        self._starts.pop(handle, None)
-        handle.cancel()  # only stops an attempt that has not started; a running thread is abandoned
+        """Drop a queued attempt; abandon a running one (its slot is freed, its thread runs on unobserved)."""
+        with self._lock:
+            self._starts.pop(handle, None)
+            if not handle.cancel():
+                self._running.discard(handle)
+                self._pump()
 
     def fetch(self, handle: cf.Future) -> Any:
         return handle.result()[1]
@@ -78,11 +107,7 @@ class LocalBackend:
         return {"local"}
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
-
-
-def _timed(box: list[float], fn: Any, params: Any, names: Any, values: Any, ctx: NodeContext) -> Any:
-    box.append(time.monotonic())
-    return run_attempt(fn, params, names, values, ctx, "local")
+        with self._lock:
+            for fut, _ in self._queue:
+                fut.cancel()
+            self._queue.clear()

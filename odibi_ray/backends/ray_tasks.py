@@ -18,7 +18,7 @@ import cloudpickle
 
 from ..attempt import AttemptMeta, error_info, run_attempt
 from ..context import NodeContext
-from ..errors import SystemFailureError, UnpicklableNodeError, UnschedulableNodeError
+from ..errors import ExecutionError, SystemFailureError, UnpicklableNodeError, UnschedulableNodeError
 from ..node import Node
 from ..result import ErrorInfo
 
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 _FN_CACHE: dict[str, Callable[..., Any]] = {}
 _FN_CACHE_MAX = 4096
+#: A pickled node function larger than this travels through the object store instead of in each task.
+INLINE_FN_BYTES = 64 * 1024
 _NODE_ID: str | None = None
 
 
@@ -44,13 +46,21 @@ def _execute(spec: bytes, attempt: int, *input_values: Any) -> tuple[AttemptMeta
     """Body of every odibi_ray task: unpickle the node function once per worker process, run one attempt.
 
     ``spec`` is pickled once per node and run (Ray sends bytes faster than a tuple): (fn_key, fn_bytes,
-    params_bytes, input_names, pipeline, run_id, node, max_attempts, timeout_s).
+    params_bytes, input_names, pipeline, run_id, node, max_attempts, timeout_s). A large function is
+    not in the spec (``fn_bytes`` None) but in the object store, once per run: its ref comes last, in a
+    list so that Ray does not fetch it for workers that have the function already.
     """
     fn_key, fn_bytes, params_bytes, names, pipeline, run_id, node, max_attempts, timeout_s = pickle.loads(spec)
+    if fn_bytes is None:
+        input_values, fn_box = input_values[:-1], input_values[-1]
     fn = _FN_CACHE.get(fn_key)
     if fn is None:
         if len(_FN_CACHE) >= _FN_CACHE_MAX:
             _FN_CACHE.clear()
+        if fn_bytes is None:
+            import ray
+
+            fn_bytes = ray.get(fn_box[0])
         fn = _FN_CACHE[fn_key] = cloudpickle.loads(fn_bytes)
     params = cloudpickle.loads(params_bytes) if params_bytes is not None else {}
     ctx = NodeContext(pipeline, run_id, node, attempt, max_attempts)
@@ -86,6 +96,12 @@ def ensure_ray(address: str | None = None, **init_kwargs: Any) -> None:
     import ray
 
     if ray.is_initialized():
+        if address not in (None, "auto", "local"):
+            current = ray.get_runtime_context().gcs_address
+            if address.split("://")[-1] != current:
+                raise ExecutionError(
+                    f"Ray in this process is already connected to {current}, so address={address!r} cannot be "
+                    "used: call ray.shutdown() first, or leave address unset to use the current connection")
         return
     log.info("starting Ray (address=%s)", address or "local")
     ray.init(address=address, **init_kwargs)
@@ -119,6 +135,8 @@ class RayBackend:
         self.wait_for_resources = wait_for_resources
         self.init_kwargs = dict(init_kwargs or {})
         self._specs: dict[str, tuple | bytes] = {}
+        self._fn_refs: dict[str, list] = {}
+        self._boxes: dict[str, tuple] = {}
         self._remotes: dict[str, Any] = {}
 
     def prepare(self, nodes: Sequence[Node]) -> None:
@@ -141,6 +159,11 @@ class RayBackend:
         ensure_ray(self.address, **self.init_kwargs)
         import ray
 
+        # Large functions (closures over data) go to the object store once, not into every task's spec.
+        self._fn_refs = {}
+        for key, fn_bytes in {e[0]: e[1] for e in by_fn.values() if len(e[1]) > INLINE_FN_BYTES}.items():
+            self._fn_refs[key] = [ray.put(fn_bytes)]
+
         if not self.wait_for_resources:
             check_schedulable(nodes, [n["Resources"] for n in ray.nodes() if n["Alive"]])
 
@@ -154,9 +177,13 @@ class RayBackend:
     def submit(self, node: Node, ctx: NodeContext, inputs: Sequence[_Handle]) -> _Handle:
         spec = self._specs[node.name]
         if type(spec) is tuple:  # first submit of this node in this run: add the run's context, pickle once
+            fn_box = self._fn_refs.get(spec[0])
+            self._boxes[node.name] = (fn_box,) if fn_box else ()
             spec = self._specs[node.name] = pickle.dumps(
-                spec[:4] + (ctx.pipeline, ctx.run_id, node.name, ctx.max_attempts, spec[8]), protocol=5)
-        meta, value = self._remotes[node.name].remote(spec, ctx.attempt, *[h.value for h in inputs])
+                (spec[0], None if fn_box else spec[1]) + spec[2:4]
+                + (ctx.pipeline, ctx.run_id, node.name, ctx.max_attempts, spec[8]), protocol=5)
+        meta, value = self._remotes[node.name].remote(spec, ctx.attempt, *[h.value for h in inputs],
+                                                      *self._boxes[node.name])
         return _Handle(meta, value)
 
     def wait(self, handles: Sequence[_Handle], timeout: float | None, all_of: bool = False) -> list[_Handle]:
@@ -215,6 +242,8 @@ class RayBackend:
 
     def close(self) -> None:
         self._specs = {}
+        self._fn_refs = {}
+        self._boxes = {}
         self._remotes = {}
 
 
