@@ -263,6 +263,7 @@ class Scheduler:
         handle = self._live.pop(name, None)
         if handle is not None:
             self._inflight.pop(handle, None)
+            self.backend.forget(handle)
         rec.attempt_history.pop()
         rec.status = NodeStatus.PENDING
 

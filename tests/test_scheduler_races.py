@@ -65,6 +65,9 @@ class ScriptedBackend:
     def cancel(self, handle):
         pass
 
+    def forget(self, handle):
+        pass
+
     def fetch_many(self, handles):
         return [f"value of {h.name}#{h.attempt}" for h in handles]
 

@@ -33,6 +33,9 @@ class Backend(Protocol):
     def cancel(self, handle: Hashable) -> None:
         """Stop an attempt (best effort on the local backend)."""
 
+    def forget(self, handle: Hashable) -> None:
+        """The scheduler discarded this attempt (its input failed); its outcome will not be read."""
+
     def fetch(self, handle: Hashable) -> Any:
         """The output value of a successful attempt."""
 

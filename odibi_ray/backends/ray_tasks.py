@@ -137,6 +137,7 @@ class RayBackend:
         self._specs: dict[str, tuple | bytes] = {}
         self._fn_refs: dict[str, list] = {}
         self._boxes: dict[str, tuple] = {}
+        self._graveyard: list[Any] = []
         self._remotes: dict[str, Any] = {}
 
     def prepare(self, nodes: Sequence[Node]) -> None:
@@ -209,13 +210,32 @@ class RayBackend:
         except Exception:
             pass  # at least one attempt failed at the system level: read them one by one
         out = []
-        for ref in refs:
+        for h in handles:
             try:
-                out.append(_unpack_meta(ray.get(ref)))
+                out.append(_unpack_meta(ray.get(h.meta)))
             except Exception as exc:
                 now = time.time()
                 out.append((None, now, None, None, classify_ray_error(exc)))
+                self._graveyard.append(h.value)  # holds the same error: read it, or Ray logs it as unhandled
         return out
+
+    def forget(self, handle: _Handle) -> None:
+        """An attempt the scheduler discarded: its refs may end in errors that nobody reads; read them
+        at the end of the run so that Ray does not report them as unhandled."""
+        self._graveyard += (handle.meta, handle.value)
+
+    def _bury(self) -> None:
+        import ray
+
+        if not self._graveyard:
+            return
+        ready, _ = ray.wait(self._graveyard, num_returns=len(self._graveyard), timeout=0, fetch_local=False)
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except Exception:
+                pass
+        self._graveyard = []
 
     def cancel(self, handle: _Handle) -> None:
         import ray
@@ -241,6 +261,7 @@ class RayBackend:
         return {n["NodeID"] for n in ray.nodes() if n["Alive"]}
 
     def close(self) -> None:
+        self._bury()
         self._specs = {}
         self._fn_refs = {}
         self._boxes = {}
