@@ -128,3 +128,45 @@ class OutputUnavailableError(ExecutionError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+# --- storage -----------------------------------------------------------------------------------
+
+
+class StorageError(OdibiError):
+    """A storage adapter could not do what was asked. ``key`` is the object key involved, if any.
+
+    Messages never contain credentials (keys, SAS tokens, bearer tokens): adapters build them from the
+    URI without its query string and from the key only.
+    """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class NotFoundError(StorageError, KeyError):
+    """The object (or container/bucket) does not exist."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class AlreadyExistsError(StorageError):
+    """A create-only put found the key already there."""
+
+
+class PreconditionFailedError(StorageError):
+    """A compare-and-swap put found another ETag than the one it was given."""
+
+
+class StorageUnavailableError(StorageError):
+    """The storage endpoint could not be reached or kept failing after bounded retries."""
+
+
+class StorageAuthError(StorageError):
+    """The credentials were refused or are missing. Never retried."""
+
+
+class InvalidURIError(StorageError, ValueError):
+    """A storage URI is malformed or names an unknown scheme."""

@@ -16,6 +16,12 @@ os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 import pytest  # noqa: E402
 
+pytest_plugins = [
+    "tests.storage.fixtures_local",
+    "tests.storage.fixtures_azurite",
+    "tests.storage.fixtures_s3",
+]
+
 RAY_LOCAL_ARGS = dict(address="local", num_cpus=2, include_dashboard=False,
                       object_store_memory=200 * 1024 * 1024, log_to_driver=True)
 

@@ -1,0 +1,110 @@
+"""The one storage interface every adapter implements (local folder, ADLS Gen2, S3, HDFS).
+
+Keys are relative, '/'-separated paths below the adapter's root (``runs/etl/r1/run.json``); they never
+start with '/', never contain empty, '.' or '..' segments. Metadata is a flat ``str -> str`` mapping
+(lower-case ASCII names; values ASCII) stored with the object.
+
+Adapters are picklable *configuration*: pickling keeps the URI and options, never an open client or a
+credential object; each process opens its own client lazily on first use and reuses it.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping
+
+from ..errors import InvalidURIError, NotFoundError
+
+_BAD_SEGMENT = re.compile(r"(^|/)(\.{1,2})?(/|$)")
+_META_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What ``head`` and ``list`` tell about an object."""
+
+    key: str
+    size: int
+    etag: str
+    last_modified: float | None = None  # seconds since the epoch
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it is a valid object key, else raise :class:`InvalidURIError`."""
+    if not isinstance(key, str) or not key or key.startswith("/") or _BAD_SEGMENT.search(key) or "\\" in key:
+        raise InvalidURIError(f"invalid object key {key!r}: use a relative 'a/b/c' path without '.', '..' or "
+                              "empty segments", key=key if isinstance(key, str) else None)
+    return key
+
+
+def check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    """Validate metadata (names: lower-case identifiers; values: ASCII strings) and return a copy."""
+    out: dict[str, str] = {}
+    for k, v in (metadata or {}).items():
+        if not isinstance(k, str) or not _META_NAME.match(k):
+            raise ValueError(f"metadata name {k!r} must be a lower-case identifier ([a-z_][a-z0-9_]*)")
+        if not isinstance(v, str) or not v.isascii():
+            raise ValueError(f"metadata value of {k!r} must be an ASCII string")
+        out[k] = v
+    return out
+
+
+class Storage(abc.ABC):
+    """Bytes under keys, with metadata, create-only and compare-and-swap writes.
+
+    All methods raise subclasses of :class:`~odibi_ray.errors.StorageError` only:
+    ``NotFoundError``, ``AlreadyExistsError``, ``PreconditionFailedError``, ``StorageUnavailableError``,
+    ``StorageAuthError``, ``InvalidURIError``.
+    """
+
+    #: The URI this adapter was opened from, without any secret (no query string).
+    uri: str
+
+    @abc.abstractmethod
+    def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None, *,
+            if_none_match: bool = False, if_match: str | None = None) -> ObjectInfo:
+        """Write ``data`` under ``key`` atomically (a reader sees the old object or the whole new one).
+
+        ``if_none_match=True``: create-only, ``AlreadyExistsError`` if the key exists (exactly one of
+        several racing writers wins). ``if_match=etag``: replace only if the current ETag is ``etag``,
+        else ``PreconditionFailedError`` (also when the key does not exist).
+        Returns the new object's info (its ETag included).
+        """
+
+    @abc.abstractmethod
+    def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+        """The object's bytes, or the range ``[start, end)`` of them (``end`` None: to the end)."""
+
+    @abc.abstractmethod
+    def get_with_info(self, key: str) -> tuple[bytes, ObjectInfo]:
+        """The object's bytes and its info (ETag, metadata) read together, for compare-and-swap."""
+
+    @abc.abstractmethod
+    def head(self, key: str) -> ObjectInfo:
+        """The object's info (size, ETag, metadata); ``NotFoundError`` if absent."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "", *, with_metadata: bool = False) -> Iterator[ObjectInfo]:
+        """Objects whose key starts with ``prefix`` (a plain string prefix), in key order."""
+
+    @abc.abstractmethod
+    def delete(self, key: str, *, missing_ok: bool = True) -> bool:
+        """Remove one object; True if it existed. ``missing_ok=False``: ``NotFoundError`` if absent."""
+
+    @abc.abstractmethod
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove every object whose key starts with ``prefix``; the number removed."""
+
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored under ``key``."""
+        try:
+            self.head(key)
+            return True
+        except NotFoundError:
+            return False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.uri!r})"

@@ -1,0 +1,1 @@
+"""Fixtures for the azurite storage adapter (to be written)."""

@@ -1,0 +1,1 @@
+"""Fixtures for the local storage adapter (to be written)."""

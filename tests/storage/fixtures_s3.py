@@ -1,0 +1,1 @@
+"""Fixtures for the s3 storage adapter (to be written)."""
