@@ -33,6 +33,7 @@ class NonLoopbackConnection(ConnectionRefusedError):
 
 
 _violations: list[str] = []
+_allow_network = [False]  # set for tests marked external_network (opt-in real-cloud tests)
 
 
 def _is_loopback(address) -> bool:
@@ -57,6 +58,8 @@ def _loopback_only():
     original_connect, original_connect_ex = socket.socket.connect, socket.socket.connect_ex
 
     def refuse(address):
+        if _allow_network[0]:
+            return
         _violations.append(repr(address))
         raise NonLoopbackConnection(f"test tried to connect to non-loopback address {address!r}")
 
@@ -76,10 +79,14 @@ def _loopback_only():
 
 
 @pytest.fixture(autouse=True)
-def _no_connection_left_loopback():
-    """Fail the test if anything in it tried to leave loopback, even if the error was swallowed."""
+def _no_connection_left_loopback(request):
+    """Fail the test if anything in it tried to leave loopback, even if the error was swallowed.
+
+    Only tests marked ``external_network`` (opt-in, real cloud services, skipped by default) may."""
     del _violations[:]
+    _allow_network[0] = request.node.get_closest_marker("external_network") is not None
     yield
+    _allow_network[0] = False
     assert not _violations, f"connections to non-loopback addresses attempted: {_violations}"
 
 
