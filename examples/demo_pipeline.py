@@ -14,6 +14,10 @@ import sys
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # never report usage to the internet
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep a local Ray on 127.0.0.1
+# Ray's dashboard probes cloud metadata addresses on start; send non-loopback HTTP to a closed local port.
+for _var in ("HTTP_PROXY", "HTTPS_PROXY"):
+    os.environ.setdefault(_var, "http://127.0.0.1:9")
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost,127.0.0.0/8,::1")
 
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402

@@ -13,6 +13,15 @@ import socket
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+# Ray's dashboard process asks cloud metadata addresses (169.254.169.254, metadata.google.internal) which
+# cloud it runs on, whatever the usage-stats setting. Route every HTTP(S) call that is not to loopback
+# through a closed loopback port, so such probes fail at once without leaving the machine. (`./dev test`
+# also runs the suite in a network namespace with loopback only.)
+for _var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+    os.environ[_var] = "http://127.0.0.1:9"
+for _var in ("NO_PROXY", "no_proxy"):
+    os.environ[_var] = "127.0.0.1,localhost,127.0.0.0/8,::1"
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 import pytest  # noqa: E402
 
