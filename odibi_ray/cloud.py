@@ -177,7 +177,8 @@ def decode(raw: bytes, format: str) -> Any:
     if format == "csv":
         import pyarrow.csv as pacsv
 
-        return pacsv.read_csv(pa.BufferReader(raw))
+        # an empty field is a null (as written by encode), not an empty string
+        return pacsv.read_csv(pa.BufferReader(raw), convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
     import pyarrow.json as pajson
 
     if not raw.strip():

@@ -76,3 +76,21 @@ def test_simulation_keeps_state_across_processes(sim_dir):
     assert "myaccount" in repr(adapter)
     other = CloudAdapter.create("azure", account_name="otheraccount", simulate=True)
     assert not other.exists("container/path/file.parquet")  # accounts do not share data
+
+
+def test_azure_on_azurite(azurite):
+    """The same face on the real Azure Blob protocol (Azurite on 127.0.0.1)."""
+    from tests.storage.fixtures_azurite import ACCOUNT, ACCOUNT_KEY, new_container
+
+    container = new_container(azurite)
+    adapter = CloudAdapter.create("azure", account_name=ACCOUNT, account_key=ACCOUNT_KEY,
+                                  endpoint=azurite.endpoint).connect()
+    adapter.write(TABLE, f"{container}/sales/2026/part-0.parquet")
+    adapter.write(TABLE, f"{container}/sales/2026/part-1.csv", format="csv")
+    assert adapter.read(f"{container}/sales/2026/part-0.parquet").equals(TABLE)
+    assert adapter.read(f"{container}/sales/2026/part-1.csv", format="csv").to_pylist() == TABLE.to_pylist()
+    assert adapter.list(f"{container}/sales/", pattern="*.parquet") == [f"{container}/sales/2026/part-0.parquet"]
+    assert ACCOUNT_KEY not in repr(adapter)
+    assert adapter.delete(f"{container}/sales/2026/part-0.parquet")
+    assert not adapter.exists(f"{container}/sales/2026/part-0.parquet")
+    adapter.disconnect()
