@@ -229,7 +229,8 @@ class RayBackend:
 
         if not self._graveyard:
             return
-        ready, _ = ray.wait(self._graveyard, num_returns=len(self._graveyard), timeout=0, fetch_local=False)
+        refs = list(dict.fromkeys(self._graveyard))  # an attempt can be buried twice; ray.wait wants unique refs
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
         for ref in ready:
             try:
                 ray.get(ref)
@@ -261,7 +262,10 @@ class RayBackend:
         return {n["NodeID"] for n in ray.nodes() if n["Alive"]}
 
     def close(self) -> None:
-        self._bury()
+        try:
+            self._bury()
+        except Exception as exc:  # housekeeping only: never fail a finished run over it
+            log.debug("could not read discarded attempts: %s", exc)
         self._specs = {}
         self._fn_refs = {}
         self._boxes = {}
