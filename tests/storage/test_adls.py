@@ -734,3 +734,30 @@ def test_outage_puts_succeed_or_are_unavailable_and_acknowledged_ones_survive(tm
         assert {i.key for i in reader.list("")} >= set(acknowledged)
     finally:
         server.close()
+
+
+def test_account_key_fetched_from_key_vault(azurite: AzuriteServer, container: str, monkeypatch) -> None:
+    """`account_key="kv://vault/name"`: the key comes from Key Vault (the TLS stand-in of tests/kv_standin.py,
+    speaking the Key Vault REST protocol on 127.0.0.1), resolved in the process that opens the client."""
+    from odibi_ray import secrets
+    from tests.kv_standin import KeyVaultStandIn
+    from tests.test_secrets import TOKEN, StaticTokenCredential
+
+    with KeyVaultStandIn(TOKEN) as vault:
+        vault.set_secret("storage-key", ACCOUNT_KEY)
+        monkeypatch.setenv("ODIBI_RAY_KEYVAULT_URL_LAKEVAULT", vault.url)
+        resolver = secrets.default_resolver()
+        monkeypatch.setattr(resolver, "credential", StaticTokenCredential())
+        monkeypatch.setattr(resolver, "client_options", {**resolver.client_options,
+                                                          "connection_verify": vault.ca_path,
+                                                          "verify_challenge_resource": False})
+        secrets.clear_cache()
+        try:
+            storage = ADLSStorage.from_uri(f"abfss://{container}@{ACCOUNT}.dfs.core.windows.net/kv",
+                                           endpoint=azurite.endpoint, account_key="kv://lakevault/storage-key")
+            storage.put("hello.txt", b"from a key in Key Vault")
+            assert storage.get("hello.txt") == b"from a key in Key Vault"
+            assert vault.served("storage-key") == 1
+            assert ACCOUNT_KEY not in repr(storage) and ACCOUNT_KEY not in str(pickle.dumps(storage))
+        finally:
+            secrets.clear_cache()
