@@ -8,11 +8,10 @@ import time
 
 import pytest
 
-import odibi_ray
 from odibi_ray import (DAG, Node, NodeStatus, OutputUnavailableError, RetryPolicy, RunFailedError, RunStatus,
                        current_context, run)
 
-from .nodes import FlakyError, fail_until, rendezvous, wait_for
+from .nodes import FlakyError, fail_until, wait_for
 
 
 def go(dag, backend, **kw):

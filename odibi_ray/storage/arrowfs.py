@@ -52,7 +52,7 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 from ..errors import (AlreadyExistsError, InvalidURIError, NotFoundError, PreconditionFailedError,
                       StorageAuthError, StorageError, StorageUnavailableError)
-from .base import ObjectInfo, Storage, check_key, check_metadata
+from .base import ObjectInfo, Storage, check_key, check_metadata, resolve_secret_option
 from .retry import Backoff, RetriesExhausted, call_with_retry
 from .uri import redact_uri
 
@@ -446,17 +446,7 @@ class S3Storage(ArrowFSStorage):
 
     def _secret(self, name: str) -> str | None:
         """The value of a secret option, resolved here (``env://``, ``kv://``, SecretValue or literal)."""
-        value = self._secrets[name]
-        if value is None:
-            return None
-        from ..secrets import SecretError, SecretUnavailableError, resolve_secret
-
-        try:
-            return resolve_secret(value).get_secret_value()
-        except SecretUnavailableError as exc:
-            raise StorageUnavailableError(f"{self.uri}: could not resolve option {name}: {exc}") from None
-        except (SecretError, TypeError) as exc:
-            raise StorageAuthError(f"{self.uri}: could not resolve option {name}: {exc}") from None
+        return resolve_secret_option(self.uri, name, self._secrets[name])
 
     def _client(self) -> Any:
         """This process's boto3 S3 client, created on first use and reused (clients are thread-safe)."""

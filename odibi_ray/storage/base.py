@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
-from ..errors import InvalidURIError, NotFoundError
+from ..errors import InvalidURIError, NotFoundError, StorageAuthError, StorageUnavailableError
 
 _BAD_SEGMENT = re.compile(r"(^|/)(\.{1,2})?(/|$)")
 _META_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -50,6 +50,21 @@ def check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
             raise ValueError(f"metadata value of {k!r} must be an ASCII string")
         out[k] = v
     return out
+
+
+def resolve_secret_option(uri: str, name: str, value: object) -> str | None:
+    """The value of an adapter's secret option (``env://``, ``kv://``, SecretValue or literal), resolved in
+    this process; resolution failures become storage errors naming the option, never its value."""
+    if value is None:
+        return None
+    from ..secrets import SecretError, SecretUnavailableError, resolve_secret
+
+    try:
+        return resolve_secret(value).get_secret_value()  # type: ignore[arg-type]
+    except SecretUnavailableError as exc:
+        raise StorageUnavailableError(f"{uri}: could not resolve option {name}: {exc}") from None
+    except (SecretError, TypeError) as exc:
+        raise StorageAuthError(f"{uri}: could not resolve option {name}: {exc}") from None
 
 
 class Storage(abc.ABC):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import multiprocessing
 import pickle
 
-import pytest
 
 from odibi_ray.errors import AlreadyExistsError, NotFoundError
 
