@@ -17,7 +17,8 @@ from typing import Any, Callable, Mapping, Sequence
 import cloudpickle
 
 from . import context
-from .errors import NodeTimeoutError
+from .checkpoint.store import OutputTarget, StoredRef, write_output
+from .errors import CorruptObjectError, NodeTimeoutError, NotFoundError, StorageError
 from .result import ErrorInfo
 
 #: What a worker sends back about an attempt: (started_at, ended_at, worker_node_id, pid, error or None).
@@ -60,17 +61,24 @@ _UPSTREAM_FAILED = ErrorInfo("odibi_ray.attempt.UpstreamFailed", "an input's att
 
 def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: Sequence[str],
                 input_values: Sequence[Any], ctx: context.NodeContext, worker_node_id: str,
-                timeout_s: float | None = None, hard_kill: bool = False) -> tuple[AttemptMeta, Any]:
+                timeout_s: float | None = None, hard_kill: bool = False,
+                target: OutputTarget | None = None) -> tuple[AttemptMeta, Any]:
     """Call the node function once with its inputs and params; never raises for the function's errors.
 
     With ``timeout_s`` and on the main thread (a Ray worker), an alarm raises
     :class:`NodeTimeoutError` inside the function once it has run that long; with ``hard_kill`` a
     function that ignores the alarm for :data:`HARD_KILL_GRACE_S` more gets its process killed.
+    Inputs that are :class:`StoredRef` are read from storage here; with ``target`` the output is
+    checkpointed here (object, then record) before the attempt counts as succeeded.
     """
     started = time.time()
     for v in input_values:
         if v.__class__ is UpstreamFailed:
             return (started, started, worker_node_id, os.getpid(), _UPSTREAM_FAILED), FAILED
+    if any(v.__class__ is StoredRef for v in input_values):
+        input_values, error = _load_stored(input_values)
+        if error is not None:
+            return (started, time.time(), worker_node_id, os.getpid(), error), FAILED
     kwargs = dict(params)
     kwargs.update(zip(input_names, input_values))
     token = context._set(ctx)
@@ -95,7 +103,37 @@ def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: 
         if error is None or error.type != _TIMEOUT_TYPE:
             error = error_info(alarm.exception(), traceback_text="(the node caught its NodeTimeoutError)")
         value, error = FAILED, dataclasses.replace(error, kind="timeout")
-    return (started, time.time(), worker_node_id, os.getpid(), error), value
+    ended = time.time()
+    if error is None and target is not None:
+        # Checkpoint from the worker: the output object, then the node record.
+        record = {"node": ctx.node, "pipeline": ctx.pipeline, "run_id": ctx.run_id, "attempt": ctx.attempt,
+                  "ray_node_id": worker_node_id, "pid": os.getpid(), "started_at": started, "ended_at": ended}
+        try:
+            write_output(target, value, record)
+        except StorageError as exc:
+            value, error = FAILED, error_info(exc, kind="storage")
+    return (started, ended, worker_node_id, os.getpid(), error), value
+
+
+def _load_stored(values: Sequence[Any]) -> tuple[list[Any], ErrorInfo | None]:
+    """Replace stored inputs (outputs of cached or resumed nodes) by their values, read here in the worker."""
+    out = []
+    for v in values:
+        if v.__class__ is StoredRef:
+            try:
+                v = v.load()
+            except CorruptObjectError as exc:
+                try:
+                    v.storage.delete(v.key)  # never trusted again: the producer runs and writes it anew
+                except StorageError:
+                    pass
+                return [], dataclasses.replace(error_info(exc, kind="corrupt_input"), detail=v.node)
+            except NotFoundError as exc:  # purged meanwhile: the producer must run again
+                return [], dataclasses.replace(error_info(exc, kind="corrupt_input"), detail=v.node)
+            except StorageError as exc:
+                return [], error_info(exc, kind="storage")
+        out.append(v)
+    return out, None
 
 
 class _Alarm:

@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from .errors import CycleError, DuplicateNodeError, InvalidNodeError, UnknownInputError
 from .node import Node
-from .policy import RetryPolicy
+from .policy import CachePolicy, RetryPolicy
 
 
 class DAG:
@@ -20,9 +20,10 @@ class DAG:
     """
 
     def __init__(self, name: str = "dag", nodes: Iterable[Node] = (), *, retry: RetryPolicy | None = None,
-                 description: str = "") -> None:
+                 cache: CachePolicy | bool = True, description: str = "") -> None:
         self.name = name
         self.retry = retry or RetryPolicy()
+        self.cache = cache
         self.description = description
         self._nodes: dict[str, Node] = {}
         for n in nodes:
@@ -83,9 +84,13 @@ class DAG:
     def __repr__(self) -> str:
         return f"DAG({self.name!r}, {len(self._nodes)} nodes)"
 
-    def policy_of(self, name: str) -> RetryPolicy:
-        """The retry policy in force for a node (its own, else the DAG's)."""
-        return self._nodes[name].retry or self.retry
+    def cache_policy_of(self, name: str) -> CachePolicy:
+        """The cache policy in force for a node (its own, else the DAG's); False becomes disabled."""
+        value = self._nodes[name].cache
+        value = self.cache if value is None else value
+        if isinstance(value, CachePolicy):
+            return value
+        return CachePolicy() if value else CachePolicy(enabled=False)
 
     # --- validation and structure -------------------------------------------------------------
 

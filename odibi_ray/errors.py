@@ -170,3 +170,7 @@ class StorageAuthError(StorageError):
 
 class InvalidURIError(StorageError, ValueError):
     """A storage URI is malformed or names an unknown scheme."""
+
+
+class CorruptObjectError(StorageError):
+    """A stored node output does not match its recorded SHA-256 (altered or truncated): a cache miss."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from .errors import InvalidNodeError, InvalidPolicyError, SignatureMismatchError
-from .policy import RetryPolicy
+from .policy import CachePolicy, RetryPolicy
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 
@@ -20,7 +20,8 @@ class Node:
 
     ``inputs`` maps a parameter of ``fn`` to the upstream node whose output it receives; a list of
     node names is shorthand for ``{name: name}``. ``params`` are constant keyword arguments.
-    ``retry`` (default: the DAG's policy) decides what happens when an attempt fails; ``timeout_s``
+    ``retry`` (default: the DAG's policy) decides what happens when an attempt fails; ``cache`` (default:
+    the DAG's) whether a stored output is reused (see :class:`CachePolicy`); ``timeout_s``
     bounds one attempt. ``num_cpus``, ``num_gpus``, ``memory`` (bytes) and ``resources`` (custom
     Ray resources) are the resource request of the Ray task.
     """
@@ -30,6 +31,7 @@ class Node:
     inputs: Mapping[str, str] | Sequence[str] = field(default_factory=dict)
     params: Mapping[str, Any] = field(default_factory=dict)
     retry: RetryPolicy | None = None
+    cache: CachePolicy | bool | None = None
     timeout_s: float | None = None
     num_cpus: float = 1.0
     num_gpus: float = 0.0
@@ -59,6 +61,8 @@ class Node:
         problems = []
         if self.retry is not None and not isinstance(self.retry, RetryPolicy):
             problems.append(f"retry must be a RetryPolicy, got {type(self.retry).__name__}")
+        if self.cache is not None and not isinstance(self.cache, (CachePolicy, bool)):
+            problems.append(f"cache must be a CachePolicy, True or False, got {type(self.cache).__name__}")
         if self.timeout_s is not None and (not _number(self.timeout_s) or self.timeout_s <= 0):
             problems.append(f"timeout_s must be a number > 0, got {self.timeout_s!r}")
         for attr in ("num_cpus", "num_gpus"):

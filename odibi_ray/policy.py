@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .errors import InvalidPolicyError
 
-#: Kinds of system failure (see :class:`~odibi_ray.errors.SystemFailureError`).
-SYSTEM_FAILURE_KINDS = frozenset({"worker_died", "node_lost", "oom", "object_lost", "system"})
+#: Kinds of system failure (see :class:`~odibi_ray.errors.SystemFailureError`); "storage": the node ran but
+#: its checkpoint could not be written (storage unavailable).
+SYSTEM_FAILURE_KINDS = frozenset({"worker_died", "node_lost", "oom", "object_lost", "system", "storage"})
 
 
 def _type_path(tp: type) -> str:
@@ -99,3 +100,29 @@ def compute_delay(policy: RetryPolicy, failed_attempt: int, rng: random.Random |
         r = (rng or random).random()
         base *= 1.0 - policy.jitter + 2.0 * policy.jitter * r
     return max(0.0, base)
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """Whether and how a node's output is reused across runs from the checkpoint storage.
+
+    The cache key is known before anything runs: SHA-256 over the namespace, the node's name, its code
+    fingerprint (``version`` if given, else a hash of the function's source), its canonical params, the
+    keys of its inputs, and ``key_fn(params)`` if given (e.g. a source file's ETag or mtime). A stored
+    output younger than ``ttl_s`` (None: no expiry) under that key is reused without running the node.
+    ``enabled=False`` (or ``cache=False`` on the node) always runs the node; its output is still
+    checkpointed for resume.
+    """
+
+    ttl_s: float | None = None
+    version: str | None = None
+    key_fn: Callable[[dict], str] | None = None
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if self.ttl_s is not None and (not _finite_number(self.ttl_s) or self.ttl_s <= 0):
+            raise InvalidPolicyError(f"invalid CachePolicy: ttl_s must be a number > 0 or None, got {self.ttl_s!r}")
+        if self.version is not None and not isinstance(self.version, str):
+            raise InvalidPolicyError(f"invalid CachePolicy: version must be a string, got {self.version!r}")
+        if self.key_fn is not None and not callable(self.key_fn):
+            raise InvalidPolicyError("invalid CachePolicy: key_fn must be callable")

@@ -16,6 +16,8 @@ class NodeStatus(str, enum.Enum):
     PENDING = "pending"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
+    CACHED = "cached"  # not run: a fresh stored output under its cache key was reused
+    RESUMED = "resumed"  # not run: the resumed run had already produced it
     FAILED = "failed"
     SKIPPED = "skipped"  # not run because an upstream node failed
     CANCELLED = "cancelled"  # not run / stopped because the run failed fast
@@ -23,6 +25,14 @@ class NodeStatus(str, enum.Enum):
     @property
     def done(self) -> bool:
         return self not in (NodeStatus.PENDING, NodeStatus.RUNNING)
+
+    @property
+    def ok(self) -> bool:
+        """The node has its output: it ran and succeeded, or it was reused from storage."""
+        return self in _OK
+
+
+_OK = frozenset({NodeStatus.SUCCEEDED, NodeStatus.CACHED, NodeStatus.RESUMED})
 
 
 class RunStatus(str, enum.Enum):
@@ -43,6 +53,7 @@ class ErrorInfo:
     traceback: str
     kind: str = "application"
     mro: tuple[str, ...] = ()
+    detail: str = ""  # e.g. the producer of a corrupt input
     exception_bytes: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -95,7 +106,8 @@ class NodeRecord:
     status: NodeStatus = NodeStatus.PENDING
     attempt_history: list[AttemptRecord] = field(default_factory=list)
     error: ErrorInfo | None = None
-    reason: str = ""  # why a node was skipped or cancelled
+    reason: str = ""  # why a node was skipped, cancelled, cached, resumed or recomputed
+    cache_key: str | None = None  # with checkpoint storage: the key its output is stored under
 
     @property
     def attempts(self) -> int:
@@ -141,10 +153,11 @@ class RunResult:
     ended_at: float
     _fetch: Callable[[list[str]], list[Any]] = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
     _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    stats: dict[str, int] = field(default_factory=dict)  # e.g. corrupt_objects found and recomputed
 
     @property
     def status(self) -> RunStatus:
-        ok = all(r.status is NodeStatus.SUCCEEDED for r in self.nodes.values())
+        ok = all(r.status.ok for r in self.nodes.values())
         return RunStatus.SUCCEEDED if ok else RunStatus.FAILED
 
     @property
@@ -191,12 +204,12 @@ class RunResult:
 
     def outputs(self, names: Iterable[str] | None = None) -> dict[str, Any]:
         """Outputs of the named nodes (default: every node that succeeded), fetched in one round trip."""
-        names = list(self.by_status(NodeStatus.SUCCEEDED) if names is None else names)
+        names = list([n for n, r in self.nodes.items() if r.status.ok] if names is None else names)
         for name in names:
             rec = self.nodes.get(name)
             if rec is None:
                 raise OutputUnavailableError(f"no node {name!r} in pipeline {self.pipeline!r}")
-            if rec.status is not NodeStatus.SUCCEEDED:
+            if not rec.status.ok:
                 raise OutputUnavailableError(f"node {name!r} has no output: it {rec.status.value}")
         missing = [n for n in names if n not in self._cache]
         if missing:

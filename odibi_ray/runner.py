@@ -13,7 +13,11 @@ from .dag import DAG
 from .policy import RetryPolicy
 from .progress import RichProgress
 from .result import RunResult
+from .checkpoint.plan import plan_checkpoints
+from .checkpoint.runs import close_run, open_new_run, open_resumed_run
 from .scheduler import ProgressSink, Scheduler, new_run_id
+from .storage.base import Storage
+from .storage.uri import open_storage
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +35,8 @@ def make_backend(backend: str | Backend, *, address: str | None = None, max_work
 
 
 def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None, retry: RetryPolicy | None = None,
-        barrier: bool = False,
+        storage: str | Storage | None = None, storage_options: dict[str, Any] | None = None,
+        resume: str | None = None, barrier: bool = False,
         fail_fast: bool = False, seed: int | None = None, progress: bool | ProgressSink | None = None,
         max_workers: int | None = None, ray_init_kwargs: dict[str, Any] | None = None,
         wait_for_resources: bool = False, run_id: str | None = None) -> RunResult:
@@ -50,8 +55,16 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
     stderr is a terminal, False never, or pass your own :class:`ProgressSink`. A node whose resource
     request fits no machine of the Ray cluster raises :class:`UnschedulableNodeError` before anything
     runs, unless ``wait_for_resources=True`` (an autoscaler will add such machines).
+
+    ``storage`` (a URI such as a folder path or ``abfss://...``, or a :class:`Storage`) turns on
+    checkpoints: every node's worker stores its output and a record there; nodes whose output is
+    fresh in the cache are not run at all (status ``cached``). ``resume="latest"`` or a run id takes
+    over that run and reruns only what it had not finished (status ``resumed`` for the rest).
     """
     levels = dag.levels()  # validates: nothing runs on an invalid DAG
+    store = open_storage(storage, **(storage_options or {})) if isinstance(storage, str) else storage
+    if resume is not None and store is None:
+        raise ValueError("resume= needs the storage= the run checkpointed to")
     be = make_backend(backend, address=address, max_workers=max_workers, ray_init_kwargs=ray_init_kwargs,
                       wait_for_resources=wait_for_resources)
     if progress is None or progress is True:
@@ -60,13 +73,36 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
         sink = ProgressSink()
     else:
         sink = progress
-    rid = run_id or new_run_id()
+    manifest = plan = None
+    if store is None:
+        rid = run_id or new_run_id()
+    else:
+        order = [n for names in levels for n in names]
+        records = None
+        if resume is not None:
+            manifest, records = open_resumed_run(store, dag, resume)
+            rid = manifest.run_id
+        else:
+            rid = run_id or new_run_id()
+        plan = plan_checkpoints(dag, order, store, rid, records)
+        if manifest is None:
+            manifest = open_new_run(store, dag, rid, plan.keys, levels)
+        plan.heartbeat = manifest.heartbeat
     log.info("run %s of %r: %d nodes in %d levels on %s", rid, dag.name, len(dag), len(levels), be.name)
     scheduler = Scheduler(dag, be, run_id=rid, levels=levels, barrier=barrier, fail_fast=fail_fast,
-                          rng=random.Random(seed), progress=sink, default_retry=retry)
+                          rng=random.Random(seed), progress=sink, default_retry=retry, checkpoint=plan)
     try:
         result = scheduler.run()
+    except BaseException as exc:
+        if manifest is not None:
+            close_run(manifest, "failed", {"error": f"driver stopped: {type(exc).__name__}"})
+        raise
     finally:
         be.close()
+    if manifest is not None:
+        counts: dict[str, int] = {}
+        for rec in result.nodes.values():
+            counts[rec.status.value] = counts.get(rec.status.value, 0) + 1
+        close_run(manifest, result.status.value, {"nodes": counts, **result.stats})
     log.info("%s", result.summary())
     return result

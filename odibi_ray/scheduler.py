@@ -26,6 +26,8 @@ from .context import NodeContext
 from .dag import DAG
 from .errors import NodeTimeoutError
 from .policy import SYSTEM_FAILURE_KINDS, RetryPolicy, compute_delay
+from .checkpoint.plan import CheckpointPlan
+from .checkpoint.store import StoredRef
 from .result import AttemptRecord, ErrorInfo, NodeRecord, NodeStatus, RunResult
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,8 @@ class Scheduler:
 
     def __init__(self, dag: DAG, backend: Backend, *, run_id: str, levels: list[list[str]], barrier: bool = False,
                  fail_fast: bool = False, rng: random.Random | None = None,
-                 progress: ProgressSink | None = None, default_retry: RetryPolicy | None = None) -> None:
+                 progress: ProgressSink | None = None, default_retry: RetryPolicy | None = None,
+                 checkpoint: CheckpointPlan | None = None) -> None:
         self.dag, self.backend, self.run_id = dag, backend, run_id
         self.levels = levels
         self.barrier, self.fail_fast = barrier, fail_fast
@@ -94,6 +97,8 @@ class Scheduler:
         self._retrying: set[str] = set()
         self._reported: set[str] = set()
         self._rotation = 0
+        self.checkpoint = checkpoint
+        self.stats = {"corrupt_objects": 0}
         self._seq = itertools.count()
         self._open = len(self._rank)
 
@@ -101,22 +106,47 @@ class Scheduler:
 
     def run(self) -> RunResult:
         started = time.time()
-        self.backend.prepare([self._nodes[n] for n in self._rank])
+        cp = self.checkpoint
+        self.backend.prepare([self._nodes[n] for n in self._rank], cp.targets if cp else None)
         self.progress.start(self.levels)
         try:
+            if cp is not None:
+                self._reuse_stored(cp)
             for n in self._rank:
                 if not self._inputs[n]:
                     heapq.heappush(self._ready, (self._rank[n], n))
             self._loop()
         finally:
             self.progress.stop()
-        live, backend = self._live, self.backend
-        return RunResult(self.dag.name, self.run_id, backend.name, self.levels, self.records, started, time.time(),
-                         _fetch=lambda names: backend.fetch_many([live[n] for n in names]))
+        return RunResult(self.dag.name, self.run_id, self.backend.name, self.levels, self.records, started,
+                         time.time(), _fetch=self._fetch, stats=dict(self.stats))
+
+    def _reuse_stored(self, cp: CheckpointPlan) -> None:
+        """Close the nodes the plan reuses from storage (no task at all); their consumers read them there."""
+        self.stats["corrupt_objects"] += len(cp.damaged)
+        for name, key in cp.keys.items():
+            self.records[name].cache_key = key
+        for name, (status, ref) in cp.reuse.items():
+            self.records[name].reason = ("output reused from the cache" if status is NodeStatus.CACHED
+                                         else "output kept from the run being resumed")
+            self._live[name] = StoredHandle(ref)
+            self._close(name, status)
+            for child in self._children[name]:
+                heapq.heappush(self._ready, (self._rank[child], child))
+
+    def _fetch(self, names: list[str]) -> list[Any]:
+        """Outputs for the result: stored ones read from storage here, the rest from the backend, in one go."""
+        handles = [self._live[n] for n in names]
+        remote = [h for h in handles if not isinstance(h, StoredHandle)]
+        fetched = iter(self.backend.fetch_many(remote) if remote else [])
+        return [h.ref.load() if isinstance(h, StoredHandle) else next(fetched) for h in handles]
 
     def _loop(self) -> None:
+        heartbeat = self.checkpoint.heartbeat if self.checkpoint else None
         while self._open:
             now = time.monotonic()
+            if heartbeat is not None:
+                heartbeat()
             while self._timers and self._timers[0][0] <= now:
                 _, _, name = heapq.heappop(self._timers)
                 self._retrying.discard(name)
@@ -166,7 +196,7 @@ class Scheduler:
             return False
         if self.speculative:
             return all(u in self._live for u in self._inputs[name])
-        return all(self.records[u].status is NodeStatus.SUCCEEDED for u in self._inputs[name])
+        return all(self.records[u].status.ok for u in self._inputs[name])
 
     def _submit_ready(self) -> None:
         ready = self._ready
@@ -228,6 +258,8 @@ class Scheduler:
         att.started_at, att.ended_at, att.worker_node_id, att.worker_pid = started, ended, node_id, pid
         if error is not None and error.kind == "object_lost" and self._recompute_lost_inputs(name):
             return
+        if error is not None and error.kind == "corrupt_input" and self._recompute_stored_input(name, error):
+            return
         if error is not None:
             if error.kind == "worker_died" and self.worker_timeouts and self._overran(name, att):
                 error = error_info(NodeTimeoutError(
@@ -241,7 +273,7 @@ class Scheduler:
 
     def _inputs_still_valid(self, name: str, inputs: tuple) -> bool:
         live = self._live
-        return all(live.get(u) is h and self.records[u].status is NodeStatus.SUCCEEDED
+        return all(live.get(u) is h and self.records[u].status.ok
                    for u, h in zip(self._inputs[name], inputs))
 
     def _overran(self, name: str, att: AttemptRecord) -> bool:
@@ -304,11 +336,23 @@ class Scheduler:
             self._reopen(u)
         return True
 
-    def _reopen(self, name: str) -> None:
+    def _recompute_stored_input(self, name: str, error: ErrorInfo) -> bool:
+        """A reused input's stored object was corrupt (or gone): it is a cache miss, so run its producer."""
+        producer = error.detail
+        rec = self.records.get(producer)
+        if rec is None or rec.status not in (NodeStatus.CACHED, NodeStatus.RESUMED):
+            return False
+        self.stats["corrupt_objects"] += 1
+        log.warning("stored output of node %r is unusable (%s); computing it again", producer, error.message)
+        self._discard(name)
+        self._reopen(producer, "stored output was corrupt or missing; recomputed")
+        return True
+
+    def _reopen(self, name: str, reason: str = "output lost with its Ray node; recomputed") -> None:
         """Make a succeeded node pending again (its output is gone); consumers already submitted are discarded."""
         rec = self.records[name]
         rec.status = NodeStatus.PENDING
-        rec.reason = "output lost with its Ray node; recomputed"
+        rec.reason = reason
         self._open += 1
         self._left_in_level[rec.level] += 1
         self._live.pop(name, None)
@@ -344,7 +388,7 @@ class Scheduler:
         for handle, (name, _) in list(self._inflight.items()):
             self.backend.cancel(handle)
             rec = self.records[name]
-            if any(self.records[u].status is not NodeStatus.SUCCEEDED for u in self._inputs[name]):
+            if any(not self.records[u].status.ok for u in self._inputs[name]):
                 rec.attempt_history.pop()  # queued behind its inputs: it never started
                 continue
             att = rec.attempt_history[-1]
@@ -382,6 +426,26 @@ class Scheduler:
                 seen.add(n)
                 todo.extend(self._children[n])
         return sorted(seen, key=self._rank.__getitem__)
+
+
+class StoredHandle:
+    """The 'handle' of a node reused from storage: consumers get the :class:`StoredRef` and read it themselves.
+
+    Works as an input for both backends: Ray passes ``.value`` as a task argument, the local backend
+    takes ``.result()[1]``.
+    """
+
+    __slots__ = ("ref",)
+
+    def __init__(self, ref: StoredRef) -> None:
+        self.ref = ref
+
+    @property
+    def value(self) -> StoredRef:
+        return self.ref
+
+    def result(self) -> tuple[None, StoredRef]:
+        return None, self.ref
 
 
 def new_run_id() -> str:

@@ -14,8 +14,9 @@ class Backend(Protocol):
 
     name: str
 
-    def prepare(self, nodes: Sequence[Node]) -> None:
-        """Called once per run before any submit: connect, serialise functions, check picklability."""
+    def prepare(self, nodes: Sequence[Node], targets: dict[str, Any] | None = None) -> None:
+        """Called once per run before any submit: connect, serialise functions, check picklability.
+        ``targets``: node -> where its worker checkpoints its output (an ``OutputTarget``), if anywhere."""
 
     def submit(self, node: Node, ctx: NodeContext, inputs: Sequence[Hashable]) -> Hashable:
         """Start one attempt; ``inputs`` are the handles of the upstream attempts, in parameter order."""

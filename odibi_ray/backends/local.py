@@ -35,15 +35,17 @@ class LocalBackend:
         self._queue: collections.deque[tuple[cf.Future, tuple]] = collections.deque()
         self._running: set[cf.Future] = set()  # futures holding a slot
         self._starts: dict[cf.Future, float] = {}
+        self._targets: dict[str, Any] = {}
 
-    def prepare(self, nodes: Sequence[Node]) -> None:
-        pass
+    def prepare(self, nodes: Sequence[Node], targets: dict[str, Any] | None = None) -> None:
+        self._targets = dict(targets or {})
 
     def submit(self, node: Node, ctx: NodeContext, inputs: Sequence[cf.Future]) -> cf.Future:
         values = [f.result()[1] for f in inputs]  # inputs are done: the scheduler waits for them
         fut: cf.Future = cf.Future()
         with self._lock:
-            self._queue.append((fut, (node.fn, node.params, list(node.inputs), values, ctx, "local")))
+            self._queue.append((fut, (node.fn, node.params, list(node.inputs), values, ctx, "local", None, False,
+                                      self._targets.get(node.name))))
             self._pump()
         return fut
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import pickle
 import struct
 import time
 from typing import Any, Callable, Sequence
@@ -46,11 +45,11 @@ def _execute(spec: bytes, attempt: int, *input_values: Any) -> tuple[AttemptMeta
     """Body of every odibi_ray task: unpickle the node function once per worker process, run one attempt.
 
     ``spec`` is pickled once per node and run (Ray sends bytes faster than a tuple): (fn_key, fn_bytes,
-    params_bytes, input_names, pipeline, run_id, node, max_attempts, timeout_s). A large function is
+    params_bytes, input_names, pipeline, run_id, node, max_attempts, timeout_s, target). A large function is
     not in the spec (``fn_bytes`` None) but in the object store, once per run: its ref comes last, in a
     list so that Ray does not fetch it for workers that have the function already.
     """
-    fn_key, fn_bytes, params_bytes, names, pipeline, run_id, node, max_attempts, timeout_s = pickle.loads(spec)
+    fn_key, fn_bytes, params_bytes, names, pipeline, run_id, node, max_attempts, timeout_s, target = _spec(spec)
     if fn_bytes is None:
         input_values, fn_box = input_values[:-1], input_values[-1]
     fn = _FN_CACHE.get(fn_key)
@@ -64,10 +63,25 @@ def _execute(spec: bytes, attempt: int, *input_values: Any) -> tuple[AttemptMeta
         fn = _FN_CACHE[fn_key] = cloudpickle.loads(fn_bytes)
     params = cloudpickle.loads(params_bytes) if params_bytes is not None else {}
     ctx = NodeContext(pipeline, run_id, node, attempt, max_attempts)
-    meta, value = run_attempt(fn, params, names, input_values, ctx, _worker_node_id(), timeout_s, hard_kill=True)
+    meta, value = run_attempt(fn, params, names, input_values, ctx, _worker_node_id(), timeout_s, hard_kill=True,
+                              target=target)
     if meta[4] is None:  # success: a packed metadata record is cheaper for Ray to store and ship than a tuple
         return _META.pack(meta[0], meta[1], meta[3]) + _node_id_bytes(meta[2]), value
     return meta, value
+
+
+_SPECS: dict[bytes, tuple] = {}
+
+
+def _spec(spec: bytes) -> tuple:
+    """The unpickled task spec, cached per worker process (a spec is sent once per node and attempt)."""
+    digest = hashlib.sha1(spec).digest()
+    out = _SPECS.get(digest)
+    if out is None:
+        if len(_SPECS) >= _FN_CACHE_MAX:
+            _SPECS.clear()
+        out = _SPECS[digest] = cloudpickle.loads(spec)
+    return out
 
 
 _META = struct.Struct("<ddI")  # started_at, ended_at, pid; then the node id's raw bytes
@@ -138,10 +152,12 @@ class RayBackend:
         self._fn_refs: dict[str, list] = {}
         self._boxes: dict[str, tuple] = {}
         self._graveyard: list[Any] = []
+        self._targets: dict[str, Any] = {}
         self._remotes: dict[str, Any] = {}
 
-    def prepare(self, nodes: Sequence[Node]) -> None:
+    def prepare(self, nodes: Sequence[Node], targets: dict[str, Any] | None = None) -> None:
         """Serialise every node's function and params once per run (also the picklability check)."""
+        self._targets = dict(targets or {})
         self._specs = {}
         by_fn: dict[int, tuple[str, bytes]] = {}
         for node in nodes:
@@ -180,9 +196,10 @@ class RayBackend:
         if type(spec) is tuple:  # first submit of this node in this run: add the run's context, pickle once
             fn_box = self._fn_refs.get(spec[0])
             self._boxes[node.name] = (fn_box,) if fn_box else ()
-            spec = self._specs[node.name] = pickle.dumps(
+            spec = self._specs[node.name] = cloudpickle.dumps(
                 (spec[0], None if fn_box else spec[1]) + spec[2:4]
-                + (ctx.pipeline, ctx.run_id, node.name, ctx.max_attempts, spec[8]), protocol=5)
+                + (ctx.pipeline, ctx.run_id, node.name, ctx.max_attempts, spec[8], self._targets.get(node.name)),
+                protocol=5)
         meta, value = self._remotes[node.name].remote(spec, ctx.attempt, *[h.value for h in inputs],
                                                       *self._boxes[node.name])
         return _Handle(meta, value)

@@ -11,7 +11,9 @@ credential object; each process opens its own client lazily on first use and reu
 from __future__ import annotations
 
 import abc
+import pickle
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
@@ -123,3 +125,28 @@ class Storage(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri!r})"
+
+    def __reduce__(self) -> tuple:
+        """Pickle as configuration; unpickling in a process that already has an equal adapter returns that
+        one, so its open client is reused (a task's inputs and spec each carry an adapter)."""
+        return (_restore, (type(self), pickle.dumps(self.__getstate__(), protocol=5)))
+
+
+_INSTANCES: dict[tuple[type, bytes], Storage] = {}
+_INSTANCES_LOCK = threading.Lock()
+
+
+def _restore(cls: type, state: bytes) -> Storage:
+    """This process's adapter for a pickled configuration (one per configuration, created on first use)."""
+    key = (cls, state)
+    inst = _INSTANCES.get(key)
+    if inst is None:
+        with _INSTANCES_LOCK:
+            inst = _INSTANCES.get(key)
+            if inst is None:
+                if len(_INSTANCES) >= 256:
+                    _INSTANCES.clear()
+                inst = cls.__new__(cls)
+                inst.__setstate__(pickle.loads(state))
+                _INSTANCES[key] = inst
+    return inst

@@ -1,0 +1,7 @@
+"""Checkpoints and the content-addressed cache: layout, cache keys, codecs, worker-side writes, resume,
+and the seed's CloudCacheManager / DistributedCheckpointManager."""
+
+from .cache_manager import CloudCacheManager
+from .checkpoint_manager import Checkpoint, CheckpointCorruptError, DistributedCheckpointManager
+
+__all__ = ["CloudCacheManager", "DistributedCheckpointManager", "Checkpoint", "CheckpointCorruptError"]
