@@ -128,8 +128,8 @@ def test_non_finite_floats_are_pickled(value):
     assert (math.isnan(out) if math.isnan(value) else out == value)
 
 
-@pytest.mark.parametrize("value", [[1.0, float("nan")], {"a": float("inf")}, {"a": [0.5, {"b": float("-inf")}]}],
-                         ids=repr)
+@pytest.mark.parametrize("value", [[1.0, float("nan")], {"a": float("inf")},
+                                   {"a": [0.5, {"b": float("-inf")}]}], ids=repr)
 def test_nested_non_finite_floats_make_the_whole_value_pickled(value):
     codec, out = roundtrip(value)
     assert codec == "pickle"
@@ -261,6 +261,13 @@ def test_record_batch_comes_back_as_an_equal_table():
     _assert_same_table(out, pa.Table.from_batches([batch]))
 
 
+def test_record_batch_parquet_would_alter_is_pickled_as_a_table():
+    batch = pa.RecordBatch.from_pydict({"d": pa.array([datetime.date(2024, 1, 1)], pa.date64())})
+    codec, out = roundtrip(batch)
+    assert codec == "pickle"
+    _assert_same_table(out, pa.Table.from_batches([batch]))
+
+
 def _dictionary_chunks() -> pa.Table:
     chunks = [pa.array(["a", "b"]).dictionary_encode(), pa.array(["c"]).dictionary_encode()]
     return pa.table({"d": pa.chunked_array(chunks)})
@@ -315,7 +322,8 @@ PANDAS_FRAMES = {
     "numbers-strings-nulls": pd.DataFrame({"i": [1, 2, 3], "f": [1.5, np.nan, -0.0], "s": ["x", None, "z"]}),
     "numpy-widths": pd.DataFrame({"i8": np.array([1, -2], np.int8), "u32": np.array([1, 2], np.uint32),
                                   "f32": np.array([0.5, 2], np.float32), "b": [True, False]}),
-    "nullable-dtypes": pd.DataFrame({"I": pd.array([1, None], "Int64"), "B": pd.array([True, None], "boolean"),
+    "nullable-dtypes": pd.DataFrame({"I": pd.array([1, None], "Int64"),
+                                     "B": pd.array([True, None], "boolean"),
                                      "S": pd.array(["a", None], "string")}),
     "object-strings-with-none": pd.DataFrame({"o": pd.Series(["a", None, "c"], dtype=object)}),
     "object-dates-decimals-bytes": pd.DataFrame({"d": [datetime.date(2024, 1, 1), None],
@@ -334,7 +342,8 @@ PANDAS_FRAMES = {
         [pd.Index(["x", "y"], dtype=object), [1, 2]], names=["s", "i"])),
     "categorical-index": pd.DataFrame({"a": [1, 2]}, index=pd.CategoricalIndex(["x", "y"], name="k")),
     "int-column-labels": pd.DataFrame({0: [1], 1: [2]}),
-    "multi-index-columns": pd.DataFrame([[1, 2]], columns=pd.MultiIndex.from_tuples([("a", "b"), ("a", "c")])),
+    "multi-index-columns": pd.DataFrame([[1, 2]],
+                                        columns=pd.MultiIndex.from_tuples([("a", "b"), ("a", "c")])),
     "zero-rows-typed": pd.DataFrame({"a": pd.Series([], dtype="int64"), "s": pd.Series([], dtype="str"),
                                      "o": pd.Series([], dtype=object)}),
     "zero-rows-zero-columns": pd.DataFrame(),
@@ -392,7 +401,7 @@ def test_non_pandas_values_never_import_pandas(monkeypatch):
     # With pandas made unimportable, any `import pandas` on these paths would raise ImportError.
     monkeypatch.setitem(sys.modules, "pandas", None)
     for value in (0, "s", b"b", [1.5], {"k": None}, (1, 2), {1}, np.int64(4)):
-        codec, out = roundtrip(value)
+        _, out = roundtrip(value)
         assert_same(out, value)
     with pytest.raises(CodecError, match="needs pandas"):
         decode("pandas", _GOOD["pandas"])
@@ -412,7 +421,8 @@ _GOOD = {name: encode(value)[1] for name, value in (
     ("pandas", pd.DataFrame({"a": [1, 2]})))}
 
 CORRUPT = [
-    ("json", b"{\"a\": [1, 2"), ("json", b"NaN"), ("json", b"[Infinity]"), ("json", b"\xff\xfe"), ("json", b""),
+    ("json", b"{\"a\": [1, 2"), ("json", b"NaN"), ("json", b"[Infinity]"), ("json", b"\xff\xfe"),
+    ("json", b""),
     ("pickle", b"garbage"), ("pickle", _GOOD["pickle"][:-3]), ("pickle", b""),
     ("arrow", b"not parquet at all"), ("arrow", _GOOD["arrow"][: len(_GOOD["arrow"]) // 2]),
     ("arrow", _GOOD["arrow"][:-4] + b"XXXX"), ("arrow", b""),

@@ -4,20 +4,22 @@ The codec is chosen from the value's exact type, and a cheaper, portable format 
 gives the value back equal and of the same type (``decode(*encode(x)) == x``), otherwise ``pickle``:
 
 - ``"arrow"``: a ``pyarrow.Table`` (a ``RecordBatch`` comes back as a Table) as Parquet (zstd), schema
-  and field metadata kept. A table whose schema Parquet would change (``date64``, ``timestamp[s]``, maps,
-  unions, intervals, zero columns but some rows, ...) is pickled instead.
+  and field metadata kept. A table Parquet would change (``date64``, ``timestamp[s]``, maps, unions,
+  intervals, chunks with different dictionaries, zero columns but some rows, ...) is pickled instead.
 - ``"pandas"``: a ``pandas.DataFrame`` as Parquet with its index (pyarrow's pandas metadata keeps dtypes,
   index, column labels and ``attrs``). pandas is imported only when the value's type comes from pandas.
-  A frame Parquet cannot carry exactly (duplicate column names, mixed or nested ``object`` columns,
-  ``datetime64[s]``, complex numbers, zero columns but some rows, ...) is pickled instead. Not kept: a
-  ``DatetimeIndex``'s ``freq``; a ``RangeIndex`` of column labels may come back as an equal ``int64`` Index.
+  A frame Parquet cannot carry exactly (duplicate column names, mixed, nested or non-text ``object``
+  columns, non-text or empty categoricals, ``datetime64[s]``, complex numbers, zero columns but some rows,
+  ...) is pickled instead. Not kept: a ``DatetimeIndex``'s ``freq``; a ``RangeIndex`` of column labels may
+  come back as an equal ``int64`` Index.
 - ``"bytes"``: ``bytes``, ``bytearray`` and ``memoryview`` as-is; decoded as ``bytes``.
 - ``"json"``: ``None``, ``bool``, ``int``, ``str``, finite ``float``, and ``list`` / ``dict`` (``str`` keys)
   of those, nested, with exact types (no subclasses) and no container appearing twice (a shared or
   cyclic container would not come back shared).
 - ``"pickle"``: anything else, with cloudpickle, protocol 5 (tuples, sets, NaN/inf, non-``str`` keys,
-  numpy values, datetimes, objects, ...). Decoding a pickle runs code: only decode payloads this library
-  wrote to storage you trust (the checkpoint layer verifies their SHA-256 first).
+  numpy values, datetimes, objects, ...). A value cloudpickle cannot write (a lock, a generator, nesting
+  deeper than about 1000 levels) raises :class:`CodecError`. Decoding a pickle runs code: only decode
+  payloads this library wrote to storage you trust (the checkpoint layer verifies their SHA-256 first).
 """
 
 from __future__ import annotations
@@ -151,7 +153,7 @@ def _refuse_constant(name: str) -> Any:
 # Built once (json.dumps/loads with options build a new coder per call). ASCII output: lone surrogates
 # in strings survive; _json_exact has already ruled out cycles, so the circular check is skipped.
 _JSON_ENCODER = json.JSONEncoder(allow_nan=False, check_circular=False, separators=(",", ":"))
-_JSON_DECODER = json.JSONDecoder()
+_JSON_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
 # --- pickle --------------------------------------------------------------------------------------
