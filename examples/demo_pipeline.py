@@ -4,6 +4,8 @@
     python examples/demo_pipeline.py [--backend ray|local] [--rows N]
 
 It shows the levels, a flaky step that is retried by its RetryPolicy, per-node records and the outputs.
+Checkpoints go to a local folder (the embedded default, ``.odibi/demo``): run it twice and the second run
+reuses every node from the cache (status ``cached``, no task); ``--storage abfss://...`` works the same.
 """
 
 from __future__ import annotations
@@ -76,12 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["ray", "local"], default="ray")
     parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--storage", default=".odibi/demo", help="checkpoint storage URI (default: a local folder)")
+    parser.add_argument("--no-storage", action="store_true", help="run without checkpoints")
     args = parser.parse_args(argv)
     dag["extract"].params["rows"] = args.rows
     console = Console()
     console.print(f"[bold]{dag.name}[/]: {len(dag)} nodes in levels {dag.levels()}")
     init = dict(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 * 1024)
-    result = run(dag, backend=args.backend, ray_init_kwargs=init, seed=0)
+    result = run(dag, backend=args.backend, ray_init_kwargs=init, seed=0,
+                 storage=None if args.no_storage else args.storage)
     table = Table(title=f"run {result.run_id} on {result.backend}: {result.status.value}")
     for col in ("level", "node", "status", "attempts", "seconds", "worker", "first error"):
         table.add_column(col)
@@ -91,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             table.add_row(str(rec.level), rec.name, rec.status.value, str(rec.attempts),
                           f"{rec.duration_s or 0:.3f}", (rec.worker_node_id or "")[:12], first_error)
     console.print(table)
+    if not args.no_storage:
+        console.print(f"checkpoints in {args.storage}: run again and every node is reused (cached)")
     result.raise_for_status()
     console.print("report:", result["report"])
     console.print(result["by_region"].to_pandas() if _has_pandas() else result["by_region"])

@@ -18,8 +18,12 @@ def demo():
     return module
 
 
-def test_demo_runs_and_retries_its_flaky_step(demo, backend, capsys):
-    assert demo.main(["--backend", backend, "--rows", "5000"]) == 0
+def test_demo_runs_and_retries_its_flaky_step(demo, backend, capsys, tmp_path):
+    args = ["--backend", backend, "--rows", "5000", "--storage", str(tmp_path / "cp")]
+    assert demo.main(args) == 0
     out = capsys.readouterr().out
     assert "succeeded" in out and "best_region" in out
     assert "ConnectionError"[:8] in out  # the retried first attempt of `clean` is shown
+    assert demo.main(args) == 0  # the second run reuses every node from its checkpoints
+    out = capsys.readouterr().out
+    assert out.count("cached") >= 5 and "ConnectionError"[:8] not in out
