@@ -146,6 +146,24 @@ def run_odibi_checkpointed(dag: DAG, root: str) -> dict[str, Any]:
     return result.outputs(result.levels[-1])
 
 
+def local_write_cost(root: str, count: int, repeats: int) -> list[float]:
+    """Median per-node ``write_output`` latency (s) of a no-op node's output (an int) on a fresh LocalStorage,
+    in this process: what each worker of the checkpointed no-op run adds (a breakdown, no target)."""
+    medians = []
+    for r in range(repeats + 1):
+        storage = LocalStorage(tempfile.mkdtemp(prefix="local-write-", dir=root))
+        times = []
+        for i in range(count):
+            target = OutputTarget(storage, "bench_noop", "rlocal", f"n{i:04d}",
+                                  hashlib.sha256(f"local/{r}/{i}".encode()).hexdigest(), None)
+            t0 = time.perf_counter()
+            write_output(target, i & 0xFFFF, {"attempt": 1, "pid": os.getpid()})
+            times.append(time.perf_counter() - t0)
+        if r:  # round 0 is the warm-up
+            medians.append(statistics.median(times))
+    return medians
+
+
 # --- scenario 3: per-node checkpoint cost on Azurite ---------------------------------------------------------
 
 
@@ -322,12 +340,15 @@ def main(argv: list[str] | None = None) -> int:
             "odibi_checkpointed": lambda: run_odibi_checkpointed(noop_dag, root),
             "odibi_no_storage": lambda: run_odibi(noop_dag),
         }, args.repeats)
+        local_write = local_write_cost(root, min(n_nodes, 200), args.repeats)
         if args.profile:
             storage = LocalStorage(tempfile.mkdtemp(prefix="prof-", dir=root))
             checkpointed_run(work_dag, storage)
             profiled(f"cached re-run of {n_nodes} nodes (LocalStorage)", lambda: checkpointed_run(work_dag, storage))
             profiled(f"checkpointed no-op run of {n_nodes} nodes (driver)",
                      lambda: run_odibi_checkpointed(noop_dag, root))
+            profiled("write_output x 200 no-op outputs on LocalStorage, in-process (a worker's part)",
+                     lambda: local_write_cost(root, 200, 1))
     finally:
         ray.shutdown()
         shutil.rmtree(root, ignore_errors=True)
@@ -336,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cs = {k: summary(v) for k, v in cache.items()}
     ns = {k: summary(v) for k, v in noop.items()}
+    lw = summary(local_write, 1000.0)
     ks = {kind: {k: summary(v, 1000.0) for k, v in figs.items()} for kind, figs in ckpt.items()}
 
     def ratio(a: dict[str, Any], b: dict[str, Any], key: str = "median") -> float:
@@ -354,26 +376,28 @@ def main(argv: list[str] | None = None) -> int:
         f"repeats after a warm-up, interleaved; one Ray (num_cpus={NUM_CPUS}) on {os.cpu_count()} cores; "
         f"{elapsed:.0f} s in all",
         "",
-        f"{'scenario':<9} {'engine':<44} {'median':>9} {'min':>9}  ratio (median / min)",
-        f"{'cache':<9} {f'cold run, {WORK_MS:.0f} ms sleep/node, LocalStorage':<44} {cs['cold']['median']:>8.3f}s "
+        f"{'scenario':<9} {'engine':<50} {'median':>9} {'min':>9}  ratio (median / min)",
+        f"{'cache':<9} {f'cold run, {WORK_MS:.0f} ms sleep/node, LocalStorage':<50} {cs['cold']['median']:>8.3f}s "
         f"{cs['cold']['min']:>8.3f}s  1.000",
-        f"{'cache':<9} {'fully cached re-run (all cached, 0 ran)':<44} {cs['cached']['median']:>8.3f}s "
+        f"{'cache':<9} {'fully cached re-run (all cached, 0 ran)':<50} {cs['cached']['median']:>8.3f}s "
         f"{cs['cached']['min']:>8.3f}s  {cache_ratio:.3f} / {cache_ratio_min:.3f}  ({verdict(cache_ratio, CACHE_TARGET)})",
-        f"{'noop':<9} {'raw Ray (refs chained)':<44} {ns['raw_ray']['median']:>8.3f}s {ns['raw_ray']['min']:>8.3f}s  1.000",
-        f"{'noop':<9} {'odibi_ray + LocalStorage checkpoints (cold)':<44} {ns['odibi_checkpointed']['median']:>8.3f}s "
+        f"{'noop':<9} {'raw Ray (refs chained)':<50} {ns['raw_ray']['median']:>8.3f}s {ns['raw_ray']['min']:>8.3f}s  1.000",
+        f"{'noop':<9} {'odibi_ray + LocalStorage checkpoints (cold)':<50} {ns['odibi_checkpointed']['median']:>8.3f}s "
         f"{ns['odibi_checkpointed']['min']:>8.3f}s  {noop_ratio:.3f} / {noop_ratio_min:.3f}  "
         f"({verdict(noop_ratio, NOOP_TARGET)})",
-        f"{'noop':<9} {'odibi_ray, no storage (reference)':<44} {ns['odibi_no_storage']['median']:>8.3f}s "
+        f"{'noop':<9} {'odibi_ray, no storage (reference)':<50} {ns['odibi_no_storage']['median']:>8.3f}s "
         f"{ns['odibi_no_storage']['min']:>8.3f}s  {plain_ratio:.3f}",
+        f"{'noop':<9} {'  per node: write_output on LocalStorage':<50} {lw['median']:>7.2f}ms {lw['min']:>7.2f}ms  "
+        "(in-process, breakdown)",
     ]
     for kind, count in (("small", n_small), ("big", n_big)):
         f, size = ks[kind], payload_sizes[kind]
-        label = f"{count} x {'dict' if kind == 'small' else '1 MB table'} ({size} B encoded)"
-        lines.append(f"{'azurite':<9} {'raw upload_blob, ' + label:<44} {f['raw_upload_blob']['median']:>7.2f}ms "
+        label = f"{count} x {'dict' if kind == 'small' else '1 MB table'} ({size / 1024:.1f} KiB)"
+        lines.append(f"{'azurite':<9} {'raw upload_blob, ' + label:<50} {f['raw_upload_blob']['median']:>7.2f}ms "
                      f"{f['raw_upload_blob']['min']:>7.2f}ms  1.000")
-        lines.append(f"{'azurite':<9} {'  ADLSStorage.put (object only)':<44} {f['adapter_put_object']['median']:>7.2f}ms "
+        lines.append(f"{'azurite':<9} {'  ADLSStorage.put (object only)':<50} {f['adapter_put_object']['median']:>7.2f}ms "
                      f"{f['adapter_put_object']['min']:>7.2f}ms  {ck_ratios[kind]['adapter_put_vs_raw']:.3f}")
-        lines.append(f"{'azurite':<9} {'  write_output (object + record)':<44} {f['write_output']['median']:>7.2f}ms "
+        lines.append(f"{'azurite':<9} {'  write_output (object + record)':<50} {f['write_output']['median']:>7.2f}ms "
                      f"{f['write_output']['min']:>7.2f}ms  {ck_ratios[kind]['write_output_vs_raw']:.3f}  "
                      f"({verdict(ck_ratios[kind]['write_output_vs_raw'], CHECKPOINT_TARGET)})")
     print("\n".join(lines))
@@ -391,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         "noop": {"raw_ray_s": ns["raw_ray"]["median"], "odibi_checkpointed_s": ns["odibi_checkpointed"]["median"],
                  "odibi_no_storage_s": ns["odibi_no_storage"]["median"],
                  "ratio": noop_ratio, "ratio_min": noop_ratio_min, "no_storage_ratio": plain_ratio,
+                 "local_write_output_ms_per_node": lw["median"],
                  "target": NOOP_TARGET, "meets_target": noop_ratio <= NOOP_TARGET,
                  "runs": {k: v["all"] for k, v in ns.items()}},
         "checkpoint": {kind: {"count": n_small if kind == "small" else n_big, "payload_bytes": payload_sizes[kind],

@@ -37,7 +37,7 @@ class ScriptedBackend:
         self.script, self.speculative = script, speculative
         self.tick, self.alive, self.submitted = 0, {"N1", "N2"}, []
 
-    def prepare(self, nodes):
+    def prepare(self, nodes, targets=None):
         pass
 
     def submit(self, node, ctx, inputs):

@@ -3,5 +3,7 @@ and the seed's CloudCacheManager / DistributedCheckpointManager."""
 
 from .cache_manager import CloudCacheManager
 from .checkpoint_manager import Checkpoint, CheckpointCorruptError, DistributedCheckpointManager
+from .housekeeping import PurgeReport, keep_last_n, purge, purge_runs
 
-__all__ = ["CloudCacheManager", "DistributedCheckpointManager", "Checkpoint", "CheckpointCorruptError"]
+__all__ = ["CloudCacheManager", "DistributedCheckpointManager", "Checkpoint", "CheckpointCorruptError",
+           "PurgeReport", "keep_last_n", "purge", "purge_runs"]

@@ -243,6 +243,9 @@ def test_env_reference_resolves_in_the_process_and_pickles_as_the_reference(
     copy = pickle.loads(blob)
     copy.put("again", b"1")
     monkeypatch.delenv("ODIBI_TEST_AZURITE_KEY")
+    from odibi_ray.storage import base
+
+    base._INSTANCES.clear()  # as in a new process: unpickling there makes a fresh adapter (no client yet)
     fresh = pickle.loads(blob)  # a process where the variable is not set
     with pytest.raises(StorageAuthError, match="could not resolve option account_key.*ODIBI_TEST_AZURITE_KEY"):
         fresh.get("again")
