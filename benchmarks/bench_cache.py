@@ -40,36 +40,43 @@ for _name, _value in (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_ENABLE_WINDOWS_OR_
                       ("NO_PROXY", _LOOPBACK), ("no_proxy", _LOOPBACK)):
     os.environ[_name] = _value
 
-import argparse  # noqa: E402
-import cProfile  # noqa: E402
-import hashlib  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import platform  # noqa: E402
-import pstats  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-from typing import Any, Callable  # noqa: E402
+import argparse
+import cProfile
+import hashlib
+import io
+import json
+import logging
+import platform
+import pstats
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import ray  # noqa: E402
+import ray
 
-import odibi_ray  # noqa: E402
-from benchmarks.bench_overhead import build_dag, make_shape, run_odibi, run_raw_deps, time_engines  # noqa: E402
-from odibi_ray import DAG  # noqa: E402
-from odibi_ray.checkpoint import layout  # noqa: E402
-from odibi_ray.checkpoint.codecs import encode  # noqa: E402
-from odibi_ray.checkpoint.store import OutputTarget, read_output, write_output  # noqa: E402
-from odibi_ray.result import NodeStatus, RunResult  # noqa: E402
-from odibi_ray.storage.base import Storage  # noqa: E402
-from odibi_ray.storage.local import LocalStorage  # noqa: E402
+import odibi_ray
+from benchmarks.bench_overhead import (
+    build_dag,
+    make_shape,
+    run_odibi,
+    run_raw_deps,
+    time_engines,
+)
+from odibi_ray import DAG
+from odibi_ray.checkpoint import layout
+from odibi_ray.checkpoint.codecs import encode
+from odibi_ray.checkpoint.store import OutputTarget, read_output, write_output
+from odibi_ray.result import NodeStatus, RunResult
+from odibi_ray.storage.base import Storage
+from odibi_ray.storage.local import LocalStorage
 
 log = logging.getLogger("bench_cache")
 
@@ -254,7 +261,12 @@ def azurite_scenario(small: int, big: int, repeats: int, profile: bool) -> tuple
     from azure.storage.blob import BlobServiceClient
 
     from odibi_ray.storage.adls import ADLSStorage
-    from tests.storage.fixtures_azurite import ACCOUNT, ACCOUNT_KEY, AzuriteServer, new_container
+    from tests.storage.fixtures_azurite import (
+        ACCOUNT,
+        ACCOUNT_KEY,
+        AzuriteServer,
+        new_container,
+    )
 
     server = AzuriteServer().start()
     try:
@@ -371,35 +383,37 @@ def main(argv: list[str] | None = None) -> int:
                         "adapter_put_vs_raw": ratio(f["adapter_put_object"], f["raw_upload_blob"])}
                  for kind, f in ks.items()}
 
+    def row(scenario: str, engine: str, fig: dict[str, Any], unit: str, note: str) -> str:
+        fmt = ".3f" if unit == "s" else ".2f"
+        return (f"{scenario:<9} {engine:<50} {format(fig['median'], fmt):>8}{unit:<2} "
+                f"{format(fig['min'], fmt):>8}{unit:<2}  {note}")
+
+    def rated(value: float, value_min: float, target: float) -> str:
+        return f"{value:.3f} / {value_min:.3f}  ({verdict(value, target)})"
+
     lines = [
-        f"bench_cache: {n_nodes} nodes = {n_levels} levels x {per_level}, seed {args.seed}; {args.repeats} timed "
-        f"repeats after a warm-up, interleaved; one Ray (num_cpus={NUM_CPUS}) on {os.cpu_count()} cores; "
-        f"{elapsed:.0f} s in all",
+        (f"bench_cache: {n_nodes} nodes = {n_levels} levels x {per_level}, seed {args.seed}; {args.repeats} timed "
+         f"repeats after a warm-up, interleaved; one Ray (num_cpus={NUM_CPUS}) on {os.cpu_count()} cores; "
+         f"{elapsed:.0f} s in all"),
         "",
-        f"{'scenario':<9} {'engine':<50} {'median':>9} {'min':>9}  ratio (median / min)",
-        f"{'cache':<9} {f'cold run, {WORK_MS:.0f} ms sleep/node, LocalStorage':<50} {cs['cold']['median']:>8.3f}s "
-        f"{cs['cold']['min']:>8.3f}s  1.000",
-        f"{'cache':<9} {'fully cached re-run (all cached, 0 ran)':<50} {cs['cached']['median']:>8.3f}s "
-        f"{cs['cached']['min']:>8.3f}s  {cache_ratio:.3f} / {cache_ratio_min:.3f}  ({verdict(cache_ratio, CACHE_TARGET)})",
-        f"{'noop':<9} {'raw Ray (refs chained)':<50} {ns['raw_ray']['median']:>8.3f}s {ns['raw_ray']['min']:>8.3f}s  1.000",
-        f"{'noop':<9} {'odibi_ray + LocalStorage checkpoints (cold)':<50} {ns['odibi_checkpointed']['median']:>8.3f}s "
-        f"{ns['odibi_checkpointed']['min']:>8.3f}s  {noop_ratio:.3f} / {noop_ratio_min:.3f}  "
-        f"({verdict(noop_ratio, NOOP_TARGET)})",
-        f"{'noop':<9} {'odibi_ray, no storage (reference)':<50} {ns['odibi_no_storage']['median']:>8.3f}s "
-        f"{ns['odibi_no_storage']['min']:>8.3f}s  {plain_ratio:.3f}",
-        f"{'noop':<9} {'  per node: write_output on LocalStorage':<50} {lw['median']:>7.2f}ms {lw['min']:>7.2f}ms  "
-        "(in-process, breakdown)",
+        f"{'scenario':<9} {'engine':<50} {'median':>9}  {'min':>9}   ratio (median / min)",
+        row("cache", f"cold run, {WORK_MS:.0f} ms sleep/node, LocalStorage", cs["cold"], "s", "1.000"),
+        row("cache", "fully cached re-run (all cached, 0 ran)", cs["cached"], "s",
+            rated(cache_ratio, cache_ratio_min, CACHE_TARGET)),
+        row("noop", "raw Ray (refs chained)", ns["raw_ray"], "s", "1.000"),
+        row("noop", "odibi_ray + LocalStorage checkpoints (cold)", ns["odibi_checkpointed"], "s",
+            rated(noop_ratio, noop_ratio_min, NOOP_TARGET)),
+        row("noop", "odibi_ray, no storage (reference)", ns["odibi_no_storage"], "s", f"{plain_ratio:.3f}"),
+        row("noop", "  per node: write_output on LocalStorage", lw, "ms", "(in-process, breakdown)"),
     ]
     for kind, count in (("small", n_small), ("big", n_big)):
-        f, size = ks[kind], payload_sizes[kind]
+        f, size, kr = ks[kind], payload_sizes[kind], ck_ratios[kind]
         label = f"{count} x {'dict' if kind == 'small' else '1 MB table'} ({size / 1024:.1f} KiB)"
-        lines.append(f"{'azurite':<9} {'raw upload_blob, ' + label:<50} {f['raw_upload_blob']['median']:>7.2f}ms "
-                     f"{f['raw_upload_blob']['min']:>7.2f}ms  1.000")
-        lines.append(f"{'azurite':<9} {'  ADLSStorage.put (object only)':<50} {f['adapter_put_object']['median']:>7.2f}ms "
-                     f"{f['adapter_put_object']['min']:>7.2f}ms  {ck_ratios[kind]['adapter_put_vs_raw']:.3f}")
-        lines.append(f"{'azurite':<9} {'  write_output (object + record)':<50} {f['write_output']['median']:>7.2f}ms "
-                     f"{f['write_output']['min']:>7.2f}ms  {ck_ratios[kind]['write_output_vs_raw']:.3f}  "
-                     f"({verdict(ck_ratios[kind]['write_output_vs_raw'], CHECKPOINT_TARGET)})")
+        lines.append(row("azurite", f"raw upload_blob, {label}", f["raw_upload_blob"], "ms", "1.000"))
+        lines.append(row("azurite", "  ADLSStorage.put (object only)", f["adapter_put_object"], "ms",
+                         f"{kr['adapter_put_vs_raw']:.3f}"))
+        lines.append(row("azurite", "  write_output (object + record)", f["write_output"], "ms",
+                         f"{kr['write_output_vs_raw']:.3f}  ({verdict(kr['write_output_vs_raw'], CHECKPOINT_TARGET)})"))
     print("\n".join(lines))
 
     out = {

@@ -107,7 +107,10 @@ class Scheduler:
     def run(self) -> RunResult:
         started = time.time()
         cp = self.checkpoint
-        self.backend.prepare([self._nodes[n] for n in self._rank], cp.targets if cp else None)
+        reused = cp.reuse if cp else {}
+        # Nodes reused from storage are not prepared (no pickling, no task options) unless they must run after
+        # all (a corrupt stored output): the backend prepares such a node on its first submit.
+        self.backend.prepare([self._nodes[n] for n in self._rank if n not in reused], cp.targets if cp else None)
         self.progress.start(self.levels)
         try:
             if cp is not None:

@@ -150,22 +150,31 @@ class RayBackend:
         self.init_kwargs = dict(init_kwargs or {})
         self._specs: dict[str, tuple | bytes] = {}
         self._fn_refs: dict[str, list] = {}
+        self._by_fn: dict[int, tuple[str, bytes]] = {}
         self._boxes: dict[str, tuple] = {}
         self._graveyard: list[Any] = []
         self._targets: dict[str, Any] = {}
         self._remotes: dict[str, Any] = {}
 
     def prepare(self, nodes: Sequence[Node], targets: dict[str, Any] | None = None) -> None:
-        """Serialise every node's function and params once per run (also the picklability check)."""
+        """Connect, and serialise the function and params of every node that will run, once per run (this is
+        also the picklability check, before anything runs)."""
         self._targets = dict(targets or {})
-        self._specs = {}
-        by_fn: dict[int, tuple[str, bytes]] = {}
+        self._specs, self._fn_refs, self._remotes, self._by_fn = {}, {}, {}, {}
+        ensure_ray(self.address, **self.init_kwargs)
+        self._prepare_nodes(nodes)
+
+    def _prepare_nodes(self, nodes: Sequence[Node]) -> None:
+        import ray
+
         for node in nodes:
             try:
-                fn_entry = by_fn.get(id(node.fn))
+                fn_entry = self._by_fn.get(id(node.fn))
                 if fn_entry is None:
                     fn_bytes = cloudpickle.dumps(node.fn)
-                    fn_entry = by_fn[id(node.fn)] = (hashlib.sha1(fn_bytes).hexdigest(), fn_bytes)
+                    fn_entry = self._by_fn[id(node.fn)] = (hashlib.sha1(fn_bytes).hexdigest(), fn_bytes)
+                    if len(fn_bytes) > INLINE_FN_BYTES:  # a closure over data: into the object store, once
+                        self._fn_refs[fn_entry[0]] = [ray.put(fn_bytes)]
                 params_bytes = cloudpickle.dumps(node.params) if node.params else None
             except Exception as exc:
                 raise UnpicklableNodeError(
@@ -173,26 +182,18 @@ class RayBackend:
                     f"{type(exc).__name__}: {exc}", nodes=(node.name,)) from exc
             self._specs[node.name] = (fn_entry[0], fn_entry[1], params_bytes, tuple(node.inputs), None, None,
                                       node.name, None, node.timeout_s)
-        ensure_ray(self.address, **self.init_kwargs)
-        import ray
-
-        # Large functions (closures over data) go to the object store once, not into every task's spec.
-        self._fn_refs = {}
-        for key, fn_bytes in {e[0]: e[1] for e in by_fn.values() if len(e[1]) > INLINE_FN_BYTES}.items():
-            self._fn_refs[key] = [ray.put(fn_bytes)]
-
         if not self.wait_for_resources:
             check_schedulable(nodes, [n["Resources"] for n in ray.nodes() if n["Alive"]])
-
         remote = ray.remote(_execute)
-        self._remotes = {
-            node.name: remote.options(num_returns=2, max_retries=0, retry_exceptions=False, name=node.name,
-                                      **node.ray_options())
-            for node in nodes
-        }
+        for node in nodes:
+            self._remotes[node.name] = remote.options(num_returns=2, max_retries=0, retry_exceptions=False,
+                                                      name=node.name, **node.ray_options())
 
     def submit(self, node: Node, ctx: NodeContext, inputs: Sequence[_Handle]) -> _Handle:
-        spec = self._specs[node.name]
+        spec = self._specs.get(node.name)
+        if spec is None:  # a node reused from storage that must run after all (its stored output was corrupt)
+            self._prepare_nodes([node])
+            spec = self._specs[node.name]
         if type(spec) is tuple:  # first submit of this node in this run: add the run's context, pickle once
             fn_box = self._fn_refs.get(spec[0])
             self._boxes[node.name] = (fn_box,) if fn_box else ()

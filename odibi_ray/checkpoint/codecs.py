@@ -181,7 +181,12 @@ def _write_parquet(table: pa.Table, same_schema: Callable[[pa.Schema, bytes], bo
         return None
     sink = pa.BufferOutputStream()
     try:
-        pq.write_table(table, sink, compression="zstd", use_compliant_nested_type=False)
+        # Dictionary-encode only text-like columns: on high-cardinality numbers it costs time and bytes.
+        dict_cols = [f.name for f in table.schema
+                     if pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or pa.types.is_binary(f.type)
+                     or pa.types.is_large_binary(f.type) or pa.types.is_dictionary(f.type)]
+        pq.write_table(table, sink, compression="zstd", use_compliant_nested_type=False,
+                       use_dictionary=dict_cols if len(set(table.column_names)) == table.num_columns else True)
     except (pa.ArrowException, ValueError, TypeError) as exc:
         log.debug("parquet cannot carry this table (%s); pickling it", _short(exc))
         return None

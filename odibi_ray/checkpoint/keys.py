@@ -43,13 +43,21 @@ def cache_keys(dag: DAG, order: list[str], namespace: str | None = None) -> dict
     """Every node's cache key, in topological ``order`` (inputs first)."""
     ns = dag.name if namespace is None else namespace
     keys: dict[str, str] = {}
+    fingerprints: dict[int, str] = {}  # one source hash per function object (many nodes may share one)
     for name in order:
         node = dag[name]
         policy = dag.cache_policy_of(name)
+        version = policy.version or node.version
+        if version is None:
+            code = fingerprints.get(id(node.fn))
+            if code is None:
+                code = fingerprints[id(node.fn)] = code_fingerprint(node.fn)
+        else:
+            code = code_fingerprint(node.fn, version)
         parts = {
             "namespace": ns,
             "node": name,
-            "code": code_fingerprint(node.fn, policy.version or node.version),
+            "code": code,
             "params": canonical(node.params),
             "inputs": [[param, keys[up]] for param, up in node.inputs.items()],
         }
