@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
+import os
 import pickle
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from .errors import NodeFailedError, OutputUnavailableError, RunFailedError
@@ -215,6 +217,12 @@ class RunResult:
         if missing:
             self._cache.update(zip(missing, self._fetch(missing)))
         return {n: self._cache[n] for n in names}
+
+    def report(self, path: str | os.PathLike[str], dag: Any = None, *, inputs: Any = None) -> Path:
+        """Write this run's self-contained HTML report (DAG by level, worker timeline, table); return its path."""
+        from .report import write_report
+
+        return write_report(self, path, dag, inputs=inputs)
 
     def summary(self) -> str:
         """One line: counts per status and the wall time."""
