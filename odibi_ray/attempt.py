@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 import cloudpickle
 
 from . import context
+from .checkpoint.codecs import CodecError
 from .checkpoint.store import OutputTarget, StoredRef, write_output
 from .errors import CorruptObjectError, NodeTimeoutError, NotFoundError, StorageError
 from .result import ErrorInfo
@@ -62,14 +63,16 @@ _UPSTREAM_FAILED = ErrorInfo("odibi_ray.attempt.UpstreamFailed", "an input's att
 def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: Sequence[str],
                 input_values: Sequence[Any], ctx: context.NodeContext, worker_node_id: str,
                 timeout_s: float | None = None, hard_kill: bool = False,
-                target: OutputTarget | None = None) -> tuple[AttemptMeta, Any]:
+                target: OutputTarget | None = None,
+                still_wanted: Callable[[], bool] | None = None) -> tuple[AttemptMeta, Any]:
     """Call the node function once with its inputs and params; never raises for the function's errors.
 
     With ``timeout_s`` and on the main thread (a Ray worker), an alarm raises
     :class:`NodeTimeoutError` inside the function once it has run that long; with ``hard_kill`` a
     function that ignores the alarm for :data:`HARD_KILL_GRACE_S` more gets its process killed.
     Inputs that are :class:`StoredRef` are read from storage here; with ``target`` the output is
-    checkpointed here (object, then record) before the attempt counts as succeeded.
+    checkpointed here (object, then record) before the attempt counts as succeeded — unless
+    ``still_wanted()`` says the driver gave up on this attempt (a timed-out local thread).
     """
     started = time.time()
     for v in input_values:
@@ -104,7 +107,7 @@ def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: 
             error = error_info(alarm.exception(), traceback_text="(the node caught its NodeTimeoutError)")
         value, error = FAILED, dataclasses.replace(error, kind="timeout")
     ended = time.time()
-    if error is None and target is not None:
+    if error is None and target is not None and (still_wanted is None or still_wanted()):
         # Checkpoint from the worker: the output object, then the node record.
         record = {"node": ctx.node, "pipeline": ctx.pipeline, "run_id": ctx.run_id, "attempt": ctx.attempt,
                   "ray_node_id": worker_node_id, "pid": os.getpid(), "started_at": started, "ended_at": ended}
@@ -122,7 +125,7 @@ def _load_stored(values: Sequence[Any]) -> tuple[list[Any], ErrorInfo | None]:
         if v.__class__ is StoredRef:
             try:
                 v = v.load()
-            except CorruptObjectError as exc:
+            except (CorruptObjectError, CodecError) as exc:  # altered, truncated, or no longer decodable
                 try:
                     v.storage.delete(v.key)  # never trusted again: the producer runs and writes it anew
                 except StorageError:

@@ -10,6 +10,7 @@ from .backends.base import Backend
 from .backends.local import LocalBackend
 from .backends.ray_tasks import RayBackend
 from .dag import DAG
+from .errors import ExecutionError
 from .policy import RetryPolicy
 from .progress import RichProgress
 from .result import RunResult
@@ -103,6 +104,9 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
         counts: dict[str, int] = {}
         for rec in result.nodes.values():
             counts[rec.status.value] = counts.get(rec.status.value, 0) + 1
-        close_run(manifest, result.status.value, {"nodes": counts, **result.stats})
+        try:
+            close_run(manifest, result.status.value, {"nodes": counts, **result.stats})
+        except ExecutionError as exc:  # another driver took the run over meanwhile: its manifest, not ours
+            log.error("%s", exc)
     log.info("%s", result.summary())
     return result

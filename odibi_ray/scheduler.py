@@ -24,10 +24,11 @@ from .attempt import HARD_KILL_GRACE_S, error_info
 from .backends.base import Backend
 from .context import NodeContext
 from .dag import DAG
-from .errors import NodeTimeoutError
+from .checkpoint.codecs import CodecError
+from .errors import CorruptObjectError, NodeTimeoutError, NotFoundError, OutputUnavailableError, StorageError
 from .policy import SYSTEM_FAILURE_KINDS, RetryPolicy, compute_delay
 from .checkpoint.plan import CheckpointPlan
-from .checkpoint.store import StoredRef
+from .checkpoint.store import HEARTBEAT_S, StoredRef
 from .result import AttemptRecord, ErrorInfo, NodeRecord, NodeStatus, RunResult
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ class Scheduler:
         handles = [self._live[n] for n in names]
         remote = [h for h in handles if not isinstance(h, StoredHandle)]
         fetched = iter(self.backend.fetch_many(remote) if remote else [])
-        return [h.ref.load() if isinstance(h, StoredHandle) else next(fetched) for h in handles]
+        return [_load_for_result(h.ref) if isinstance(h, StoredHandle) else next(fetched) for h in handles]
 
     def _loop(self) -> None:
         heartbeat = self.checkpoint.heartbeat if self.checkpoint else None
@@ -160,6 +161,8 @@ class Scheduler:
                 break
             wake = [t[0][0] for t in (self._timers, self._deadlines) if t]
             timeout = max(0.0, min(wake) - time.monotonic()) if wake else None
+            if heartbeat is not None:  # keep the manifest's heartbeat going while long nodes run
+                timeout = HEARTBEAT_S if timeout is None else min(timeout, HEARTBEAT_S)
             if not self._inflight:
                 if timeout is None:
                     raise RuntimeError(f"scheduler stalled with {self._open} open node(s)")  # a bug, not a user error
@@ -309,10 +312,10 @@ class Scheduler:
         seen: set[str] = set()
         while todo:
             n = todo.pop()
-            if n in seen or self.records[n].status is not NodeStatus.RUNNING:
-                continue
+            if n in seen or self.records[n].status.done:
+                continue  # a finished node keeps its output, and so do its consumers
             seen.add(n)
-            self._discard(n)
+            self._discard(n)  # only a running attempt is discarded; a pending node may still have running consumers
             todo.extend(self._children[n])
 
     def _recompute_lost_inputs(self, name: str) -> bool:
@@ -429,6 +432,20 @@ class Scheduler:
                 seen.add(n)
                 todo.extend(self._children[n])
         return sorted(seen, key=self._rank.__getitem__)
+
+
+def _load_for_result(ref: StoredRef) -> Any:
+    """A reused output asked for after the run. If it turns out unusable it is removed (the next run
+    recomputes it) and a clear error says so: never a wrong value."""
+    try:
+        return ref.load()
+    except (CorruptObjectError, NotFoundError, CodecError) as exc:
+        try:
+            ref.storage.delete(ref.key)
+        except StorageError:
+            pass
+        raise OutputUnavailableError(f"the stored output of node {ref.node!r} is unusable ({type(exc).__name__}: "
+                                     f"{exc}); it was removed: run the pipeline again to recompute it") from exc
 
 
 class StoredHandle:

@@ -36,6 +36,7 @@ class LocalBackend:
         self._running: set[cf.Future] = set()  # futures holding a slot
         self._starts: dict[cf.Future, float] = {}
         self._targets: dict[str, Any] = {}
+        self._abandoned: set[cf.Future] = set()
 
     def prepare(self, nodes: Sequence[Node], targets: dict[str, Any] | None = None) -> None:
         self._targets = dict(targets or {})
@@ -45,7 +46,7 @@ class LocalBackend:
         fut: cf.Future = cf.Future()
         with self._lock:
             self._queue.append((fut, (node.fn, node.params, list(node.inputs), values, ctx, "local", None, False,
-                                      self._targets.get(node.name))))
+                                      self._targets.get(node.name), lambda f=fut: f not in self._abandoned)))
             self._pump()
         return fut
 
@@ -97,6 +98,7 @@ class LocalBackend:
             self._starts.pop(handle, None)
             if not handle.cancel():
                 self._running.discard(handle)
+                self._abandoned.add(handle)  # its late result must not be checkpointed
                 self._pump()
 
     def forget(self, handle: cf.Future) -> None:

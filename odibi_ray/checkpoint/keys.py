@@ -6,7 +6,9 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 import textwrap
+import types
 from typing import Any, Callable
 
 import cloudpickle
@@ -16,14 +18,10 @@ from ..dag import DAG
 log = logging.getLogger(__name__)
 
 
-def code_fingerprint(fn: Callable[..., Any], version: str | None = None) -> str:
-    """``version`` if given, else a hash of the function's source (its bytecode when there is no source)."""
-    if version is not None:
-        return "v:" + version
-    target = getattr(fn, "__wrapped__", fn)
+def _source_hash(fn: Callable[..., Any]) -> str:
+    target = inspect.unwrap(fn)
     try:
-        src = textwrap.dedent(inspect.getsource(target))
-        return "src:" + hashlib.sha256(src.encode()).hexdigest()
+        return "src:" + hashlib.sha256(textwrap.dedent(inspect.getsource(target)).encode()).hexdigest()
     except (OSError, TypeError):
         try:
             return "pickle:" + hashlib.sha256(cloudpickle.dumps(target)).hexdigest()
@@ -31,29 +29,80 @@ def code_fingerprint(fn: Callable[..., Any], version: str | None = None) -> str:
             return "name:" + getattr(target, "__qualname__", repr(target))
 
 
-def canonical(value: Any) -> str:
-    """A stable text for params: canonical JSON when possible, else a hash of the pickled value."""
+def code_fingerprint(fn: Callable[..., Any], version: str | None = None) -> str:
+    """``version`` if given, else a hash of the function's source plus what it closes over and the plain
+    globals it reads, with the source of the functions it calls by name (one level deep: for changes
+    deeper than that, or in imported libraries, give ``version=``)."""
+    if version is not None:
+        return "v:" + version
+    target = inspect.unwrap(fn)
+    parts = [_source_hash(target)]
     try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        cv = inspect.getclosurevars(target)
+        referenced = sorted(cv.nonlocals.items()) + sorted(cv.globals.items())
     except (TypeError, ValueError):
-        return "pickle:" + hashlib.sha256(cloudpickle.dumps(value)).hexdigest()
+        referenced = []
+    for name, value in referenced:
+        if isinstance(value, types.ModuleType):
+            continue
+        if inspect.isfunction(value) or inspect.ismethod(value) or inspect.isclass(value):
+            parts.append(f"{name}={_source_hash(value)}")
+        else:
+            parts.append(f"{name}={canonical(value)}")
+    return "code:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def cache_keys(dag: DAG, order: list[str], namespace: str | None = None) -> dict[str, str]:
-    """Every node's cache key, in topological ``order`` (inputs first)."""
+def _tagged(value: Any) -> Any:
+    """A JSON-able, type-tagged form: tuples differ from lists, 1 from "1" as a key, sets are ordered."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"float": repr(value)}
+    if isinstance(value, list):
+        return [_tagged(v) for v in value]
+    if isinstance(value, tuple):
+        return {"tuple": [_tagged(v) for v in value]}
+    if isinstance(value, (set, frozenset)):
+        return {"set": sorted(json.dumps(_tagged(v), sort_keys=True) for v in value)}
+    if isinstance(value, dict):
+        if all(isinstance(k, str) for k in value):
+            return {"dict": {k: _tagged(v) for k, v in value.items()}}
+        return {"dict_items": sorted([json.dumps(_tagged(k), sort_keys=True), _tagged(v)] for k, v in value.items())}
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"bytes": hashlib.sha256(bytes(value)).hexdigest()}
+    try:
+        blob = cloudpickle.dumps(value)
+    except Exception:
+        blob = repr(value).encode()
+    return {"object": f"{type(value).__module__}.{type(value).__qualname__}", "sha256": hashlib.sha256(blob).hexdigest()}
+
+
+def canonical(value: Any) -> str:
+    """A stable text for params (equal across processes and runs for equal plain values)."""
+    return json.dumps(_tagged(value), sort_keys=True, separators=(",", ":"))
+
+
+def cache_keys(dag: DAG, order: list[str], namespace: str | None = None, run_id: str | None = None) -> dict[str, str]:
+    """Every node's cache key, in topological ``order`` (inputs first).
+
+    A node whose cache policy is disabled gets a key salted with ``run_id`` (it is never shared with
+    another run); its descendants' keys cover that salted key, so they are never reused either.
+    """
     ns = dag.name if namespace is None else namespace
     keys: dict[str, str] = {}
-    fingerprints: dict[int, str] = {}  # one source hash per function object (many nodes may share one)
+    fingerprints: dict[tuple[int, str | None], str] = {}  # per function and version (many nodes share one)
     for name in order:
         node = dag[name]
         policy = dag.cache_policy_of(name)
-        version = policy.version or node.version
-        if version is None:
-            code = fingerprints.get(id(node.fn))
-            if code is None:
-                code = fingerprints[id(node.fn)] = code_fingerprint(node.fn)
-        else:
-            code = code_fingerprint(node.fn, version)
+        own = node.cache if isinstance(node.cache, type(policy)) else None
+        # the most specific version wins: the node's own CachePolicy, then Node(version=), then the DAG's
+        version = (own.version if own is not None else None) or node.version or policy.version
+        fp_key = (id(node.fn), version)
+        code = fingerprints.get(fp_key)
+        if code is None:
+            code = fingerprints[fp_key] = code_fingerprint(node.fn, version)
         parts = {
             "namespace": ns,
             "node": name,
@@ -63,5 +112,8 @@ def cache_keys(dag: DAG, order: list[str], namespace: str | None = None) -> dict
         }
         if policy.key_fn is not None:
             parts["key_fn"] = str(policy.key_fn(dict(node.params)))
-        keys[name] = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+        key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+        if not policy.enabled:
+            key = hashlib.sha256(f"{key}:{run_id}".encode()).hexdigest()
+        keys[name] = key
     return keys

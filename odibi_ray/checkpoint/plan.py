@@ -4,8 +4,8 @@ done by the run being resumed)."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -39,19 +39,20 @@ def plan_checkpoints(dag: DAG, order: list[str], storage: Storage, run_id: str,
     whose record names the same key and whose object is still there is RESUMED; else a node whose
     cache policy allows it and whose fresh, complete object exists is CACHED; every other node runs.
     """
-    keys = cache_keys(dag, order)
+    keys = cache_keys(dag, order, run_id=run_id)  # cache=False: salted per run (checkpointed for resume only)
     policies = {n: dag.cache_policy_of(n) for n in order}
-    for n, p in policies.items():
-        if not p.enabled:  # still checkpointed (for resume), never shared with other runs
-            keys[n] = hashlib.sha256(f"{keys[n]}:{run_id}".encode()).hexdigest()
     targets = {n: OutputTarget(storage, dag.name, run_id, n, keys[n], policies[n].ttl_s) for n in order}
     found, damaged = fresh_objects(storage, keys)
     if damaged:
         log.warning("stored output(s) of %s are damaged (truncated or altered): computing them again",
                     ", ".join(sorted(damaged)))
     reuse: dict[str, tuple[NodeStatus, StoredRef]] = {}
+    now = time.time()
     for n in order:
         if n not in found:
+            continue
+        ttl = policies[n].ttl_s  # today's policy counts too, not only the expiry written with the object
+        if ttl is not None and float(found[n].metadata.get("created") or 0) + ttl <= now:
             continue
         ref = StoredRef(storage, layout.object_key(keys[n]), n)
         record = (resumed or {}).get(n)

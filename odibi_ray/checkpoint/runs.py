@@ -38,7 +38,7 @@ def open_resumed_run(storage: Storage, dag: DAG, resume: str) -> tuple[RunManife
         run_id = resume
     manifest = RunManifest(storage, dag.name, run_id)
     try:
-        body, _ = manifest.read()
+        body, checked = manifest.read()
     except NotFoundError:
         raise ExecutionError(f"cannot resume: no run {run_id!r} of pipeline {dag.name!r} in {storage.uri}") from None
     status = effective_status(body)
@@ -47,8 +47,8 @@ def open_resumed_run(storage: Storage, dag: DAG, resume: str) -> tuple[RunManife
         raise ExecutionError(f"run {run_id!r} of {dag.name!r} is still running (its driver wrote {age:.0f} s ago); "
                              "resume it once it has stopped")
     records = node_records(storage, dag.name, run_id)
-    manifest.update(status="running", resumes=int(body.get("resumes", 0)) + 1, resumed_from_status=status,
-                    driver=driver_identity(), updated_at=time.time())
+    manifest.take_over(checked, body, status="running", resumes=int(body.get("resumes", 0)) + 1,
+                       resumed_from_status=status)
     log.info("resuming run %s of %r (was %s; %d node record(s))", run_id, dag.name, status, len(records))
     return manifest, records
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import (AlreadyExistsError, CorruptObjectError, NotFoundError, PreconditionFailedError)
+from ..errors import AlreadyExistsError, CorruptObjectError, ExecutionError, NotFoundError, PreconditionFailedError
 from ..storage.base import ObjectInfo, Storage
 from . import layout
 from .codecs import decode, encode
@@ -153,6 +153,7 @@ class RunManifest:
         self.storage, self.pipeline, self.run_id = storage, pipeline, run_id
         self.key = layout.manifest_key(pipeline, run_id)
         self._last_beat = 0.0
+        self.owner: dict[str, Any] | None = None  # the driver identity this process writes as
 
     def read(self) -> tuple[dict[str, Any], ObjectInfo]:
         data, info = self.storage.get_with_info(self.key)
@@ -161,11 +162,28 @@ class RunManifest:
     def create(self, body: dict[str, Any]) -> None:
         body = dict(body, pipeline=self.pipeline, run_id=self.run_id, status="running", resumes=0)
         self._write(body, if_none_match=True)
+        self.owner = body.get("driver")
+
+    def take_over(self, checked: ObjectInfo, body: dict[str, Any], **changes: Any) -> None:
+        """Become this run's driver, if the manifest is still the one that was checked (``checked.etag``):
+        of two drivers resuming one run at once, exactly one wins."""
+        me = driver_identity()
+        new = dict(body, **changes, driver=me, updated_at=time.time())
+        try:
+            self._write(new, if_match=checked.etag)
+        except PreconditionFailedError:
+            raise ExecutionError(f"run {self.run_id!r} of {self.pipeline!r} changed while this driver was taking it "
+                                 "over (another driver is resuming it?)") from None
+        self.owner = me
 
     def update(self, **changes: Any) -> dict[str, Any]:
-        """Apply ``changes`` with compare-and-swap, retrying if another writer got in between."""
+        """Apply ``changes`` with compare-and-swap, retrying if another writer got in between. Refused
+        (:class:`ExecutionError`) once another driver has taken the run over."""
         for _ in range(20):
             body, info = self.read()
+            if self.owner is not None and body.get("driver") != self.owner:
+                raise ExecutionError(f"run {self.run_id!r} of {self.pipeline!r} was taken over by another driver "
+                                     f"({body.get('driver')}); this driver no longer writes its manifest")
             body.update(changes)
             try:
                 self._write(body, if_match=info.etag)
@@ -197,8 +215,8 @@ def effective_status(body: dict[str, Any], now: float | None = None) -> str:
     status = body.get("status", "")
     if status == "running":
         driver = body.get("driver") or {}
-        if driver.get("host") == socket.gethostname() and not _alive(int(driver.get("pid") or 0)):
-            return "abandoned"
+        if driver.get("host") == socket.gethostname():  # on this host the driver's process tells
+            return "running" if _alive(int(driver.get("pid") or 0)) else "abandoned"
         updated = float(body.get("updated_at") or 0)
         if (now or time.time()) - updated > 3 * HEARTBEAT_S:
             return "abandoned"

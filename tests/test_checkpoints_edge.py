@@ -1,0 +1,162 @@
+"""Edge cases of cache keys, reuse and resume found in review: each test pins one defect that was fixed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from odibi_ray import DAG, CachePolicy, ExecutionError, Node, NodeStatus, OutputUnavailableError, RetryPolicy, run
+from odibi_ray.checkpoint import layout
+from odibi_ray.checkpoint.keys import canonical
+from odibi_ray.checkpoint.store import RunManifest, driver_identity
+from odibi_ray.storage.local import LocalStorage
+
+from .nodes import wait_for
+
+SOURCE_VALUE = {"v": 1}
+
+
+def read_source():
+    return dict(SOURCE_VALUE)
+
+
+def double_it(x):
+    return x["v"] * 2
+
+
+def two_nodes(name="edge"):
+    dag = DAG(name)
+    dag.add_node(Node("src", read_source))
+    dag.add_node(Node("dbl", double_it, inputs={"x": "src"}))
+    return dag
+
+
+def test_descendants_of_an_uncached_node_are_not_served_from_the_cache(local_storage, monkeypatch):
+    dag = two_nodes()
+    dag["src"].cache = False  # reads outside data: always runs
+    assert run(dag, backend="local", storage=local_storage, progress=False)["dbl"] == 2
+    monkeypatch.setitem(SOURCE_VALUE, "v", 100)
+    again = run(dag, backend="local", storage=local_storage, progress=False)
+    assert again.nodes["dbl"].status is NodeStatus.SUCCEEDED and again["dbl"] == 200
+
+
+def test_the_nodes_own_version_wins_over_the_pipeline_default(local_storage):
+    dag = two_nodes()
+    dag.cache = CachePolicy(version="pipeline-v1")
+    run(dag, backend="local", storage=local_storage, progress=False)
+    dag["dbl"].version = "2"
+    again = run(dag, backend="local", storage=local_storage, progress=False)
+    assert again.nodes["dbl"].status is NodeStatus.SUCCEEDED and again.nodes["src"].status is NodeStatus.CACHED
+
+
+def make_scaler(k):
+    def scale(x):
+        return x["v"] * k
+    return scale
+
+
+def test_a_changed_closure_value_changes_the_key(local_storage):
+    for k, expected in ((1, 1), (5, 5)):
+        dag = DAG("closure")
+        dag.add_node(Node("src", read_source))
+        dag.add_node(Node("scaled", make_scaler(k), inputs={"x": "src"}))
+        assert run(dag, backend="local", storage=local_storage, progress=False)["scaled"] == expected
+
+
+def test_params_keys_tell_tuples_from_lists_and_int_from_str_keys():
+    assert canonical((1, 2)) != canonical([1, 2])
+    assert canonical({1: "a"}) != canonical({"1": "a"})
+    assert canonical({"b": 1, "a": 2}) == canonical({"a": 2, "b": 1})
+
+
+def test_params_keys_are_stable_across_processes():
+    code = "from odibi_ray.checkpoint.keys import canonical; print(canonical({'s': {'x', 'y', 'z'}, 't': (1, 'a')}))"
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={"PYTHONHASHSEED": str(seed), "PATH": "/usr/bin"}).stdout for seed in (1, 2, 3)}
+    assert len(outs) == 1
+
+
+def test_timed_out_local_attempt_never_checkpoints_its_late_result(local_storage, tmp_path):
+    release = tmp_path / "release"
+
+    def slow_then_fast():
+        from odibi_ray import current_context
+
+        if current_context().attempt == 1:
+            wait_for(release, timeout=30)
+            return "late value"
+        return "on time"
+
+    dag = DAG("late")
+    dag.add_node(Node("n", slow_then_fast, timeout_s=0.3, retry=RetryPolicy(max_attempts=2, delay_s=0), version="1"))
+    result = run(dag, backend="local", storage=local_storage, progress=False).raise_for_status()
+    release.write_text("1")
+    time.sleep(0.5)  # the abandoned thread returns now: it must not overwrite the checkpoint
+    assert result["n"] == "on time"
+    assert run(dag, backend="local", storage=local_storage, progress=False)["n"] == "on time"
+
+
+def test_undecodable_stored_input_is_a_miss(local_storage):
+    first = run(two_nodes(), backend="local", storage=local_storage, progress=False)
+    key = layout.object_key(first.nodes["src"].cache_key)
+    bad = b"not json at all"
+    meta = dict(local_storage.head(key).metadata, sha256=hashlib.sha256(bad).hexdigest(), size=str(len(bad)))
+    local_storage.put(key, bad, meta)  # intact by its SHA-256, but the codec cannot read it
+    dag = two_nodes()
+    dag["dbl"].version = "2"
+    again = run(dag, backend="local", storage=local_storage, progress=False).raise_for_status()
+    assert again["dbl"] == 2 and again.nodes["src"].status is NodeStatus.SUCCEEDED
+    assert again.stats["corrupt_objects"] == 1
+
+
+def test_a_corrupt_cached_output_asked_for_is_a_clear_error_and_is_removed(local_storage):
+    first = run(two_nodes(), backend="local", storage=local_storage, progress=False)
+    key = layout.object_key(first.nodes["dbl"].cache_key)
+    data, info = local_storage.get_with_info(key)
+    local_storage.put(key, bytes(b ^ 1 for b in data), info.metadata)
+    again = run(two_nodes(), backend="local", storage=local_storage, progress=False)
+    assert again.nodes["dbl"].status is NodeStatus.CACHED
+    with pytest.raises(OutputUnavailableError, match="unusable.*run the pipeline again"):
+        again["dbl"]
+    assert not local_storage.exists(key)
+    assert run(two_nodes(), backend="local", storage=local_storage, progress=False)["dbl"] == 2
+
+
+def test_two_drivers_taking_over_one_run_exactly_one_wins(local_storage):
+    RunManifest(local_storage, "p", "r1").create({"started_at": 1.0, "driver": {"host": "gone", "pid": 1},
+                                                  "updated_at": 1.0})
+    a, b = RunManifest(local_storage, "p", "r1"), RunManifest(local_storage, "p", "r1")
+    body_a, checked_a = a.read()
+    body_b, checked_b = b.read()
+    a.take_over(checked_a, body_a, status="running")
+    with pytest.raises(ExecutionError, match="changed while this driver was taking it over"):
+        b.take_over(checked_b, body_b, status="running")
+    assert json.loads(local_storage.get(layout.manifest_key("p", "r1")))["driver"] == driver_identity()
+    old = RunManifest(local_storage, "p", "r1")
+    old.owner = {"host": "gone", "pid": 1}  # the driver that lost the run
+    with pytest.raises(ExecutionError, match="taken over"):
+        old.update(status="failed")
+
+
+class RecordingStorage(LocalStorage):
+    """A real LocalStorage that also notes the order of its puts (in a file: workers are other processes)."""
+
+    def put(self, key, data, metadata=None, **kw):
+        info = super().put(key, data, metadata, **kw)
+        with open(f"{self.root}.order", "a") as f:
+            f.write(key + "\n")
+        return info
+
+
+def test_each_record_is_written_after_its_object(ray_local, tmp_path):
+    store = RecordingStorage(tmp_path / "rec")
+    result = run(two_nodes("order"), storage=store, progress=False).raise_for_status()
+    order = (tmp_path / "rec.order").read_text().split()
+    for name, rec in result.nodes.items():
+        obj, record = layout.object_key(rec.cache_key), layout.record_key("order", result.run_id, name)
+        assert order.index(obj) < order.index(record)
