@@ -18,12 +18,13 @@ import cloudpickle
 
 from . import context
 from .checkpoint.codecs import CodecError
-from .checkpoint.store import OutputTarget, StoredRef, write_output
+from .checkpoint.store import OutputTarget, StoredRef, read_output_sized, write_output
 from .errors import CorruptObjectError, NodeTimeoutError, NotFoundError, StorageError
 from .result import ErrorInfo
 
-#: What a worker sends back about an attempt: (started_at, ended_at, worker_node_id, pid, error or None).
-AttemptMeta = tuple[float, float, str, int, "ErrorInfo | None"]
+#: What a worker sends back about an attempt: (started_at, ended_at, worker_node_id, pid, error or None,
+#: (bytes written, bytes read, seconds in storage calls)).
+AttemptMeta = tuple[float, float, str, int, "ErrorInfo | None", tuple]
 
 #: How long a timed-out attempt may ignore its alarm before a Ray worker process kills itself.
 HARD_KILL_GRACE_S = 5.0
@@ -77,11 +78,12 @@ def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: 
     started = time.time()
     for v in input_values:
         if v.__class__ is UpstreamFailed:
-            return (started, started, worker_node_id, os.getpid(), _UPSTREAM_FAILED), FAILED
+            return (started, started, worker_node_id, os.getpid(), _UPSTREAM_FAILED, (0, 0, 0.0)), FAILED
+    io = [0, 0, 0.0]  # bytes written, bytes read, seconds spent in storage calls
     if any(v.__class__ is StoredRef for v in input_values):
-        input_values, error = _load_stored(input_values)
+        input_values, error = _load_stored(input_values, io)
         if error is not None:
-            return (started, time.time(), worker_node_id, os.getpid(), error), FAILED
+            return (started, time.time(), worker_node_id, os.getpid(), error, tuple(io)), FAILED
     kwargs = dict(params)
     kwargs.update(zip(input_names, input_values))
     token = context._set(ctx)
@@ -111,20 +113,26 @@ def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: 
         # Checkpoint from the worker: the output object, then the node record.
         record = {"node": ctx.node, "pipeline": ctx.pipeline, "run_id": ctx.run_id, "attempt": ctx.attempt,
                   "ray_node_id": worker_node_id, "pid": os.getpid(), "started_at": started, "ended_at": ended}
+        t0 = time.perf_counter()
         try:
-            write_output(target, value, record)
+            io[0] = write_output(target, value, record)
         except StorageError as exc:
             value, error = FAILED, error_info(exc, kind="storage")
-    return (started, ended, worker_node_id, os.getpid(), error), value
+        io[2] += time.perf_counter() - t0
+    return (started, ended, worker_node_id, os.getpid(), error, tuple(io)), value
 
 
-def _load_stored(values: Sequence[Any]) -> tuple[list[Any], ErrorInfo | None]:
-    """Replace stored inputs (outputs of cached or resumed nodes) by their values, read here in the worker."""
+def _load_stored(values: Sequence[Any], io: list) -> tuple[list[Any], ErrorInfo | None]:
+    """Replace stored inputs (outputs of cached or resumed nodes) by their values, read here in the worker;
+    ``io[1]``/``io[2]`` gain the bytes read and the seconds it took."""
     out = []
     for v in values:
         if v.__class__ is StoredRef:
+            t0 = time.perf_counter()
             try:
-                v = v.load()
+                v, nbytes = read_output_sized(v.storage, v.key)
+                io[1] += nbytes
+                io[2] += time.perf_counter() - t0
             except (CorruptObjectError, CodecError) as exc:  # altered, truncated, or no longer decodable
                 try:
                     v.storage.delete(v.key)  # never trusted again: the producer runs and writes it anew

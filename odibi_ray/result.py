@@ -84,6 +84,9 @@ class AttemptRecord:
     worker_node_id: str | None = None
     worker_pid: int | None = None
     error: ErrorInfo | None = None
+    bytes_written: int = 0  # checkpoint bytes this attempt wrote (0 when a concurrent run's object was reused)
+    bytes_read: int = 0  # stored inputs it read
+    storage_s: float = 0.0  # seconds it spent in storage calls
 
     @property
     def duration_s(self) -> float | None:
@@ -156,6 +159,7 @@ class RunResult:
     _fetch: Callable[[list[str]], list[Any]] = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
     _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     stats: dict[str, int] = field(default_factory=dict)  # e.g. corrupt_objects found and recomputed
+    metrics: Any = field(default=None, repr=False, compare=False)  # a MetricsManager, when metrics are on
 
     @property
     def status(self) -> RunStatus:

@@ -16,11 +16,22 @@ from .progress import RichProgress
 from .result import RunResult
 from .checkpoint.plan import plan_checkpoints
 from .checkpoint.runs import close_run, open_new_run, open_resumed_run
+from .run_metrics import metrics_actor, metrics_from_result
 from .scheduler import ProgressSink, Scheduler, new_run_id
 from .storage.base import Storage
 from .storage.uri import open_storage
 
 log = logging.getLogger(__name__)
+
+
+def _publish_metrics(result: RunResult, dag: DAG, backend: Backend, namespace: str) -> None:
+    """Derive the run's metrics from its records; send them to the metrics actor on Ray (fire-and-forget)."""
+    result.metrics = metrics_from_result(result, {n: node.upstream for n, node in dag.nodes.items()})
+    if backend.name == "ray":
+        try:
+            metrics_actor(namespace).push.remote(result.metrics.snapshot())
+        except Exception as exc:  # metrics must never fail a run
+            log.warning("could not send metrics to the metrics actor: %s", exc)
 
 
 def make_backend(backend: str | Backend, *, address: str | None = None, max_workers: int | None = None,
@@ -40,7 +51,8 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
         resume: str | None = None, barrier: bool = False,
         fail_fast: bool = False, seed: int | None = None, progress: bool | ProgressSink | None = None,
         max_workers: int | None = None, ray_init_kwargs: dict[str, Any] | None = None,
-        wait_for_resources: bool = False, run_id: str | None = None) -> RunResult:
+        wait_for_resources: bool = False, run_id: str | None = None, metrics: bool = True,
+        metrics_namespace: str = "default") -> RunResult:
     """Run a DAG once and return its :class:`RunResult` (it does not raise for failed nodes:
     call ``result.raise_for_status()``).
 
@@ -100,12 +112,17 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
         raise
     finally:
         be.close()
+    if metrics:
+        _publish_metrics(result, dag, be, metrics_namespace)
     if manifest is not None:
         counts: dict[str, int] = {}
         for rec in result.nodes.values():
             counts[rec.status.value] = counts.get(rec.status.value, 0) + 1
         try:
-            close_run(manifest, result.status.value, {"nodes": counts, **result.stats})
+            summary: dict[str, Any] = {"nodes": counts, **result.stats}
+            if result.metrics is not None:  # past runs' metrics stay readable after the actor is gone
+                summary["metrics"] = result.metrics.snapshot()
+            close_run(manifest, result.status.value, summary)
         except ExecutionError as exc:  # another driver took the run over meanwhile: its manifest, not ours
             log.error("%s", exc)
     log.info("%s", result.summary())

@@ -56,7 +56,7 @@ class ScriptedBackend:
             node_id, kind = self.script(self, h)
             err = None if kind is None else error_info(SystemFailureError(kind, "scripted"), kind=kind)
             now = time.time()
-            out.append((now, now, node_id, 1, err))
+            out.append((now, now, node_id, 1, err, (0, 0, 0.0)))
         return out
 
     def started(self, handle):

@@ -89,7 +89,7 @@ class LocalBackend:
             except BaseException as exc:  # the wrapper itself failed, or the future was cancelled
                 now = time.time()
                 err = error_info(SystemFailureError("system", f"{type(exc).__name__}: {exc}"), kind="system")
-                out.append((None, now, "local", os.getpid(), err))
+                out.append((None, now, "local", os.getpid(), err, (0, 0, 0.0)))
         return out
 
     def cancel(self, handle: cf.Future) -> None:

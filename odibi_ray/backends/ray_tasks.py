@@ -66,7 +66,7 @@ def _execute(spec: bytes, attempt: int, *input_values: Any) -> tuple[AttemptMeta
     meta, value = run_attempt(fn, params, names, input_values, ctx, _worker_node_id(), timeout_s, hard_kill=True,
                               target=target)
     if meta[4] is None:  # success: a packed metadata record is cheaper for Ray to store and ship than a tuple
-        return _META.pack(meta[0], meta[1], meta[3]) + _node_id_bytes(meta[2]), value
+        return _META.pack(meta[0], meta[1], meta[3], *meta[5]) + _node_id_bytes(meta[2]), value
     return meta, value
 
 
@@ -84,7 +84,7 @@ def _spec(spec: bytes) -> tuple:
     return out
 
 
-_META = struct.Struct("<ddI")  # started_at, ended_at, pid; then the node id's raw bytes
+_META = struct.Struct("<ddIQQd")  # started_at, ended_at, pid, bytes written, bytes read, storage seconds; node id
 
 
 def _node_id_bytes(hex_id: str) -> bytes:
@@ -98,8 +98,8 @@ def _unpack_meta(meta: Any) -> AttemptMeta:
     """A worker's metadata record back as a tuple: packed bytes on success, a tuple on failure."""
     if type(meta) is not bytes:
         return meta
-    started, ended, pid = _META.unpack_from(meta)
-    return started, ended, meta[_META.size:].hex(), pid, None
+    started, ended, pid, written, read, storage_s = _META.unpack_from(meta)
+    return started, ended, meta[_META.size:].hex(), pid, None, (written, read, storage_s)
 
 
 # --- driver side ---------------------------------------------------------------------------------
@@ -233,7 +233,7 @@ class RayBackend:
                 out.append(_unpack_meta(ray.get(h.meta)))
             except Exception as exc:
                 now = time.time()
-                out.append((None, now, None, None, classify_ray_error(exc)))
+                out.append((None, now, None, None, classify_ray_error(exc), (0, 0, 0.0)))
                 self._graveyard.append(h.value)  # holds the same error: read it, or Ray logs it as unhandled
         return out
 

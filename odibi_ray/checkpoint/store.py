@@ -55,10 +55,15 @@ class OutputTarget:
 
 def read_output(storage: Storage, key: str) -> Any:
     """A stored output, checked against its SHA-256 (:class:`CorruptObjectError` if it does not match)."""
+    return read_output_sized(storage, key)[0]
+
+
+def read_output_sized(storage: Storage, key: str) -> tuple[Any, int]:
+    """:func:`read_output`, with the number of bytes read."""
     data, info = storage.get_with_info(key)
     if not _intact(data, info):
         raise CorruptObjectError(f"stored output {key!r} does not match its SHA-256 (altered or truncated)", key=key)
-    return decode(info.metadata.get("codec", "pickle"), data)
+    return decode(info.metadata.get("codec", "pickle"), data), len(data)
 
 
 def _intact(data: bytes, info: ObjectInfo) -> bool:

@@ -1,0 +1,108 @@
+"""A run's metrics, and the Ray actor that collects them across runs and drivers.
+
+Every figure is derived from the run's records (attempt by attempt), in the driver, once per run: a retried
+attempt, a crashed worker or a lost machine is one attempt record, so it counts once and only once, and
+no node or driver ever waits on a metrics call. Bytes and storage latency come from the workers inside
+each attempt's metadata. The batch goes to the :class:`MetricsActor` fire-and-forget.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .metrics import MetricsManager, MetricType
+from .result import NodeStatus, RunResult
+
+log = logging.getLogger(__name__)
+
+#: The Ray namespace the metrics actors live in, so every driver finds them by name.
+RAY_NAMESPACE = "odibi_ray"
+
+
+def metrics_from_result(result: RunResult, inputs: dict[str, list[str]] | None = None) -> MetricsManager:
+    """Counters and histograms of one run, labelled by pipeline, run, node and level (``name`` = node)."""
+    m = MetricsManager()
+    base = {"pipeline": result.pipeline, "run": result.run_id}
+    checkpointed = any(r.cache_key for r in result.nodes.values())
+    for rec in result.nodes.values():
+        labels = dict(base, level=str(rec.level))
+        ready_at = None
+        if inputs is not None:
+            ends = [result.nodes[u].ended_at for u in inputs.get(rec.name, ())]
+            ready_at = max([e for e in ends if e is not None], default=None)
+        for att in rec.attempt_history:
+            m.increment(MetricType.NODE_ATTEMPT, rec.name, worker=att.worker_node_id or "unknown", **labels)
+            if att.duration_s is not None:
+                m.record(MetricType.EXECUTION_TIME, rec.name, value=att.duration_s, **labels)
+            if att.started_at is not None:  # time from ready (submitted, and inputs done) to running
+                ready = max(att.submitted_at, ready_at or 0.0)
+                m.record(MetricType.QUEUE_WAIT, rec.name, value=max(0.0, att.started_at - ready), **labels)
+            if att.bytes_written:
+                m.increment(MetricType.BYTES_WRITTEN, rec.name, value=att.bytes_written, **labels)
+            if att.bytes_read:
+                m.increment(MetricType.BYTES_READ, rec.name, value=att.bytes_read, **labels)
+            if att.storage_s:
+                m.record(MetricType.STORAGE_LATENCY, rec.name, value=att.storage_s, **labels)
+        if rec.attempts > 1:
+            m.increment(MetricType.NODE_RETRY, rec.name, value=rec.attempts - 1, **labels)
+        status = rec.status
+        if status is NodeStatus.SUCCEEDED:
+            m.increment(MetricType.NODE_SUCCESS, rec.name, **labels)
+            if checkpointed:
+                m.increment(MetricType.CACHE_MISS, rec.name, **labels)
+        elif status is NodeStatus.FAILED:
+            m.increment(MetricType.NODE_FAILURE, rec.name, **labels)
+        elif status in (NodeStatus.SKIPPED, NodeStatus.CANCELLED):
+            m.increment(MetricType.NODE_SKIP, rec.name, reason=status.value, **labels)
+        elif status in (NodeStatus.CACHED, NodeStatus.RESUMED):
+            m.increment(MetricType.CACHE_HIT, rec.name, source=status.value, **labels)
+    corrupt = result.stats.get("corrupt_objects", 0)
+    if corrupt:
+        m.increment(MetricType.CACHE_CORRUPTION, result.pipeline, value=corrupt, **base)
+    return m
+
+
+class MetricsActor:
+    """Holds a :class:`MetricsManager` in a Ray actor; batches are merged exactly (see ``merge``)."""
+
+    def __init__(self) -> None:
+        self.metrics = MetricsManager()
+
+    def push(self, snapshot: dict[str, Any]) -> None:
+        self.metrics.merge(snapshot)
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.metrics.snapshot()
+
+    def export_prometheus(self) -> str:
+        return self.metrics.export_prometheus()
+
+    def export_json(self) -> str:
+        return self.metrics.export_json()
+
+    def reset(self) -> None:
+        self.metrics.reset()
+
+
+def actor_name(namespace: str) -> str:
+    return f"odibi_ray_metrics_{namespace}"
+
+
+def metrics_actor(namespace: str = "default", *, detached: bool = False) -> Any:
+    """The named metrics actor of ``namespace``, created on first use and found again by every driver
+    (``get_if_exists``); ``detached=True`` lets it outlive the driver that created it."""
+    import ray
+
+    opts: dict[str, Any] = dict(name=actor_name(namespace), namespace=RAY_NAMESPACE, get_if_exists=True,
+                                num_cpus=0)  # one call at a time: a caller's push is seen by its next read
+    if detached:
+        opts["lifetime"] = "detached"
+    return ray.remote(MetricsActor).options(**opts).remote()
+
+
+def actor_metrics(namespace: str = "default") -> MetricsManager:
+    """A copy of what the metrics actor of ``namespace`` holds now (Prometheus/JSON export, summaries)."""
+    import ray
+
+    return MetricsManager.from_snapshot(ray.get(metrics_actor(namespace).snapshot.remote()))

@@ -1,0 +1,93 @@
+"""A run's metrics: derived from its records, exact under retries and crashed workers, collected by the named
+metrics actor on Ray, exported as Prometheus text, and kept in the run manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from odibi_ray import DAG, Node, NodeStatus, RetryPolicy, current_context, run
+from odibi_ray.checkpoint import layout
+from odibi_ray.metrics import MetricsManager, MetricType
+from odibi_ray.run_metrics import actor_metrics
+
+from .nodes import FlakyError, fail_until
+
+
+def crash_once():
+    if current_context().attempt == 1:
+        os._exit(1)
+    return 1
+
+
+def explode():
+    raise ValueError("no")
+
+
+def faulty_dag(name):
+    dag = DAG(name)
+    dag.add_node(Node("flaky", fail_until(3), retry=RetryPolicy(max_attempts=3, delay_s=0)))
+    dag.add_node(Node("crashy", crash_once, retry=RetryPolicy(max_attempts=2, delay_s=0)))
+    dag.add_node(Node("bad", explode))
+    dag.add_node(Node("after_bad", lambda x: x, inputs={"x": "bad"}))
+    dag.add_node(Node("join", lambda a, b: a + b, inputs={"a": "flaky", "b": "crashy"}))
+    return dag
+
+
+def totals(m: MetricsManager, metric: MetricType, run_id: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for series, value in m.get_all_metrics(metric).items():
+        if f'run="{run_id}"' in series:
+            node = series.split("{", 1)[0]
+            out[node] = out.get(node, 0) + value
+    return out
+
+
+def test_actor_counts_equal_the_records_after_retries_and_a_crashed_worker(ray_local):
+    result = run(faulty_dag("metrics_faults"), progress=False, metrics_namespace="test_faults")
+    held = actor_metrics("test_faults")  # the actor: the push is fire-and-forget, this read comes after it
+    attempts = totals(held, MetricType.NODE_ATTEMPT, result.run_id)
+    assert attempts == {n: r.attempts for n, r in result.nodes.items() if r.attempts}
+    assert attempts["flaky"] == 3 and attempts["crashy"] == 2 and "after_bad" not in attempts
+    assert totals(held, MetricType.NODE_RETRY, result.run_id) == {"flaky": 2, "crashy": 1}
+    assert set(totals(held, MetricType.NODE_SUCCESS, result.run_id)) == {"flaky", "crashy", "join"}
+    assert totals(held, MetricType.NODE_FAILURE, result.run_id) == {"bad": 1}
+    assert totals(held, MetricType.NODE_SKIP, result.run_id) == {"after_bad": 1}
+    # the run's own copy says the same
+    assert totals(result.metrics, MetricType.NODE_ATTEMPT, result.run_id) == attempts
+    durations = held.get_metric_value(MetricType.EXECUTION_TIME, "flaky", pipeline="metrics_faults",
+                                      run=result.run_id, level="0")
+    assert durations["count"] == 3
+
+
+def test_prometheus_export_of_the_actor_parses(ray_local):
+    run(faulty_dag("metrics_prom"), progress=False, metrics_namespace="test_prom")
+    text = actor_metrics("test_prom").export_prometheus()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert "odibi_ray_node_attempts" in families and "odibi_ray_node_duration_seconds" in families
+    samples = [s for s in families["odibi_ray_node_attempts"].samples if s.labels.get("name") == "flaky"]
+    assert sum(s.value for s in samples) == 3 and samples[0].labels["pipeline"] == "metrics_prom"
+
+
+def test_cache_hits_misses_bytes_and_the_manifest_keeps_the_metrics(local_storage):
+    dag = DAG("metrics_cache")
+    dag.add_node(Node("a", lambda: b"x" * 1000, version="1"))
+    dag.add_node(Node("b", lambda a: len(a), inputs=["a"], version="1"))
+    first = run(dag, backend="local", storage=local_storage, progress=False)
+    assert totals(first.metrics, MetricType.CACHE_MISS, first.run_id) == {"a": 1, "b": 1}
+    assert totals(first.metrics, MetricType.BYTES_WRITTEN, first.run_id)["a"] >= 1000
+    dag["b"].version = "2"
+    second = run(dag, backend="local", storage=local_storage, progress=False)
+    assert totals(second.metrics, MetricType.CACHE_HIT, second.run_id) == {"a": 1}
+    assert totals(second.metrics, MetricType.BYTES_READ, second.run_id)["b"] >= 1000  # read a from storage
+    body = json.loads(local_storage.get(layout.manifest_key("metrics_cache", second.run_id)))
+    kept = MetricsManager.from_snapshot(body["summary"]["metrics"])
+    assert kept.snapshot() == second.metrics.snapshot()
+
+
+def test_metrics_can_be_turned_off():
+    dag = DAG("nometrics")
+    dag.add_node(Node("a", lambda: 1))
+    assert run(dag, backend="local", progress=False, metrics=False).metrics is None
