@@ -160,6 +160,7 @@ class RunResult:
     _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     stats: dict[str, int] = field(default_factory=dict)  # e.g. corrupt_objects found and recomputed
     metrics: Any = field(default=None, repr=False, compare=False)  # a MetricsManager, when metrics are on
+    inputs: dict[str, list[str]] = field(default_factory=dict, repr=False)  # node -> its upstream nodes
 
     @property
     def status(self) -> RunStatus:
@@ -226,6 +227,8 @@ class RunResult:
         """Write this run's self-contained HTML report (DAG by level, worker timeline, table); return its path."""
         from .report import write_report
 
+        if dag is None and inputs is None:
+            inputs = self.inputs or None  # the edges this run had
         return write_report(self, path, dag, inputs=inputs)
 
     def summary(self) -> str:

@@ -57,6 +57,9 @@ def metrics_from_result(result: RunResult, inputs: dict[str, list[str]] | None =
             m.increment(MetricType.NODE_SKIP, rec.name, reason=status.value, **labels)
         elif status in (NodeStatus.CACHED, NodeStatus.RESUMED):
             m.increment(MetricType.CACHE_HIT, rec.name, source=status.value, **labels)
+    evicted = result.stats.get("cache_evictions", 0)
+    if evicted:
+        m.increment(MetricType.CACHE_EVICTION, result.pipeline, value=evicted, **base)
     corrupt = result.stats.get("corrupt_objects", 0)
     if corrupt:
         m.increment(MetricType.CACHE_CORRUPTION, result.pipeline, value=corrupt, **base)
@@ -106,3 +109,66 @@ def actor_metrics(namespace: str = "default") -> MetricsManager:
     import ray
 
     return MetricsManager.from_snapshot(ray.get(metrics_actor(namespace).snapshot.remote()))
+
+
+class ActorMetricsManager(MetricsManager):
+    """The seed's MetricsManager API against the metrics actor of ``namespace``: writes go to the actor
+    fire-and-forget (one small batch per call), reads (values, summaries, exports) fetch its state first."""
+
+    def __init__(self, namespace: str = "default", *, detached: bool = False) -> None:
+        super().__init__()
+        self._actor = metrics_actor(namespace, detached=detached)
+
+    def _send(self, method: str, *args: Any, **kwargs: Any) -> None:
+        delta = MetricsManager()
+        getattr(delta, method)(*args, **kwargs)
+        self._actor.push.remote(delta.snapshot())
+
+    def increment(self, *args: Any, **kwargs: Any) -> None:
+        self._send("increment", *args, **kwargs)
+
+    def record(self, *args: Any, **kwargs: Any) -> None:
+        self._send("record", *args, **kwargs)
+
+    def set_gauge(self, *args: Any, **kwargs: Any) -> None:
+        self._send("set_gauge", *args, **kwargs)
+
+    def refresh(self) -> "ActorMetricsManager":
+        """Replace the local copy by the actor's current state."""
+        import ray
+
+        state = ray.get(self._actor.snapshot.remote())
+        MetricsManager.reset(self)
+        MetricsManager.merge(self, state)
+        return self
+
+    def get_metric_value(self, *args: Any, **kwargs: Any) -> Any:
+        self.refresh()
+        return MetricsManager.get_metric_value(self, *args, **kwargs)
+
+    def get_all_metrics(self, *args: Any, **kwargs: Any) -> Any:
+        self.refresh()
+        return MetricsManager.get_all_metrics(self, *args, **kwargs)
+
+    def snapshot(self) -> dict[str, Any]:
+        self.refresh()
+        return MetricsManager.snapshot(self)
+
+    def export_prometheus(self) -> str:
+        self.refresh()
+        return MetricsManager.export_prometheus(self)
+
+    def export_json(self, indent: int | None = None) -> str:
+        self.refresh()
+        return MetricsManager.export_json(self, indent)
+
+    def print_summary(self, console: Any = None) -> Any:
+        self.refresh()
+        return MetricsManager.print_summary(self, console)
+
+    def reset(self) -> None:
+        """Clear the actor's metrics (and the local copy)."""
+        import ray
+
+        ray.get(self._actor.reset.remote())
+        MetricsManager.reset(self)

@@ -123,11 +123,13 @@ class Scheduler:
         finally:
             self.progress.stop()
         return RunResult(self.dag.name, self.run_id, self.backend.name, self.levels, self.records, started,
-                         time.time(), _fetch=self._fetch, stats=dict(self.stats))
+                         time.time(), _fetch=self._fetch, stats=dict(self.stats),
+                         inputs={n: list(dict.fromkeys(ups)) for n, ups in self._inputs.items()})
 
     def _reuse_stored(self, cp: CheckpointPlan) -> None:
         """Close the nodes the plan reuses from storage (no task at all); their consumers read them there."""
         self.stats["corrupt_objects"] += len(cp.damaged)
+        self.stats["cache_evictions"] = len(cp.expired)
         for name, key in cp.keys.items():
             self.records[name].cache_key = key
         for name, (status, ref) in cp.reuse.items():

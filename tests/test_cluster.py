@@ -96,6 +96,13 @@ def test_node_removed_mid_task_and_the_run_completes(cluster, tmp_path):
     assert result["victim"] != doomed_id and result["after"] == result["victim"]
     assert rec.worker_node_id == result["victim"]
     assert result.nodes["bystander"].status is NodeStatus.SUCCEEDED
+    # metrics count the lost attempt once: as many attempts as the records hold
+    from odibi_ray.metrics import MetricType
+
+    attempts = sum(v for k, v in result.metrics.get_all_metrics(MetricType.NODE_ATTEMPT).items()
+                   if k.startswith("victim{"))
+    assert attempts == 2 and result.metrics.get_metric_value(MetricType.NODE_RETRY, "victim", pipeline="node_loss",
+                                                             run=result.run_id, level="0") == 1
 
 
 def big_output(marker_dir: str):

@@ -91,3 +91,42 @@ def test_metrics_can_be_turned_off():
     dag = DAG("nometrics")
     dag.add_node(Node("a", lambda: 1))
     assert run(dag, backend="local", progress=False, metrics=False).metrics is None
+
+
+def test_seed_api_against_the_actor(ray_local):
+    from odibi_ray.run_metrics import ActorMetricsManager
+
+    remote = ActorMetricsManager("test_seed_api")
+    remote.reset()
+    remote.increment(MetricType.CACHE_HIT, "my_cache")
+    remote.increment(MetricType.CACHE_HIT, "my_cache")
+    remote.increment(MetricType.CACHE_MISS, "my_cache")
+    remote.record(MetricType.EXECUTION_TIME, "node_transform", value=1.25)
+    other_handle = ActorMetricsManager("test_seed_api")  # found again by name
+    assert other_handle.get_metric_value(MetricType.CACHE_HIT, "my_cache") == 2
+    assert other_handle.get_metric_value(MetricType.EXECUTION_TIME, "node_transform")["count"] == 1
+    assert "odibi_ray_cache_hits_total" in other_handle.export_prometheus()
+
+
+def test_expired_entries_count_as_evictions(local_storage):
+    from odibi_ray import CachePolicy
+
+    dag = DAG("evict")
+    dag.add_node(Node("a", lambda: 1, version="1", cache=CachePolicy(ttl_s=0.2)))
+    run(dag, backend="local", storage=local_storage, progress=False)
+    import time
+
+    time.sleep(0.3)
+    again = run(dag, backend="local", storage=local_storage, progress=False)
+    assert again.nodes["a"].status is NodeStatus.SUCCEEDED
+    assert again.metrics.get_metric_value(MetricType.CACHE_EVICTION, "evict", pipeline="evict",
+                                          run=again.run_id) == 1
+
+
+def test_report_draws_the_runs_edges_without_a_dag(tmp_path):
+    dag = DAG("edges")
+    dag.add_node(Node("a", lambda: 1))
+    dag.add_node(Node("b", lambda a: a, inputs=["a"]))
+    result = run(dag, backend="local", progress=False)
+    text = result.report(tmp_path / "r.html").read_text()
+    assert text.count('class="edge"') == 1 and 'data-edge="a-&gt;b"' in text

@@ -28,6 +28,7 @@ class CheckpointPlan:
     targets: dict[str, OutputTarget]
     reuse: dict[str, tuple[NodeStatus, StoredRef]] = field(default_factory=dict)  # nodes not run
     damaged: list[str] = field(default_factory=list)  # nodes whose stored output was found damaged
+    expired: list[str] = field(default_factory=list)  # nodes whose stored output had expired (evicted: rerun)
     heartbeat: Callable[[], None] = lambda: None
 
 
@@ -42,7 +43,7 @@ def plan_checkpoints(dag: DAG, order: list[str], storage: Storage, run_id: str,
     keys = cache_keys(dag, order, run_id=run_id)  # cache=False: salted per run (checkpointed for resume only)
     policies = {n: dag.cache_policy_of(n) for n in order}
     targets = {n: OutputTarget(storage, dag.name, run_id, n, keys[n], policies[n].ttl_s) for n in order}
-    found, damaged = fresh_objects(storage, keys)
+    found, damaged, expired = fresh_objects(storage, keys)
     if damaged:
         log.warning("stored output(s) of %s are damaged (truncated or altered): computing them again",
                     ", ".join(sorted(damaged)))
@@ -53,6 +54,7 @@ def plan_checkpoints(dag: DAG, order: list[str], storage: Storage, run_id: str,
             continue
         ttl = policies[n].ttl_s  # today's policy counts too, not only the expiry written with the object
         if ttl is not None and float(found[n].metadata.get("created") or 0) + ttl <= now:
+            expired.append(n)
             continue
         ref = StoredRef(storage, layout.object_key(keys[n]), n)
         record = (resumed or {}).get(n)
@@ -63,4 +65,4 @@ def plan_checkpoints(dag: DAG, order: list[str], storage: Storage, run_id: str,
     log.info("checkpoint plan: %d of %d node(s) reused (%d cached, %d resumed)", len(reuse), len(order),
              sum(1 for s, _ in reuse.values() if s is NodeStatus.CACHED),
              sum(1 for s, _ in reuse.values() if s is NodeStatus.RESUMED))
-    return CheckpointPlan(storage, keys, targets, reuse, damaged=damaged)
+    return CheckpointPlan(storage, keys, targets, reuse, damaged=damaged, expired=expired)

@@ -119,9 +119,9 @@ def _replace_if_unusable(storage: Storage, okey: str, payload: bytes, meta: dict
 
 # --- driver side ---------------------------------------------------------------------------------
 
-def fresh_objects(storage: Storage, cache_keys: dict[str, str]) -> tuple[dict[str, ObjectInfo], list[str]]:
-    """The stored, unexpired, complete objects among ``cache_keys`` (node -> key), and the nodes whose stored
-    object is damaged (its size or metadata is not what was recorded: a truncated or foreign object)."""
+def fresh_objects(storage: Storage, cache_keys: dict[str, str]) -> tuple[dict[str, ObjectInfo], list[str], list[str]]:
+    """The stored, unexpired, complete objects among ``cache_keys`` (node -> key); the nodes whose stored
+    object is damaged (size or metadata not as recorded: truncated or foreign); the nodes whose object expired."""
     now = time.time()
     wanted = {layout.object_key(k): n for n, k in cache_keys.items()}
     found: dict[str, ObjectInfo] = {}
@@ -137,7 +137,8 @@ def fresh_objects(storage: Storage, cache_keys: dict[str, str]) -> tuple[dict[st
             if node is not None:
                 found[node] = info
     damaged = [n for n, i in found.items() if i.metadata.get("size") != str(i.size) or "sha256" not in i.metadata]
-    return {n: i for n, i in found.items() if n not in damaged and _fresh(i, now)}, damaged
+    expired = [n for n, i in found.items() if n not in damaged and not _fresh(i, now)]
+    return {n: i for n, i in found.items() if n not in damaged and n not in expired}, damaged, expired
 
 
 def node_records(storage: Storage, pipeline: str, run_id: str) -> dict[str, dict[str, str]]:
