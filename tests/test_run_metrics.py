@@ -13,7 +13,7 @@ from odibi_ray.checkpoint import layout
 from odibi_ray.metrics import MetricsManager, MetricType
 from odibi_ray.run_metrics import actor_metrics
 
-from .nodes import FlakyError, fail_until
+from .nodes import fail_until
 
 
 def crash_once():
