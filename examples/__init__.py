@@ -1,0 +1,1 @@
+"""Runnable examples of odibi_ray (importable so Ray workers can load their node functions)."""
