@@ -99,13 +99,15 @@ def load_yaml(path: str) -> DAG:
     return load_pipeline(path).to_dag()
 
 
-def _options(pairs: list[str]) -> dict[str, str]:
-    options = {}
+def _options(pairs: list[str]) -> dict[str, str | bool]:
+    """KEY=VALUE storage options; true/false become booleans (managed_identity=false must mean False)."""
+    options: dict[str, str | bool] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise SystemExit(f"--storage-option takes KEY=VALUE (e.g. account_key=env://AZ_KEY), got {pair!r}")
-        options[key] = value
+        low = value.strip().lower()
+        options[key] = True if low == "true" else False if low == "false" else value
     return options
 
 
