@@ -157,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"  level {i}: {', '.join(names)}")
     # when odibi_ray starts Ray itself, its workers can import examples.etl_steps wherever this is run from
     pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    init = {"num_cpus": os.cpu_count() or 2, "include_dashboard": False, "object_store_memory": 512 * 1024 * 1024,
-            "runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}}}
+    init: dict = {"runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}}}
+    if args.address is None and not os.environ.get("RAY_ADDRESS"):  # sizes only for a Ray this process starts
+        init.update(num_cpus=os.cpu_count() or 2, include_dashboard=False, object_store_memory=512 * 1024 * 1024)
     result = run(dag, backend=args.backend, address=args.address, ray_init_kwargs=init, seed=0,
                  storage=args.storage, storage_options=options, resume=args.resume)
     show(console, result)

@@ -3,8 +3,8 @@
 tests/multinode/two_node_cluster.sh makes its own network namespace with only loopback (plus PID and
 mount namespaces, so `ray stop` touches only its own processes), starts `ray start --head` on 127.0.0.1
 and `ray start --address` on 127.0.0.2 with token auth, and runs tests/multinode/two_node_driver.py as
-a driver connected to the head. The driver is a plain script, not `ray job submit`: the job server
-lives in Ray's dashboard, which needs ray[default] (aiohttp), not installed here.
+a driver connected to the head (a plain driver script; tests/test_multinode_job.py does the same with
+`ray job submit` and Azurite checkpoints).
 Skipped only when this machine cannot make namespaces (not root, or no `unshare`/`ip`, or the kernel
 or container refuses them); the skip reason says which.
 """
