@@ -32,8 +32,19 @@ if [[ "$REAL_PY" == /root/* ]]; then
     mount --bind "/root/$KEEP" "$WORK/home/$KEEP"
 fi
 mount --rbind "$WORK/home" /root
+# A checkout (and its venv) under /tmp or /run would vanish under the fresh tmpfs: carry it across.
+CARRY=""
+if [[ "$REPO" == /tmp/* || "$REPO" == /run/* ]]; then
+    CARRY=/root/.odibi-repo
+    mkdir -p "$CARRY"
+    mount --bind "$REPO" "$CARRY"
+fi
 mount -t tmpfs -o size=512m tmpfs /tmp
 mount -t tmpfs tmpfs /run
+if [[ -n "$CARRY" ]]; then
+    mkdir -p "$REPO"
+    mount --bind "$CARRY" "$REPO"
+fi
 export HOME=/root TMPDIR=/tmp
 cd /root
 BIN=$(dirname "$PY")
