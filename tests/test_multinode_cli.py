@@ -11,14 +11,13 @@ or container refuses them); the skip reason says which.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from .multinode_support import namespace_unavailable, processes_mentioning, script_result
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -26,28 +25,7 @@ SCRIPT = Path(__file__).parent / "multinode" / "two_node_cluster.sh"
 
 
 def _why_not_possible() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create network/PID namespaces (unshare -n -p), and this test is not root"
-    missing = [tool for tool in ("unshare", "ip") if shutil.which(tool) is None]
-    if missing:
-        return f"needs {' and '.join(missing)} (util-linux / iproute2), not found on PATH"
-    probe = subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount-proc", "ip", "link", "set", "lo", "up"],
-                           capture_output=True, text=True, timeout=30, check=False)
-    if probe.returncode != 0:
-        return f"this kernel/container refuses new namespaces: {probe.stderr.strip()[:200]}"
-    return None
-
-
-def _processes_mentioning(text: str) -> list[str]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path("/proc", pid, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline and int(pid) != os.getpid():
-            found.append(f"{pid}: {cmdline[:120]}")
-    return found
+    return namespace_unavailable("needs root to create network/PID namespaces (unshare -n -p), and this test is not root")
 
 
 @pytest.fixture(scope="module")
@@ -62,22 +40,15 @@ def two_node_run(tmp_path_factory):
     return proc, work
 
 
-def _result(proc) -> dict:
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and len(lines) == 1, \
-        f"script failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return json.loads(lines[0][len("RESULT "):])
-
-
 def test_cluster_has_two_ray_nodes_on_two_loopback_addresses(two_node_run):
-    result = _result(two_node_run[0])
+    result = script_result(two_node_run[0])
     assert sorted(result["nodes"].values()) == ["127.0.0.1", "127.0.0.2"]
 
 
 def test_node_records_show_both_ray_nodes_wrote_checkpoints(two_node_run):
     """Each worker's node record (read back from storage) names the Ray node it ran on: the node that
     needs `second` ran on 127.0.0.2, the one that needs `first` on the head, so two nodes wrote."""
-    result = _result(two_node_run[0])
+    result = script_result(two_node_run[0])
     ip_of = result["nodes"]
     records = result["records"]
     assert set(records) == {"on_first", "on_second", "plain", "join"}
@@ -92,5 +63,5 @@ def test_node_records_show_both_ray_nodes_wrote_checkpoints(two_node_run):
 
 def test_script_leaves_no_ray_process_behind(two_node_run):
     proc, work = two_node_run
-    _result(proc)
-    assert _processes_mentioning(str(work)) == []
+    script_result(proc)
+    assert processes_mentioning(str(work)) == []

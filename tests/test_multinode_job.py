@@ -14,14 +14,13 @@ or ray[default] not installed); the skip reason says which.
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from .multinode_support import namespace_unavailable, processes_mentioning, script_result
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(200)]
 
@@ -35,33 +34,12 @@ ETL_NODES = {"ingest_orders", "ingest_customers", "clean_orders", "clean_custome
 
 
 def _why_not_possible() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create network/PID namespaces (unshare -n -p), and this test is not root"
-    missing = [tool for tool in ("unshare", "ip") if shutil.which(tool) is None]
-    if missing:
-        return f"needs {' and '.join(missing)} (util-linux / iproute2), not found on PATH"
     if not AZURITE_BLOB.exists():
         return f"needs Azurite at {AZURITE_BLOB}: run `npm ci` in {REPO}"
     absent = [mod for mod in ("aiohttp", "aiohttp_cors") if importlib.util.find_spec(mod) is None]
     if absent:
         return f"needs ray[default] for the job server (missing {', '.join(absent)}): pip install -e '.[cluster]'"
-    probe = subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount-proc", "ip", "link", "set", "lo", "up"],
-                           capture_output=True, text=True, timeout=30, check=False)
-    if probe.returncode != 0:
-        return f"this kernel/container refuses new namespaces: {probe.stderr.strip()[:200]}"
-    return None
-
-
-def _processes_mentioning(text: str) -> list[str]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path("/proc", pid, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline and int(pid) != os.getpid():
-            found.append(f"{pid}: {cmdline[:120]}")
-    return found
+    return namespace_unavailable("needs root to create network/PID namespaces (unshare -n -p), and this test is not root")
 
 
 @pytest.fixture(scope="module")
@@ -76,17 +54,10 @@ def job_run(tmp_path_factory):
     return proc, work
 
 
-def _result(proc) -> dict:
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and len(lines) == 1, \
-        f"script failed (exit {proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
-    return json.loads(lines[0][len("RESULT "):])
-
-
 def test_submitted_etl_job_succeeds_with_checkpoints_on_azurite(job_run):
     """The job server ran the example to success, and its run manifest in Azurite says so."""
     proc, work = job_run
-    result = _result(proc)
+    result = script_result(proc, 6000)
     assert "Job 'etl_job' succeeded" in (work / "job.log").read_text(errors="replace")
     assert len(result["runs"]) == 1 and result["run_status"] == "succeeded"
     assert set(result["records"]) == ETL_NODES  # one record per node, read back from Azurite
@@ -97,7 +68,7 @@ def test_submitted_etl_job_succeeds_with_checkpoints_on_azurite(job_run):
 def test_node_records_show_more_than_one_ray_node_wrote_checkpoints(job_run):
     """Each record names the Ray node its worker ran on: all are nodes of this cluster, and at least two
     different ones (the 1-CPU head and the 2-CPU node at 127.0.0.2) wrote records."""
-    result = _result(job_run[0])
+    result = script_result(job_run[0])
     assert sorted(result["nodes"].values()) == ["127.0.0.1", "127.0.0.2"]
     writers = set(result["records"].values())
     assert writers <= set(result["nodes"]), f"records name unknown Ray nodes: {writers - set(result['nodes'])}"
@@ -112,7 +83,7 @@ def test_account_key_never_printed(job_run):
     Ray behaviour, so real deployments give workers the key through their environment or kv://, never
     through runtime_env env_vars)."""
     proc, work = job_run
-    _result(proc)
+    script_result(proc, 6000)
     assert AZ_KEY not in proc.stdout + proc.stderr
     ray_logs = [p for p in (work / "ray").rglob("*") if p.is_file() and p.suffix in (".log", ".out", ".err")
                 and "runtime_env_agent" not in p.name and "runtime_resources" not in p.parts]
@@ -125,5 +96,5 @@ def test_account_key_never_printed(job_run):
 def test_script_leaves_no_process_behind(job_run):
     """Azurite, the Ray nodes and the job server are all gone when the script returns."""
     proc, work = job_run
-    _result(proc)
-    assert _processes_mentioning(str(work)) == []
+    script_result(proc, 6000)
+    assert processes_mentioning(str(work)) == []

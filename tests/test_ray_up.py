@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from .multinode_support import namespace_unavailable, processes_mentioning, script_result
+
 from odibi_ray.storage.uri import open_storage
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
@@ -52,32 +54,14 @@ def _install_ssh_tools() -> str | None:
 
 
 def _why_not_possible() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network/PID/mount namespaces, sshd for root), and this test is not root"
-    missing = [tool for tool in ("unshare", "ip") if shutil.which(tool) is None]
-    if missing:
-        return f"needs {' and '.join(missing)} (util-linux / iproute2), not found on PATH"
-    probe = subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount-proc", "ip", "link", "set", "lo", "up"],
-                           capture_output=True, text=True, timeout=30, check=False)
-    if probe.returncode != 0:
-        return f"this kernel/container refuses new namespaces: {probe.stderr.strip()[:200]}"
+    reason = namespace_unavailable("needs root (network/PID/mount namespaces, sshd for root), and this test is not root")
+    if reason:
+        return reason
     if _ssh_tools_missing():
         if shutil.which("apt-get") is None:
             return f"needs {', '.join(_ssh_tools_missing())} and there is no apt-get to install them"
         return _install_ssh_tools()
     return None
-
-
-def _processes_mentioning(text: str) -> list[str]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path("/proc", pid, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline and int(pid) != os.getpid():
-            found.append(f"{pid}: {cmdline[:120]}")
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -92,16 +76,9 @@ def ray_up_run(tmp_path_factory):
     return proc, work
 
 
-def _result(proc) -> dict:
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and len(lines) == 1, \
-        f"script failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-3000:]}"
-    return json.loads(lines[0][len("RESULT "):])
-
-
 def test_ray_up_starts_head_and_worker_on_two_loopback_addresses(ray_up_run):
     """`ray up` started the head on 127.0.0.1, and its autoscaler started the worker on 127.0.0.2 over SSH."""
-    result = _result(ray_up_run[0])
+    result = script_result(ray_up_run[0])
     assert sorted(result["nodes"].values()) == ["127.0.0.1", "127.0.0.2"]
 
 
@@ -110,7 +87,7 @@ def test_ray_submit_runs_the_etl_example_on_the_cluster(ray_up_run):
     task on one of the cluster's Ray nodes, and by more than one of them (level 0 runs two 1-CPU tasks side
     by side on two 1-CPU nodes)."""
     proc, work = ray_up_run
-    result = _result(proc)
+    result = script_result(proc, 4000)
     assert result["submit"] == 0
     store = open_storage(str(work / "home" / "store"))
     runs = sorted({info.key.split("/")[2] for info in store.list("runs/etl_sales/")})
@@ -131,11 +108,11 @@ def test_ray_submit_runs_the_etl_example_on_the_cluster(ray_up_run):
 def test_ray_down_and_cleanup_leave_nothing_behind(ray_up_run):
     """`ray down` exits 0 and stops every Ray process; sshd is gone; nothing landed in the real /tmp."""
     proc, work = ray_up_run
-    result = _result(proc)
+    result = script_result(proc, 4000)
     assert result["down"] == 0
     assert result["ray_left"] == 0
-    assert _processes_mentioning("/root/sshd/sshd_config") == []
-    assert _processes_mentioning(CLUSTER_NAME) == []
-    assert _processes_mentioning(str(work)) == []
+    assert processes_mentioning("/root/sshd/sshd_config") == []
+    assert processes_mentioning(CLUSTER_NAME) == []
+    assert processes_mentioning(str(work)) == []
     assert not Path(f"/tmp/ray/cluster-{CLUSTER_NAME}.state").exists()
     assert (work / "home" / ".ssh" / "ray_up_key").exists()  # the keypair lived in the test's own folder
