@@ -6,11 +6,9 @@ bad option; one line on stderr, the full traceback with ``--debug``).
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import functools
 import importlib.util
-import json
 import logging
 import os
 import re
@@ -29,7 +27,7 @@ from .checkpoint.store import RunManifest, effective_status, list_runs, node_rec
 from .dag import DAG
 from .errors import NotFoundError, OdibiError
 from .metrics import MetricsManager
-from .result import AttemptRecord, ErrorInfo, NodeRecord, NodeStatus, RunResult
+from .result import RunResult
 from .runner import run as run_dag
 from .spec import SpecError, default_storage, load_dag_target, load_pipeline
 from .storage.base import Storage
@@ -179,46 +177,6 @@ def _select(dag: DAG, patterns: list[str]) -> DAG:
                description=dag.description)
 
 
-# --- RunResult <-> JSON (what `report` re-renders) -----------------------------------------------------
-
-def result_to_json(result: RunResult) -> bytes:
-    """The run's records as JSON (no outputs, no pickled exceptions)."""
-    nodes = {}
-    for name, rec in result.nodes.items():
-        d = dataclasses.asdict(rec)
-        for err in [d.get("error")] + [a.get("error") for a in d["attempt_history"]]:
-            if err:
-                err.pop("exception_bytes", None)
-        d["status"] = rec.status.value
-        nodes[name] = d
-    body = {"pipeline": result.pipeline, "run_id": result.run_id, "backend": result.backend,
-            "levels": result.levels, "nodes": nodes, "started_at": result.started_at, "ended_at": result.ended_at,
-            "stats": result.stats, "inputs": result.inputs}
-    return json.dumps(body, default=str).encode()
-
-
-def result_from_json(data: bytes) -> RunResult:
-    """A :class:`RunResult` (records only: no outputs) from :func:`result_to_json`."""
-    body = json.loads(data)
-
-    def error(d: Optional[dict]) -> Optional[ErrorInfo]:
-        return None if not d else ErrorInfo(**{**d, "mro": tuple(d.get("mro") or ())})
-
-    nodes = {}
-    for name, d in body["nodes"].items():
-        attempts = [AttemptRecord(**{**a, "error": error(a.get("error"))}) for a in d["attempt_history"]]
-        nodes[name] = NodeRecord(name=d["name"], level=d["level"], status=NodeStatus(d["status"]),
-                                 attempt_history=attempts, error=error(d.get("error")), reason=d.get("reason", ""),
-                                 cache_key=d.get("cache_key"))
-
-    def no_outputs(names: list[str]) -> list[Any]:
-        raise OdibiError("outputs are not kept in a re-read run result; read them from the checkpoint storage")
-
-    return RunResult(pipeline=body["pipeline"], run_id=body["run_id"], backend=body["backend"],
-                     levels=body["levels"], nodes=nodes, started_at=body["started_at"], ended_at=body["ended_at"],
-                     _fetch=no_outputs, stats=body.get("stats", {}), inputs=body.get("inputs", {}))
-
-
 def _result_table(result: RunResult) -> Table:
     table = Table(title=f"{result.pipeline} run {result.run_id} on {result.backend}: {result.status.value}")
     for col in ("level", "node", "status", "attempts", "seconds", "worker", "error / reason"):
@@ -258,7 +216,7 @@ def run_cmd(
     result = run_dag(dag, backend=backend.value, address=address, storage=store, resume=resume,
                      max_workers=max_workers, seed=seed)
     try:
-        store.put(layout.run_prefix(dag.name, result.run_id) + RESULT_FILE, result_to_json(result),
+        store.put(layout.run_prefix(dag.name, result.run_id) + RESULT_FILE, result.to_json(),
                   {"status": result.status.value})
     except OdibiError as exc:  # the run itself is done; only `report` will miss it
         log.warning("could not store the run result for `odibi-ray report`: %s", exc)
@@ -392,7 +350,7 @@ def report_cmd(
         _manifest(store, name, rid)  # an unknown run says so
         raise OdibiError(f"run {rid!r} of {name!r} has no stored result: only runs made with `odibi-ray run` "
                          "can be reported here (from Python: result.report('run.html'))") from None
-    result = result_from_json(data)
+    result = RunResult.from_json(data)
     path = result.report(output)
     typer.echo(f"report of {name} run {rid} written to {path}")
 

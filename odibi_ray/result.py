@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import json
 import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from .errors import NodeFailedError, OutputUnavailableError, RunFailedError
+from .errors import NodeFailedError, OdibiError, OutputUnavailableError, RunFailedError
 
 
 class NodeStatus(str, enum.Enum):
@@ -230,6 +232,43 @@ class RunResult:
         if dag is None and inputs is None:
             inputs = self.inputs or None  # the edges this run had
         return write_report(self, path, dag, inputs=inputs)
+
+    def to_json(self) -> bytes:
+        """The run's records as JSON (no outputs, no pickled exceptions): what `odibi-ray report` re-renders."""
+        nodes = {}
+        for name, rec in self.nodes.items():
+            d = dataclasses.asdict(rec)
+            for err in [d.get("error")] + [a.get("error") for a in d["attempt_history"]]:
+                if err:
+                    err.pop("exception_bytes", None)
+            d["status"] = rec.status.value
+            nodes[name] = d
+        body = {"pipeline": self.pipeline, "run_id": self.run_id, "backend": self.backend,
+                "levels": self.levels, "nodes": nodes, "started_at": self.started_at, "ended_at": self.ended_at,
+                "stats": self.stats, "inputs": self.inputs}
+        return json.dumps(body, default=str).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "RunResult":
+        """A RunResult (records only: no outputs) from :meth:`to_json`."""
+        body = json.loads(data)
+
+        def error(d: dict | None) -> ErrorInfo | None:
+            return None if not d else ErrorInfo(**{**d, "mro": tuple(d.get("mro") or ())})
+
+        nodes = {}
+        for name, d in body["nodes"].items():
+            attempts = [AttemptRecord(**{**a, "error": error(a.get("error"))}) for a in d["attempt_history"]]
+            nodes[name] = NodeRecord(name=d["name"], level=d["level"], status=NodeStatus(d["status"]),
+                                     attempt_history=attempts, error=error(d.get("error")),
+                                     reason=d.get("reason", ""), cache_key=d.get("cache_key"))
+
+        def no_outputs(names: list[str]) -> list[Any]:
+            raise OdibiError("outputs are not kept in a re-read run result; read them from the checkpoint storage")
+
+        return cls(pipeline=body["pipeline"], run_id=body["run_id"], backend=body["backend"], levels=body["levels"],
+                   nodes=nodes, started_at=body["started_at"], ended_at=body["ended_at"], _fetch=no_outputs,
+                   stats=body.get("stats", {}), inputs=body.get("inputs", {}))
 
     def summary(self) -> str:
         """One line: counts per status and the wall time."""

@@ -24,9 +24,9 @@ from .storage.uri import open_storage
 log = logging.getLogger(__name__)
 
 
-def _publish_metrics(result: RunResult, dag: DAG, backend: Backend, namespace: str) -> None:
+def _publish_metrics(result: RunResult, backend: Backend, namespace: str) -> None:
     """Derive the run's metrics from its records; send them to the metrics actor on Ray (fire-and-forget)."""
-    result.metrics = metrics_from_result(result, {n: node.upstream for n, node in dag.nodes.items()})
+    result.metrics = metrics_from_result(result, result.inputs)
     if backend.name == "ray":
         try:
             metrics_actor(namespace).push.remote(result.metrics.snapshot())
@@ -113,7 +113,7 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
     finally:
         be.close()
     if metrics:
-        _publish_metrics(result, dag, be, metrics_namespace)
+        _publish_metrics(result, be, metrics_namespace)
     if manifest is not None:
         counts: dict[str, int] = {}
         for rec in result.nodes.values():
