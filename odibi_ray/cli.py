@@ -28,10 +28,10 @@ from .dag import DAG
 from .errors import NotFoundError, OdibiError
 from .metrics import MetricsManager
 from .result import RunResult
-from .runner import run as run_dag
+from .runner import open_checkpoint_storage, run as run_dag
 from .spec import SpecError, default_storage, load_dag_target, load_pipeline
 from .storage.base import Storage
-from .storage.uri import open_storage, redact_uri
+from .storage.uri import redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def _open(pipeline: Optional[str], storage: Optional[str], *, need_pipeline: boo
         if not name:
             raise typer.BadParameter("give --storage (or --pipeline, whose default storage is .odibi/<name>)")
         uri = default_storage(name)
-    return name, open_storage(uri, **options)
+    return name, open_checkpoint_storage(uri, options)
 
 
 def _ts(value: Any) -> str:
@@ -212,7 +212,7 @@ def run_cmd(
         uri, options = storage, {}
     if select:
         dag = _select(dag, select)
-    store = open_storage(uri, **options)
+    store = open_checkpoint_storage(uri, options)
     result = run_dag(dag, backend=backend.value, address=address, storage=store, resume=resume,
                      max_workers=max_workers, seed=seed)
     try:

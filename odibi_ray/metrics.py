@@ -411,14 +411,24 @@ def _label_key(name: Any, labels: Mapping[str, Any]) -> LabelKey:
         raise TypeError(f"metric name must be a string, got {type(name).__name__}")
     pairs = [("name", name)] if name else []
     for label, value in labels.items():
-        if not _LABEL_NAME.match(label) or label.startswith("__") or label in _RESERVED_LABELS:
-            raise MetricError(f"invalid label name {label!r}: it must match [A-Za-z_][A-Za-z0-9_]*, "
-                              f"not start with '__' and not be one of {sorted(_RESERVED_LABELS)}")
+        if label not in _CHECKED_LABELS:
+            _check_label_name(label)
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             raise TypeError(f"label {label!r} must be a string or an int, got {type(value).__name__}")
         pairs.append((label, str(value)))
     pairs.sort()
     return tuple(pairs)
+
+
+#: Label names already checked (a run labels thousands of series with the same few names).
+_CHECKED_LABELS: set[str] = set()
+
+
+def _check_label_name(label: str) -> None:
+    if not _LABEL_NAME.match(label) or label.startswith("__") or label in _RESERVED_LABELS:
+        raise MetricError(f"invalid label name {label!r}: it must match [A-Za-z_][A-Za-z0-9_]*, "
+                          f"not start with '__' and not be one of {sorted(_RESERVED_LABELS)}")
+    _CHECKED_LABELS.add(label)
 
 
 def _plain(value: Number) -> int | float:

@@ -19,19 +19,33 @@ from .checkpoint.runs import close_run, open_new_run, open_resumed_run
 from .run_metrics import metrics_actor, metrics_from_result
 from .scheduler import ProgressSink, Scheduler, new_run_id
 from .storage.base import Storage
-from .storage.uri import open_storage
+from .storage.uri import open_storage, scheme_of
 
 log = logging.getLogger(__name__)
 
 
-def _publish_metrics(result: RunResult, backend: Backend, namespace: str) -> None:
-    """Derive the run's metrics from its records; send them to the metrics actor on Ray (fire-and-forget)."""
+def _publish_metrics(result: RunResult, backend: Backend, namespace: str) -> dict[str, Any]:
+    """Derive the run's metrics from its records; send them to the metrics actor on Ray (fire-and-forget).
+    Returns their snapshot (the run manifest keeps a copy)."""
     result.metrics = metrics_from_result(result, result.inputs)
+    snapshot = result.metrics.snapshot()
     if backend.name == "ray":
         try:
-            metrics_actor(namespace).push.remote(result.metrics.snapshot())
+            metrics_actor(namespace).push.remote(snapshot)
         except Exception as exc:  # metrics must never fail a run
             log.warning("could not send metrics to the metrics actor: %s", exc)
+    return snapshot
+
+
+def open_checkpoint_storage(uri: str, options: dict[str, Any] | None = None) -> Storage:
+    """The checkpoint store for ``uri``. A local folder is opened without a per-write fsync unless
+    ``options`` say ``fsync=True``: every checkpoint is checked against its SHA-256 when read, so a write
+    lost or torn by a power cut is a cache miss (recomputed), never a trusted value, and an fsync per write
+    cost about 6x the write itself (benchmarks/README.md)."""
+    opts = dict(options or {})
+    if scheme_of(uri) == "file":
+        opts.setdefault("fsync", False)
+    return open_storage(uri, **opts)
 
 
 def make_backend(backend: str | Backend, *, address: str | None = None, max_workers: int | None = None,
@@ -75,7 +89,7 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
     over that run and reruns only what it had not finished (status ``resumed`` for the rest).
     """
     levels = dag.levels()  # validates: nothing runs on an invalid DAG
-    store = open_storage(storage, **(storage_options or {})) if isinstance(storage, str) else storage
+    store = open_checkpoint_storage(storage, storage_options) if isinstance(storage, str) else storage
     if resume is not None and store is None:
         raise ValueError("resume= needs the storage= the run checkpointed to")
     be = make_backend(backend, address=address, max_workers=max_workers, ray_init_kwargs=ray_init_kwargs,
@@ -112,16 +126,15 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
         raise
     finally:
         be.close()
-    if metrics:
-        _publish_metrics(result, be, metrics_namespace)
+    snapshot = _publish_metrics(result, be, metrics_namespace) if metrics else None
     if manifest is not None:
         counts: dict[str, int] = {}
         for rec in result.nodes.values():
             counts[rec.status.value] = counts.get(rec.status.value, 0) + 1
         try:
             summary: dict[str, Any] = {"nodes": counts, **result.stats}
-            if result.metrics is not None:  # past runs' metrics stay readable after the actor is gone
-                summary["metrics"] = result.metrics.snapshot()
+            if snapshot is not None:  # past runs' metrics stay readable after the actor is gone
+                summary["metrics"] = snapshot
             close_run(manifest, result.status.value, summary)
         except ExecutionError as exc:  # another driver took the run over meanwhile: its manifest, not ours
             log.error("%s", exc)

@@ -262,3 +262,23 @@ def test_pandas_and_bytes_outputs_round_trip_through_the_cache(local_storage, ma
     pd.testing.assert_frame_equal(second["frame"], first["frame"])
     assert second["empty"].equals(first["empty"]) and second["empty"].num_rows == 0
     assert second["blob"] == b"\x00\x01" and second["obj"] == (1, {2, 3})
+
+
+def test_a_checkpoint_folder_given_as_a_path_is_written_without_fsync_unless_asked(marks, tmp_path, monkeypatch):
+    """Checkpoints are verified by SHA-256 on every read, so run(storage="folder") skips the per-write fsync
+    (a write lost to a power cut is a miss); storage_options={"fsync": True} restores it."""
+    from odibi_ray.runner import open_checkpoint_storage
+
+    assert open_checkpoint_storage(str(tmp_path / "a")).fsync is False
+    assert open_checkpoint_storage(str(tmp_path / "a"), {"fsync": True}).fsync is True
+    assert open_checkpoint_storage((tmp_path / "a").as_uri()).fsync is False
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])  # local backend: in-process
+    first = run(pipeline(marks), backend="local", storage=str(tmp_path / "nosync"), progress=False)
+    assert first.succeeded and synced == []
+    second = run(pipeline(marks), backend="local", storage=str(tmp_path / "nosync"), progress=False)
+    assert all(r.status is NodeStatus.CACHED for r in second.nodes.values())  # unsynced checkpoints are read back
+    durable = run(pipeline(marks), backend="local", storage=str(tmp_path / "sync"), storage_options={"fsync": True},
+                  progress=False)
+    assert durable.succeeded and len(synced) >= 2 * len(durable.nodes)
