@@ -246,8 +246,9 @@ ENGINE_NAMES = tuple(ENGINES) + ("prefect_ray",)
 def time_cases(engine: str, cases: list[dict[str, Any]], workers: int, repeats: int, seed: int,
                budget_s: float = float("inf")) -> dict[str, Any]:
     """Set up ``engine`` once, warm it up (one untimed 100-node run per body), then time each case
-    ``repeats`` times, recording the leaf checksum of every run. A case whose run takes longer than
-    ``budget_s`` stops that engine's bigger cases of the same shape and body (recorded as skipped)."""
+    ``repeats`` times, recording the leaf checksum of every run. A case is skipped (and says why) when
+    the same shape and body at a smaller size, scaled linearly to this size, would take longer than
+    ``budget_s`` per run."""
     if engine == "prefect_ray" and engine not in ENGINES:
         _register_prefect()
     if engine not in ENGINES:
@@ -257,7 +258,7 @@ def time_cases(engine: str, cases: list[dict[str, Any]], workers: int, repeats: 
     teardown = setup(workers)
     setup_s = time.perf_counter() - t0
     out: list[dict[str, Any]] = []
-    over: dict[tuple[str, str], int] = {}  # (shape, body) -> size whose run went over the budget
+    last: dict[tuple[str, str], tuple[int, float]] = {}  # (shape, body) -> (size, slowest run) so far
     try:
         for body_kind in sorted({c["body"] for c in cases}):
             runner(make_shape("layered20", 100, seed + 1), body_kind == "sleep")  # warm workers and imports
@@ -265,9 +266,10 @@ def time_cases(engine: str, cases: list[dict[str, Any]], workers: int, repeats: 
             shape = make_shape(case["shape"], case["size"], seed)
             sleep = case["body"] == "sleep"
             rec: dict[str, Any] = {**case, "nodes": len(shape["nodes"])}
-            limit = over.get((case["shape"], case["body"]))
-            if limit is not None and case["size"] > limit:
-                rec["skipped"] = f"the {limit}-node run took longer than the {budget_s:.0f} s budget"
+            prev = last.get((case["shape"], case["body"]))
+            if prev is not None and prev[1] * case["size"] / prev[0] > budget_s:
+                rec["skipped"] = (f"projected {prev[1] * case['size'] / prev[0]:.0f} s per run from the {prev[0]}-node "
+                                  f"run ({prev[1]:.1f} s), over the {budget_s:.0f} s budget")
                 out.append(rec)
                 continue
             try:
@@ -277,9 +279,7 @@ def time_cases(engine: str, cases: list[dict[str, Any]], workers: int, repeats: 
                     leaves = runner(shape, sleep)
                     times.append(time.perf_counter() - t)
                     sums.append(checksum(leaves))
-                    if times[-1] > budget_s:
-                        over[(case["shape"], case["body"])] = case["size"]
-                        break
+                last[(case["shape"], case["body"])] = (case["size"], max(times))
                 rec.update(checksum=sums[0], all_s=[round(t, 4) for t in times])
                 if len(set(sums)) > 1:
                     rec["error"] = f"runs of one case gave different leaf checksums {sorted(set(sums))}"

@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="worker processes per engine (default 2)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--budget", type=float, default=120.0,
-                    help="seconds one run may take; past it an engine skips the bigger sizes of that shape/body")
+                    help="seconds one run may take: a case whose smaller size, scaled linearly, would take longer "
+                         "is skipped (reported as over budget)")
     ap.add_argument("--timeout", type=float, default=5400.0, help="seconds allowed per engine process")
     ap.add_argument("--no-driver", action="store_true", help="skip the driver measurements (bench_driver)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder for compare.md and compare.png")
@@ -267,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{machine_line(args.workers, args.rounds, args.seed)}. Median wall seconds per run, from building "
               f"the engine's graph to holding the leaf values; in brackets the ratio to raw Ray's median. Engine "
               f"start-up (Ray, Dask cluster, Prefect server, Azurite) is not timed: median {setup}. "
-              f"\"over budget\": a smaller run of that shape took more than {args.budget:.0f} s, so bigger ones "
-              f"were not run.")
+              f"\"over budget\": not run, because the engine's run of the next smaller size, scaled linearly, "
+              f"would take more than {args.budget:.0f} s.")
     errors = {e: v["error"] for e, v in info.items() if "error" in v}
     errors.update({f"{e}/{s}/{n}/{b}": c["error"] for (e, s, n, b), c in idx.items() if "error" in c})
     table = markdown(idx, engines, cases, header)
