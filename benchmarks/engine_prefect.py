@@ -30,8 +30,14 @@ Settings (environment, so Ray workers and the server inherit them):
   ``persist_result=False`` (nothing written to result storage, no cache keys hashed from the inputs;
   results stay in memory, which downstream tasks need), ``PREFECT_LOGGING_LEVEL=WARNING`` (no
   per-task-run INFO lines printed or shipped to the API), ``log_prints=False``;
-- the shape is captured by the flow function, not passed as a flow parameter, so a 5000-node shape is
-  not uploaded and stored as the flow run's parameters (a user's flow builds its DAG inside).
+- the flow is made once, from a module-level function (as users write ``@flow``), and takes no
+  parameters: it reads the shape from a module slot. prefect-ray pickles the flow-run context (the flow
+  object and the flow run's parameters) into EVERY Ray task, so a shape passed as a parameter or
+  captured by a closure would be pickled once per node (quadratic) and uploaded as parameters; this
+  way each task carries about 8.5 kB of context whatever the shape's size;
+- left at Prefect's defaults, because a user pays them: the flow-run heartbeat thread (180 s; the flow
+  joins it at the end and it sleeps in 1 s steps, so a flow run can take up to ~1 s longer), the API
+  version check, task-run state events to the server, and prefect-ray's per-task context hydration.
 """
 
 from __future__ import annotations
@@ -40,9 +46,11 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from benchmarks.engines import Shape, body  # first: sets the Ray, proxy and no-proxy variables
+# First: importing it sets the Ray, proxy and no-proxy variables.
+from benchmarks.engines import Shape, body
 
 os.environ.update({
     "DO_NOT_TRACK": "1",
@@ -61,20 +69,23 @@ os.environ.update({
 log = logging.getLogger("benchmarks.engine_prefect")
 
 _body_task: Any = None  # the Prefect task wrapping ``body``, made in setup
+_flow: Any = None  # the Prefect flow of ``_dag`` on the Ray task runner, made in setup
+_run: dict[str, Any] = {}  # the shape and body kind of the flow run in progress (read by ``_dag``)
 
 
 def setup_prefect(workers: int) -> Callable[[], None]:
     """Start one local Prefect server (throw-away home) and a local Ray; return their teardown."""
-    global _body_task
+    global _body_task, _flow
     home = tempfile.mkdtemp(prefix="prefect_bench_home_")
     saved = {k: os.environ.get(k) for k in ("PREFECT_HOME", "PREFECT_API_URL")}
     os.environ["PREFECT_HOME"] = home
     os.environ.pop("PREFECT_API_URL", None)
 
     import prefect.context
-    from prefect import task
+    from prefect import flow, task
     from prefect.cache_policies import NO_CACHE
     from prefect.server.api.server import SubprocessASGIServer
+    from prefect_ray import RayTaskRunner
 
     prefect.context.refresh_global_settings_context()  # in case prefect was imported before the env
     server = SubprocessASGIServer()
@@ -88,11 +99,15 @@ def setup_prefect(workers: int) -> Callable[[], None]:
     ray.init(num_cpus=workers, include_dashboard=False, object_store_memory=200 * 1024**2,
              logging_level="warning", _node_ip_address="127.0.0.1")
     _body_task = task(body, name="body", cache_policy=NO_CACHE, persist_result=False, log_prints=False)
+    _flow = flow(_dag, name="bench_dag", task_runner=RayTaskRunner(), persist_result=False, log_prints=False)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per API request when the caller logs INFO
 
     def teardown() -> None:
+        global _body_task, _flow
         from prefect.events.worker import EventsWorker
         from prefect.logging.handlers import APILogWorker
 
+        _body_task = _flow = None
         try:
             EventsWorker.drain_all(timeout=10, at_exit=False)  # flush the driver's events before the server goes
             APILogWorker.drain_all(timeout=10, at_exit=False)
@@ -109,23 +124,24 @@ def setup_prefect(workers: int) -> Callable[[], None]:
     return teardown
 
 
+def _dag() -> dict[str, int]:
+    """The flow's body: one task run per node of the shape in ``_run``, then wait and return the leaves."""
+    from prefect.futures import wait
+
+    shape, sleep = _run["shape"], _run["sleep"]
+    futs: dict[str, Any] = {}
+    for n, ups in shape["nodes"].items():
+        futs[n] = _body_task.submit(*(futs[u] for u in ups), ms=shape["sleep_ms"][n] if sleep else 0.0)
+    wait(list(futs.values()))
+    return {n: futs[n].result() for n in shape["leaves"]}
+
+
 def run_prefect(shape: Shape, sleep: bool) -> dict[str, int]:
     """One Prefect flow run on the Ray task runner: one task run per node; return the leaf values."""
-    from prefect import flow
-    from prefect.futures import wait
-    from prefect_ray import RayTaskRunner
-
-    if _body_task is None:
+    if _flow is None:
         raise RuntimeError("setup_prefect() must run first")
-
-    @flow(name="bench_dag", task_runner=RayTaskRunner(), persist_result=False, log_prints=False,
-          validate_parameters=False)
-    def dag() -> dict[str, int]:
-        futs: dict[str, Any] = {}
-        for n, ups in shape["nodes"].items():
-            ms = shape["sleep_ms"][n] if sleep else 0.0
-            futs[n] = _body_task.submit(*(futs[u] for u in ups), ms=ms)
-        wait(list(futs.values()))
-        return {n: futs[n].result() for n in shape["leaves"]}
-
-    return dag()
+    _run.update(shape=shape, sleep=sleep)
+    try:
+        return _flow()
+    finally:
+        _run.clear()

@@ -13,6 +13,8 @@ import socket
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+# A `ray start` cluster still sends one "usage stats disabled" notice: point it at a closed local port.
+os.environ["RAY_USAGE_STATS_REPORT_URL"] = "http://127.0.0.1:9/"
 # Ray's dashboard process asks cloud metadata addresses (169.254.169.254, metadata.google.internal) which
 # cloud it runs on, whatever the usage-stats setting. Route every HTTP(S) call that is not to loopback
 # through a closed loopback port, so such probes fail at once without leaving the machine. (`./dev test`

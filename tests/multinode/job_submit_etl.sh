@@ -33,6 +33,7 @@ URI="abfss://$CONTAINER@$ACCOUNT.dfs.core.windows.net/etl"
 export HOME="$WORK/home"                      # ~/.ray of this run only
 export RAY_AUTH_MODE=token
 export RAY_AUTH_TOKEN=$("$PY" -c 'import secrets; print(secrets.token_hex(16))')
+export RAY_USAGE_STATS_REPORT_URL=http://127.0.0.1:9/
 export RAY_USAGE_STATS_ENABLED=0 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 AWS_EC2_METADATA_DISABLED=true
 mkdir -p "$HOME" "$WORK/azurite"
 

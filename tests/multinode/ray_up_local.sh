@@ -49,6 +49,7 @@ export HOME=/root TMPDIR=/tmp
 cd /root
 BIN=$(dirname "$PY")
 export PATH="$BIN:$PATH"
+export RAY_USAGE_STATS_REPORT_URL=http://127.0.0.1:9/
 export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=token RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1
 export AWS_EC2_METADATA_DISABLED=true RAY_UP_enable_autoscaler_v2=0   # v1: the v2 autoscaler and `local` disagree
 mkdir -p /root/.ssh /root/.ray /root/sshd /root/logs /root/store /run/sshd

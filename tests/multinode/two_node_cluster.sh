@@ -31,6 +31,7 @@ export RAY_AUTH_TOKEN=$("$PY" -c 'import secrets; print(secrets.token_hex(16))')
 # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (what the test suite sets to keep `ray.init` on 127.0.0.1) makes
 # `ray start --address` refuse to start a second node, on Linux too: allow clusters here, where the
 # namespace has no other network than loopback anyway.
+export RAY_USAGE_STATS_REPORT_URL=http://127.0.0.1:9/
 export RAY_USAGE_STATS_ENABLED=0 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 AWS_EC2_METADATA_DISABLED=true
 mkdir -p "$HOME" "$WORK/store"
 
