@@ -3,12 +3,12 @@
 Scenario 1 ("cache"): the seeded 1000-node DAG of ``bench_overhead`` (20 levels x 50, two inputs per node),
 every node doing 20 ms of work as ``time.sleep(0.02)`` (a stand-in for I/O-bound work: a busy loop would
 measure the 2-core machine's CPU, not the engine, since 8 Ray workers share 2 cores), checkpointing to a
-fresh ``LocalStorage`` folder: the cold run vs the fully cached re-run of the same DAG on the same folder.
+fresh checkpoint folder (opened as ``run(storage="folder")`` opens it: LocalStorage without a per-write fsync): the cold run vs the fully cached re-run of the same DAG on the same folder.
 The script asserts that every node of the re-run is ``cached`` with 0 attempts and that the re-run left no
 node record (records are written only by workers, so no node ran). Target: re-run <= 0.05 x cold.
 
-Scenario 2 ("noop"): the same shape with no-op nodes; ``odibi_ray.run(dag, storage=LocalStorage(fresh
-folder))`` (a cold, fully checkpointed run every repeat) vs raw Ray tasks chained by object refs (the
+Scenario 2 ("noop"): the same shape with no-op nodes; ``odibi_ray.run(dag, storage=<fresh
+folder>)`` (a cold, fully checkpointed run every repeat) vs raw Ray tasks chained by object refs (the
 dependency-driven runner of ``bench_overhead``); odibi_ray without storage is shown for reference.
 Target: checkpointed / raw <= 1.6.
 
@@ -76,7 +76,7 @@ from odibi_ray.checkpoint.codecs import encode
 from odibi_ray.checkpoint.store import OutputTarget, read_output, write_output
 from odibi_ray.result import NodeStatus, RunResult
 from odibi_ray.storage.base import Storage
-from odibi_ray.storage.local import LocalStorage
+from odibi_ray.runner import open_checkpoint_storage
 
 log = logging.getLogger("bench_cache")
 
@@ -125,7 +125,7 @@ def bench_cache(dag: DAG, root: str, repeats: int) -> dict[str, list[float]]:
     """Per repeat, on a fresh folder: a cold run, then the cached re-run (timed separately)."""
     times: dict[str, list[float]] = {"cold": [], "cached": []}
     for r in range(repeats + 1):  # repeat 0 is the warm-up (and checks the re-run's outputs)
-        storage = LocalStorage(tempfile.mkdtemp(prefix=f"cache-{r}-", dir=root))
+        storage = open_checkpoint_storage(tempfile.mkdtemp(prefix=f"cache-{r}-", dir=root))
         t0 = time.perf_counter()
         cold = checkpointed_run(dag, storage)
         t1 = time.perf_counter()
@@ -148,7 +148,7 @@ def bench_cache(dag: DAG, root: str, repeats: int) -> dict[str, list[float]]:
 
 def run_odibi_checkpointed(dag: DAG, root: str) -> dict[str, Any]:
     """A cold checkpointed run on a fresh folder; the last level's outputs (as bench_overhead's engines)."""
-    storage = LocalStorage(tempfile.mkdtemp(prefix="noop-", dir=root))
+    storage = open_checkpoint_storage(tempfile.mkdtemp(prefix="noop-", dir=root))
     result = checkpointed_run(dag, storage)
     return result.outputs(result.levels[-1])
 
@@ -158,7 +158,7 @@ def local_write_cost(root: str, count: int, repeats: int) -> list[float]:
     in this process: what each worker of the checkpointed no-op run adds (a breakdown, no target)."""
     medians = []
     for r in range(repeats + 1):
-        storage = LocalStorage(tempfile.mkdtemp(prefix="local-write-", dir=root))
+        storage = open_checkpoint_storage(tempfile.mkdtemp(prefix="local-write-", dir=root))
         times = []
         for i in range(count):
             target = OutputTarget(storage, "bench_noop", "rlocal", f"n{i:04d}",
@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         }, args.repeats)
         local_write = local_write_cost(root, min(n_nodes, 200), args.repeats)
         if args.profile:
-            storage = LocalStorage(tempfile.mkdtemp(prefix="prof-", dir=root))
+            storage = open_checkpoint_storage(tempfile.mkdtemp(prefix="prof-", dir=root))
             checkpointed_run(work_dag, storage)
             profiled(f"cached re-run of {n_nodes} nodes (LocalStorage)", lambda: checkpointed_run(work_dag, storage))
             profiled(f"checkpointed no-op run of {n_nodes} nodes (driver)",
@@ -421,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed, "repeats": args.repeats, "quick": args.quick, "ray_num_cpus": NUM_CPUS,
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "ray": ray.__version__},
         "elapsed_s": round(elapsed, 1),
-        "cache": {"work_ms_per_node": WORK_MS, "work": "time.sleep", "storage": "LocalStorage (fsync)",
+        "cache": {"work_ms_per_node": WORK_MS, "work": "time.sleep", "storage": "checkpoint folder (no per-write fsync)",
                   "cold_s": cs["cold"]["median"], "cached_s": cs["cached"]["median"],
                   "cold_min_s": cs["cold"]["min"], "cached_min_s": cs["cached"]["min"],
                   "ratio": cache_ratio, "ratio_min": cache_ratio_min, "target": CACHE_TARGET,
