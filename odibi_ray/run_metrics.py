@@ -94,14 +94,30 @@ def actor_name(namespace: str) -> str:
 
 def metrics_actor(namespace: str = "default", *, detached: bool = False) -> Any:
     """The named metrics actor of ``namespace``, created on first use and found again by every driver
-    (``get_if_exists``); ``detached=True`` lets it outlive the driver that created it."""
+    (``get_if_exists``); ``detached=True`` lets it outlive the driver that created it.
+
+    This process keeps the handle for as long as it is connected to that Ray: Ray destroys a non-detached
+    actor once no handle to it is left, which would drop every run's metrics between two runs."""
     import ray
 
+    global _ACTOR_CLASS
+    key = (namespace, detached, ray.get_runtime_context().get_job_id())
+    handle = _HANDLES.get(key)
+    if handle is not None:
+        return handle
     opts: dict[str, Any] = dict(name=actor_name(namespace), namespace=RAY_NAMESPACE, get_if_exists=True,
                                 num_cpus=0)  # one call at a time: a caller's push is seen by its next read
     if detached:
         opts["lifetime"] = "detached"
-    return ray.remote(MetricsActor).options(**opts).remote()
+    if _ACTOR_CLASS is None:  # made once per process: making it exports the class again (~30 ms a run)
+        _ACTOR_CLASS = ray.remote(MetricsActor)
+    handle = _HANDLES[key] = _ACTOR_CLASS.options(**opts).remote()
+    return handle
+
+
+_ACTOR_CLASS: Any = None
+#: (namespace, detached, Ray job id) -> actor handle held by this process (a new ray.init is a new job)
+_HANDLES: dict[tuple[str, bool, str], Any] = {}
 
 
 def actor_metrics(namespace: str = "default") -> MetricsManager:

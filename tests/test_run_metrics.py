@@ -130,3 +130,21 @@ def test_report_draws_the_runs_edges_without_a_dag(tmp_path):
     result = run(dag, backend="local", progress=False)
     text = result.report(tmp_path / "r.html").read_text()
     assert text.count('class="edge"') == 1 and 'data-edge="a-&gt;b"' in text
+
+
+def test_the_actor_keeps_every_runs_metrics_when_nobody_holds_a_handle(ray_local):
+    """Ray destroys a non-detached actor once no handle is left: the driver keeps one, so two runs, with
+    time for garbage collection in between, both reach the actor (before the fix the second read was empty)."""
+    import gc
+    import time
+
+    first = run(faulty_dag("metrics_keep"), progress=False, metrics_namespace="test_keep")
+    gc.collect()
+    time.sleep(1.0)  # long enough for Ray to have destroyed an actor without handles
+    second = run(faulty_dag("metrics_keep"), progress=False, metrics_namespace="test_keep")
+    gc.collect()
+    time.sleep(1.0)
+    held = actor_metrics("test_keep")
+    for result in (first, second):
+        assert totals(held, MetricType.NODE_ATTEMPT, result.run_id) == {
+            n: r.attempts for n, r in result.nodes.items() if r.attempts}
