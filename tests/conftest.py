@@ -121,6 +121,20 @@ def ray_local():
     yield ray
 
 
+@pytest.fixture(params=["local", "azurite"])
+def store(request):
+    """Checkpoint storage: a LocalStorage folder, or ADLSStorage on Azurite."""
+    return request.getfixturevalue(f"{request.param}_storage")
+
+
+@pytest.fixture
+def marks(tmp_path):
+    """A folder where test nodes leave a mark each time they run (cp_nodes.ran counts them)."""
+    d = tmp_path / "marks"
+    d.mkdir()
+    return d
+
+
 @pytest.fixture(params=["local", "ray"])
 def backend(request):
     """Run a test on both backends: the in-process thread pool and real Ray tasks."""

@@ -24,19 +24,6 @@ from . import cp_nodes
 from .cp_nodes import ran
 
 
-@pytest.fixture(params=["local", "azurite"])
-def store(request):
-    """Checkpoint storage: a LocalStorage folder, or ADLSStorage on Azurite."""
-    return request.getfixturevalue(f"{request.param}_storage")
-
-
-@pytest.fixture
-def marks(tmp_path):
-    d = tmp_path / "marks"
-    d.mkdir()
-    return d
-
-
 def pipeline(marks, name="sales", total_scale=1, total_version=None, switch=None):
     m = str(marks)
     dag = DAG(name)

@@ -20,19 +20,6 @@ NODES = ("source", "double", "total", "as_bytes")
 LATER = 3600.0  # seconds: "now" an hour from now, when every TTL of these tests has passed
 
 
-@pytest.fixture(params=["local", "azurite"])
-def store(request):
-    """Checkpoint storage: a LocalStorage folder, or ADLSStorage on Azurite."""
-    return request.getfixturevalue(f"{request.param}_storage")
-
-
-@pytest.fixture
-def marks(tmp_path):
-    d = tmp_path / "marks"
-    d.mkdir()
-    return d
-
-
 def pipeline(marks, name="sales", scale=1, ttl=None, ttl_nodes=NODES):
     """source -> double -> total -> as_bytes; ``ttl`` (seconds) on the nodes in ``ttl_nodes``."""
     m = str(marks)
