@@ -5,7 +5,7 @@ every node doing 20 ms of work as ``time.sleep(0.02)`` (a stand-in for I/O-bound
 measure the 2-core machine's CPU, not the engine, since 8 Ray workers share 2 cores), checkpointing to a
 fresh checkpoint folder (opened as ``run(storage="folder")`` opens it: LocalStorage without a per-write fsync): the cold run vs the fully cached re-run of the same DAG on the same folder.
 The script asserts that every node of the re-run is ``cached`` with 0 attempts and that the re-run left no
-node record (records are written only by workers, so no node ran). Target: re-run <= 0.05 x cold.
+checkpoint object written by the re-run (objects are written only by workers, so no node ran). Target: re-run <= 0.05 x cold.
 
 Scenario 2 ("noop"): the same shape with no-op nodes; ``odibi_ray.run(dag, storage=<fresh
 folder>)`` (a cold, fully checkpointed run every repeat) vs raw Ray tasks chained by object refs (the
@@ -13,8 +13,8 @@ dependency-driven runner of ``bench_overhead``); odibi_ray without storage is sh
 Target: checkpointed / raw <= 1.6.
 
 Scenario 3 ("azurite"): per-node checkpoint cost on Azurite (in memory, started here on 127.0.0.1 with
-``--disableTelemetry``): ``checkpoint.store.write_output(target, value, record)`` (encode, SHA-256,
-create-only object put, then the node record: exactly what a worker does) vs one raw
+``--disableTelemetry``): ``checkpoint.store.write_output(target, value, made)`` (encode, SHA-256,
+one create-only object put with its metadata: exactly what a worker does) vs one raw
 ``BlobClient.upload_blob(payload)`` of the same encoded bytes (create-only too, its default), for small
 outputs (a dict, JSON codec) and 1 MB tables (Parquet). ``ADLSStorage.put`` of the object alone is shown to
 split the cost. Figure: median per-node latency of a repeat; median over repeats. Target: <= 2.2 x raw.
@@ -73,7 +73,8 @@ from benchmarks.bench_overhead import (
 from odibi_ray import DAG
 from odibi_ray.checkpoint import layout
 from odibi_ray.checkpoint.codecs import encode
-from odibi_ray.checkpoint.store import OutputTarget, read_output, write_output
+from odibi_ray.checkpoint.objectmeta import CheckpointMeta
+from odibi_ray.checkpoint.store import OutputTarget, Provenance, read_output, write_output
 from odibi_ray.result import NodeStatus, RunResult
 from odibi_ray.storage.base import Storage
 from odibi_ray.runner import open_checkpoint_storage
@@ -99,26 +100,28 @@ def checkpointed_run(dag: DAG, storage: Storage) -> RunResult:
 
 
 def check_cold(result: RunResult, storage: Storage, dag: DAG) -> None:
-    """Every node ran and its worker left a record."""
+    """Every node ran and its worker left its checkpoint object."""
     ran = result.by_status(NodeStatus.SUCCEEDED)
     if len(ran) != len(dag):
         raise AssertionError(f"cold run: {len(ran)} of {len(dag)} nodes succeeded ({result.summary()})")
-    records = list(storage.list(layout.records_prefix(dag.name, result.run_id)))
-    if len(records) != len(dag):
-        raise AssertionError(f"cold run: {len(records)} node records for {len(dag)} nodes")
+    objects = [i for i in storage.list(layout.objects_prefix(dag.name), with_metadata=True)
+               if i.metadata.get("run_id") == result.run_id]
+    if len(objects) != len(dag):
+        raise AssertionError(f"cold run: {len(objects)} checkpoint objects for {len(dag)} nodes")
 
 
 def check_cached(result: RunResult, storage: Storage, dag: DAG) -> None:
-    """Every node of the re-run is ``cached`` with no attempt, and no worker wrote a record (none ran)."""
+    """Every node of the re-run is ``cached`` with no attempt, and no worker wrote an object (none ran)."""
     not_cached = [n for n, rec in result.nodes.items() if rec.status is not NodeStatus.CACHED or rec.attempts]
     if not_cached:
         raise AssertionError(f"cached re-run: {len(not_cached)} node(s) not cached or attempted, e.g. "
                              f"{not_cached[:5]} ({result.summary()})")
     if len(result.nodes) != len(dag):
         raise AssertionError(f"cached re-run reports {len(result.nodes)} nodes, the DAG has {len(dag)}")
-    records = list(storage.list(layout.records_prefix(dag.name, result.run_id)))
-    if records:
-        raise AssertionError(f"cached re-run: {len(records)} node record(s) written, so some node ran")
+    written = [i for i in storage.list(layout.objects_prefix(dag.name), with_metadata=True)
+               if i.metadata.get("run_id") == result.run_id]
+    if written:
+        raise AssertionError(f"cached re-run: {len(written)} checkpoint(s) written, so some node ran")
 
 
 def bench_cache(dag: DAG, root: str, repeats: int) -> dict[str, list[float]]:
@@ -164,7 +167,7 @@ def local_write_cost(root: str, count: int, repeats: int) -> list[float]:
             target = OutputTarget(storage, "bench_noop", "rlocal", f"n{i:04d}",
                                   hashlib.sha256(f"local/{r}/{i}".encode()).hexdigest(), None)
             t0 = time.perf_counter()
-            write_output(target, i & 0xFFFF, {"attempt": 1, "pid": os.getpid()})
+            write_output(target, i & 0xFFFF, Provenance(1, "bench", os.getpid(), 0.0, 0.0))
             times.append(time.perf_counter() - t0)
         if r:  # round 0 is the warm-up
             medians.append(statistics.median(times))
@@ -194,22 +197,21 @@ class CheckpointEngines:
         self.storage, self.container = storage, container
 
     def write_output(self, values: list[Any], tag: str) -> list[float]:
-        """odibi_ray's worker path: ``write_output`` (encode, SHA-256, object create-only, then record)."""
+        """odibi_ray's worker path: ``write_output`` (encode, SHA-256, one create-only object put with metadata)."""
         run_id = f"r{tag}"
         out = []
         for i, value in enumerate(values):
             target = OutputTarget(self.storage, "bench_cache", run_id, f"n{i:04d}",
                                   hashlib.sha256(f"{tag}/{i}/{uuid.uuid4()}".encode()).hexdigest(), None)
             now = time.time()
-            record = {"node": target.node, "pipeline": "bench_cache", "run_id": run_id, "attempt": 1,
-                      "ray_node_id": "bench", "pid": os.getpid(), "started_at": now, "ended_at": now}
+            made = Provenance(1, "bench", os.getpid(), now, now)
             t0 = time.perf_counter()
-            write_output(target, value, record)
+            write_output(target, value, made)
             out.append(time.perf_counter() - t0)
         return out
 
     def adapter_put(self, payloads: list[bytes], tag: str) -> list[float]:
-        """ADLSStorage.put of the encoded object alone (create-only, with metadata): no encode, no record."""
+        """ADLSStorage.put of the encoded object alone (create-only, with metadata): no encode, no hashing."""
         out = []
         for i, payload in enumerate(payloads):
             meta = {"sha256": hashlib.sha256(payload).hexdigest(), "size": str(len(payload)), "codec": "x"}
@@ -246,13 +248,13 @@ def bench_checkpoints(engines: CheckpointEngines, kind: str, count: int, repeats
             medians[name].append(statistics.median(runs[name](f"{kind}-{r}")))
     # The stored checkpoints read back equal (outside the timings).
     probe = OutputTarget(engines.storage, "bench_cache", "rcheck", "n0000", uuid.uuid4().hex * 2, None)
-    write_output(probe, values[0], {"attempt": 1})
+    write_output(probe, values[0], Provenance(1, "bench", os.getpid(), 0.0, 0.0))
     back = read_output(engines.storage, probe.object_key)
     if not (back.equals(values[0]) if kind == "big" else back == values[0]):
         raise AssertionError(f"{kind}: the checkpoint read back differs from the value written")
-    record = json.loads(engines.storage.get(layout.record_key("bench_cache", "rcheck", "n0000")))
-    if record["object"] != probe.object_key or record["size"] != len(payloads[0]):
-        raise AssertionError(f"{kind}: the node record does not describe its object: {record}")
+    meta = CheckpointMeta.from_info(engines.storage.head(probe.object_key))
+    if meta is None or meta.size != len(payloads[0]) or meta.node != "n0000":
+        raise AssertionError(f"{kind}: the checkpoint's metadata does not describe it: {meta}")
     return medians
 
 
@@ -412,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(row("azurite", f"raw upload_blob, {label}", f["raw_upload_blob"], "ms", "1.000"))
         lines.append(row("azurite", "  ADLSStorage.put (object only)", f["adapter_put_object"], "ms",
                          f"{kr['adapter_put_vs_raw']:.3f}"))
-        lines.append(row("azurite", "  write_output (object + record)", f["write_output"], "ms",
+        lines.append(row("azurite", "  write_output (one object)", f["write_output"], "ms",
                          f"{kr['write_output_vs_raw']:.3f}  ({verdict(kr['write_output_vs_raw'], CHECKPOINT_TARGET)})"))
     print("\n".join(lines))
 

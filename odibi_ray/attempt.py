@@ -18,7 +18,7 @@ import cloudpickle
 
 from . import context
 from .checkpoint.codecs import CodecError
-from .checkpoint.store import OutputTarget, StoredRef, read_output_sized, write_output
+from .checkpoint.store import OutputTarget, Provenance, StoredRef, read_output_sized, write_output
 from .errors import CorruptObjectError, NodeTimeoutError, NotFoundError, StorageError
 from .result import ErrorInfo
 
@@ -72,7 +72,7 @@ def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: 
     :class:`NodeTimeoutError` inside the function once it has run that long; with ``hard_kill`` a
     function that ignores the alarm for :data:`HARD_KILL_GRACE_S` more gets its process killed.
     Inputs that are :class:`StoredRef` are read from storage here; with ``target`` the output is
-    checkpointed here (object, then record) before the attempt counts as succeeded — unless
+    checkpointed here (one object with its metadata) before the attempt counts as succeeded — unless
     ``still_wanted()`` says the driver gave up on this attempt (a timed-out local thread).
     """
     started = time.time()
@@ -110,12 +110,11 @@ def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: 
         value, error = FAILED, dataclasses.replace(error, kind="timeout")
     ended = time.time()
     if error is None and target is not None and (still_wanted is None or still_wanted()):
-        # Checkpoint from the worker: the output object, then the node record.
-        record = {"node": ctx.node, "pipeline": ctx.pipeline, "run_id": ctx.run_id, "attempt": ctx.attempt,
-                  "ray_node_id": worker_node_id, "pid": os.getpid(), "started_at": started, "ended_at": ended}
+        # Checkpoint from the worker: one object, its metadata saying what made it.
+        made = Provenance(ctx.attempt, worker_node_id, os.getpid(), started, ended)
         t0 = time.perf_counter()
         try:
-            io[0] = write_output(target, value, record)
+            io[0] = write_output(target, value, made)
         except StorageError as exc:
             value, error = FAILED, error_info(exc, kind="storage")
         io[2] += time.perf_counter() - t0

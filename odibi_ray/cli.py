@@ -23,7 +23,9 @@ from rich.table import Table
 
 from .checkpoint import keep_last_n, purge
 from .checkpoint import layout
-from .checkpoint.store import RunManifest, effective_status, list_runs, node_records
+from .checkpoint.legacy import check_readable
+from .checkpoint.runs import node_statuses
+from .checkpoint.store import RunManifest, effective_status, list_runs
 from .dag import DAG
 from .errors import NotFoundError, OdibiError
 from .metrics import MetricsManager
@@ -131,7 +133,9 @@ def _open(pipeline: Optional[str], storage: Optional[str], *, need_pipeline: boo
         if not name:
             raise typer.BadParameter("give --storage (or --pipeline, whose default storage is .odibi/<name>)")
         uri = default_storage(name)
-    return name, open_checkpoint_storage(uri, options)
+    store = open_checkpoint_storage(uri, options)
+    check_readable(store)
+    return name, store
 
 
 def _ts(value: Any) -> str:
@@ -149,6 +153,12 @@ def _run_id(storage: Storage, pipeline: str, run_id: Optional[str]) -> str:
             raise OdibiError(f"pipeline {pipeline!r} has no runs in {redact_uri(storage.uri)}")
         return runs[0]["run_id"]
     return run_id
+
+
+def _written(storage: Storage, pipeline: str, run_id: str) -> int:
+    """How many of a run's nodes ran and wrote their checkpoint (from its manifest, or a layout-1 run's records)."""
+    statuses = node_statuses(storage, pipeline, run_id, _manifest(storage, pipeline, run_id))
+    return sum(1 for s in statuses.values() if s == "succeeded")
 
 
 def _manifest(storage: Storage, pipeline: str, run_id: str) -> dict[str, Any]:
@@ -263,7 +273,7 @@ def status_cmd(
     assert name is not None
     rid = _run_id(store, name, run_id)
     body = _manifest(store, name, rid)
-    records = node_records(store, name, rid)
+    statuses = node_statuses(store, name, rid, body)
     summary = body.get("summary") or {}
     typer.echo(f"pipeline {name} run {rid}: {effective_status(body)}")
     typer.echo(f"started {_ts(body.get('started_at'))}  ended {_ts(body.get('ended_at')) or '-'}  "
@@ -271,11 +281,12 @@ def status_cmd(
     if summary.get("nodes"):
         typer.echo("nodes: " + ", ".join(f"{v} {k}" for k, v in sorted(summary["nodes"].items())))
     table = Table()
-    for col in ("level", "node", "checkpoint", "cache key"):
+    for col in ("level", "node", "status", "attempts", "worker", "cache key", "error / reason"):
         table.add_column(col)
     for node, entry in sorted((body.get("nodes") or {}).items(), key=lambda kv: (kv[1].get("level", 0), kv[0])):
-        table.add_row(str(entry.get("level", "")), node, "written" if node in records else "-",
-                      str(entry.get("key", ""))[:16])
+        table.add_row(str(entry.get("level", "")), node, statuses.get(node) or "-", str(entry.get("attempts", "")),
+                      str(entry.get("worker") or "")[:12], str(entry.get("key") or "")[:16],
+                      str(entry.get("error") or entry.get("reason") or ""))
     Console().print(table)
 
 
@@ -417,15 +428,15 @@ def checkpoints_ls(
     pipeline: str = typer.Option(..., help="Pipeline name, YAML file or module:dag."),
     storage: Optional[str] = typer.Option(None, help="Checkpoint storage URI (default .odibi/<pipeline>)."),
 ) -> None:
-    """List a pipeline's runs with how many node checkpoints each wrote."""
+    """List a pipeline's runs with how many node checkpoints each wrote (nodes that ran and succeeded)."""
     name, store = _open(pipeline, storage)
     assert name is not None
     table = Table(title=f"checkpoints of {name} in {redact_uri(store.uri)}")
-    for col in ("run id", "status", "started", "node records"):
+    for col in ("run id", "status", "started", "checkpoints written"):
         table.add_column(col)
     for meta in list_runs(store, name):
         table.add_row(meta["run_id"], meta.get("status", ""), _ts(meta.get("started_at")),
-                      str(len(node_records(store, name, meta["run_id"]))))
+                      str(_written(store, name, meta["run_id"])))
     Console().print(table)
 
 

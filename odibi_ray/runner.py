@@ -15,7 +15,7 @@ from .policy import RetryPolicy
 from .progress import RichProgress
 from .result import RunResult
 from .checkpoint.plan import plan_checkpoints
-from .checkpoint.runs import close_run, open_new_run, open_resumed_run
+from .checkpoint.runs import close_run, node_entries, open_new_run, open_resumed_run
 from .run_metrics import metrics_actor, metrics_from_result
 from .scheduler import ProgressSink, Scheduler, new_run_id
 from .storage.base import Storage
@@ -84,7 +84,8 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
     runs, unless ``wait_for_resources=True`` (an autoscaler will add such machines).
 
     ``storage`` (a URI such as a folder path or ``abfss://...``, or a :class:`Storage`) turns on
-    checkpoints: every node's worker stores its output and a record there; nodes whose output is
+    checkpoints: every node's worker stores its output there (one object per node, its metadata saying what
+    made it); nodes whose output is
     fresh in the cache are not run at all (status ``cached``). ``resume="latest"`` or a run id takes
     over that run and reruns only what it had not finished (status ``resumed`` for the rest).
     """
@@ -114,15 +115,18 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
         plan = plan_checkpoints(dag, order, store, rid, records)
         if manifest is None:
             manifest = open_new_run(store, dag, rid, plan.keys, levels)
-        plan.heartbeat = manifest.heartbeat
     log.info("run %s of %r: %d nodes in %d levels on %s", rid, dag.name, len(dag), len(levels), be.name)
     scheduler = Scheduler(dag, be, run_id=rid, levels=levels, barrier=barrier, fail_fast=fail_fast,
                           rng=random.Random(seed), progress=sink, default_retry=retry, checkpoint=plan)
+    if manifest is not None and plan is not None:
+        beat = manifest  # the manifest keeps what the run did (statuses, attempts, errors) on every heartbeat
+        plan.heartbeat = lambda: beat.heartbeat(lambda: node_entries(scheduler.records))
     try:
         result = scheduler.run()
     except BaseException as exc:
         if manifest is not None:
-            close_run(manifest, "failed", {"error": f"driver stopped: {type(exc).__name__}"})
+            close_run(manifest, "failed", {"error": f"driver stopped: {type(exc).__name__}"},
+                      node_entries(scheduler.records))
         raise
     finally:
         be.close()
@@ -135,7 +139,7 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
             summary: dict[str, Any] = {"nodes": counts, **result.stats}
             if snapshot is not None:  # past runs' metrics stay readable after the actor is gone
                 summary["metrics"] = snapshot
-            close_run(manifest, result.status.value, summary)
+            close_run(manifest, result.status.value, summary, node_entries(result.nodes))
         except ExecutionError as exc:  # another driver took the run over meanwhile: its manifest, not ours
             log.error("%s", exc)
     log.info("%s", result.summary())

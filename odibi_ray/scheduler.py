@@ -123,7 +123,7 @@ class Scheduler:
         finally:
             self.progress.stop()
         return RunResult(self.dag.name, self.run_id, self.backend.name, self.levels, self.records, started,
-                         time.time(), _fetch=self._fetch, stats=dict(self.stats),
+                         time.time(), _fetch=self._fetch, stats=self.stats,  # shared: a fetch may count more
                          inputs={n: list(dict.fromkeys(ups)) for n, ups in self._inputs.items()})
 
     def _reuse_stored(self, cp: CheckpointPlan) -> None:
@@ -145,7 +145,31 @@ class Scheduler:
         handles = [self._live[n] for n in names]
         remote = [h for h in handles if not isinstance(h, StoredHandle)]
         fetched = iter(self.backend.fetch_many(remote) if remote else [])
-        return [_load_for_result(h.ref) if isinstance(h, StoredHandle) else next(fetched) for h in handles]
+        return [self._load_stored(n, h.ref) if isinstance(h, StoredHandle) else next(fetched)
+                for n, h in zip(names, handles)]
+
+    def _load_stored(self, name: str, ref: StoredRef) -> Any:
+        """A reused output asked for by the result. One found unusable now (bit rot the plan's size check cannot
+        see) is counted, removed, and computed again on the backend (with whatever of its inputs must run too),
+        so the caller gets the right value, never a wrong one; if that fails, a clear error says why."""
+        try:
+            return ref.load()
+        except (CorruptObjectError, NotFoundError, CodecError) as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        self.stats["corrupt_objects"] += 1
+        log.warning("stored output of node %r is unusable (%s); computing it again", name, problem)
+        try:
+            ref.storage.delete(ref.key)
+        except StorageError:
+            pass
+        self._reopen(name, "stored output was unusable when the result read it; recomputed")
+        self._loop()
+        rec = self.records[name]
+        if rec.status is not NodeStatus.SUCCEEDED:
+            detail = f" ({rec.error.type_name}: {rec.error.message})" if rec.error else ""
+            raise OutputUnavailableError(f"the stored output of node {name!r} was unusable ({problem}) and computing "
+                                         f"it again failed{detail}")
+        return self.backend.fetch(self._live[name])
 
     def _loop(self) -> None:
         heartbeat = self.checkpoint.heartbeat if self.checkpoint else None
@@ -435,20 +459,6 @@ class Scheduler:
                 seen.add(n)
                 todo.extend(self._children[n])
         return sorted(seen, key=self._rank.__getitem__)
-
-
-def _load_for_result(ref: StoredRef) -> Any:
-    """A reused output asked for after the run. If it turns out unusable it is removed (the next run
-    recomputes it) and a clear error says so: never a wrong value."""
-    try:
-        return ref.load()
-    except (CorruptObjectError, NotFoundError, CodecError) as exc:
-        try:
-            ref.storage.delete(ref.key)
-        except StorageError:
-            pass
-        raise OutputUnavailableError(f"the stored output of node {ref.node!r} is unusable ({type(exc).__name__}: "
-                                     f"{exc}); it was removed: run the pipeline again to recompute it") from exc
 
 
 class StoredHandle:

@@ -18,7 +18,8 @@ import pytest
 
 from odibi_ray import DAG, CachePolicy, Node, NodeStatus, run
 from odibi_ray.checkpoint import layout
-from odibi_ray.checkpoint.store import effective_status, list_runs
+from odibi_ray.checkpoint.objectmeta import CheckpointMeta
+from odibi_ray.checkpoint.store import RunManifest, effective_status, list_runs
 
 from . import cp_nodes
 from .cp_nodes import ran
@@ -164,7 +165,7 @@ def _corrupt(store, key: str, truncate: bool) -> None:
 @pytest.mark.parametrize("truncate", [False, True])
 def test_corrupt_or_truncated_object_is_a_miss_recomputed_never_a_wrong_value(store, backend, marks, truncate):
     first = run(pipeline(marks), backend=backend, storage=store, progress=False).raise_for_status()
-    _corrupt(store, layout.object_key(first.nodes["double"].cache_key), truncate)
+    _corrupt(store, layout.object_key("sales", first.nodes["double"].cache_key), truncate)
     again = run(pipeline(marks, total_scale=3), backend=backend, storage=store, progress=False).raise_for_status()
     assert again["total"] == {"sum": 18, "rows": 3}
     assert again.nodes["double"].status is NodeStatus.SUCCEEDED  # recomputed, not trusted
@@ -174,15 +175,20 @@ def test_corrupt_or_truncated_object_is_a_miss_recomputed_never_a_wrong_value(st
                progress=False).raise_for_status().nodes["double"].status is NodeStatus.CACHED  # repaired
 
 
-def test_object_without_record_is_ignored_by_resume(local_storage, marks, tmp_path):
+def test_resume_reuses_an_intact_object_the_manifest_never_heard_of(local_storage, marks, tmp_path):
     switch = tmp_path / "fixed"
     dag = pipeline(marks, switch=switch)
     dag.cache = False  # only resume may reuse outputs
     failed = run(dag, backend="local", storage=local_storage, progress=False)
-    local_storage.delete(layout.record_key("sales", failed.run_id, "total"))  # its object stays
+    manifest = RunManifest(local_storage, "sales", failed.run_id)
+    body, _ = manifest.read()
+    body["nodes"]["double"]["status"] = "running"  # as if the driver died before it wrote that double finished
+    manifest.owner = None
+    manifest.update(nodes=body["nodes"])
     switch.write_text("1")
     resumed = run(dag, backend="local", storage=local_storage, resume=failed.run_id, progress=False)
-    assert resumed.nodes["total"].status is NodeStatus.SUCCEEDED and resumed.nodes["double"].status is NodeStatus.RESUMED
+    assert resumed.nodes["flaky"].status is NodeStatus.SUCCEEDED and resumed.nodes["double"].status is NodeStatus.RESUMED
+    assert ran(marks)["double"] == 1  # its object (this run's, by its key) was enough
 
 
 def test_two_runs_at_once_both_succeed_and_share_objects(store, marks):
@@ -205,7 +211,7 @@ def test_two_runs_at_once_both_succeed_and_share_objects(store, marks):
     assert len(objects) == 4  # one object per node, whoever wrote it
     for r in results:
         for name, rec in r.nodes.items():
-            assert layout.object_key(rec.cache_key) in objects
+            assert layout.object_key("sales", rec.cache_key) in objects
 
 
 def test_ttl_expired_entries_are_misses(store, marks):
@@ -227,14 +233,19 @@ def test_cache_false_runs_every_time_but_checkpoints_for_resume(local_storage, m
     assert ran(marks)["source"] == 2
 
 
-def test_records_are_written_by_the_worker_after_their_object(ray_local, local_storage, marks):
+def test_each_node_is_one_object_written_by_its_worker_saying_what_made_it(ray_local, local_storage, marks):
     result = run(pipeline(marks), storage=local_storage, progress=False).raise_for_status()
+    keys = {i.key for i in local_storage.list()}
+    assert keys == {layout.object_key("sales", rec.cache_key) for rec in result.nodes.values()} | {
+        layout.manifest_key("sales", result.run_id), "odibi-layout.json"}  # no record per node
     for name, rec in result.nodes.items():
-        body = json.loads(local_storage.get(layout.record_key("sales", result.run_id, name)))
-        assert body["ray_node_id"] == rec.worker_node_id and body["pid"] != os.getpid()
-        assert body["object"] == layout.object_key(rec.cache_key)
-        obj = local_storage.head(body["object"])
-        assert obj.metadata["sha256"] == body["sha256"] and float(obj.metadata["created"]) <= body["ended_at"] + 1
+        meta = CheckpointMeta.from_info(local_storage.head(layout.object_key("sales", rec.cache_key)))
+        assert (meta.node, meta.pipeline, meta.run_id, meta.attempt) == (name, "sales", result.run_id, 1)
+        assert meta.ray_node_id == rec.worker_node_id and meta.pid == rec.attempt_history[-1].worker_pid != os.getpid()
+        assert meta.started_at <= meta.ended_at <= meta.created and meta.layout == layout.LAYOUT_VERSION
+    body, _ = RunManifest(local_storage, "sales", result.run_id).read()
+    assert {n: (e["status"], e["attempts"], e["worker"]) for n, e in body["nodes"].items()} == {
+        n: ("succeeded", 1, rec.worker_node_id) for n, rec in result.nodes.items()}
 
 
 def test_pandas_and_bytes_outputs_round_trip_through_the_cache(local_storage, marks):

@@ -103,7 +103,7 @@ def test_timed_out_local_attempt_never_checkpoints_its_late_result(local_storage
 
 def test_undecodable_stored_input_is_a_miss(local_storage):
     first = run(two_nodes(), backend="local", storage=local_storage, progress=False)
-    key = layout.object_key(first.nodes["src"].cache_key)
+    key = layout.object_key("edge", first.nodes["src"].cache_key)
     bad = b"not json at all"
     meta = dict(local_storage.head(key).metadata, sha256=hashlib.sha256(bad).hexdigest(), size=str(len(bad)))
     local_storage.put(key, bad, meta)  # intact by its SHA-256, but the codec cannot read it
@@ -114,17 +114,37 @@ def test_undecodable_stored_input_is_a_miss(local_storage):
     assert again.stats["corrupt_objects"] == 1
 
 
-def test_a_corrupt_cached_output_asked_for_is_a_clear_error_and_is_removed(local_storage):
+def _rot(store, key):
+    """Silent bit rot: every byte flipped, size, metadata and mtime as they were (the plan cannot see it)."""
+    data, info = store.get_with_info(key)
+    store.put(key, bytes(b ^ 1 for b in data), info.metadata)
+
+
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_a_rotten_cached_leaf_asked_for_is_counted_and_computed_again(local_storage, backend, request):
+    if backend == "ray":
+        request.getfixturevalue("ray_local")
+    first = run(two_nodes(), backend=backend, storage=local_storage, progress=False)
+    key = layout.object_key("edge", first.nodes["dbl"].cache_key)
+    _rot(local_storage, key)
+    again = run(two_nodes(), backend=backend, storage=local_storage, progress=False)
+    assert again.nodes["dbl"].status is NodeStatus.CACHED and again.stats["corrupt_objects"] == 0
+    assert again["dbl"] == 2  # the right value, computed again on the backend
+    assert again.nodes["dbl"].status is NodeStatus.SUCCEEDED and "unusable" in again.nodes["dbl"].reason
+    assert again.nodes["src"].status is NodeStatus.CACHED and again.stats["corrupt_objects"] == 1
+    assert run(two_nodes(), backend=backend, storage=local_storage, progress=False)["dbl"] == 2
+    assert local_storage.get(key) == b"2"  # repaired in storage by the recomputation's worker
+
+
+def test_a_rotten_leaf_that_cannot_be_computed_again_is_a_clear_error(local_storage, monkeypatch):
     first = run(two_nodes(), backend="local", storage=local_storage, progress=False)
-    key = layout.object_key(first.nodes["dbl"].cache_key)
-    data, info = local_storage.get_with_info(key)
-    local_storage.put(key, bytes(b ^ 1 for b in data), info.metadata)
     again = run(two_nodes(), backend="local", storage=local_storage, progress=False)
-    assert again.nodes["dbl"].status is NodeStatus.CACHED
-    with pytest.raises(OutputUnavailableError, match="unusable.*run the pipeline again"):
+    _rot(local_storage, layout.object_key("edge", first.nodes["dbl"].cache_key))
+    local_storage.delete(layout.object_key("edge", first.nodes["src"].cache_key))  # src must run again too
+    monkeypatch.setitem(SOURCE_VALUE, "v", None)  # ... and now gives what dbl cannot double
+    with pytest.raises(OutputUnavailableError, match="was unusable .* computing it again failed .*TypeError"):
         again["dbl"]
-    assert not local_storage.exists(key)
-    assert run(two_nodes(), backend="local", storage=local_storage, progress=False)["dbl"] == 2
+    assert again.nodes["dbl"].status is NodeStatus.FAILED and again.stats["corrupt_objects"] == 2
 
 
 def test_two_drivers_taking_over_one_run_exactly_one_wins(local_storage):
@@ -153,10 +173,11 @@ class RecordingStorage(LocalStorage):
         return info
 
 
-def test_each_record_is_written_after_its_object(ray_local, tmp_path):
+def test_each_node_costs_its_worker_one_put(ray_local, tmp_path):
     store = RecordingStorage(tmp_path / "rec")
     result = run(two_nodes("order"), storage=store, progress=False).raise_for_status()
     order = (tmp_path / "rec.order").read_text().split()
-    for name, rec in result.nodes.items():
-        obj, record = layout.object_key(rec.cache_key), layout.record_key("order", result.run_id, name)
-        assert order.index(obj) < order.index(record)
+    objects = sorted(layout.object_key("order", rec.cache_key) for rec in result.nodes.values())
+    assert sorted(k for k in order if k.startswith("objects/")) == objects  # one put per node, nothing else
+    assert {k for k in order if not k.startswith("objects/")} == {layout.manifest_key("order", result.run_id),
+                                                                   "odibi-layout.json"}  # the driver's writes

@@ -176,9 +176,8 @@ def slow_square(i: int) -> int:
 def test_checkpoints_in_azurite_written_by_workers_on_several_nodes(cluster, azurite_storage):
     """End to end: a pipeline on the multi-node cluster checkpoints to Azurite; the node records (written by
     the workers) show more than one Ray node wrote them; a re-run reuses everything."""
-    import json
 
-    from odibi_ray.checkpoint import layout
+    from odibi_ray.checkpoint import run_checkpoints
 
     dag = DAG("spread")
     for i in range(8):
@@ -187,10 +186,11 @@ def test_checkpoints_in_azurite_written_by_workers_on_several_nodes(cluster, azu
     result = run(dag, storage=azurite_storage, progress=False).raise_for_status()
     assert result["sum"] == sum(i * i for i in range(8))
     writers = set()
-    for name in result.nodes:
-        body = json.loads(azurite_storage.get(layout.record_key("spread", result.run_id, name)))
-        assert body["ray_node_id"] == result.nodes[name].worker_node_id
-        writers.add(body["ray_node_id"])
+    written = run_checkpoints(azurite_storage, "spread", result.run_id)  # each object says what made it
+    assert set(written) == set(result.nodes)
+    for name, meta in written.items():
+        assert meta.ray_node_id == result.nodes[name].worker_node_id
+        writers.add(meta.ray_node_id)
     assert len(writers) > 1, writers
     again = run(dag, storage=azurite_storage, progress=False).raise_for_status()
     assert {r.status for r in again.nodes.values()} == {NodeStatus.CACHED} and again["sum"] == result["sum"]

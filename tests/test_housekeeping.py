@@ -11,7 +11,7 @@ import pytest
 from odibi_ray import DAG, CachePolicy, Node, NodeStatus, run
 from odibi_ray.checkpoint import layout
 from odibi_ray.checkpoint.housekeeping import PurgeReport, keep_last_n, purge, purge_runs
-from odibi_ray.checkpoint.store import RunManifest, list_runs
+from odibi_ray.checkpoint.store import list_runs
 
 from . import cp_nodes
 from .cp_nodes import ran
@@ -40,7 +40,7 @@ def go(dag, store, **kw):
 
 def okeys(result, *nodes):
     """The object keys of ``nodes`` (all nodes if none given) in a run's result."""
-    return {layout.object_key(result.nodes[n].cache_key) for n in (nodes or result.nodes)}
+    return {layout.object_key(result.pipeline, result.nodes[n].cache_key) for n in (nodes or result.nodes)}
 
 
 def stored(store) -> dict:
@@ -128,46 +128,34 @@ def test_purge_by_node(store, marks):
 def test_purge_by_pipeline_matches_the_exact_name(store, marks):
     etl = go(pipeline(marks, name="etl"), store)
     v2 = go(pipeline(marks, name="etl_v2"), store)
-    assert not okeys(etl) & okeys(v2)  # cache keys include the pipeline name
-    _other_pipeline_run(store, etl.nodes["source"].cache_key)  # another pipeline's run also uses this one
+    assert not okeys(etl) & okeys(v2)  # objects live under their pipeline (and cache keys include its name)
     report = purge(store, pipeline="etl")
-    assert set(report.objects) == okeys(etl, "double", "total", "as_bytes")
-    assert report.kept == sorted(okeys(etl, "source"))
-    assert set(stored(store)) == okeys(v2) | okeys(etl, "source")
+    assert set(report.objects) == okeys(etl) and report.kept == []
+    assert set(stored(store)) == okeys(v2)
     assert [r["run_id"] for r in list_runs(store, "etl")] == [etl.run_id]  # run folders are not purge's business
     assert ran_nodes(go(pipeline(marks, name="etl_v2"), store)) == set()  # untouched: fully cached
-    assert ran_nodes(go(pipeline(marks, name="etl"), store)) == {"double", "total", "as_bytes"}
-
-
-def _other_pipeline_run(store, cache_key: str) -> None:
-    """A finished run of pipeline "other" whose manifest references ``cache_key``. Cache keys include the
-    pipeline name, so real runs of two pipelines never share an object; this manifest (written by the real
-    RunManifest) stands for a pipeline run under a shared namespace."""
-    manifest = RunManifest(store, "other", "r-other")
-    manifest.create({"started_at": time.time(), "nodes": {"x": {"key": cache_key, "level": 0}}})
-    manifest.update(status="succeeded", ended_at=time.time())
+    assert ran_nodes(go(pipeline(marks, name="etl"), store)) == {"source", "double", "total", "as_bytes"}
 
 
 def test_keep_last_n_keeps_objects_a_kept_run_references(store, marks):
     r1 = go(pipeline(marks, name="etl"), store)
     r2 = go(pipeline(marks, name="etl", scale=10), store)  # source/double: r1's objects (cached, no record in r2)
     v2 = go(pipeline(marks, name="etl_v2"), store)
-    _other_pipeline_run(store, r1.nodes["as_bytes"].cache_key)
     orphan = "objects/ff/ff" + "0" * 62  # referenced by no run, not expired: not keep_last_n's business
     store.put(orphan, b"orphan", {"sha256": "0" * 64, "size": "6", "node": "ghost", "expires_at": ""})
     sizes = {k: i.size for k, i in stored(store).items()}
     report = keep_last_n(store, "etl", 1)
     assert report.runs == [f"etl/{r1.run_id}"]
-    assert report.objects == sorted(okeys(r1, "total"))  # the only object no remaining run references
-    assert set(report.kept) == okeys(r1, "source", "double", "as_bytes")
-    assert report.bytes == sum(sizes[k] for k in okeys(r1, "total")) > 0
+    assert report.objects == sorted(okeys(r1, "total", "as_bytes"))  # the objects no remaining run references
+    assert set(report.kept) == okeys(r1, "source", "double")  # r2 reused them (cached)
+    assert report.bytes == sum(sizes[k] for k in okeys(r1, "total", "as_bytes")) > 0
     assert list(store.list(layout.run_prefix("etl", r1.run_id))) == []
     assert [r["run_id"] for r in list_runs(store, "etl")] == [r2.run_id]
     assert [r["run_id"] for r in list_runs(store, "etl_v2")] == [v2.run_id]
-    assert set(stored(store)) == okeys(r2) | okeys(v2) | okeys(r1, "as_bytes") | {orphan}
+    assert set(stored(store)) == okeys(r2) | okeys(v2) | {orphan}
     assert keep_last_n(store, "etl", 1) == PurgeReport()  # idempotent
     assert ran_nodes(go(pipeline(marks, name="etl", scale=10), store)) == set()  # the kept run's outputs are there
-    assert ran_nodes(go(pipeline(marks, name="etl"), store)) == {"total"}  # exactly what was purged
+    assert ran_nodes(go(pipeline(marks, name="etl"), store)) == {"total", "as_bytes"}  # exactly what was purged
 
 
 def test_a_running_runs_objects_are_kept(store, marks, tmp_path):

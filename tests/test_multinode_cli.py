@@ -45,8 +45,8 @@ def test_cluster_has_two_ray_nodes_on_two_loopback_addresses(two_node_run):
     assert sorted(result["nodes"].values()) == ["127.0.0.1", "127.0.0.2"]
 
 
-def test_node_records_show_both_ray_nodes_wrote_checkpoints(two_node_run):
-    """Each worker's node record (read back from storage) names the Ray node it ran on: the node that
+def test_checkpoints_show_both_ray_nodes_wrote_them(two_node_run):
+    """Each checkpoint (read back from storage) names the Ray node it ran on: the node that
     needs `second` ran on 127.0.0.2, the one that needs `first` on the head, so two nodes wrote."""
     result = script_result(two_node_run[0])
     ip_of = result["nodes"]

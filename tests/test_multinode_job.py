@@ -65,7 +65,7 @@ def test_submitted_etl_job_succeeds_with_checkpoints_on_azurite(job_run):
     assert sorted(p.name for p in (work / "out" / "orders").iterdir() if p.name.startswith("country="))
 
 
-def test_node_records_show_more_than_one_ray_node_wrote_checkpoints(job_run):
+def test_checkpoints_show_more_than_one_ray_node_wrote_them(job_run):
     """Each record names the Ray node its worker ran on: all are nodes of this cluster, and at least two
     different ones (the 1-CPU head and the 2-CPU node at 127.0.0.2) wrote records."""
     result = script_result(job_run[0])

@@ -94,10 +94,9 @@ def test_ray_submit_runs_the_etl_example_on_the_cluster(ray_up_run):
     assert len(runs) == 1
     manifest = json.loads(store.get(f"runs/etl_sales/{runs[0]}/run.json"))
     assert manifest["status"] == "succeeded"
-    writers = {}
-    for info in store.list(f"runs/etl_sales/{runs[0]}/nodes/"):
-        record = json.loads(store.get(info.key))
-        writers[record["node"]] = record["ray_node_id"]
+    from odibi_ray.checkpoint import run_checkpoints
+
+    writers = {n: m.ray_node_id for n, m in run_checkpoints(store, "etl_sales", runs[0]).items()}
     assert set(writers) == {"ingest_orders", "ingest_customers", "clean_orders", "clean_customers", "join",
                             "aggregate", "write_orders", "write_summary"}
     assert set(writers.values()) <= set(result["nodes"])

@@ -2,8 +2,9 @@
 folders (``keep_last_n``, ``purge_runs``), never anything a running run still needs.
 
 Everything goes through the :class:`~odibi_ray.storage.base.Storage` interface, so it works on every adapter.
-Which objects a run *references*: the cache keys its manifest lists for every node (cached nodes included:
-they have no record in that run) plus the objects its node records name (a resumed run may have new keys).
+Which objects a run *references*: the cache keys its manifest lists for every node (cached nodes included), at
+their layout-2 and layout-1 places, plus, for a layout-1 run, the objects its node records name. Objects under
+``objects/<pipeline>/`` belong to that pipeline (layout 2).
 
 Limit: a run that is planning at the very moment of a purge (its plan found an object, its manifest is not
 written yet) is invisible to the purge; if that object is removed, the node reading it fails and
@@ -16,12 +17,14 @@ import json
 import logging
 import math
 import time
+import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..errors import NotFoundError
 from ..storage.base import ObjectInfo, Storage
 from . import layout
+from .lookup import head_each
 from .store import effective_status
 
 log = logging.getLogger(__name__)
@@ -30,7 +33,6 @@ OBJECTS_PREFIX = "objects/"
 RUNS_PREFIX = "runs/"
 #: Statuses ``purge_runs(status=...)`` accepts (a running run is never removed).
 REMOVABLE_STATUSES = frozenset({"succeeded", "failed", "abandoned"})
-_HEAD_LIMIT = 64  # above this many candidate objects, one listing is cheaper than one head each
 
 
 @dataclass
@@ -103,6 +105,8 @@ def purge(storage: Storage, *, expired: bool = False, older_than_s: float | None
     runs = _scan_runs(storage)  # after the object listing: every run started before it is seen
     in_use: set[str] = set()
     own: set[str] = set()
+    if pipeline is not None:  # layout 2: the pipeline's own folder of objects
+        own |= {i.key for i in matched if i.key.startswith(layout.objects_prefix(pipeline))}
     for run in runs.values():
         if pipeline is not None and run.pipeline == pipeline:
             own |= _references(storage, run)
@@ -237,7 +241,8 @@ def _references(storage: Storage, run: _Run) -> set[str]:
         for entry in nodes.values():
             key = entry.get("key") if isinstance(entry, dict) else None
             if isinstance(key, str) and key:
-                refs.add(layout.object_key(key))
+                refs.add(layout.object_key(run.pipeline, key))
+                refs.add(layout.legacy_object_key(key))
     return refs
 
 
@@ -267,16 +272,9 @@ def _remove_runs(storage: Storage, victims: list[_Run], dry_run: bool, what: str
 
 
 def _existing(storage: Storage, keys: set[str]) -> dict[str, ObjectInfo]:
-    """The stored objects among ``keys`` (a node that never produced output has a key but no object)."""
-    if len(keys) <= _HEAD_LIMIT:
-        found = {}
-        for key in keys:
-            try:
-                found[key] = storage.head(key)
-            except NotFoundError:
-                pass
-        return found
-    return {i.key: i for i in storage.list(OBJECTS_PREFIX) if i.key in keys}
+    """The stored objects among ``keys`` (a node that never produced output has a key but no object), looked up
+    one by one (concurrently on remote stores): the cost grows with the runs removed, not with the store."""
+    return head_each(storage, {k: k for k in keys})
 
 
 # --- objects ---------------------------------------------------------------------------------------
@@ -294,7 +292,7 @@ def _matches(info: ObjectInfo, *, now: float, expired: bool, cutoff: float | Non
             created = info.last_modified
         if created is None or created >= cutoff:
             return False
-    return node is None or meta.get("node") == node
+    return node is None or urllib.parse.unquote(meta.get("node", "")) == node  # names are stored percent-encoded
 
 
 def _remove_object(storage: Storage, key: str, size: int, report: PurgeReport) -> None:

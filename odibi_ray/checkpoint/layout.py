@@ -1,23 +1,45 @@
-"""Where checkpoints live in a storage root (one layout for cache and resume, see DESIGN.md).
+"""Where checkpoints live in a storage root (one layout for cache and resume, see DESIGN.md). Layout 2:
 
 ```
-objects/<key[:2]>/<key>                     node output, written once (create-only), content-addressed by
-                                            the node's cache key; metadata: sha256, size, codec, created,
-                                            expires_at, node
-runs/<pipeline>/<run_id>/run.json           run manifest (driver; status changes by ETag compare-and-swap)
-runs/<pipeline>/<run_id>/nodes/<node>.json  node record (written by the worker after its object)
+objects/<pipeline>/<key[:2]>/<key>   node output, written once (create-only) by the worker that computed it,
+                                     content-addressed by the node's cache key. It *is* the checkpoint: its
+                                     metadata (:class:`~.objectmeta.CheckpointMeta`) says what made it (node,
+                                     run, attempt, Ray node, pid, times) and how to trust it (sha256, size,
+                                     codec, expiry). One object per node: no separate record.
+runs/<pipeline>/<run_id>/run.json    run manifest (driver only; created create-only, changed by ETag CAS): the
+                                     run's status, and per node its key, level, status, attempts, worker and
+                                     error, written on the driver's heartbeat and when the run ends.
 ```
+
+Objects sit under their pipeline so that planning lists (or looks up) only the pipeline's own objects, never
+the whole store. Layout 1 (before 2026-12) kept objects at ``objects/<key[:2]>/<key>`` and one record per node
+under ``runs/<pipeline>/<run_id>/nodes/``: those are still read (:mod:`.legacy`), never written.
 """
 
 from __future__ import annotations
 
 import re
 
+#: The layout this engine writes; manifests and objects carry it.
+LAYOUT_VERSION = 2
+
 _SAFE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+OBJECTS = "objects/"
 
 
-def object_key(cache_key: str) -> str:
-    return f"objects/{cache_key[:2]}/{cache_key}"
+def objects_prefix(pipeline: str) -> str:
+    """Every stored output of ``pipeline``."""
+    return f"{OBJECTS}{_safe(pipeline, 'pipeline')}/"
+
+
+def object_key(pipeline: str, cache_key: str) -> str:
+    """The stored output of the node whose cache key is ``cache_key``."""
+    return f"{objects_prefix(pipeline)}{cache_key[:2]}/{cache_key}"
+
+
+def legacy_object_key(cache_key: str) -> str:
+    """Where layout 1 kept the output of ``cache_key`` (read only)."""
+    return f"{OBJECTS}{cache_key[:2]}/{cache_key}"
 
 
 def runs_prefix(pipeline: str) -> str:
@@ -32,12 +54,9 @@ def manifest_key(pipeline: str, run_id: str) -> str:
     return run_prefix(pipeline, run_id) + "run.json"
 
 
-def records_prefix(pipeline: str, run_id: str) -> str:
+def legacy_records_prefix(pipeline: str, run_id: str) -> str:
+    """Where layout 1 kept a run's node records (read only)."""
     return run_prefix(pipeline, run_id) + "nodes/"
-
-
-def record_key(pipeline: str, run_id: str, node: str) -> str:
-    return records_prefix(pipeline, run_id) + _safe(node, "node") + ".json"
 
 
 def _safe(part: str, what: str) -> str:

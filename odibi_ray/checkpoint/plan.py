@@ -1,20 +1,28 @@
 """The checkpoint part of a run's plan, made in the driver before anything runs: every node's cache key,
-where its worker stores its output, and which nodes are not run at all (fresh in the cache, or already
-done by the run being resumed)."""
+where its worker stores its output, and which nodes are not run at all.
+
+Cached and resumed are one mechanism: keys are Merkle keys known before the run, so a node is reusable when
+the object at its key is present, complete and fresh. A ``cache=False`` node's key is salted with the run id:
+no other run finds it, but resuming the same run does. Which word a reused node gets only tells where its
+object came from: ``resumed`` when the run being resumed made it, ``cached`` when another run did.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 from ..dag import DAG
 from ..result import NodeStatus
-from ..storage.base import Storage
+from ..storage.base import ObjectInfo, Storage
 from . import layout
 from .keys import cache_keys
-from .store import OutputTarget, StoredRef, fresh_objects
+from .legacy import store_layout
+from .lookup import find_objects, head_each
+from .objectmeta import CheckpointMeta
+from .store import OutputTarget, StoredRef
 
 log = logging.getLogger(__name__)
 
@@ -33,36 +41,55 @@ class CheckpointPlan:
 
 
 def plan_checkpoints(dag: DAG, order: list[str], storage: Storage, run_id: str,
-                     resumed: dict[str, dict[str, str]] | None = None) -> CheckpointPlan:
+                     resumed: Mapping[str, str] | None = None) -> CheckpointPlan:
     """Cache keys and reuse decisions for a run of ``dag`` on ``storage``.
 
-    ``resumed``: the succeeded node records of the run being resumed (node -> record metadata). A node
-    whose record names the same key and whose object is still there is RESUMED; else a node whose
-    cache policy allows it and whose fresh, complete object exists is CACHED; every other node runs.
+    ``resumed``: when this run resumes an earlier one (same ``run_id``), that run's node statuses (node ->
+    status); a node reused from an object the resumed run made is RESUMED, from another run's object CACHED.
+    Nodes whose cache policy is off are looked up only when resuming (their key is this run's own).
     """
+    legacy = store_layout(storage).legacy  # first: a new store gets its layout marker before any object
     keys = cache_keys(dag, order, run_id=run_id)  # cache=False: salted per run (checkpointed for resume only)
     policies = {n: dag.cache_policy_of(n) for n in order}
     targets = {n: OutputTarget(storage, dag.name, run_id, n, keys[n], policies[n].ttl_s) for n in order}
-    found, damaged, expired = fresh_objects(storage, keys)
-    if damaged:
-        log.warning("stored output(s) of %s are damaged (truncated or altered): computing them again",
-                    ", ".join(sorted(damaged)))
-    reuse: dict[str, tuple[NodeStatus, StoredRef]] = {}
+    wanted = {n: targets[n].object_key for n in order if policies[n].enabled or resumed is not None}
+    found = _lookup(storage, dag.name, wanted, keys, legacy)
+    plan = CheckpointPlan(storage, keys, targets)
     now = time.time()
     for n in order:
         if n not in found:
             continue
-        ttl = policies[n].ttl_s  # today's policy counts too, not only the expiry written with the object
-        if ttl is not None and float(found[n].metadata.get("created") or 0) + ttl <= now:
-            expired.append(n)
+        info = found[n]
+        meta = CheckpointMeta.from_info(info)
+        if meta is None:
+            plan.damaged.append(n)
             continue
-        ref = StoredRef(storage, layout.object_key(keys[n]), n)
-        record = (resumed or {}).get(n)
-        if record is not None and record.get("cache_key") == keys[n]:
-            reuse[n] = (NodeStatus.RESUMED, ref)
+        if not meta.fresh(now, policies[n].ttl_s):  # today's policy counts too, not only the written expiry
+            plan.expired.append(n)
+            continue
+        ref = StoredRef(storage, info.key, n)
+        if resumed is not None and (resumed.get(n) in _DONE or meta.run_id == run_id or not policies[n].enabled):
+            plan.reuse[n] = (NodeStatus.RESUMED, ref)
         elif policies[n].enabled:
-            reuse[n] = (NodeStatus.CACHED, ref)
-    log.info("checkpoint plan: %d of %d node(s) reused (%d cached, %d resumed)", len(reuse), len(order),
-             sum(1 for s, _ in reuse.values() if s is NodeStatus.CACHED),
-             sum(1 for s, _ in reuse.values() if s is NodeStatus.RESUMED))
-    return CheckpointPlan(storage, keys, targets, reuse, damaged=damaged, expired=expired)
+            plan.reuse[n] = (NodeStatus.CACHED, ref)
+    if plan.damaged:
+        log.warning("stored output(s) of %s are damaged (truncated or altered): computing them again",
+                    ", ".join(sorted(plan.damaged)))
+    log.info("checkpoint plan: %d of %d node(s) reused (%d cached, %d resumed)", len(plan.reuse), len(order),
+             sum(1 for s, _ in plan.reuse.values() if s is NodeStatus.CACHED),
+             sum(1 for s, _ in plan.reuse.values() if s is NodeStatus.RESUMED))
+    return plan
+
+
+_DONE = frozenset({NodeStatus.SUCCEEDED.value, NodeStatus.CACHED.value, NodeStatus.RESUMED.value})
+
+
+def _lookup(storage: Storage, pipeline: str, wanted: dict[str, str], keys: dict[str, str],
+            legacy: bool) -> dict[str, ObjectInfo]:
+    """The stored objects of ``wanted``; on a store that also holds layout-1 checkpoints, the ones not found
+    are looked for at their layout-1 keys."""
+    found = find_objects(storage, pipeline, wanted)
+    missing = {n: layout.legacy_object_key(keys[n]) for n in wanted if n not in found}
+    if missing and legacy:
+        found.update(head_each(storage, missing))
+    return found

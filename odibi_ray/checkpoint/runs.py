@@ -1,17 +1,25 @@
-"""Opening a run on checkpoint storage: a new run's manifest, or the run being resumed and its records."""
+"""Opening and closing a run on checkpoint storage: a new run's manifest, or the run being resumed and what its
+nodes had done; the per-node states the driver writes into the manifest (there is no record per node)."""
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Mapping
 
 from ..dag import DAG
 from ..errors import ExecutionError, NotFoundError
+from ..result import NodeRecord
 from ..storage.base import Storage
-from .store import RunManifest, driver_identity, effective_status, list_runs, node_records
+from . import layout
+from .legacy import legacy_records
+from .objectmeta import CheckpointMeta
+from .store import RunManifest, driver_identity, effective_status, list_runs
 
 log = logging.getLogger(__name__)
+
+#: How much of an error message a manifest keeps per node (the full error is in the run's result).
+ERROR_CHARS = 500
 
 
 def open_new_run(storage: Storage, dag: DAG, run_id: str, keys: dict[str, str], levels: list[list[str]]) -> RunManifest:
@@ -19,12 +27,12 @@ def open_new_run(storage: Storage, dag: DAG, run_id: str, keys: dict[str, str], 
     manifest = RunManifest(storage, dag.name, run_id)
     level_of = {n: i for i, names in enumerate(levels) for n in names}
     manifest.create({"started_at": time.time(), "driver": driver_identity(),
-                     "nodes": {n: {"key": k, "level": level_of[n]} for n, k in keys.items()}})
+                     "nodes": {n: {"key": k, "level": level_of[n], "status": "pending"} for n, k in keys.items()}})
     return manifest
 
 
-def open_resumed_run(storage: Storage, dag: DAG, resume: str) -> tuple[RunManifest, dict[str, dict[str, str]]]:
-    """The manifest of the run to resume (``"latest"`` or a run id) and its succeeded node records.
+def open_resumed_run(storage: Storage, dag: DAG, resume: str) -> tuple[RunManifest, dict[str, str]]:
+    """The manifest of the run to resume (``"latest"`` or a run id) and its nodes' statuses (node -> status).
 
     A run whose driver is still beating is refused; a failed, abandoned (driver killed) or succeeded
     run is taken over and marked running again.
@@ -46,13 +54,57 @@ def open_resumed_run(storage: Storage, dag: DAG, resume: str) -> tuple[RunManife
         age = time.time() - float(body.get("updated_at") or 0)
         raise ExecutionError(f"run {run_id!r} of {dag.name!r} is still running (its driver wrote {age:.0f} s ago); "
                              "resume it once it has stopped")
-    records = node_records(storage, dag.name, run_id)
+    statuses = node_statuses(storage, dag.name, run_id, body)
     manifest.take_over(checked, body, status="running", resumes=int(body.get("resumes", 0)) + 1,
                        resumed_from_status=status)
-    log.info("resuming run %s of %r (was %s; %d node record(s))", run_id, dag.name, status, len(records))
-    return manifest, records
+    log.info("resuming run %s of %r (was %s; %d node(s) done)", run_id, dag.name, status,
+             sum(1 for s in statuses.values() if s in ("succeeded", "cached", "resumed")))
+    return manifest, statuses
 
 
-def close_run(manifest: RunManifest, status: str, summary: dict[str, Any]) -> None:
-    """Write the run's final status (one CAS update)."""
-    manifest.update(status=status, ended_at=time.time(), updated_at=time.time(), summary=summary)
+def node_statuses(storage: Storage, pipeline: str, run_id: str, body: Mapping[str, Any]) -> dict[str, str]:
+    """node -> status of a run, from its manifest (layout 2) or from its node records (a layout-1 run)."""
+    if int(body.get("layout") or 1) >= 2:
+        nodes = body.get("nodes") or {}
+        return {n: str(e.get("status", "")) for n, e in nodes.items() if isinstance(e, dict)}
+    return {n: "succeeded" for n in legacy_records(storage, pipeline, run_id)}
+
+
+def run_checkpoints(storage: Storage, pipeline: str, run_id: str) -> dict[str, CheckpointMeta]:
+    """The checkpoints a run's workers wrote (node -> their metadata: attempt, Ray node, pid, times, ...), read
+    from the objects themselves (one listing of the pipeline's objects). Objects another run wrote first, which
+    this run reused, are not included."""
+    out: dict[str, CheckpointMeta] = {}
+    for info in storage.list(layout.objects_prefix(pipeline), with_metadata=True):
+        meta = CheckpointMeta.from_info(info)
+        if meta is not None and meta.run_id == run_id:
+            out[meta.node] = meta
+    return out
+
+
+def node_entries(records: Mapping[str, NodeRecord]) -> dict[str, dict[str, Any]]:
+    """What the manifest keeps of each node: key, level, status, attempts, where its last attempt ran, its
+    error (type and message) or the reason it did not run."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, rec in records.items():
+        entry: dict[str, Any] = {"key": rec.cache_key, "level": rec.level, "status": rec.status.value,
+                                 "attempts": rec.attempts}
+        last = rec.attempt_history[-1] if rec.attempt_history else None
+        if last is not None and last.worker_node_id:
+            entry.update(worker=last.worker_node_id, pid=last.worker_pid, bytes_written=last.bytes_written)
+        if rec.error is not None:
+            entry["error"] = f"{rec.error.type_name}: {rec.error.message}"[:ERROR_CHARS]
+        elif rec.reason:
+            entry["reason"] = rec.reason[:ERROR_CHARS]
+        out[name] = entry
+    return out
+
+
+def close_run(manifest: RunManifest, status: str, summary: dict[str, Any],
+              nodes: dict[str, dict[str, Any]] | None = None) -> None:
+    """Write the run's final status and its nodes' states (one CAS update)."""
+    changes: dict[str, Any] = {"status": status, "ended_at": time.time(), "updated_at": time.time(),
+                               "summary": summary}
+    if nodes is not None:
+        changes["nodes"] = nodes
+    manifest.update(**changes)

@@ -1,5 +1,5 @@
-"""Reading and writing checkpoints through a storage adapter: node outputs and records (worker side),
-run manifests and the plan's lookups (driver side). The layout is in :mod:`.layout`."""
+"""Reading and writing checkpoints through a storage adapter: node outputs (worker side) and run manifests
+(driver side). The layout is in :mod:`.layout`, the objects' metadata in :mod:`.objectmeta`."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import AlreadyExistsError, CorruptObjectError, ExecutionError, NotFoundError, PreconditionFailedError
 from ..storage.base import ObjectInfo, Storage
 from . import layout
 from .codecs import decode, encode
+from .objectmeta import CheckpointMeta
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class StoredRef:
 
 @dataclass(frozen=True)
 class OutputTarget:
-    """Where a worker checkpoints its node's output and record (pickled once per node and run)."""
+    """Where a worker checkpoints its node's output (pickled once per node and run)."""
 
     storage: Storage
     pipeline: str
@@ -48,7 +49,18 @@ class OutputTarget:
 
     @property
     def object_key(self) -> str:
-        return layout.object_key(self.cache_key)
+        return layout.object_key(self.pipeline, self.cache_key)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What made an output: written into its checkpoint's metadata by the worker."""
+
+    attempt: int
+    ray_node_id: str
+    pid: int
+    started_at: float
+    ended_at: float
 
 
 # --- worker side ---------------------------------------------------------------------------------
@@ -61,95 +73,53 @@ def read_output(storage: Storage, key: str) -> Any:
 def read_output_sized(storage: Storage, key: str) -> tuple[Any, int]:
     """:func:`read_output`, with the number of bytes read."""
     data, info = storage.get_with_info(key)
-    if not _intact(data, info):
+    meta = CheckpointMeta.from_info(info)
+    if meta is None or not _intact(data, meta):
         raise CorruptObjectError(f"stored output {key!r} does not match its SHA-256 (altered or truncated)", key=key)
-    return decode(info.metadata.get("codec", "pickle"), data), len(data)
+    return decode(meta.codec, data), len(data)
 
 
-def _intact(data: bytes, info: ObjectInfo) -> bool:
-    return hashlib.sha256(data).hexdigest() == info.metadata.get("sha256")
+def _intact(data: bytes, meta: CheckpointMeta) -> bool:
+    return len(data) == meta.size and hashlib.sha256(data).hexdigest() == meta.sha256
 
 
-def _fresh(info: ObjectInfo, now: float) -> bool:
-    expires = info.metadata.get("expires_at", "")
-    return not expires or float(expires) > now
+def write_output(target: OutputTarget, value: Any, made: Provenance) -> int:
+    """Checkpoint a node's output: one create-only put of the object with its metadata (no separate record).
 
-
-def write_output(target: OutputTarget, value: Any, record: dict[str, Any]) -> int:
-    """Store a node's output (create-only: a concurrent run's intact object is reused), then its record.
-
-    Returns the number of bytes written. The record is written only after the object is complete, so a
-    reader never trusts a partial checkpoint.
+    Returns the number of bytes written: 0 when a concurrent run's intact, fresh object under the same key
+    (equal by its key) was there first. The object appears whole or not at all, so a reader never trusts a
+    partial checkpoint.
     """
     codec, payload = encode(value)
-    digest = hashlib.sha256(payload).hexdigest()
     now = time.time()
-    meta = {"sha256": digest, "size": str(len(payload)), "codec": codec, "created": f"{now:.6f}",
-            "expires_at": f"{now + target.ttl_s:.6f}" if target.ttl_s else "", "node": target.node}
-    storage, okey = target.storage, target.object_key
-    written = 0
+    meta = CheckpointMeta(sha256=hashlib.sha256(payload).hexdigest(), size=len(payload), codec=codec, created=now,
+                          expires_at=now + target.ttl_s if target.ttl_s else None, node=target.node,
+                          pipeline=target.pipeline, run_id=target.run_id, attempt=made.attempt,
+                          ray_node_id=made.ray_node_id, pid=made.pid, started_at=made.started_at,
+                          ended_at=made.ended_at, layout=layout.LAYOUT_VERSION)
+    storage, okey, md = target.storage, target.object_key, meta.to_metadata()
     try:
-        storage.put(okey, payload, meta, if_none_match=True)
-        written = len(payload)
+        storage.put(okey, payload, md, if_none_match=True)
+        return len(payload)
     except AlreadyExistsError:
-        written = _replace_if_unusable(storage, okey, payload, meta, now)
-    body = dict(record, object=okey, sha256=digest, size=len(payload), codec=codec, cache_key=target.cache_key)
-    storage.put(layout.record_key(target.pipeline, target.run_id, target.node),
-                json.dumps(body, sort_keys=True).encode(),
-                {"status": "succeeded", "cache_key": target.cache_key, "object": okey, "sha256": digest,
-                 "attempt": str(record.get("attempt", ""))})
-    return written
+        return _replace_if_unusable(storage, okey, payload, md, now)
 
 
-def _replace_if_unusable(storage: Storage, okey: str, payload: bytes, meta: dict[str, str], now: float) -> int:
+def _replace_if_unusable(storage: Storage, okey: str, payload: bytes, md: dict[str, str], now: float) -> int:
     """Another writer got there first: reuse its object if intact and fresh, else replace it (CAS)."""
     try:
         data, info = storage.get_with_info(okey)
     except NotFoundError:  # deleted meanwhile (purge): write ours
-        storage.put(okey, payload, meta, if_none_match=True)
+        storage.put(okey, payload, md, if_none_match=True)
         return len(payload)
-    if _intact(data, info) and _fresh(info, now):
+    theirs = CheckpointMeta.from_info(info)
+    if theirs is not None and _intact(data, theirs) and theirs.fresh(now):
         return 0  # the winner's object: equal by its key
     try:
-        storage.put(okey, payload, meta, if_match=info.etag)
+        storage.put(okey, payload, md, if_match=info.etag)
         return len(payload)
     except PreconditionFailedError:
         return 0  # someone else replaced it just now
-
-
-# --- driver side ---------------------------------------------------------------------------------
-
-def fresh_objects(storage: Storage, cache_keys: dict[str, str]) -> tuple[dict[str, ObjectInfo], list[str], list[str]]:
-    """The stored, unexpired, complete objects among ``cache_keys`` (node -> key); the nodes whose stored
-    object is damaged (size or metadata not as recorded: truncated or foreign); the nodes whose object expired."""
-    now = time.time()
-    wanted = {layout.object_key(k): n for n, k in cache_keys.items()}
-    found: dict[str, ObjectInfo] = {}
-    if len(wanted) <= 32:
-        for okey, node in wanted.items():
-            try:
-                found[node] = storage.head(okey)
-            except NotFoundError:
-                pass
-    else:
-        for info in storage.list("objects/", with_metadata=True):
-            node = wanted.get(info.key)
-            if node is not None:
-                found[node] = info
-    damaged = [n for n, i in found.items() if i.metadata.get("size") != str(i.size) or "sha256" not in i.metadata]
-    expired = [n for n, i in found.items() if n not in damaged and not _fresh(i, now)]
-    return {n: i for n, i in found.items() if n not in damaged and n not in expired}, damaged, expired
-
-
-def node_records(storage: Storage, pipeline: str, run_id: str) -> dict[str, dict[str, str]]:
-    """The succeeded node records of a run (node -> record metadata), from one listing."""
-    prefix = layout.records_prefix(pipeline, run_id)
-    out = {}
-    for info in storage.list(prefix, with_metadata=True):
-        name = info.key[len(prefix):]
-        if name.endswith(".json") and info.metadata.get("status") == "succeeded":
-            out[name[:-5]] = dict(info.metadata)
-    return out
 
 
 class RunManifest:
@@ -166,21 +136,24 @@ class RunManifest:
         return json.loads(data), info
 
     def create(self, body: dict[str, Any]) -> None:
-        body = dict(body, pipeline=self.pipeline, run_id=self.run_id, status="running", resumes=0)
+        body = dict(body, pipeline=self.pipeline, run_id=self.run_id, status="running", resumes=0,
+                    layout=layout.LAYOUT_VERSION)
         self._write(body, if_none_match=True)
         self.owner = body.get("driver")
+        self._last_beat = time.time()  # creating it was this run's first beat
 
     def take_over(self, checked: ObjectInfo, body: dict[str, Any], **changes: Any) -> None:
         """Become this run's driver, if the manifest is still the one that was checked (``checked.etag``):
         of two drivers resuming one run at once, exactly one wins."""
         me = driver_identity()
-        new = dict(body, **changes, driver=me, updated_at=time.time())
+        new = dict(body, **changes, driver=me, updated_at=time.time(), layout=layout.LAYOUT_VERSION)
         try:
             self._write(new, if_match=checked.etag)
         except PreconditionFailedError:
             raise ExecutionError(f"run {self.run_id!r} of {self.pipeline!r} changed while this driver was taking it "
                                  "over (another driver is resuming it?)") from None
         self.owner = me
+        self._last_beat = time.time()
 
     def update(self, **changes: Any) -> dict[str, Any]:
         """Apply ``changes`` with compare-and-swap, retrying if another writer got in between. Refused
@@ -198,13 +171,17 @@ class RunManifest:
                 time.sleep(0.05)
         raise PreconditionFailedError(f"run manifest {self.key!r} kept changing under this driver", key=self.key)
 
-    def heartbeat(self) -> None:
-        """Refresh ``updated_at`` at most every :data:`HEARTBEAT_S` (cheap to call from the driver loop)."""
+    def heartbeat(self, nodes: Callable[[], dict[str, Any]] | None = None) -> None:
+        """Refresh ``updated_at`` (and, given ``nodes``, the per-node states it returns) at most every
+        :data:`HEARTBEAT_S`: cheap to call from the driver loop."""
         now = time.time()
         if now - self._last_beat >= HEARTBEAT_S:
             self._last_beat = now
+            changes: dict[str, Any] = {"updated_at": now}
+            if nodes is not None:
+                changes["nodes"] = nodes()
             try:
-                self.update(updated_at=now)
+                self.update(**changes)
             except Exception as exc:  # a missed beat is not worth failing the run
                 log.warning("could not refresh the run manifest: %s", exc)
 

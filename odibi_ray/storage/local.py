@@ -1,30 +1,32 @@
 """``LocalStorage``: the :class:`~odibi_ray.storage.base.Storage` interface over a local (or mounted) folder.
 
 Layout: the object ``a/b/c`` is the plain file ``<root>/a/b/c`` holding exactly the bytes put, so other tools
-(pyarrow, pandas, ``cat``) read it directly. Its metadata lives beside it in a sidecar,
-``<root>/a/b/.odibi-meta.c.json``: ETag, size, metadata, and the inode, size and ``mtime_ns`` of the data file
-it was written with. A sidecar whose recorded inode/size/mtime do not match the data file is stale (a crash
-between the two renames of a put, or the file rewritten by another tool) and is ignored. A data file without
-a valid sidecar (e.g. dropped into the folder by another tool) reads as an object with no metadata and an ETag
-made from its inode, size and mtime. A sidecar without its data file is no object. Pairing relies on inode
-numbers: a copy of the folder by a tool that changes inodes (``cp -a``, rsync) keeps the data but drops the
-metadata (the objects read as plain files).
+(pyarrow, pandas, ``cat``) read it directly. Its metadata (ETag, metadata, and the size and ``mtime_ns`` the data
+file was written with) lives in the file's own extended attribute ``user.odibi.meta``: data and metadata are one
+inode, so they appear together atomically and a put is one file. Where the filesystem has no user extended
+attributes (or an object's metadata is too large for one), the metadata lives beside the file in a sidecar,
+``<root>/a/b/.odibi-meta.c.json``, which also records the data file's inode; a sidecar that does not match its
+data file is stale (a crash between the two renames of a put, or the file rewritten by another tool) and is
+ignored. Stores written with sidecars only (before extended attributes were used) read as before. A data file
+without valid metadata (e.g. dropped into the folder by another tool) reads as an object with no metadata and an
+ETag made from its inode, size and mtime. A file rewritten in place by another tool keeps its attribute but not its
+recorded size/mtime, so its metadata is dropped. Copies that keep extended attributes and mtimes (``cp -a``,
+``rsync -aX``) keep the metadata; others keep the data only.
 
-Writes: the bytes and the sidecar go to temp files in the target folder (``.odibi-tmp-*``), both fsync'ed,
-then, holding the key's exclusive ``fcntl.flock`` (one of 256 lock files under ``<root>/.odibi-locks/``,
-chosen by a hash of the key), the sidecar is moved in place first, then the data, with ``os.link``
-(create-only: fails if the name exists, so exactly one racing writer wins, across processes) or
-``os.replace``; then the folder is fsync'ed. Compare-and-swap checks the ETag under the same lock, so it is
-correct across processes. Delete removes data then sidecar under the exclusive lock, walking the folders
-from the root without following symlinks (never outside the root).
+Writes: the bytes go to a temp file in the target folder (``.odibi-tmp-*``), its metadata is set on it (fsync'ed
+when ``fsync``), then it is moved in place: create-only with ``os.link`` (fails if the name exists, so exactly
+one racing writer wins, across processes; no lock taken), overwrite and compare-and-swap with ``os.replace``
+holding the key's exclusive ``fcntl.flock`` (one of 256 lock stripes under ``<root>/.odibi-locks/``, chosen by a
+hash of the key), so an ETag check and the replace are one step across processes. With sidecars, the sidecar is
+moved in first, then the data, under the same lock. Delete removes data then sidecar under the exclusive lock,
+walking the folders from the root without following symlinks (never outside the root).
 
-Reads: ``get`` of bytes takes no lock (the data file is replaced atomically, a reader sees the old file or
-the whole new one). ``head``, ``get_with_info`` and ``list`` (which return ETags/metadata) take the key's lock
-*shared*, so they never pair the data of one write with the sidecar of another; ``get_with_info`` opens the
-data file under the lock and reads it after releasing it (the open file is that write's bytes). Where a reader
-cannot open a lock file (read-only mount, no permission to create it) it reads without one, still pairing by
-inode. Names starting with ``.odibi-`` are reserved: they are never listed and are refused as key segments.
-POSIX only (``fcntl``, hard links; the link falls back to a locked check where a filesystem has no hard links).
+Reads: an object with its metadata in its attribute is read lock-free from one open file (the inode is never
+changed in place, only replaced). Sidecar objects are paired under the key's lock *shared*, so a reader never
+pairs the data of one write with the sidecar of another. Where a reader cannot open a lock file (read-only
+mount, no permission to create it) it reads without one, still pairing by inode. Names starting with
+``.odibi-`` are reserved: they are never listed and are refused as key segments. POSIX only (``fcntl``, hard
+links; the link falls back to a locked check where a filesystem has no hard links).
 
 Limits: a key cannot be both an object and a "folder" of other keys (``a/b`` and ``a/b/c``); writing the
 second raises :class:`~odibi_ray.errors.InvalidURIError`. A key's last segment must leave room for the
@@ -65,18 +67,30 @@ _NO_HARDLINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errn
 _UNAVAILABLE = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENODEV, errno.ENXIO, errno.ESTALE,
                 errno.ENOTCONN, errno.EHOSTDOWN, errno.ETIMEDOUT}
 _READ_UNLOCKED = {errno.ENOENT, errno.EROFS, errno.EACCES, errno.EPERM}  # a reader that cannot make a lock file
+_XATTR = "user.odibi.meta"
+#: setxattr errors that mean "no user attributes on this filesystem" (fall back to sidecars for good)
+_NO_XATTR = {errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.ENOSYS}
+#: getxattr errors that mean "this file has no (readable) attribute": read its sidecar instead
+_NO_ATTR = _NO_XATTR | {errno.ENODATA, errno.ERANGE, errno.EACCES}
 _DIR_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class LocalStorage(Storage):
-    """Objects as plain files below a root folder, metadata in sidecars: atomic, safe for many processes."""
+    """Objects as plain files below a root folder, metadata in each file's extended attribute (or a sidecar):
+    atomic, safe for many processes."""
 
-    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True, create_root: bool = True) -> None:
+    #: A look-up is a stat and an attribute read: the checkpoint plan asks per key instead of listing.
+    local_lookups = True
+
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True, create_root: bool = True,
+                 xattrs: bool = True) -> None:
         """``root``: the folder (made absolute against the cwd now, so a pickled copy names the same folder).
 
         ``fsync``: flush data, sidecar and the folder entry to disk before a put returns; turn off only for
         scratch data. ``create_root``: make a missing root on the first write; False treats a missing root as an
         unavailable mount (``StorageUnavailableError``) instead of silently starting an empty folder.
+        ``xattrs``: keep metadata in the file's extended attribute (one file per object) where the filesystem
+        has them; False always writes sidecars (the format every reader understands).
         """
         if not isinstance(root, (str, os.PathLike)) or not os.fspath(root):
             raise InvalidURIError(f"LocalStorage root must be a non-empty path, got {root!r}")
@@ -86,6 +100,8 @@ class LocalStorage(Storage):
         self.root: str = os.path.abspath(os.path.expanduser(root_s))
         self.fsync = bool(fsync)
         self.create_root = bool(create_root)
+        self.xattrs = bool(xattrs)
+        self._xattrs_work = self.xattrs  # turned off in this process at the first filesystem that refuses them
         self.uri = Path(self.root).as_uri()
 
     @classmethod
@@ -112,10 +128,11 @@ class LocalStorage(Storage):
     # --- pickling: configuration only ---------------------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"root": self.root, "fsync": self.fsync, "create_root": self.create_root}
+        return {"root": self.root, "fsync": self.fsync, "create_root": self.create_root, "xattrs": self.xattrs}
 
     def __setstate__(self, state: Mapping[str, Any]) -> None:
-        self.__init__(state["root"], fsync=state["fsync"], create_root=state["create_root"])  # type: ignore[misc]
+        self.__init__(state["root"], fsync=state["fsync"], create_root=state["create_root"],  # type: ignore[misc]
+                      xattrs=state.get("xattrs", True))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, LocalStorage) and self.__getstate__() == other.__getstate__()
@@ -144,25 +161,23 @@ class LocalStorage(Storage):
         side = os.path.join(folder, _META + name + _META_END)
         view = memoryview(data).cast("B")
         etag = secrets.token_hex(16)
-        tmp, st = self._write_temp(key, folder, view)
+        tmp, st, in_attr = self._write_temp(key, folder, view, (etag, meta))
         side_tmp = None
         try:
-            record = {"etag": etag, "size": st.st_size, "ino": st.st_ino, "mtime_ns": st.st_mtime_ns,
-                      "metadata": meta}
-            side_tmp = self._write_temp(key, folder, json.dumps(record, separators=(",", ":")).encode())[0]
-            with self._locked(key):
-                self._refuse_folder(key, path)
-                if if_none_match:
-                    self._link_new(key, tmp, path, side_tmp, side)
-                else:
-                    if if_match is not None:
-                        current = self._current_etag(key, path, side)
-                        if current != if_match:
-                            what = "does not exist" if current is None else "has another ETag"
-                            raise PreconditionFailedError(f"put({key!r}) in {self.uri}: if_match failed, the "
-                                                          f"object {what}", key=key)
-                    self._os(key, "put", os.replace, side_tmp, side)  # sidecar first: a crash leaves it stale
-                    self._place(key, os.replace, tmp, path, side)
+            if in_attr:  # one file: data and metadata share the inode
+                self._move_in(key, tmp, path, side, if_none_match, if_match)
+            else:
+                record = {"etag": etag, "size": st.st_size, "ino": st.st_ino, "mtime_ns": st.st_mtime_ns,
+                          "metadata": meta}
+                side_tmp = self._write_temp(key, folder, json.dumps(record, separators=(",", ":")).encode())[0]
+                with self._locked(key):
+                    self._refuse_folder(key, path)
+                    if if_none_match:
+                        self._link_new(key, tmp, path, side_tmp, side)
+                    else:
+                        self._check_etag(key, path, side, if_match)
+                        self._os(key, "put", os.replace, side_tmp, side)  # sidecar first: a crash leaves it stale
+                        self._place(key, os.replace, tmp, path, side)
         finally:
             _unlink_quietly(tmp)
             if side_tmp is not None:
@@ -170,6 +185,40 @@ class LocalStorage(Storage):
         if self.fsync:
             _fsync_dir(folder)
         return ObjectInfo(key=key, size=view.nbytes, etag=etag, last_modified=st.st_mtime, metadata=meta)
+
+    def _move_in(self, key: str, tmp: str, path: str, side: str, if_none_match: bool, if_match: str | None) -> None:
+        """Move a temp file that carries its metadata in place: create-only by ``os.link`` (atomic, no lock),
+        else by ``os.replace`` under the key's exclusive lock (so a compare-and-swap is one step)."""
+        if if_none_match:
+            self._refuse_folder(key, path)
+            try:
+                os.link(tmp, path)  # fails if the name exists: exactly one of many racing writers wins
+                return
+            except FileExistsError:
+                self._refuse_folder(key, path)
+                raise AlreadyExistsError(f"put({key!r}) in {self.uri}: the object already exists", key=key) from None
+            except OSError as exc:
+                if exc.errno not in _NO_HARDLINK or os.path.lexists(path):
+                    raise self._map(exc, key, "put") from None
+            with self._locked(key):  # no hard links here: a locked check, then the rename
+                if os.path.lexists(path):
+                    raise AlreadyExistsError(f"put({key!r}) in {self.uri}: the object already exists", key=key)
+                self._os(key, "put", os.replace, tmp, path)
+            return
+        with self._locked(key):
+            self._refuse_folder(key, path)
+            self._check_etag(key, path, side, if_match)
+            self._os(key, "put", os.replace, tmp, path)
+        _unlink_quietly(side)  # an earlier write's sidecar, stale now
+
+    def _check_etag(self, key: str, path: str, side: str, if_match: str | None) -> None:
+        """``PreconditionFailedError`` unless ``if_match`` is None or the current ETag (the lock is held)."""
+        if if_match is None:
+            return
+        current = self._current_etag(key, path, side)
+        if current != if_match:
+            what = "does not exist" if current is None else "has another ETag"
+            raise PreconditionFailedError(f"put({key!r}) in {self.uri}: if_match failed, the object {what}", key=key)
 
     def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         """The object's bytes, or ``[start, end)`` of them (clamped to the object; ``end`` None: to the end)."""
@@ -185,16 +234,25 @@ class LocalStorage(Storage):
             os.close(fd)
 
     def get_with_info(self, key: str) -> tuple[bytes, ObjectInfo]:
-        """The whole object and its info, paired under the key's shared lock (so they belong together)."""
+        """The whole object and its info, read from one open file (its attribute), or paired with its sidecar
+        under the key's shared lock (so they belong together)."""
         path = self._path(key)
         self._require_root()
-        with self._locked(key, shared=True):
-            fd, st = self._open_data(key, path)
-            try:
-                info = self._pair(key, _sidecar(path), st)
-            except BaseException:
-                os.close(fd)
-                raise
+        fd, st = self._open_data(key, path)
+        try:
+            info = self._attr_info(key, fd, st)
+        except BaseException:
+            os.close(fd)
+            raise
+        if info is None:
+            os.close(fd)
+            with self._locked(key, shared=True):
+                fd, st = self._open_data(key, path)
+                try:
+                    info = self._pair(key, _sidecar(path), st, fd)
+                except BaseException:
+                    os.close(fd)
+                    raise
         try:  # the open file is that write's data even if another put replaces the name now
             return self._read(key, fd, 0, st.st_size), info
         finally:
@@ -204,7 +262,17 @@ class LocalStorage(Storage):
         """Size, ETag, mtime and metadata of ``key``; ``NotFoundError`` if absent."""
         path = self._path(key)
         self._require_root()
-        with self._locked(key, shared=True):
+        return self._info(key, path)
+
+    def _info(self, key: str, path: str) -> ObjectInfo:
+        fd, st = self._open_data(key, path)
+        try:
+            info = self._attr_info(key, fd, st)
+        finally:
+            os.close(fd)
+        if info is not None:
+            return info
+        with self._locked(key, shared=True):  # a sidecar object (or a plain file): pair it under the lock
             return self._pair(key, _sidecar(path), self._stat_data(key, path))
 
     def list(self, prefix: str = "", *, with_metadata: bool = False) -> Iterator[ObjectInfo]:
@@ -216,8 +284,7 @@ class LocalStorage(Storage):
     def _list(self, prefix: str, with_metadata: bool) -> Iterator[ObjectInfo]:
         for key, path, _ in self._walk(prefix, orphans=False):
             try:
-                with self._locked(key, shared=True):  # the ETag is always returned: pair it like head
-                    info = self._pair(key, _sidecar(path), self._stat_data(key, path))
+                info = self._info(key, path)  # the ETag is always returned: read it like head
             except NotFoundError:  # deleted (or replaced by a folder) since the folder was read
                 continue
             yield info if with_metadata else ObjectInfo(info.key, info.size, info.etag, info.last_modified, {})
@@ -313,14 +380,37 @@ class LocalStorage(Storage):
             raise NotFoundError(f"{key!r} not found in {self.uri}", key=key)
         return st
 
-    def _pair(self, key: str, side: str, st: os.stat_result) -> ObjectInfo:
-        """The info of the data file ``st``: from its sidecar if that was written with this very file."""
+    def _pair(self, key: str, side: str, st: os.stat_result, target: int | str | None = None) -> ObjectInfo:
+        """The info of the data file ``st``: from its attribute, else from its sidecar if that was written with
+        this very file (``target``: the open file or its path, for the attribute; default the sidecar's data)."""
+        info = self._attr_info(key, _data_of(side) if target is None else target, st)
+        if info is not None:
+            return info
         record = self._read_sidecar(key, side)
         if (record is not None and record["ino"] == st.st_ino and record["size"] == st.st_size
                 and record["mtime_ns"] == st.st_mtime_ns):
             return ObjectInfo(key, st.st_size, record["etag"], st.st_mtime, record["metadata"])
         # No sidecar, or a stale one (a crash between a put's two renames, or the file rewritten by another tool).
         return ObjectInfo(key, st.st_size, f"w-{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}", st.st_mtime, {})
+
+    def _attr_info(self, key: str, target: int | str, st: os.stat_result) -> ObjectInfo | None:
+        """The info kept in the file's attribute (``target``: an open fd of it, or its path while the key's lock
+        is held), if it has one written with exactly this content (size and mtime); else None."""
+        try:
+            raw = os.getxattr(target, _XATTR)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno in _NO_ATTR:
+                return None
+            raise self._map(exc, key, "read") from None
+        record = _parse_record(raw, with_ino=False)
+        if record is None:
+            logger.warning("ignoring the unreadable metadata attribute of %r in %s", key, self.uri)
+            return None
+        if record["size"] != st.st_size or record["mtime_ns"] != st.st_mtime_ns:
+            return None  # rewritten in place by another tool: the attribute describes other bytes
+        return ObjectInfo(key, st.st_size, record["etag"], st.st_mtime, record["metadata"])
 
     def _read_sidecar(self, key: str, side: str) -> dict[str, Any] | None:
         """The parsed sidecar, or None when there is none or it cannot be trusted."""
@@ -342,17 +432,9 @@ class LocalStorage(Storage):
             raise self._map(exc, key, "read") from None
         finally:
             os.close(fd)
-        try:
-            record = json.loads(b"".join(chunks))
-            meta = record["metadata"]
-            valid = (isinstance(record["etag"], str) and bool(record["etag"]) and isinstance(meta, dict)
-                     and all(type(record[f]) is int for f in ("size", "ino", "mtime_ns"))
-                     and all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()))
-        except (ValueError, KeyError, TypeError):
-            valid = False
-        if not valid:
+        record = _parse_record(b"".join(chunks), with_ino=True)
+        if record is None:
             logger.warning("ignoring the unreadable metadata sidecar of %r in %s", key, self.uri)
-            return None
         return record
 
     def _read(self, key: str, fd: int, offset: int, size: int) -> bytes:
@@ -407,8 +489,10 @@ class LocalStorage(Storage):
 
     # --- writing ------------------------------------------------------------------------------------
 
-    def _write_temp(self, key: str, folder: str, data: bytes | memoryview) -> tuple[str, os.stat_result]:
-        """Write ``data`` to a fresh temp file in ``folder`` (made if missing); its name and stat."""
+    def _write_temp(self, key: str, folder: str, data: bytes | memoryview,
+                    attr: tuple[str, dict[str, str]] | None = None) -> tuple[str, os.stat_result, bool]:
+        """Write ``data`` to a fresh temp file in ``folder`` (made if missing); its name, its stat, and whether
+        ``attr`` (ETag, metadata) was set as its metadata attribute (else the caller writes a sidecar)."""
         self._require_root()
         tmp = os.path.join(folder, _TMP + secrets.token_hex(8))
         for attempt in range(5):
@@ -428,9 +512,10 @@ class LocalStorage(Storage):
         try:
             try:
                 _write_all(fd, data)
+                st = os.fstat(fd)
+                in_attr = attr is not None and self._set_attr(fd, st, *attr)
                 if self.fsync:
                     os.fsync(fd)
-                st = os.fstat(fd)
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -439,7 +524,25 @@ class LocalStorage(Storage):
         except BaseException:
             _unlink_quietly(tmp)
             raise
-        return tmp, st
+        return tmp, st, in_attr
+
+    def _set_attr(self, fd: int, st: os.stat_result, etag: str, meta: dict[str, str]) -> bool:
+        """Set the metadata attribute on the open temp file; False where it cannot hold it (the filesystem has no
+        user attributes: sidecars from now on in this process; or this metadata is too large for one)."""
+        if not self._xattrs_work:
+            return False
+        record = {"etag": etag, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "metadata": meta}
+        try:
+            os.setxattr(fd, _XATTR, json.dumps(record, separators=(",", ":")).encode())
+            return True
+        except OSError as exc:
+            if exc.errno in _NO_XATTR:
+                self._xattrs_work = False
+                logger.info("%s has no user extended attributes: metadata goes to sidecar files", self.uri)
+                return False
+            if exc.errno in (errno.E2BIG, errno.ENOSPC, errno.ERANGE):
+                return False  # too large for an attribute here: this object gets a sidecar
+            raise
 
     def _refuse_folder(self, key: str, path: str) -> None:
         """``InvalidURIError`` if ``key`` names a folder of other keys (checked before any rename)."""
@@ -617,6 +720,27 @@ def _sidecar(path: str) -> str:
     """The metadata sidecar of the data file ``path``: ``.odibi-meta.<name>.json`` in the same folder."""
     folder, name = os.path.split(path)
     return os.path.join(folder, _META + name + _META_END)
+
+
+def _data_of(side: str) -> str:
+    """The data file of the sidecar ``side`` (inverse of :func:`_sidecar`)."""
+    folder, name = os.path.split(side)
+    return os.path.join(folder, name[len(_META):-len(_META_END)])
+
+
+def _parse_record(raw: bytes, with_ino: bool) -> dict[str, Any] | None:
+    """A metadata record (attribute or sidecar) if well formed: etag, size, mtime_ns (and ino for a sidecar),
+    metadata (str -> str)."""
+    try:
+        record = json.loads(raw)
+        meta = record["metadata"]
+        ints = ("size", "mtime_ns", "ino") if with_ino else ("size", "mtime_ns")
+        valid = (isinstance(record["etag"], str) and bool(record["etag"]) and isinstance(meta, dict)
+                 and all(type(record[f]) is int for f in ints)
+                 and all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()))
+    except (ValueError, KeyError, TypeError):
+        return None
+    return record if valid else None
 
 
 def _check_range(key: str, start: int | None, end: int | None) -> None:

@@ -93,19 +93,19 @@ stamp job
 "$RAY" job status --address "http://127.0.0.1:$DASH_PORT" --log-style record --log-color false etl_job >"$WORK/job_status.log" 2>&1 || true
 grep -q "Job .etl_job. succeeded" "$WORK/job_status.log" || { echo "JOB NOT SUCCEEDED"; cat "$WORK/job_status.log"; exit 1; }
 
-# Read the node records back from Azurite, with the same URI and options as the job.
+# Read the checkpoints' provenance back from Azurite, with the same URI and options as the job.
 "$PY" - "127.0.0.1:$GCS_PORT" "$URI" "$ENDPOINT" 2>"$WORK/reader.log" <<'PYEOF' || { cat "$WORK/reader.log"; exit 1; }
 import json, sys
 import ray
+from odibi_ray.checkpoint import run_checkpoints
 from odibi_ray.storage.uri import open_storage
 address, uri, endpoint = sys.argv[1:4]
 store = open_storage(uri, endpoint=endpoint, account_key="env://AZ_KEY")
 runs = sorted({info.key.split("/")[2] for info in store.list("runs/etl_sales/")})
 records = {}
 for run_id in runs:
-    for info in store.list(f"runs/etl_sales/{run_id}/nodes/"):
-        body = json.loads(store.get(info.key))
-        records[info.key.rsplit("/", 1)[1][:-len(".json")]] = body.get("ray_node_id")
+    for node, meta in run_checkpoints(store, "etl_sales", run_id).items():
+        records[node] = meta.ray_node_id
 manifest = json.loads(store.get(f"runs/etl_sales/{runs[-1]}/run.json")) if runs else {}
 ray.init(address=address, logging_level="ERROR")
 nodes = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}

@@ -15,7 +15,7 @@ import sys
 import ray
 
 from odibi_ray import DAG, run
-from odibi_ray.checkpoint import layout
+from odibi_ray.checkpoint import run_checkpoints
 from odibi_ray.storage.uri import open_storage
 
 dag = DAG("two_nodes")
@@ -51,10 +51,8 @@ def main() -> None:
     result.raise_for_status()
     nodes = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
     store = open_storage(storage)
-    records = {}
-    for name in dag.nodes:  # the record each worker wrote after its checkpoint, read back from storage
-        body = json.loads(store.get(layout.record_key(dag.name, result.run_id, name)))
-        records[name] = body["ray_node_id"]
+    # the Ray node each worker's checkpoint names, read back from storage
+    records = {name: meta.ray_node_id for name, meta in run_checkpoints(store, dag.name, result.run_id).items()}
     print("RESULT " + json.dumps({"nodes": nodes, "records": records, "join": result["join"],
                                   "outputs": {n: result[n] for n in ("on_first", "on_second", "plain")}}))
 

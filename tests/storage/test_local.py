@@ -7,6 +7,7 @@ or a child that dies with ``os._exit`` in the middle of a put).
 
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing
 import os
@@ -282,7 +283,55 @@ def test_etag_changes_on_every_write_even_within_one_millisecond(local_storage: 
 # --- layout ----------------------------------------------------------------------------------------------------------
 
 
-def test_the_data_file_is_exactly_the_bytes_put_and_its_metadata_sits_beside_it(local_storage: LocalStorage) -> None:
+@pytest.fixture
+def sidecar_storage(tmp_path) -> LocalStorage:
+    """A LocalStorage that keeps metadata in sidecar files (as on a filesystem without extended attributes)."""
+    return LocalStorage(tmp_path / "store", xattrs=False)
+
+
+def test_one_object_is_one_file_with_its_metadata_in_an_extended_attribute(local_storage: LocalStorage) -> None:
+    root = Path(local_storage.root)
+    info = local_storage.put("a/b/c.txt", b"hello", {"codec": "text"}, if_none_match=True)
+    assert os.listdir(root) == ["a"]  # a create-only put takes no lock: no lock folder, no sidecar, no temp file
+    assert os.listdir(root / "a" / "b") == ["c.txt"]
+    path = root / "a" / "b" / "c.txt"
+    assert path.read_bytes() == b"hello"  # no header: the bytes put, nothing else
+    record = json.loads(os.getxattr(path, "user.odibi.meta"))
+    st = os.stat(path)
+    assert record == {"etag": info.etag, "size": 5, "mtime_ns": st.st_mtime_ns, "metadata": {"codec": "text"}}
+    again = local_storage.put("a/b/c.txt", b"hello again", {"codec": "v2"}, if_match=info.etag)
+    assert os.listdir(root / "a" / "b") == ["c.txt"]
+    assert local_storage.get_with_info("a/b/c.txt") == (b"hello again", again)
+    assert sorted(os.listdir(root)) == [".odibi-locks", "a"]  # compare-and-swap holds a lock stripe (256 at most)
+    assert len(os.listdir(root / ".odibi-locks")) == 1
+
+
+def test_a_sidecar_store_is_read_and_taken_over_by_an_attribute_store(sidecar_storage: LocalStorage) -> None:
+    root = Path(sidecar_storage.root)
+    old = sidecar_storage.put("k/v", b"old", {"m": "sidecar"})
+    assert sorted(os.listdir(root / "k")) == [".odibi-meta.v.json", "v"]
+    modern = LocalStorage(root)
+    assert modern.head("k/v") == sidecar_storage.head("k/v") == old
+    with pytest.raises(AlreadyExistsError):
+        modern.put("k/v", b"new", if_none_match=True)
+    new = modern.put("k/v", b"new", {"m": "attr"}, if_match=old.etag)
+    assert os.listdir(root / "k") == ["v"]  # the stale sidecar went with the old data
+    assert sidecar_storage.get_with_info("k/v") == modern.get_with_info("k/v") == (b"new", new)
+
+
+def test_no_attributes_on_the_filesystem_means_sidecars(tmp_path, monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise OSError(errno.ENOTSUP, "Operation not supported")
+
+    monkeypatch.setattr(os, "setxattr", refuse)
+    storage = LocalStorage(tmp_path / "s")
+    info = storage.put("x/y", b"data", {"m": "1"}, if_none_match=True)
+    assert sorted(os.listdir(tmp_path / "s" / "x")) == [".odibi-meta.y.json", "y"]
+    assert storage.head("x/y") == info and storage.get_with_info("x/y") == (b"data", info)
+
+
+def test_the_data_file_is_exactly_the_bytes_put_and_its_metadata_sits_beside_it(sidecar_storage: LocalStorage) -> None:
+    local_storage = sidecar_storage
     root = Path(local_storage.root)
     first = local_storage.put("a/b/c.txt", b"hello", {"codec": "text"})
     info = local_storage.put("a/b/c.txt", b"hello again", {"codec": "v2"}, if_match=first.etag)
@@ -311,7 +360,7 @@ def test_parquet_written_through_the_cloud_adapter_is_a_plain_parquet_file(tmp_p
     path = tmp_path / "out" / "data.parquet"
     assert pq.read_table(str(path)).equals(table)  # opened by path, as any Parquet file
     assert pd.read_parquet(path)["id"].tolist() == [1, 2, 3]
-    assert sidecar(tmp_path, "out/data.parquet").is_file()
+    assert os.listdir(tmp_path / "out") == ["data.parquet"]  # its metadata is in the file's attribute
     assert LocalStorage(tmp_path).head("out/data.parquet").metadata == {"codec": "parquet"}
     assert adapter.list("out/", pattern="*.parquet") == ["out/data.parquet"]
     assert adapter.read("out/data.parquet").equals(table)
@@ -321,7 +370,7 @@ def test_parquet_written_through_the_cloud_adapter_is_a_plain_parquet_file(tmp_p
 CRASH = textwrap.dedent("""
     import os, sys
     from odibi_ray.storage.local import LocalStorage
-    root, key, mode = sys.argv[1:4]
+    root, key, mode = sys.argv[1:4]  # sidecars: the layout with two renames
     name = key.rsplit("/", 1)[-1]
 
     def dies_on_data(real):
@@ -332,7 +381,7 @@ CRASH = textwrap.dedent("""
         return move
 
     os.replace, os.link = dies_on_data(os.replace), dies_on_data(os.link)
-    LocalStorage(root).put(key, b"new bytes!", {"writer": "crashed"}, if_none_match=mode == "create")
+    LocalStorage(root, xattrs=False).put(key, b"new bytes!", {"writer": "crashed"}, if_none_match=mode == "create")
     os._exit(0)
 """)
 
@@ -343,7 +392,8 @@ def crash_between_renames(root: Path, key: str, mode: str) -> None:
     assert proc.returncode == 17, proc.stderr
 
 
-def test_a_crash_between_the_renames_leaves_a_stale_sidecar_that_is_not_trusted(local_storage: LocalStorage) -> None:
+def test_a_crash_between_the_renames_leaves_a_stale_sidecar_that_is_not_trusted(sidecar_storage: LocalStorage) -> None:
+    local_storage = sidecar_storage
     root = Path(local_storage.root)
     old = local_storage.put("c/obj", b"old bytes", {"writer": "old"})
     crash_between_renames(root, "c/obj", "replace")
@@ -364,7 +414,8 @@ def test_a_crash_between_the_renames_leaves_a_stale_sidecar_that_is_not_trusted(
     assert (local_storage.get("c/obj"), local_storage.head("c/obj").metadata) == (b"fixed", {"writer": "new"})
 
 
-def test_a_crashed_create_leaves_a_sidecar_without_data_which_is_no_object(local_storage: LocalStorage) -> None:
+def test_a_crashed_create_leaves_a_sidecar_without_data_which_is_no_object(sidecar_storage: LocalStorage) -> None:
+    local_storage = sidecar_storage
     root = Path(local_storage.root)
     local_storage.put("n/keep", b"k", {"m": "keep"})
     for key in ("n/first", "n/second", "n/third"):
@@ -385,7 +436,9 @@ def test_a_crashed_create_leaves_a_sidecar_without_data_which_is_no_object(local
     assert list(local_storage.list()) == []
 
 
-def test_a_data_file_changed_by_another_tool_drops_the_stale_metadata(local_storage: LocalStorage) -> None:
+@pytest.mark.parametrize("xattrs", [True, False], ids=["attribute", "sidecar"])
+def test_a_data_file_changed_by_another_tool_drops_the_stale_metadata(tmp_path, xattrs: bool) -> None:
+    local_storage = LocalStorage(tmp_path / "store", xattrs=xattrs)
     root = Path(local_storage.root)
     path, other = root / "f" / "obj", root / "f" / "other"
 
@@ -400,8 +453,15 @@ def test_a_data_file_changed_by_another_tool_drops_the_stale_metadata(local_stor
     changes = {"rewritten in place, other size": lambda: path.write_bytes(b"longer than before"),
                "replaced by a file of the same size": replaced_by_a_file_of_the_same_size,
                "rewritten in place, same size": rewritten_in_place_later,
-               "sidecar garbled": lambda: sidecar(root, "f/obj").write_bytes(b"{not json"),
-               "sidecar of another shape": lambda: sidecar(root, "f/obj").write_text('{"etag": 1}')}
+               "metadata garbled": lambda: garble(b"{not json"),
+               "metadata of another shape": lambda: garble(b'{"etag": 1}')}
+
+    def garble(record: bytes) -> None:
+        if xattrs:
+            os.setxattr(path, "user.odibi.meta", record)
+        else:
+            sidecar(root, "f/obj").write_bytes(record)
+
     for name, change in changes.items():
         put = local_storage.put("f/obj", b"0123456789", {"m": "v"})
         change()
@@ -414,7 +474,8 @@ def test_a_data_file_changed_by_another_tool_drops_the_stale_metadata(local_stor
             local_storage.put("f/obj", b"x", if_match=put.etag)
 
 
-def test_delete_removes_data_and_sidecar_and_never_goes_through_a_link(local_storage: LocalStorage, tmp_path) -> None:
+def test_delete_removes_data_and_sidecar_and_never_goes_through_a_link(sidecar_storage: LocalStorage, tmp_path) -> None:
+    local_storage = sidecar_storage
     root = Path(local_storage.root)
     local_storage.put("d/a", b"1", {"m": "1"})
     local_storage.put("d/b", b"2")
@@ -623,7 +684,8 @@ def test_permission_denied_is_an_auth_error(tmp_path) -> None:
 
 def test_pickles_as_configuration_only(local_storage: LocalStorage) -> None:
     local_storage.put("k", b"v")
-    assert local_storage.__getstate__() == {"root": local_storage.root, "fsync": True, "create_root": True}
+    assert local_storage.__getstate__() == {"root": local_storage.root, "fsync": True, "create_root": True,
+                                            "xattrs": True}
     copy = pickle.loads(pickle.dumps(local_storage))
     assert copy == local_storage and copy.get("k") == b"v"
 
@@ -648,4 +710,7 @@ def test_fsync_off_still_round_trips(tmp_path, monkeypatch) -> None:
     assert storage.get_with_info("a/b")[0] == b"fast" and storage.head("a/b").metadata == {"m": "1"}
     assert synced == []
     LocalStorage(tmp_path / "s").put("a/b", b"safe", {"m": "2"})
-    assert len(synced) == 3  # the data file, its sidecar, and the folder holding both
+    assert len(synced) == 2  # the data file (its metadata in its attribute) and the folder holding it
+    synced.clear()
+    LocalStorage(tmp_path / "s", xattrs=False).put("a/b", b"safe", {"m": "3"})
+    assert len(synced) == 3  # with sidecars: the data file, its sidecar, and the folder holding both

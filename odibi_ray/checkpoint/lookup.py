@@ -1,0 +1,69 @@
+"""Finding a run's stored outputs before it runs, at a cost that grows with the pipeline, not with the store.
+
+Two ways, picked by what is cheap on the adapter (measured in benchmarks/bench_checkpoint.py):
+- a look-up per key (``head``): on a local folder one ``stat`` and one attribute read, microseconds each;
+- on remote stores, where a request costs milliseconds, one listing of the pipeline's own prefix
+  (``objects/<pipeline>/``), bounded: if the pipeline has stored many more objects than the run needs (a long
+  history), the listing stops and the keys are looked up one by one, concurrently.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Mapping
+
+from ..errors import NotFoundError
+from ..storage.base import ObjectInfo, Storage
+from . import layout
+
+log = logging.getLogger(__name__)
+
+#: Up to this many keys a remote store is asked key by key (a listing is one request, but pages of metadata).
+HEAD_BELOW = 16
+#: A listing stops after max(LIST_FLOOR, LIST_FACTOR x keys) entries: past that, look-ups are cheaper.
+LIST_FLOOR = 5000
+LIST_FACTOR = 4
+#: Concurrent look-ups against a remote store.
+LOOKUP_THREADS = 16
+
+
+def find_objects(storage: Storage, pipeline: str, wanted: Mapping[str, str]) -> dict[str, ObjectInfo]:
+    """The stored objects among ``wanted`` (name -> object key under ``objects/<pipeline>/``), by name."""
+    if not wanted:
+        return {}
+    if getattr(storage, "local_lookups", False) or len(wanted) < HEAD_BELOW:
+        return head_each(storage, wanted)
+    listed = _bounded_listing(storage, layout.objects_prefix(pipeline), max(LIST_FLOOR, LIST_FACTOR * len(wanted)))
+    if listed is None:
+        log.debug("pipeline %r has many stored objects: looking up its %d keys one by one", pipeline, len(wanted))
+        return head_each(storage, wanted)
+    return {name: listed[key] for name, key in wanted.items() if key in listed}
+
+
+def head_each(storage: Storage, wanted: Mapping[str, str]) -> dict[str, ObjectInfo]:
+    """One ``head`` per key: in this thread on a local folder, else concurrently."""
+    items = list(wanted.items())
+    if getattr(storage, "local_lookups", False) or len(items) < 4:
+        infos = [_head(storage, key) for _, key in items]
+    else:
+        with ThreadPoolExecutor(min(LOOKUP_THREADS, len(items)), thread_name_prefix="odibi-lookup") as pool:
+            infos = list(pool.map(lambda item: _head(storage, item[1]), items))
+    return {name: info for (name, _), info in zip(items, infos) if info is not None}
+
+
+def _head(storage: Storage, key: str) -> ObjectInfo | None:
+    try:
+        return storage.head(key)
+    except NotFoundError:
+        return None
+
+
+def _bounded_listing(storage: Storage, prefix: str, limit: int) -> dict[str, ObjectInfo] | None:
+    """Every object under ``prefix`` with its metadata, or None once there are more than ``limit``."""
+    out: dict[str, ObjectInfo] = {}
+    for info in storage.list(prefix, with_metadata=True):
+        out[info.key] = info
+        if len(out) > limit:
+            return None
+    return out
