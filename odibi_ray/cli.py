@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import sys
+import urllib.parse
 from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
@@ -24,6 +25,7 @@ from rich.table import Table
 from .checkpoint import keep_last_n, purge
 from .checkpoint import layout
 from .checkpoint.legacy import check_readable
+from .checkpoint.objectmeta import CheckpointMeta
 from .checkpoint.runs import node_statuses
 from .checkpoint.store import RunManifest, effective_status, list_runs
 from .dag import DAG
@@ -373,19 +375,22 @@ def cache_ls(
     pipeline: Optional[str] = typer.Option(None, help="Pipeline (for its default storage only)."),
     node: Optional[str] = typer.Option(None, help="Only outputs written for this node name."),
 ) -> None:
-    """List the stored node outputs (key, node, size, codec, created, expires)."""
+    """List the stored node outputs (key, pipeline, node, run, size, codec, created, expires)."""
     _, store = _open(pipeline, storage, need_pipeline=False)
     table = Table(title=f"cache in {redact_uri(store.uri)}")
-    for col in ("key", "node", "bytes", "codec", "created", "expires"):
+    for col in ("key", "pipeline", "node", "run", "bytes", "codec", "created", "expires"):
         table.add_column(col)
     count = 0
     for info in store.list("objects/", with_metadata=True):
-        meta = info.metadata
-        if node is not None and meta.get("node") != node:
+        meta = CheckpointMeta.from_info(info)
+        shown = meta.node if meta else urllib.parse.unquote(info.metadata.get("node", ""))
+        if node is not None and shown != node:
             continue
         count += 1
-        table.add_row(info.key.rsplit("/", 1)[-1][:16], meta.get("node", ""), str(info.size), meta.get("codec", ""),
-                      _ts(meta.get("created")), _ts(meta.get("expires_at")) or "never")
+        expires = _ts(meta.expires_at) if meta and meta.expires_at else ("never" if meta else "damaged")
+        table.add_row(info.key.rsplit("/", 1)[-1][:16], meta.pipeline if meta else "", shown,
+                      meta.run_id if meta else "", str(info.size), meta.codec if meta else "",
+                      _ts(meta.created) if meta else "", expires)
     Console().print(table)
     typer.echo(f"{count} object(s)")
 

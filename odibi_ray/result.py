@@ -89,6 +89,7 @@ class AttemptRecord:
     bytes_written: int = 0  # checkpoint bytes this attempt wrote (0 when a concurrent run's object was reused)
     bytes_read: int = 0  # stored inputs it read
     storage_s: float = 0.0  # seconds it spent in storage calls
+    confirmed: bool = False  # its checkpoint, written behind, was confirmed stored (checkpoint/writeback.py)
 
     @property
     def duration_s(self) -> float | None:

@@ -66,7 +66,7 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
         fail_fast: bool = False, seed: int | None = None, progress: bool | ProgressSink | None = None,
         max_workers: int | None = None, ray_init_kwargs: dict[str, Any] | None = None,
         wait_for_resources: bool = False, run_id: str | None = None, metrics: bool = True,
-        metrics_namespace: str = "default") -> RunResult:
+        metrics_namespace: str = "default", write_behind: bool | None = None) -> RunResult:
     """Run a DAG once and return its :class:`RunResult` (it does not raise for failed nodes:
     call ``result.raise_for_status()``).
 
@@ -88,6 +88,9 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
     made it); nodes whose output is
     fresh in the cache are not run at all (status ``cached``). ``resume="latest"`` or a run id takes
     over that run and reruns only what it had not finished (status ``resumed`` for the rest).
+    ``write_behind``: workers queue their checkpoint and return at once, the driver confirms every write before
+    the run ends (checkpoint/writeback.py); default: on for remote stores with the Ray backend, off for local
+    folders (nothing to hide there).
     """
     levels = dag.levels()  # validates: nothing runs on an invalid DAG
     store = open_checkpoint_storage(storage, storage_options) if isinstance(storage, str) else storage
@@ -112,7 +115,8 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
             rid = manifest.run_id
         else:
             rid = run_id or new_run_id()
-        plan = plan_checkpoints(dag, order, store, rid, records)
+        behind = write_behind if write_behind is not None else (be.name == "ray" and not store.local_lookups)
+        plan = plan_checkpoints(dag, order, store, rid, records, write_behind=behind)
         if manifest is None:
             manifest = open_new_run(store, dag, rid, plan.keys, levels)
     log.info("run %s of %r: %d nodes in %d levels on %s", rid, dag.name, len(dag), len(levels), be.name)

@@ -28,7 +28,8 @@ from .checkpoint.codecs import CodecError
 from .errors import CorruptObjectError, NodeTimeoutError, NotFoundError, OutputUnavailableError, StorageError
 from .policy import SYSTEM_FAILURE_KINDS, RetryPolicy, compute_delay
 from .checkpoint.plan import CheckpointPlan
-from .checkpoint.store import HEARTBEAT_S, StoredRef
+from .checkpoint.store import HEARTBEAT_S, Provenance, StoredRef
+from .checkpoint.writeback import confirm_writes
 from .result import AttemptRecord, ErrorInfo, NodeRecord, NodeStatus, RunResult
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ class Scheduler:
                 if not self._inputs[n]:
                     heapq.heappush(self._ready, (self._rank[n], n))
             self._loop()
+            self._confirm_writes()
         finally:
             self.progress.stop()
         return RunResult(self.dag.name, self.run_id, self.backend.name, self.levels, self.records, started,
@@ -164,6 +166,7 @@ class Scheduler:
             pass
         self._reopen(name, "stored output was unusable when the result read it; recomputed")
         self._loop()
+        self._confirm_writes()
         rec = self.records[name]
         if rec.status is not NodeStatus.SUCCEEDED:
             detail = f" ({rec.error.type_name}: {rec.error.message})" if rec.error else ""
@@ -205,6 +208,28 @@ class Scheduler:
                 done.sort(key=lambda h: self._rank[self._inflight[h][0]])  # inputs before their consumers
                 for handle, meta in zip(done, self.backend.outcomes(done)):
                     self._finish_attempt(handle, meta)
+
+    def _confirm_writes(self) -> None:
+        """Wait for the checkpoints workers wrote behind (see checkpoint/writeback.py): a node counts as
+        checkpointed only once its object is stored. One that cannot be written at all fails its node."""
+        cp = self.checkpoint
+        pending = {}
+        for name, rec in self.records.items():
+            if rec.status is NodeStatus.SUCCEEDED and cp is not None and cp.targets[name].write_behind:
+                att = rec.attempt_history[-1]
+                if not att.confirmed:
+                    pending[name] = Provenance(att.number, att.worker_node_id or "", att.worker_pid or 0,
+                                              att.started_at or 0.0, att.ended_at or 0.0)
+        if not pending:
+            return
+        for name, outcome in confirm_writes(cp.targets, pending, lambda n: self.backend.fetch(self._live[n])).items():
+            rec = self.records[name]
+            att = rec.attempt_history[-1]
+            att.bytes_written, att.confirmed = outcome.bytes_written, True
+            if outcome.error is not None:  # computed (its consumers used it) but never checkpointed: not done
+                att.error = rec.error = error_info(outcome.error, kind="storage")
+                rec.status = NodeStatus.FAILED
+                log.error("node %r: its checkpoint could not be written: %s", name, outcome.error)
 
     def _wait_window(self) -> list[Hashable]:
         """The in-flight attempts one wait watches: all of them when few; else the oldest half-window

@@ -32,7 +32,7 @@ def find_objects(storage: Storage, pipeline: str, wanted: Mapping[str, str]) -> 
     """The stored objects among ``wanted`` (name -> object key under ``objects/<pipeline>/``), by name."""
     if not wanted:
         return {}
-    if getattr(storage, "local_lookups", False) or len(wanted) < HEAD_BELOW:
+    if storage.local_lookups or len(wanted) < HEAD_BELOW:
         return head_each(storage, wanted)
     listed = _bounded_listing(storage, layout.objects_prefix(pipeline), max(LIST_FLOOR, LIST_FACTOR * len(wanted)))
     if listed is None:
@@ -44,7 +44,7 @@ def find_objects(storage: Storage, pipeline: str, wanted: Mapping[str, str]) -> 
 def head_each(storage: Storage, wanted: Mapping[str, str]) -> dict[str, ObjectInfo]:
     """One ``head`` per key: in this thread on a local folder, else concurrently."""
     items = list(wanted.items())
-    if getattr(storage, "local_lookups", False) or len(items) < 4:
+    if storage.local_lookups or len(items) < 4:
         infos = [_head(storage, key) for _, key in items]
     else:
         with ThreadPoolExecutor(min(LOOKUP_THREADS, len(items)), thread_name_prefix="odibi-lookup") as pool:

@@ -41,17 +41,19 @@ class CheckpointPlan:
 
 
 def plan_checkpoints(dag: DAG, order: list[str], storage: Storage, run_id: str,
-                     resumed: Mapping[str, str] | None = None) -> CheckpointPlan:
+                     resumed: Mapping[str, str] | None = None, write_behind: bool = False) -> CheckpointPlan:
     """Cache keys and reuse decisions for a run of ``dag`` on ``storage``.
 
     ``resumed``: when this run resumes an earlier one (same ``run_id``), that run's node statuses (node ->
     status); a node reused from an object the resumed run made is RESUMED, from another run's object CACHED.
     Nodes whose cache policy is off are looked up only when resuming (their key is this run's own).
+    ``write_behind``: workers queue their checkpoint and return (:mod:`.writeback`); the scheduler confirms.
     """
     legacy = store_layout(storage).legacy  # first: a new store gets its layout marker before any object
     keys = cache_keys(dag, order, run_id=run_id)  # cache=False: salted per run (checkpointed for resume only)
     policies = {n: dag.cache_policy_of(n) for n in order}
-    targets = {n: OutputTarget(storage, dag.name, run_id, n, keys[n], policies[n].ttl_s) for n in order}
+    targets = {n: OutputTarget(storage, dag.name, run_id, n, keys[n], policies[n].ttl_s, write_behind)
+               for n in order}
     wanted = {n: targets[n].object_key for n in order if policies[n].enabled or resumed is not None}
     found = _lookup(storage, dag.name, wanted, keys, legacy)
     plan = CheckpointPlan(storage, keys, targets)

@@ -46,6 +46,7 @@ class OutputTarget:
     node: str
     cache_key: str
     ttl_s: float | None
+    write_behind: bool = False  # the worker queues the write and returns (see .writeback)
 
     @property
     def object_key(self) -> str:
@@ -130,6 +131,7 @@ class RunManifest:
         self.key = layout.manifest_key(pipeline, run_id)
         self._last_beat = 0.0
         self.owner: dict[str, Any] | None = None  # the driver identity this process writes as
+        self._mine: tuple[dict[str, Any], str] | None = None  # the body and ETag this driver last wrote
 
     def read(self) -> tuple[dict[str, Any], ObjectInfo]:
         data, info = self.storage.get_with_info(self.key)
@@ -158,17 +160,23 @@ class RunManifest:
     def update(self, **changes: Any) -> dict[str, Any]:
         """Apply ``changes`` with compare-and-swap, retrying if another writer got in between. Refused
         (:class:`ExecutionError`) once another driver has taken the run over."""
-        for _ in range(20):
-            body, info = self.read()
+        for attempt in range(20):
+            if attempt == 0 and self._mine is not None:  # most often nobody else wrote since: no read needed
+                body, etag = dict(self._mine[0]), self._mine[1]
+            else:
+                body, info = self.read()
+                etag = info.etag
             if self.owner is not None and body.get("driver") != self.owner:
                 raise ExecutionError(f"run {self.run_id!r} of {self.pipeline!r} was taken over by another driver "
                                      f"({body.get('driver')}); this driver no longer writes its manifest")
             body.update(changes)
             try:
-                self._write(body, if_match=info.etag)
+                self._write(body, if_match=etag)
                 return body
             except PreconditionFailedError:
-                time.sleep(0.05)
+                self._mine = None
+                if attempt:
+                    time.sleep(0.05)
         raise PreconditionFailedError(f"run manifest {self.key!r} kept changing under this driver", key=self.key)
 
     def heartbeat(self, nodes: Callable[[], dict[str, Any]] | None = None) -> None:
@@ -187,9 +195,11 @@ class RunManifest:
 
     def _write(self, body: dict[str, Any], **cond: Any) -> None:
         body["updated_at"] = body.get("updated_at") or time.time()
-        self.storage.put(self.key, json.dumps(body, sort_keys=True, default=str).encode(),
-                         {"status": body["status"], "started_at": f"{body.get('started_at', 0):.6f}",
-                          "updated_at": f"{float(body['updated_at']):.6f}"}, **cond)
+        self._mine = None
+        info = self.storage.put(self.key, json.dumps(body, sort_keys=True, default=str).encode(),
+                                {"status": body["status"], "started_at": f"{body.get('started_at', 0):.6f}",
+                                 "updated_at": f"{float(body['updated_at']):.6f}"}, **cond)
+        self._mine = (dict(body), info.etag)
 
 
 def effective_status(body: dict[str, Any], now: float | None = None) -> str:

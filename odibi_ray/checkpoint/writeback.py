@@ -1,0 +1,106 @@
+"""Write-behind checkpoints: the worker hands its output to a writer thread of its own process and returns at
+once, so consumers start while the checkpoint is being written; the driver confirms every write before the run
+ends.
+
+Why: on a remote store a write is a request of milliseconds to tens of milliseconds (ADLS from another region:
+~20 ms). Written inline, every node of a chain waits for it; written behind, the chain runs at the speed of the
+tasks and the writes overlap each other. Consumers never need the checkpoint (they get the value through Ray's
+object store), and Merkle keys make any subset of stored objects consistent, so a write still in flight when a
+driver dies is just a node that resume recomputes.
+
+A node counts as checkpointed only once its object is confirmed: at the end of the run the driver looks the
+pending objects up (one listing, or look-ups, as the plan does) until all are there; one that does not appear
+(its worker process died with the write queued, or the write failed) is written by the driver itself from the
+value Ray holds, and if that fails too the node fails with the storage error. Used on remote stores by default;
+on a local folder a write costs a few hundred microseconds of CPU and there is no latency to hide (measured in
+benchmarks/bench_checkpoint.py), so it stays inline there.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from ..errors import StorageError
+from .lookup import find_objects
+from .objectmeta import CheckpointMeta
+from .store import OutputTarget, Provenance, write_output
+
+log = logging.getLogger(__name__)
+
+#: Writer threads per worker process (writes are I/O: they overlap each other and the next tasks).
+WRITER_THREADS = 8
+#: The driver waits this long for a pending write to show up after the last one did, then writes it itself: a
+#: bit more than an adapter's own bounded retries take to give up on a dead endpoint (timeout_s, 10 s).
+CONFIRM_PATIENCE_S = 15.0
+CONFIRM_POLL_S = 0.01
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+# --- worker side ---------------------------------------------------------------------------------
+
+def write_behind(target: OutputTarget, value: Any, made: Provenance) -> None:
+    """Queue the checkpoint of ``value`` on this process's writer threads and return at once."""
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="odibi-writer")
+    _pool.submit(_write, target, value, made)
+
+
+def _write(target: OutputTarget, value: Any, made: Provenance) -> None:
+    try:
+        write_output(target, value, made)
+    except Exception as exc:  # the driver finds the object missing and writes it itself
+        log.warning("background checkpoint of node %r failed (%s: %s); the driver will write it", target.node,
+                    type(exc).__name__, exc)
+
+
+# --- driver side ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Confirmed:
+    """How a pending checkpoint ended: bytes this run wrote (0: another run's equal object was there first),
+    or the storage error that kept it from being written at all."""
+
+    bytes_written: int = 0
+    error: StorageError | None = None
+
+
+def confirm_writes(targets: Mapping[str, OutputTarget], pending: Mapping[str, Provenance],
+                   fetch: Callable[[str], Any]) -> dict[str, Confirmed]:
+    """Wait until the objects of ``pending`` (node -> what its attempt was) are stored; write the ones that never
+    show up from their values (``fetch(node)``) here. Returns each node's outcome."""
+    if not pending:
+        return {}
+    first = targets[next(iter(pending))]
+    wanted = {n: targets[n].object_key for n in pending}
+    out: dict[str, Confirmed] = {}
+    last_progress = time.monotonic()
+    while wanted and time.monotonic() - last_progress < CONFIRM_PATIENCE_S:
+        found = find_objects(first.storage, first.pipeline, wanted)
+        for node, info in found.items():
+            meta = CheckpointMeta.from_info(info)
+            if meta is None:
+                continue  # damaged: rewritten below if it stays so
+            ours = meta.run_id == targets[node].run_id and meta.attempt == pending[node].attempt
+            out[node] = Confirmed(info.size if ours else 0)
+            del wanted[node]
+        if found:
+            last_progress = time.monotonic()
+        elif wanted:
+            time.sleep(CONFIRM_POLL_S)
+    for node in list(wanted):
+        log.warning("checkpoint of node %r did not arrive from its worker; the driver writes it", node)
+        try:
+            out[node] = Confirmed(write_output(targets[node], fetch(node), pending[node]))
+        except StorageError as exc:
+            out[node] = Confirmed(error=exc)
+    return out
