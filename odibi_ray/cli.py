@@ -25,6 +25,7 @@ from rich.table import Table
 from .checkpoint import keep_last_n, purge
 from .checkpoint import layout
 from .checkpoint.legacy import check_readable
+from .checkpoint.migrate import migrate
 from .checkpoint.objectmeta import CheckpointMeta
 from .checkpoint.runs import node_statuses
 from .checkpoint.store import RunManifest, effective_status, list_runs
@@ -160,7 +161,7 @@ def _run_id(storage: Storage, pipeline: str, run_id: Optional[str]) -> str:
 def _written(storage: Storage, pipeline: str, run_id: str) -> int:
     """How many of a run's nodes ran and wrote their checkpoint (from its manifest, or a layout-1 run's records)."""
     statuses = node_statuses(storage, pipeline, run_id, _manifest(storage, pipeline, run_id))
-    return sum(1 for s in statuses.values() if s == "succeeded")
+    return sum(1 for s in statuses.values() if s.status == "succeeded")
 
 
 def _manifest(storage: Storage, pipeline: str, run_id: str) -> dict[str, Any]:
@@ -286,7 +287,8 @@ def status_cmd(
     for col in ("level", "node", "status", "attempts", "worker", "cache key", "error / reason"):
         table.add_column(col)
     for node, entry in sorted((body.get("nodes") or {}).items(), key=lambda kv: (kv[1].get("level", 0), kv[0])):
-        table.add_row(str(entry.get("level", "")), node, statuses.get(node) or "-", str(entry.get("attempts", "")),
+        table.add_row(str(entry.get("level", "")), node, statuses[node].status if node in statuses else "-",
+                      str(entry.get("attempts", "")),
                       str(entry.get("worker") or "")[:12], str(entry.get("key") or "")[:16],
                       str(entry.get("error") or entry.get("reason") or ""))
     Console().print(table)
@@ -460,6 +462,18 @@ def checkpoints_clean(
     for run in report.runs:
         typer.echo(("would remove run " if dry_run else "removed run ") + run)
     typer.echo(str(report))
+
+
+@checkpoints_app.command("migrate")
+@_user_errors
+def checkpoints_migrate(
+    pipeline: Optional[str] = typer.Option(None, help="Pipeline (for its default storage only)."),
+    storage: Optional[str] = typer.Option(None, help="Checkpoint storage URI."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would move; move nothing."),
+) -> None:
+    """Move a layout-1 store's outputs into layout 2 (objects/<pipeline>/...), checked, old copies removed."""
+    _, store = _open(pipeline, storage, need_pipeline=False)
+    typer.echo(str(migrate(store, dry_run=dry_run)))
 
 
 @app.command("demo")

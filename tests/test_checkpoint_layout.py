@@ -11,6 +11,7 @@ import pytest
 
 from odibi_ray import DAG, ExecutionError, Node, NodeStatus, run
 from odibi_ray.checkpoint import layout, legacy, lookup, run_checkpoints
+from odibi_ray.checkpoint.objectmeta import CheckpointMeta
 from odibi_ray.checkpoint.store import RunManifest
 from odibi_ray.storage.local import LocalStorage
 
@@ -174,3 +175,79 @@ def test_run_checkpoints_reads_back_what_each_worker_wrote(local_storage, marks)
     assert all(m.run_id == result.run_id and m.attempt == 1 and m.ray_node_id == "local" for m in written.values())
     again = run(pipeline(marks), backend="local", storage=local_storage, progress=False)
     assert run_checkpoints(local_storage, "lay", again.run_id) == {}  # all cached: it wrote nothing
+
+
+# --- resume trusts its manifest, and still never uses a missing or damaged object ---------------------------
+
+
+class HeadCountingStorage(LocalStorage):
+    """A real LocalStorage noting the keys the driver looks up (heads) and the prefixes it lists."""
+
+    heads: list[str] = []
+
+    def head(self, key):
+        HeadCountingStorage.heads.append(key)
+        return super().head(key)
+
+
+def test_resume_looks_up_only_the_unfinished_nodes(tmp_path, marks):
+    store = HeadCountingStorage(tmp_path / "s", fsync=False)
+    switch = tmp_path / "fixed"
+    dag = pipeline(marks, switch=switch)
+    failed = run(dag, backend="local", storage=store, progress=False)
+    switch.write_text("1")
+    HeadCountingStorage.heads = []
+    resumed = run(dag, backend="local", storage=store, resume=failed.run_id, progress=False).raise_for_status()
+    assert {n: r.status for n, r in resumed.nodes.items()} == {
+        "source": NodeStatus.RESUMED, "double": NodeStatus.RESUMED, "total": NodeStatus.RESUMED,
+        "flaky": NodeStatus.SUCCEEDED}
+    assert HeadCountingStorage.heads == [layout.object_key("lay", failed.nodes["flaky"].cache_key)]
+
+
+@pytest.mark.parametrize("damage", ["purged", "rotten"])
+def test_a_finished_nodes_object_gone_or_rotten_by_resume_is_computed_again(local_storage, marks, tmp_path, damage):
+    switch = tmp_path / "fixed"
+    dag = pipeline(marks, switch=switch)
+    dag.cache = False
+    failed = run(dag, backend="local", storage=local_storage, progress=False)
+    key = layout.object_key("lay", failed.nodes["total"].cache_key)
+    if damage == "purged":
+        local_storage.delete(key)
+    else:
+        data, info = local_storage.get_with_info(key)
+        local_storage.put(key, bytes(b ^ 1 for b in data), info.metadata)
+    switch.write_text("1")
+    resumed = run(dag, backend="local", storage=local_storage, resume=failed.run_id, progress=False)
+    resumed.raise_for_status()
+    assert resumed["flaky"] == 7 and resumed.nodes["total"].status is NodeStatus.SUCCEEDED
+    assert resumed.stats["corrupt_objects"] == 1 and ran(marks)["total"] == 2
+    assert resumed.nodes["double"].status is NodeStatus.RESUMED
+
+
+def test_migrate_moves_a_layout1_store_into_layout2(tmp_path, marks):
+    from typer.testing import CliRunner
+
+    from odibi_ray.checkpoint.migrate import migrate
+    from odibi_ray.cli import app
+
+    store = HeadCountingStorage(tmp_path / "old", fsync=False)
+    first = run(pipeline(marks, name="m"), backend="local", storage=store, progress=False).raise_for_status()
+    _as_layout1(store, first)
+    stray = layout.legacy_object_key("ee" * 32)  # named by no manifest: left where it is
+    store.put(stray, b"1", {"sha256": "6b86b273ff34fce19d6b804eff5a3f5747ada4eaa22f1d49c01e52ddb7875b4b",
+                            "size": "1", "codec": "json", "created": "1", "expires_at": ""})
+    legacy.store_layout(store)  # the first layout-2 engine marks it legacy
+    dry = CliRunner().invoke(app, ["checkpoints", "migrate", "--storage", str(tmp_path / "old"), "--dry-run"])
+    assert dry.exit_code == 0 and "would move 3 object(s)" in dry.output and "left 1" in dry.output
+    report = migrate(store)
+    assert sorted(report.moved) == sorted(layout.object_key("m", r.cache_key) for r in first.nodes.values())
+    assert report.left == [stray]
+    assert all(store.exists(k) for k in report.moved) and [i.key for i in store.list("objects/")] == sorted(
+        report.moved + [stray])
+    assert {CheckpointMeta.from_info(store.head(k)).pipeline for k in report.moved} == {"m"}
+    store.delete(stray)
+    assert migrate(store).moved == [] and json.loads(store.get(legacy.MARKER_KEY))["legacy"] is False
+    HeadCountingStorage.heads = []
+    again = run(pipeline(marks, name="m"), backend="local", storage=store, progress=False).raise_for_status()
+    assert {r.status for r in again.nodes.values()} == {NodeStatus.CACHED} and again["total"] == first["total"]
+    assert all(h.count("/") == 3 for h in HeadCountingStorage.heads)  # no look-up at a layout-1 key

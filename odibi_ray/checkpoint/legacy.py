@@ -44,7 +44,9 @@ def store_layout(storage: Storage) -> StoreLayout:
         raise ExecutionError(f"{storage.uri} holds checkpoints in layout {found.version}, newer than this odibi_ray "
                              f"reads (layout {layout.LAYOUT_VERSION}): upgrade odibi_ray, or use another storage")
     if found.legacy:
-        log.info("%s also holds layout-1 checkpoints (objects/<key[:2]>/<key>): they are still read", storage.uri)
+        log.warning("%s holds layout-1 checkpoints (objects/<key[:2]>/<key>): they are still read, at one look-up "
+                    "per output not found in layout 2; `odibi-ray checkpoints migrate --storage URI` moves them",
+                    storage.uri)
     with _SEEN_LOCK:
         _SEEN[storage.uri] = found
     return found
@@ -82,12 +84,11 @@ def _write_marker(storage: Storage) -> StoreLayout:
 
 
 def _has_layout1(storage: Storage) -> bool:
-    """Whether the store holds layout-1 checkpoints: node records under a run folder, or an object at a layout-1
-    key (``objects/<2 hex>/<64 hex>``) first in its listing. Called only while the store has no marker."""
+    """Whether the store holds layout-1 objects (``objects/<2 hex>/<64 hex>``: the first key under ``objects/``,
+    which sorts before any pipeline folder named longer than two characters). Called only while the store has
+    no marker. Layout-1 *runs* need no flag: resume tells them by their manifest."""
     first = next(iter(storage.list(layout.OBJECTS)), None)
-    if first is not None and first.key.count("/") == 2:
-        return True
-    return any("/nodes/" in info.key for info in storage.list("runs/"))
+    return first is not None and first.key.count("/") == 2
 
 
 def forget_layouts() -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from ..dag import DAG
+from ..policy import CachePolicy
 from ..result import NodeStatus
 from ..storage.base import ObjectInfo, Storage
 from . import layout
@@ -22,6 +23,7 @@ from .keys import cache_keys
 from .legacy import store_layout
 from .lookup import find_objects, head_each
 from .objectmeta import CheckpointMeta
+from .runs import PriorNode
 from .store import OutputTarget, StoredRef
 
 log = logging.getLogger(__name__)
@@ -41,11 +43,11 @@ class CheckpointPlan:
 
 
 def plan_checkpoints(dag: DAG, order: list[str], storage: Storage, run_id: str,
-                     resumed: Mapping[str, str] | None = None, write_behind: bool = False) -> CheckpointPlan:
+                     resumed: Mapping[str, PriorNode] | None = None, write_behind: bool = False) -> CheckpointPlan:
     """Cache keys and reuse decisions for a run of ``dag`` on ``storage``.
 
-    ``resumed``: when this run resumes an earlier one (same ``run_id``), that run's node statuses (node ->
-    status); a node reused from an object the resumed run made is RESUMED, from another run's object CACHED.
+    ``resumed``: when this run resumes an earlier one (same ``run_id``), what that run's manifest says of its
+    nodes; a node reused from an object the resumed run made is RESUMED, from another run's object CACHED.
     Nodes whose cache policy is off are looked up only when resuming (their key is this run's own).
     ``write_behind``: workers queue their checkpoint and return (:mod:`.writeback`); the scheduler confirms.
     """
@@ -54,9 +56,13 @@ def plan_checkpoints(dag: DAG, order: list[str], storage: Storage, run_id: str,
     policies = {n: dag.cache_policy_of(n) for n in order}
     targets = {n: OutputTarget(storage, dag.name, run_id, n, keys[n], policies[n].ttl_s, write_behind)
                for n in order}
-    wanted = {n: targets[n].object_key for n in order if policies[n].enabled or resumed is not None}
-    found = _lookup(storage, dag.name, wanted, keys, legacy)
     plan = CheckpointPlan(storage, keys, targets)
+    trusted = _trusted(resumed, policies, keys) if not legacy else set()
+    for n in trusted:  # done in the run being resumed: its object is checked when read (SHA-256), not now
+        plan.reuse[n] = (NodeStatus.RESUMED, StoredRef(storage, targets[n].object_key, n))
+    wanted = {n: targets[n].object_key for n in order
+              if n not in trusted and (policies[n].enabled or resumed is not None)}
+    found = _lookup(storage, dag.name, wanted, keys, legacy, known_stored=len(trusted))
     now = time.time()
     for n in order:
         if n not in found:
@@ -70,7 +76,9 @@ def plan_checkpoints(dag: DAG, order: list[str], storage: Storage, run_id: str,
             plan.expired.append(n)
             continue
         ref = StoredRef(storage, info.key, n)
-        if resumed is not None and (resumed.get(n) in _DONE or meta.run_id == run_id or not policies[n].enabled):
+        prior = (resumed or {}).get(n)
+        done_before = prior is not None and prior.status in _DONE and prior.key == keys[n]
+        if resumed is not None and (done_before or meta.run_id == run_id or not policies[n].enabled):
             plan.reuse[n] = (NodeStatus.RESUMED, ref)
         elif policies[n].enabled:
             plan.reuse[n] = (NodeStatus.CACHED, ref)
@@ -86,11 +94,23 @@ def plan_checkpoints(dag: DAG, order: list[str], storage: Storage, run_id: str,
 _DONE = frozenset({NodeStatus.SUCCEEDED.value, NodeStatus.CACHED.value, NodeStatus.RESUMED.value})
 
 
+def _trusted(resumed: Mapping[str, PriorNode] | None, policies: Mapping[str, CachePolicy],
+             keys: Mapping[str, str]) -> set[str]:
+    """Nodes a resume reuses without a look-up: the run being resumed finished them (its manifest says so) under
+    the key they have now, and no TTL can have expired their object. Resume then costs requests for the unfinished nodes only; an object
+    gone since (purged) or damaged is found when a worker or the result reads it (SHA-256 checked there) and
+    its node is computed again (scheduler: ``_recompute_stored_input``, ``_load_stored``)."""
+    if resumed is None:
+        return set()
+    return {n for n, prior in resumed.items() if prior.status in _DONE and prior.key == keys.get(n)
+            and policies[n].ttl_s is None}
+
+
 def _lookup(storage: Storage, pipeline: str, wanted: dict[str, str], keys: dict[str, str],
-            legacy: bool) -> dict[str, ObjectInfo]:
+            legacy: bool, known_stored: int) -> dict[str, ObjectInfo]:
     """The stored objects of ``wanted``; on a store that also holds layout-1 checkpoints, the ones not found
     are looked for at their layout-1 keys."""
-    found = find_objects(storage, pipeline, wanted)
+    found = find_objects(storage, pipeline, wanted, known_stored)
     missing = {n: layout.legacy_object_key(keys[n]) for n in wanted if n not in found}
     if missing and legacy:
         found.update(head_each(storage, missing))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 from ..dag import DAG
 from ..errors import ExecutionError, NotFoundError
@@ -31,8 +31,8 @@ def open_new_run(storage: Storage, dag: DAG, run_id: str, keys: dict[str, str], 
     return manifest
 
 
-def open_resumed_run(storage: Storage, dag: DAG, resume: str) -> tuple[RunManifest, dict[str, str]]:
-    """The manifest of the run to resume (``"latest"`` or a run id) and its nodes' statuses (node -> status).
+def open_resumed_run(storage: Storage, dag: DAG, resume: str) -> tuple[RunManifest, dict[str, PriorNode]]:
+    """The manifest of the run to resume (``"latest"`` or a run id) and what it says of its nodes.
 
     A run whose driver is still beating is refused; a failed, abandoned (driver killed) or succeeded
     run is taken over and marked running again.
@@ -58,16 +58,24 @@ def open_resumed_run(storage: Storage, dag: DAG, resume: str) -> tuple[RunManife
     manifest.take_over(checked, body, status="running", resumes=int(body.get("resumes", 0)) + 1,
                        resumed_from_status=status)
     log.info("resuming run %s of %r (was %s; %d node(s) done)", run_id, dag.name, status,
-             sum(1 for s in statuses.values() if s in ("succeeded", "cached", "resumed")))
+             sum(1 for s in statuses.values() if s.status in ("succeeded", "cached", "resumed")))
     return manifest, statuses
 
 
-def node_statuses(storage: Storage, pipeline: str, run_id: str, body: Mapping[str, Any]) -> dict[str, str]:
-    """node -> status of a run, from its manifest (layout 2) or from its node records (a layout-1 run)."""
+class PriorNode(NamedTuple):
+    """What a run's manifest (or a layout-1 run's record) says of one of its nodes."""
+
+    status: str
+    key: str  # the cache key the node had in that run
+
+
+def node_statuses(storage: Storage, pipeline: str, run_id: str, body: Mapping[str, Any]) -> dict[str, PriorNode]:
+    """node -> status and key in a run, from its manifest (layout 2) or from its node records (layout 1)."""
     if int(body.get("layout") or 1) >= 2:
         nodes = body.get("nodes") or {}
-        return {n: str(e.get("status", "")) for n, e in nodes.items() if isinstance(e, dict)}
-    return {n: "succeeded" for n in legacy_records(storage, pipeline, run_id)}
+        return {n: PriorNode(str(e.get("status", "")), str(e.get("key") or ""))
+                for n, e in nodes.items() if isinstance(e, dict)}
+    return {n: PriorNode("succeeded", r.get("cache_key", "")) for n, r in legacy_records(storage, pipeline, run_id).items()}
 
 
 def run_checkpoints(storage: Storage, pipeline: str, run_id: str) -> dict[str, CheckpointMeta]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from ..errors import StorageError
-from .lookup import find_objects
+from .lookup import find_objects, head_each
 from .objectmeta import CheckpointMeta
 from .store import OutputTarget, Provenance, write_output
 
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: Writer threads per worker process (writes are I/O: they overlap each other and the next tasks).
 WRITER_THREADS = 8
+#: Up to this many pending objects the driver looks each up (concurrently) rather than list the pipeline's.
+HEAD_UP_TO = 64
 #: The driver waits this long for a pending write to show up after the last one did, then writes it itself: a
 #: bit more than an adapter's own bounded retries take to give up on a dead endpoint (timeout_s, 10 s).
 CONFIRM_PATIENCE_S = 15.0
@@ -85,7 +87,8 @@ def confirm_writes(targets: Mapping[str, OutputTarget], pending: Mapping[str, Pr
     out: dict[str, Confirmed] = {}
     last_progress = time.monotonic()
     while wanted and time.monotonic() - last_progress < CONFIRM_PATIENCE_S:
-        found = find_objects(first.storage, first.pipeline, wanted)
+        found = (head_each(first.storage, wanted) if len(wanted) <= HEAD_UP_TO
+                 else find_objects(first.storage, first.pipeline, wanted))
         for node, info in found.items():
             meta = CheckpointMeta.from_info(info)
             if meta is None:
