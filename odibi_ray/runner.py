@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import gc
 import logging
 import random
-from typing import Any
+from typing import Any, Callable
 
 from .backends.base import Backend
 from .backends.local import LocalBackend
@@ -60,6 +62,25 @@ def make_backend(backend: str | Backend, *, address: str | None = None, max_work
     raise ValueError(f"unknown backend {backend!r}: use 'ray' or 'local'")
 
 
+def _collector_frozen(fn: Callable[..., RunResult]) -> Callable[..., RunResult]:
+    """Keep the objects that existed before a run out of the cyclic garbage collector while it runs.
+
+    Why: a driver that has imported Ray, pyarrow and the Azure SDK tracks millions of objects, and every
+    full collection walks them all (0.08-0.17 s each, measured on a 1000-node resume that took 0.3 s). Frozen
+    objects are put back when the run ends (``gc.unfreeze``), so nothing is kept that would have been freed;
+    only the walks over them during the run are saved.
+    """
+    @functools.wraps(fn)
+    def frozen(*args: Any, **kwargs: Any) -> RunResult:
+        gc.freeze()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            gc.unfreeze()
+    return frozen
+
+
+@_collector_frozen
 def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None, retry: RetryPolicy | None = None,
         storage: str | Storage | None = None, storage_options: dict[str, Any] | None = None,
         resume: str | None = None, barrier: bool = False,
