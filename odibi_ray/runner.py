@@ -145,16 +145,18 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
                           rng=random.Random(seed), progress=sink, default_retry=retry, checkpoint=plan)
     if manifest is not None and plan is not None:
         beat = manifest  # the manifest keeps what the run did (statuses, attempts, errors) on every heartbeat
-        plan.heartbeat = lambda: beat.heartbeat(lambda: node_entries(scheduler.records))
+        plan.heartbeat = lambda: beat.heartbeat(lambda: node_entries(scheduler.records, scheduler.unconfirmed()))
     try:
         result = scheduler.run()
     except BaseException as exc:
         if manifest is not None:
             close_run(manifest, "failed", {"error": f"driver stopped: {type(exc).__name__}"},
-                      node_entries(scheduler.records))
+                      node_entries(scheduler.records, scheduler.unconfirmed()))
         raise
     finally:
         be.close()
+        if plan is not None:  # the manifest is closed below: a recomputation on result[name] must not beat into it
+            plan.heartbeat = lambda: None
     snapshot = _publish_metrics(result, be, metrics_namespace) if metrics else None
     if manifest is not None:
         counts: dict[str, int] = {}

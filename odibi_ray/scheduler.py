@@ -209,25 +209,33 @@ class Scheduler:
                 for handle, meta in zip(done, self.backend.outcomes(done)):
                     self._finish_attempt(handle, meta)
 
+    def unconfirmed(self) -> set[str]:
+        """Nodes that succeeded but whose checkpoint, written behind, is not confirmed stored yet."""
+        cp = self.checkpoint
+        if cp is None:
+            return set()
+        return {name for name, rec in self.records.items()
+                if rec.status is NodeStatus.SUCCEEDED and cp.targets[name].write_behind
+                and not rec.attempt_history[-1].confirmed}
+
     def _confirm_writes(self) -> None:
         """Wait for the checkpoints workers wrote behind (see checkpoint/writeback.py): a node counts as
         checkpointed only once its object is stored. One that cannot be written at all fails its node."""
         cp = self.checkpoint
         pending = {}
-        for name, rec in self.records.items():
-            if rec.status is NodeStatus.SUCCEEDED and cp is not None and cp.targets[name].write_behind:
-                att = rec.attempt_history[-1]
-                if not att.confirmed:
-                    pending[name] = Provenance(att.number, att.worker_node_id or "", att.worker_pid or 0,
-                                              att.started_at or 0.0, att.ended_at or 0.0)
-        if not pending:
+        for name in self.unconfirmed():
+            att = self.records[name].attempt_history[-1]
+            pending[name] = Provenance(att.number, att.worker_node_id or "", att.worker_pid or 0,
+                                       att.started_at or 0.0, att.ended_at or 0.0)
+        if cp is None or not pending:
             return
         for name, outcome in confirm_writes(cp.targets, pending, lambda n: self.backend.fetch(self._live[n])).items():
             rec = self.records[name]
             att = rec.attempt_history[-1]
             att.bytes_written, att.confirmed = outcome.bytes_written, True
             if outcome.error is not None:  # computed (its consumers used it) but never checkpointed: not done
-                att.error = rec.error = error_info(outcome.error, kind="storage")
+                kind = "storage" if isinstance(outcome.error, StorageError) else "object_lost"
+                att.error = rec.error = error_info(outcome.error, kind=kind)
                 rec.status = NodeStatus.FAILED
                 log.error("node %r: its checkpoint could not be written: %s", name, outcome.error)
 

@@ -59,3 +59,54 @@ def test_a_checkpoint_that_cannot_be_written_fails_its_node_clearly(ray_local, t
         assert "refused for the test" in rec.error.message
     with pytest.raises(Exception, match="StorageUnavailableError"):
         result.raise_for_status()
+
+
+def test_write_behind_stores_the_value_as_returned_not_as_a_consumer_changed_it(tmp_path):
+    from odibi_ray import DAG, Node
+
+    store = RefusingStorage(tmp_path / "s", delay_s=0.05, fsync=False)
+    dag = DAG("mut")
+    dag.add_node(Node("prod", _make_list))
+    dag.add_node(Node("cons", _append_in_place, inputs={"items": "prod"}))
+    run(dag, backend="local", storage=store, progress=False, write_behind=True).raise_for_status()
+    again = run(dag, backend="local", storage=store, progress=False, write_behind=True).raise_for_status()
+    assert again.nodes["prod"].status is NodeStatus.CACHED and again["prod"] == {"items": [1]}
+
+
+def _make_list():
+    return {"items": [1]}
+
+
+def _append_in_place(items):
+    items["items"].append(99)  # a consumer that changes its input in place (on the local backend: same object)
+    return len(items["items"])
+
+
+def test_a_damaged_object_at_a_pending_key_is_replaced_not_waited_on_forever(tmp_path, short_patience, marks):
+    store = RefusingStorage(tmp_path / "s", fsync=False)
+    first = run(pipeline(marks), backend="local", storage=store, progress=False).raise_for_status()
+    key = layout.object_key("lay", first.nodes["total"].cache_key)
+    data = store.get(key)
+    store.delete(key)
+    store.put(key, data, {})  # no metadata: the plan calls it damaged; the node runs again
+    store.refuse = "workers"  # ... and its worker's background write never lands
+    store.driver_pid = -1  # every process counts as a worker (local backend: the driver's own threads)
+    again = run(pipeline(marks), backend="local", storage=store, progress=False, write_behind=True)
+    assert again.nodes["total"].status is NodeStatus.FAILED  # the driver's own write is refused too: it fails
+    assert again.stats["corrupt_objects"] == 1 and "refused for the test" in again.nodes["total"].error.message
+
+
+def test_a_node_whose_checkpoint_is_unconfirmed_is_not_trusted_by_a_resume(tmp_path, marks):
+    from odibi_ray.checkpoint.plan import plan_checkpoints
+    from odibi_ray.checkpoint.runs import PriorNode, node_entries
+
+    store = RefusingStorage(tmp_path / "s", fsync=False)
+    dag = pipeline(marks)
+    result = run(dag, backend="local", storage=store, progress=False).raise_for_status()
+    entries = node_entries(result.nodes, {"total"})  # as a heartbeat writes it while total's write is pending
+    assert entries["total"]["status"] == "computed" and entries["double"]["status"] == "succeeded"
+    store.delete(layout.object_key("lay", result.nodes["total"].cache_key))  # the write never landed
+    prior = {n: PriorNode(e["status"], e["key"]) for n, e in entries.items()}
+    order = [n for level in dag.levels() for n in level]
+    plan = plan_checkpoints(dag, order, store, result.run_id, prior)
+    assert set(plan.reuse) == {"source", "double"}  # total is looked up, not trusted: it runs again

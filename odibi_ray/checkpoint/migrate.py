@@ -50,8 +50,9 @@ def migrate(storage: Storage, *, dry_run: bool = False) -> MigrationReport:
             report.left.append(info.key)
             continue
         new = layout.object_key(pipeline, key)
-        if not dry_run:
-            _move(storage, info.key, new, pipeline)
+        if not dry_run and not _move(storage, info.key, new, pipeline):
+            report.left.append(info.key)
+            continue
         report.moved.append(new)
         report.bytes += info.size
     if not dry_run and not report.left:
@@ -78,12 +79,13 @@ def _owners(storage: Storage) -> dict[str, str]:
     return out
 
 
-def _move(storage: Storage, old: str, new: str, pipeline: str) -> None:
+def _move(storage: Storage, old: str, new: str, pipeline: str) -> bool:
+    """Copy, check, then delete the old copy; False (nothing deleted) when the object or its copy is not intact."""
     data, info = storage.get_with_info(old)
     meta = CheckpointMeta.from_info(info)
     if meta is None or meta.sha256 != _sha256(data):
         log.warning("not migrating %s: it does not match its SHA-256", old)
-        return
+        return False
     metadata = dict(info.metadata, pipeline=dataclasses.replace(meta, pipeline=pipeline).to_metadata()["pipeline"])
     try:
         storage.put(new, data, metadata, if_none_match=True)
@@ -91,8 +93,11 @@ def _move(storage: Storage, old: str, new: str, pipeline: str) -> None:
         pass  # a layout-2 run (or an earlier migration) wrote it: equal by its key
     back, back_info = storage.get_with_info(new)
     copied = CheckpointMeta.from_info(back_info)
-    if copied is not None and _sha256(back) == copied.sha256:
-        storage.delete(old)
+    if copied is None or _sha256(back) != copied.sha256:
+        log.warning("not migrating %s: the object at %s is not intact", old, new)
+        return False
+    storage.delete(old)
+    return True
 
 
 def _sha256(data: bytes) -> str:

@@ -90,12 +90,15 @@ def run_checkpoints(storage: Storage, pipeline: str, run_id: str) -> dict[str, C
     return out
 
 
-def node_entries(records: Mapping[str, NodeRecord]) -> dict[str, dict[str, Any]]:
+def node_entries(records: Mapping[str, NodeRecord], unconfirmed: set[str] | frozenset[str] = frozenset()
+                 ) -> dict[str, dict[str, Any]]:
     """What the manifest keeps of each node: key, level, status, attempts, where its last attempt ran, its
-    error (type and message) or the reason it did not run."""
+    error (type and message) or the reason it did not run. A node in ``unconfirmed`` (succeeded, its checkpoint
+    written behind and not confirmed yet) is ``computed``, not ``succeeded``: a resume must look it up."""
     out: dict[str, dict[str, Any]] = {}
     for name, rec in records.items():
-        entry: dict[str, Any] = {"key": rec.cache_key, "level": rec.level, "status": rec.status.value,
+        status = "computed" if name in unconfirmed else rec.status.value
+        entry: dict[str, Any] = {"key": rec.cache_key, "level": rec.level, "status": status,
                                  "attempts": rec.attempts}
         last = rec.attempt_history[-1] if rec.attempt_history else None
         if last is not None and last.worker_node_id:

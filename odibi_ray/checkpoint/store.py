@@ -91,6 +91,11 @@ def write_output(target: OutputTarget, value: Any, made: Provenance) -> int:
     (equal by its key) was there first. The object appears whole or not at all, so a reader never trusts a
     partial checkpoint.
     """
+    return store_encoded(target, *encode_output(target, value, made))
+
+
+def encode_output(target: OutputTarget, value: Any, made: Provenance) -> tuple[bytes, dict[str, str]]:
+    """The bytes and metadata of a node's checkpoint (encoded now: a value changed later is not what is stored)."""
     codec, payload = encode(value)
     now = time.time()
     meta = CheckpointMeta(sha256=hashlib.sha256(payload).hexdigest(), size=len(payload), codec=codec, created=now,
@@ -98,12 +103,17 @@ def write_output(target: OutputTarget, value: Any, made: Provenance) -> int:
                           pipeline=target.pipeline, run_id=target.run_id, attempt=made.attempt,
                           ray_node_id=made.ray_node_id, pid=made.pid, started_at=made.started_at,
                           ended_at=made.ended_at, layout=layout.LAYOUT_VERSION)
-    storage, okey, md = target.storage, target.object_key, meta.to_metadata()
+    return payload, meta.to_metadata()
+
+
+def store_encoded(target: OutputTarget, payload: bytes, md: dict[str, str]) -> int:
+    """Put an encoded checkpoint create-only; see :func:`write_output`."""
+    storage, okey = target.storage, target.object_key
     try:
         storage.put(okey, payload, md, if_none_match=True)
         return len(payload)
     except AlreadyExistsError:
-        return _replace_if_unusable(storage, okey, payload, md, now)
+        return _replace_if_unusable(storage, okey, payload, md, time.time())
 
 
 def _replace_if_unusable(storage: Storage, okey: str, payload: bytes, md: dict[str, str], now: float) -> int:

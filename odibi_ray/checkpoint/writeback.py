@@ -25,10 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from ..errors import StorageError
 from .lookup import find_objects, head_each
 from .objectmeta import CheckpointMeta
-from .store import OutputTarget, Provenance, write_output
+from .store import OutputTarget, Provenance, encode_output, store_encoded, write_output
 
 log = logging.getLogger(__name__)
 
@@ -48,18 +47,21 @@ _pool_lock = threading.Lock()
 # --- worker side ---------------------------------------------------------------------------------
 
 def write_behind(target: OutputTarget, value: Any, made: Provenance) -> None:
-    """Queue the checkpoint of ``value`` on this process's writer threads and return at once."""
+    """Encode the checkpoint of ``value`` now (a value its consumers change later is not what gets stored; an
+    output that cannot be encoded fails its attempt here, as inline), queue the put on this process's writer
+    threads and return."""
+    payload, md = encode_output(target, value, made)
     global _pool
     if _pool is None:
         with _pool_lock:
             if _pool is None:
                 _pool = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="odibi-writer")
-    _pool.submit(_write, target, value, made)
+    _pool.submit(_store, target, payload, md)
 
 
-def _write(target: OutputTarget, value: Any, made: Provenance) -> None:
+def _store(target: OutputTarget, payload: bytes, md: dict[str, str]) -> None:
     try:
-        write_output(target, value, made)
+        store_encoded(target, payload, md)
     except Exception as exc:  # the driver finds the object missing and writes it itself
         log.warning("background checkpoint of node %r failed (%s: %s); the driver will write it", target.node,
                     type(exc).__name__, exc)
@@ -70,10 +72,10 @@ def _write(target: OutputTarget, value: Any, made: Provenance) -> None:
 @dataclass(frozen=True)
 class Confirmed:
     """How a pending checkpoint ended: bytes this run wrote (0: another run's equal object was there first),
-    or the storage error that kept it from being written at all."""
+    or the error that kept it from being written at all (the store's, or Ray's when the value was lost too)."""
 
     bytes_written: int = 0
-    error: StorageError | None = None
+    error: Exception | None = None
 
 
 def confirm_writes(targets: Mapping[str, OutputTarget], pending: Mapping[str, Provenance],
@@ -89,14 +91,17 @@ def confirm_writes(targets: Mapping[str, OutputTarget], pending: Mapping[str, Pr
     while wanted and time.monotonic() - last_progress < CONFIRM_PATIENCE_S:
         found = (head_each(first.storage, wanted) if len(wanted) <= HEAD_UP_TO
                  else find_objects(first.storage, first.pipeline, wanted))
+        confirmed = False
+        now = time.time()
         for node, info in found.items():
             meta = CheckpointMeta.from_info(info)
-            if meta is None:
-                continue  # damaged: rewritten below if it stays so
-            ours = meta.run_id == targets[node].run_id and meta.attempt == pending[node].attempt
+            ours = meta is not None and meta.run_id == targets[node].run_id and meta.attempt == pending[node].attempt
+            if meta is None or not (ours or meta.fresh(now, targets[node].ttl_s)):
+                continue  # damaged or expired (what the plan found there): not this write; rewritten below
             out[node] = Confirmed(info.size if ours else 0)
             del wanted[node]
-        if found:
+            confirmed = True
+        if confirmed:
             last_progress = time.monotonic()
         elif wanted:
             time.sleep(CONFIRM_POLL_S)
@@ -104,6 +109,6 @@ def confirm_writes(targets: Mapping[str, OutputTarget], pending: Mapping[str, Pr
         log.warning("checkpoint of node %r did not arrive from its worker; the driver writes it", node)
         try:
             out[node] = Confirmed(write_output(targets[node], fetch(node), pending[node]))
-        except StorageError as exc:
+        except Exception as exc:  # the store refused, or the value is gone with its Ray node: not checkpointed
             out[node] = Confirmed(error=exc)
     return out

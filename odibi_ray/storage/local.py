@@ -209,7 +209,7 @@ class LocalStorage(Storage):
             self._refuse_folder(key, path)
             self._check_etag(key, path, side, if_match)
             self._os(key, "put", os.replace, tmp, path)
-        _unlink_quietly(side)  # an earlier write's sidecar, stale now
+            _unlink_quietly(side)  # an earlier write's sidecar, stale now (under the lock: never a newer one's)
 
     def _check_etag(self, key: str, path: str, side: str, if_match: str | None) -> None:
         """``PreconditionFailedError`` unless ``if_match`` is None or the current ETag (the lock is held)."""
