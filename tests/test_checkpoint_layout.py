@@ -251,3 +251,18 @@ def test_migrate_moves_a_layout1_store_into_layout2(tmp_path, marks):
     again = run(pipeline(marks, name="m"), backend="local", storage=store, progress=False).raise_for_status()
     assert {r.status for r in again.nodes.values()} == {NodeStatus.CACHED} and again["total"] == first["total"]
     assert all(h.count("/") == 3 for h in HeadCountingStorage.heads)  # no look-up at a layout-1 key
+
+
+def test_migrate_leaves_what_it_cannot_move_and_the_store_stays_legacy(tmp_path):
+    from odibi_ray.checkpoint.migrate import migrate
+
+    store = LocalStorage(tmp_path / "old", fsync=False)
+    key = "cd" * 32
+    store.put(layout.legacy_object_key(key), b"rotten", {"sha256": "0" * 64, "size": "6", "codec": "raw",
+                                                          "created": "1", "expires_at": ""})
+    RunManifest(store, "p", "r1").create({"started_at": 1.0, "nodes": {"x": {"key": key, "level": 0}}})
+    legacy.forget_layouts()
+    legacy.store_layout(store)
+    report = migrate(store)
+    assert report.moved == [] and report.left == [layout.legacy_object_key(key)]
+    assert store.exists(layout.legacy_object_key(key)) and json.loads(store.get(legacy.MARKER_KEY))["legacy"]

@@ -110,3 +110,37 @@ def test_a_node_whose_checkpoint_is_unconfirmed_is_not_trusted_by_a_resume(tmp_p
     order = [n for level in dag.levels() for n in level]
     plan = plan_checkpoints(dag, order, store, result.run_id, prior)
     assert set(plan.reuse) == {"source", "double"}  # total is looked up, not trusted: it runs again
+
+
+def _target(store, node="n", ttl_s=None):
+    from odibi_ray.checkpoint.store import OutputTarget
+
+    return OutputTarget(store, "unit", "r1", node, "ab" * 32, ttl_s, write_behind=True)
+
+
+def test_confirmation_turns_a_lost_value_into_the_nodes_error_not_an_escape(tmp_path, short_patience):
+    from odibi_ray.checkpoint.store import Provenance
+    from odibi_ray.storage.local import LocalStorage
+
+    def lost(node):
+        raise RuntimeError("the value went with its Ray node")
+
+    out = writeback.confirm_writes({"n": _target(LocalStorage(tmp_path / "s"))}, {"n": Provenance(1, "x", 1, 0, 0)},
+                                   lost)
+    assert isinstance(out["n"].error, RuntimeError) and out["n"].bytes_written == 0
+
+
+def test_an_expired_object_at_a_pending_key_does_not_confirm_the_write(tmp_path, short_patience):
+    import time
+
+    from odibi_ray.checkpoint.store import Provenance, write_output
+    from odibi_ray.storage.local import LocalStorage
+
+    store = LocalStorage(tmp_path / "s")
+    old = _target(store, ttl_s=0.01)
+    write_output(old, "stale", Provenance(1, "x", 1, 0, 0))  # another run's object, expired by now
+    time.sleep(0.05)
+    out = writeback.confirm_writes({"n": _target(store)}, {"n": Provenance(2, "x", 1, 0, 0)}, lambda n: "fresh")
+    assert out["n"].error is None and out["n"].bytes_written > 0  # the driver wrote it: the stale one replaced
+    meta = CheckpointMeta.from_info(store.head(_target(store).object_key))
+    assert meta.attempt == 2 and meta.expires_at is None
