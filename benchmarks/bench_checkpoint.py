@@ -50,16 +50,12 @@ last line of stdout is one JSON object with every figure.
 from __future__ import annotations
 
 import os
+import sys
 
-# Network safety, BEFORE ray is imported: no usage stats, a loopback-only local cluster, and a dead proxy
-# for everything that is not loopback (Ray's dashboard agent probes cloud metadata addresses otherwise).
-_LOOPBACK = "127.0.0.1,localhost,127.0.0.0/8,::1"
-for _name, _value in (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"),
-                      ("AWS_EC2_METADATA_DISABLED", "true"),
-                      ("HTTP_PROXY", "http://127.0.0.1:9"), ("HTTPS_PROXY", "http://127.0.0.1:9"),
-                      ("http_proxy", "http://127.0.0.1:9"), ("https_proxy", "http://127.0.0.1:9"),
-                      ("NO_PROXY", _LOOPBACK), ("no_proxy", _LOOPBACK)):
-    os.environ[_name] = _value
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import loopback  # noqa: F401,E402  (network safety: before ray is imported)
 
 import argparse
 import base64
@@ -72,7 +68,6 @@ import pickle
 import random
 import shutil
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -82,9 +77,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any, Callable, Iterator, Mapping, Protocol
-
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import ray
 

@@ -145,6 +145,8 @@ def _handler_for(vault: KeyVaultStandIn) -> type[BaseHTTPRequestHandler]:
         def _send(self, status: int, body: dict, headers: dict[str, str] | None = None,
                   had_token: bool = False) -> None:
             data = json.dumps(body).encode()
+            # recorded before the answer goes out: a client that has its answer must find it counted
+            vault.record(Request(self.command, urlsplit(self.path).path, status, had_token))
             self.send_response(status)
             self.send_header("Content-Type", "application/json; charset=utf-8")
             self.send_header("Content-Length", str(len(data)))
@@ -153,7 +155,6 @@ def _handler_for(vault: KeyVaultStandIn) -> type[BaseHTTPRequestHandler]:
                 self.send_header(k, v)
             self.end_headers()
             self.wfile.write(data)
-            vault.record(Request(self.command, urlsplit(self.path).path, status, had_token))
 
         def _error(self, status: int, code: str, message: str, had_token: bool,
                    headers: dict[str, str] | None = None) -> None:
