@@ -40,9 +40,7 @@ def store_layout(storage: Storage) -> StoreLayout:
     found = _read_marker(storage)
     if found is None:
         found = _write_marker(storage)
-    if found.version > layout.LAYOUT_VERSION:
-        raise ExecutionError(f"{storage.uri} holds checkpoints in layout {found.version}, newer than this odibi_ray "
-                             f"reads (layout {layout.LAYOUT_VERSION}): upgrade odibi_ray, or use another storage")
+    _refuse_newer(storage, found)
     if found.legacy:
         log.warning("%s holds layout-1 checkpoints (objects/<key[:2]>/<key>): they are still read, at one look-up "
                     "per output not found in layout 2; `odibi-ray checkpoints migrate --storage URI` moves them",
@@ -55,7 +53,12 @@ def store_layout(storage: Storage) -> StoreLayout:
 def check_readable(storage: Storage) -> None:
     """Refuse (one line) a store whose marker names a layout newer than this engine's; writes nothing."""
     found = _read_marker(storage)
-    if found is not None and found.version > layout.LAYOUT_VERSION:
+    if found is not None:
+        _refuse_newer(storage, found)
+
+
+def _refuse_newer(storage: Storage, found: StoreLayout) -> None:
+    if found.version > layout.LAYOUT_VERSION:
         raise ExecutionError(f"{storage.uri} holds checkpoints in layout {found.version}, newer than this odibi_ray "
                              f"reads (layout {layout.LAYOUT_VERSION}): upgrade odibi_ray, or use another storage")
 

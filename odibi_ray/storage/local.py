@@ -175,7 +175,7 @@ class LocalStorage(Storage):
                     if if_none_match:
                         self._link_new(key, tmp, path, side_tmp, side)
                     else:
-                        self._check_etag(key, path, side, if_match)
+                        self._check_etag(key, path, if_match)
                         self._os(key, "put", os.replace, side_tmp, side)  # sidecar first: a crash leaves it stale
                         self._place(key, os.replace, tmp, path, side)
         finally:
@@ -207,15 +207,15 @@ class LocalStorage(Storage):
             return
         with self._locked(key):
             self._refuse_folder(key, path)
-            self._check_etag(key, path, side, if_match)
+            self._check_etag(key, path, if_match)
             self._os(key, "put", os.replace, tmp, path)
             _unlink_quietly(side)  # an earlier write's sidecar, stale now (under the lock: never a newer one's)
 
-    def _check_etag(self, key: str, path: str, side: str, if_match: str | None) -> None:
+    def _check_etag(self, key: str, path: str, if_match: str | None) -> None:
         """``PreconditionFailedError`` unless ``if_match`` is None or the current ETag (the lock is held)."""
         if if_match is None:
             return
-        current = self._current_etag(key, path, side)
+        current = self._current_etag(key, path)
         if current != if_match:
             what = "does not exist" if current is None else "has another ETag"
             raise PreconditionFailedError(f"put({key!r}) in {self.uri}: if_match failed, the object {what}", key=key)
@@ -249,7 +249,7 @@ class LocalStorage(Storage):
             with self._locked(key, shared=True):
                 fd, st = self._open_data(key, path)
                 try:
-                    info = self._pair(key, _sidecar(path), st, fd)
+                    info = self._pair(key, fd, st)
                 except BaseException:
                     os.close(fd)
                     raise
@@ -273,7 +273,7 @@ class LocalStorage(Storage):
         if info is not None:
             return info
         with self._locked(key, shared=True):  # a sidecar object (or a plain file): pair it under the lock
-            return self._pair(key, _sidecar(path), self._stat_data(key, path))
+            return self._pair(key, path, self._stat_data(key, path))
 
     def list(self, prefix: str = "", *, with_metadata: bool = False) -> Iterator[ObjectInfo]:
         """Objects whose key starts with ``prefix`` (a plain string prefix), in key order."""
@@ -380,12 +380,13 @@ class LocalStorage(Storage):
             raise NotFoundError(f"{key!r} not found in {self.uri}", key=key)
         return st
 
-    def _pair(self, key: str, side: str, st: os.stat_result, target: int | str | None = None) -> ObjectInfo:
-        """The info of the data file ``st``: from its attribute, else from its sidecar if that was written with
-        this very file (``target``: the open file or its path, for the attribute; default the sidecar's data)."""
-        info = self._attr_info(key, _data_of(side) if target is None else target, st)
+    def _pair(self, key: str, data: int | str, st: os.stat_result) -> ObjectInfo:
+        """The info of the data file ``st`` (``data``: its open fd, or its path while the key's lock is held): from
+        its attribute, else from its sidecar if that was written with this very file."""
+        info = self._attr_info(key, data, st)
         if info is not None:
             return info
+        side = _sidecar(self._path(key))
         record = self._read_sidecar(key, side)
         if (record is not None and record["ino"] == st.st_ino and record["size"] == st.st_size
                 and record["mtime_ns"] == st.st_mtime_ns):
@@ -443,10 +444,10 @@ class LocalStorage(Storage):
         except OSError as exc:
             raise self._map(exc, key, "read") from None
 
-    def _current_etag(self, key: str, path: str, side: str) -> str | None:
+    def _current_etag(self, key: str, path: str) -> str | None:
         """The ETag of ``key`` (the caller holds its lock), None if absent."""
         try:
-            return self._pair(key, side, self._stat_data(key, path)).etag
+            return self._pair(key, path, self._stat_data(key, path)).etag
         except NotFoundError:
             return None
 
@@ -720,12 +721,6 @@ def _sidecar(path: str) -> str:
     """The metadata sidecar of the data file ``path``: ``.odibi-meta.<name>.json`` in the same folder."""
     folder, name = os.path.split(path)
     return os.path.join(folder, _META + name + _META_END)
-
-
-def _data_of(side: str) -> str:
-    """The data file of the sidecar ``side`` (inverse of :func:`_sidecar`)."""
-    folder, name = os.path.split(side)
-    return os.path.join(folder, name[len(_META):-len(_META_END)])
 
 
 def _parse_record(raw: bytes, with_ino: bool) -> dict[str, Any] | None:
