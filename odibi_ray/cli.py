@@ -28,6 +28,7 @@ from .checkpoint.legacy import check_readable
 from .checkpoint.migrate import migrate
 from .checkpoint.objectmeta import CheckpointMeta
 from .checkpoint.runs import node_statuses
+from .checkpoint.liveness import HEARTBEAT_S
 from .checkpoint.store import RunManifest, effective_status, list_runs
 from .dag import DAG
 from .errors import NotFoundError, OdibiError
@@ -212,6 +213,10 @@ def run_cmd(
     storage: Optional[str] = typer.Option(None, help="Checkpoint storage URI (overrides the pipeline's; "
                                           "default .odibi/<name>)."),
     resume: Optional[str] = typer.Option(None, help="Resume a run: 'latest' or a run id."),
+    force: bool = typer.Option(False, "--force", help="With --resume: take the run over even if its driver "
+                               "still looks alive (you know it is dead); exactly one resumer still wins."),
+    heartbeat: float = typer.Option(HEARTBEAT_S, help="Seconds between the driver's manifest heartbeats; "
+                                    "another host may take the run over after three missed beats."),
     backend: Backend = typer.Option(Backend.ray, help="ray (Ray tasks) or local (threads, no Ray)."),
     set_: list[str] = typer.Option([], "--set", help="Override a YAML field: key.path=value (repeatable)."),
     select: list[str] = typer.Option([], "--select", help="Run only node, node+ (and descendants) or +node "
@@ -226,8 +231,10 @@ def run_cmd(
     if select:
         dag = _select(dag, select)
     store = open_checkpoint_storage(uri, options)
+    if force and resume is None:
+        raise typer.BadParameter("--force only applies with --resume")
     result = run_dag(dag, backend=backend.value, address=address, storage=store, resume=resume,
-                     max_workers=max_workers, seed=seed)
+                     max_workers=max_workers, seed=seed, force=force, heartbeat_s=heartbeat)
     try:
         store.put(layout.run_prefix(dag.name, result.run_id) + RESULT_FILE, result.to_json(),
                   {"status": result.status.value})
@@ -235,6 +242,8 @@ def run_cmd(
         log.warning("could not store the run result for `odibi-ray report`: %s", exc)
     Console().print(_result_table(result))
     typer.echo(result.summary())
+    if result.manifest_error:
+        typer.echo(f"warning: {result.manifest_error}", err=True)
     if not result.succeeded:
         try:
             result.raise_for_status()

@@ -94,6 +94,25 @@ class SystemFailureError(ExecutionError):
         self.kind = kind
 
 
+class UnserialisableOutputError(ExecutionError):
+    """A node returned a value that cannot be serialised for its consumers (a lock, a generator, an open
+    connection, ...): the node's own failure, raised where its Ray worker hands the value to Ray.
+
+    ``node`` names the node, ``value_type`` is the returned value's type (``module.qualname``), ``reason`` what
+    the serialiser said. An application error of the node: its ``RetryPolicy.retry_on`` decides a retry, as for
+    any exception it raises. (With checkpoint storage the worker encodes the output first and the same fault is a
+    ``CodecError``; the local backend passes values in memory, so there an unpicklable output is fine.)
+    """
+
+    def __init__(self, node: str, value_type: str, reason: str) -> None:
+        self.node, self.value_type, self.reason = node, value_type, reason
+        super().__init__(f"node {node!r} returned a value of type {value_type} that cannot be serialised for its "
+                         f"consumers: {reason}")
+
+    def __reduce__(self):
+        return (type(self), (self.node, self.value_type, self.reason))
+
+
 class NodeFailedError(ExecutionError):
     """A node failed for good. Carries the original exception's type name, message and traceback."""
 
@@ -121,6 +140,14 @@ class RunFailedError(ExecutionError):
             msg += f" ({len(skipped)} node(s) not run: {', '.join(sorted(skipped)[:10])}"
             msg += ", ...)" if len(skipped) > 10 else ")"
         super().__init__(msg)
+
+
+class RunTakenOverError(ExecutionError):
+    """Another driver took this run over (a resume, maybe forced): the driver that gets this stops driving it."""
+
+
+class RunStillRunningError(ExecutionError):
+    """A resume found the run still driven by a live driver (pass ``force=True`` if that driver is known dead)."""
 
 
 class OutputUnavailableError(ExecutionError, KeyError):

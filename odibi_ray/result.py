@@ -164,6 +164,8 @@ class RunResult:
     stats: dict[str, int] = field(default_factory=dict)  # e.g. corrupt_objects found and recomputed
     metrics: Any = field(default=None, repr=False, compare=False)  # a MetricsManager, when metrics are on
     inputs: dict[str, list[str]] = field(default_factory=dict, repr=False)  # node -> its upstream nodes
+    stopped_reason: str | None = None  # why the driver stopped early (another driver took the run over)
+    manifest_error: str | None = None  # why the run's manifest could not be closed (it is retried in the background)
 
     @property
     def status(self) -> RunStatus:
@@ -277,4 +279,9 @@ class RunResult:
         for r in self.nodes.values():
             counts[r.status.value] = counts.get(r.status.value, 0) + 1
         parts = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-        return f"{self.pipeline} run {self.run_id}: {self.status.value} ({parts}) in {self.duration_s:.2f}s"
+        line = f"{self.pipeline} run {self.run_id}: {self.status.value} ({parts}) in {self.duration_s:.2f}s"
+        if self.stopped_reason:
+            line += f"; {self.stopped_reason}"
+        if self.manifest_error:
+            line += "; its manifest could not be closed (retried in the background; resumable now)"
+        return line

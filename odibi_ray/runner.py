@@ -12,12 +12,13 @@ from .backends.base import Backend
 from .backends.local import LocalBackend
 from .backends.ray_tasks import RayBackend
 from .dag import DAG
-from .errors import ExecutionError
 from .policy import RetryPolicy
 from .progress import RichProgress
 from .result import RunResult
 from .checkpoint.plan import plan_checkpoints
-from .checkpoint.runs import close_run, node_entries, open_new_run, open_resumed_run
+from .checkpoint.liveness import HEARTBEAT_S, DriverLease
+from .checkpoint.manifest_writer import ManifestWriter
+from .checkpoint.runs import node_entries, open_new_run, open_resumed_run
 from .run_metrics import metrics_actor, metrics_from_result
 from .scheduler import ProgressSink, Scheduler, new_run_id
 from .storage.base import Storage
@@ -87,7 +88,8 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
         fail_fast: bool = False, seed: int | None = None, progress: bool | ProgressSink | None = None,
         max_workers: int | None = None, ray_init_kwargs: dict[str, Any] | None = None,
         wait_for_resources: bool = False, run_id: str | None = None, metrics: bool = True,
-        metrics_namespace: str = "default", write_behind: bool | None = None) -> RunResult:
+        metrics_namespace: str = "default", write_behind: bool | None = None, force: bool = False,
+        heartbeat_s: float = HEARTBEAT_S) -> RunResult:
     """Run a DAG once and return its :class:`RunResult` (it does not raise for failed nodes:
     call ``result.raise_for_status()``).
 
@@ -108,15 +110,25 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
     checkpoints: every node's worker stores its output there (one object per node, its metadata saying what
     made it); nodes whose output is
     fresh in the cache are not run at all (status ``cached``). ``resume="latest"`` or a run id takes
-    over that run and reruns only what it had not finished (status ``resumed`` for the rest).
+    over that run and reruns only what it had not finished (status ``resumed`` for the rest). A run whose driver
+    is still driving it is refused unless ``force=True`` (its driver is known dead; a live one finds the run taken
+    over and stops, its result saying so in ``stopped_reason``). The driver writes the manifest's heartbeat every
+    ``heartbeat_s`` seconds (off the driver loop); from another host, a run is abandoned (resumable) after three
+    missed beats, on this host as soon as its driver stops. A storage outage never makes ``run()`` raise once
+    the run has started: the nodes it hit fail naming the storage error, and ``manifest_error`` says if the
+    manifest could not be closed (it is written when storage is back; the run is resumable at once).
     ``write_behind``: workers queue their checkpoint and return at once, the driver confirms every write before
     the run ends (checkpoint/writeback.py); default: on for remote stores with the Ray backend, off for local
     folders (nothing to hide there).
     """
     levels = dag.levels()  # validates: nothing runs on an invalid DAG
+    if not heartbeat_s > 0:
+        raise ValueError(f"heartbeat_s must be a positive number of seconds, got {heartbeat_s!r}")
     store = open_checkpoint_storage(storage, storage_options) if isinstance(storage, str) else storage
     if resume is not None and store is None:
         raise ValueError("resume= needs the storage= the run checkpointed to")
+    if force and resume is None:
+        raise ValueError("force=True only applies with resume= (taking over a run whose driver is known dead)")
     be = make_backend(backend, address=address, max_workers=max_workers, ray_init_kwargs=ray_init_kwargs,
                       wait_for_resources=wait_for_resources)
     if progress is None or progress is True:
@@ -125,49 +137,54 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
         sink = ProgressSink()
     else:
         sink = progress
-    manifest = plan = None
+    manifest = plan = writer = None
+    lease = DriverLease() if store is not None else None
     if store is None:
         rid = run_id or new_run_id()
     else:
         order = [n for names in levels for n in names]
         records = None
-        if resume is not None:
-            manifest, records = open_resumed_run(store, dag, resume)
-            rid = manifest.run_id
-        else:
-            rid = run_id or new_run_id()
-        behind = write_behind if write_behind is not None else (be.name == "ray" and not store.local_lookups)
-        plan = plan_checkpoints(dag, order, store, rid, records, write_behind=behind)
-        if manifest is None:
-            manifest = open_new_run(store, dag, rid, plan.keys, levels)
+        try:
+            if resume is not None:
+                manifest, records = open_resumed_run(store, dag, resume, lease, force=force, heartbeat_s=heartbeat_s)
+                rid = manifest.run_id
+            else:
+                rid = run_id or new_run_id()
+            behind = write_behind if write_behind is not None else (be.name == "ray" and not store.local_lookups)
+            plan = plan_checkpoints(dag, order, store, rid, records, write_behind=behind)
+            if manifest is None:
+                manifest = open_new_run(store, dag, rid, plan.keys, levels, lease, heartbeat_s)
+        except BaseException:
+            lease.release()  # nothing ran: this process drives nothing
+            raise
     log.info("run %s of %r: %d nodes in %d levels on %s", rid, dag.name, len(dag), len(levels), be.name)
     scheduler = Scheduler(dag, be, run_id=rid, levels=levels, barrier=barrier, fail_fast=fail_fast,
                           rng=random.Random(seed), progress=sink, default_retry=retry, checkpoint=plan)
-    if manifest is not None and plan is not None:
-        beat = manifest  # the manifest keeps what the run did (statuses, attempts, errors) on every heartbeat
-        plan.heartbeat = lambda: beat.heartbeat(lambda: node_entries(scheduler.records, scheduler.unconfirmed()))
+    if manifest is not None and plan is not None and lease is not None:
+        # the manifest keeps what the run did (statuses, attempts, errors) on every heartbeat, written off the loop
+        writer = ManifestWriter(manifest, lease, heartbeat_s,
+                                lambda: node_entries(scheduler.records, scheduler.unconfirmed()))
+        plan.heartbeat = writer.tick
     try:
         result = scheduler.run()
     except BaseException as exc:
-        if manifest is not None:
-            close_run(manifest, "failed", {"error": f"driver stopped: {type(exc).__name__}"},
-                      node_entries(scheduler.records, scheduler.unconfirmed()))
+        if writer is not None:
+            writer.close("failed", {"error": f"driver stopped: {type(exc).__name__}"},
+                         node_entries(scheduler.records, scheduler.unconfirmed()))
         raise
     finally:
         be.close()
         if plan is not None:  # the manifest is closed below: a recomputation on result[name] must not beat into it
             plan.heartbeat = lambda: None
     snapshot = _publish_metrics(result, be, metrics_namespace) if metrics else None
-    if manifest is not None:
+    if writer is not None:
         counts: dict[str, int] = {}
         for rec in result.nodes.values():
             counts[rec.status.value] = counts.get(rec.status.value, 0) + 1
-        try:
-            summary: dict[str, Any] = {"nodes": counts, **result.stats}
-            if snapshot is not None:  # past runs' metrics stay readable after the actor is gone
-                summary["metrics"] = snapshot
-            close_run(manifest, result.status.value, summary, node_entries(result.nodes))
-        except ExecutionError as exc:  # another driver took the run over meanwhile: its manifest, not ours
-            log.error("%s", exc)
+        summary: dict[str, Any] = {"nodes": counts, **result.stats}
+        if snapshot is not None:  # past runs' metrics stay readable after the actor is gone
+            summary["metrics"] = snapshot
+        result.manifest_error = writer.close(result.status.value, summary, node_entries(result.nodes))
+        result.stopped_reason = writer.taken_over
     log.info("%s", result.summary())
     return result

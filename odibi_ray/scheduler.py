@@ -28,7 +28,7 @@ from .checkpoint.codecs import CodecError
 from .errors import CorruptObjectError, NodeTimeoutError, NotFoundError, OutputUnavailableError, StorageError
 from .policy import SYSTEM_FAILURE_KINDS, RetryPolicy, compute_delay
 from .checkpoint.plan import CheckpointPlan
-from .checkpoint.store import HEARTBEAT_S, Provenance, StoredRef
+from .checkpoint.store import Provenance, StoredRef
 from .checkpoint.writeback import confirm_writes
 from .result import AttemptRecord, ErrorInfo, NodeRecord, NodeStatus, RunResult
 
@@ -40,6 +40,9 @@ WAIT_WINDOW = 1024
 POLL_S = 0.05
 #: Driver-side timeouts (local backend): how often a queued attempt's start is looked for.
 QUEUED_RECHECK_S = 0.05
+#: How often the loop offers the manifest writer a heartbeat (it writes at its own period, off the loop) and
+#: learns of a takeover, while long nodes run.
+HEARTBEAT_POLL_S = 1.0
 #: How long to wait for the cluster to declare dead the machine that held a lost input.
 LOST_NODE_WAIT_S = 5.0
 
@@ -179,7 +182,10 @@ class Scheduler:
         while self._open:
             now = time.monotonic()
             if heartbeat is not None:
-                heartbeat()
+                stop = heartbeat()
+                if stop is not None:  # another driver took the run over: it runs what is left
+                    self._abort(f"driver stopped: {stop}")
+                    break
             while self._timers and self._timers[0][0] <= now:
                 _, _, name = heapq.heappop(self._timers)
                 self._retrying.discard(name)
@@ -190,8 +196,8 @@ class Scheduler:
                 break
             wake = [t[0][0] for t in (self._timers, self._deadlines) if t]
             timeout = max(0.0, min(wake) - time.monotonic()) if wake else None
-            if heartbeat is not None:  # keep the manifest's heartbeat going while long nodes run
-                timeout = HEARTBEAT_S if timeout is None else min(timeout, HEARTBEAT_S)
+            if heartbeat is not None:  # look at the manifest's heartbeat (and takeovers) while long nodes run
+                timeout = HEARTBEAT_POLL_S if timeout is None else min(timeout, HEARTBEAT_POLL_S)
             if not self._inflight:
                 if timeout is None:
                     raise RuntimeError(f"scheduler stalled with {self._open} open node(s)")  # a bug, not a user error
@@ -235,7 +241,7 @@ class Scheduler:
             att.bytes_written, att.confirmed = outcome.bytes_written, True
             if outcome.error is not None:  # computed (its consumers used it) but never checkpointed: not done
                 kind = "storage" if isinstance(outcome.error, StorageError) else "object_lost"
-                att.error = rec.error = error_info(outcome.error, kind=kind)
+                att.error = rec.error = error_info(_unconfirmed(name, outcome.error), kind=kind)
                 rec.status = NodeStatus.FAILED
                 log.error("node %r: its checkpoint could not be written: %s", name, outcome.error)
 
@@ -492,6 +498,16 @@ class Scheduler:
                 seen.add(n)
                 todo.extend(self._children[n])
         return sorted(seen, key=self._rank.__getitem__)
+
+
+def _unconfirmed(name: str, exc: Exception) -> Exception:
+    """``exc``, of the same type, saying that it kept ``name``'s checkpoint from being confirmed stored."""
+    if not isinstance(exc, StorageError):
+        return exc
+    try:
+        return type(exc)(f"the checkpoint of node {name!r} could not be confirmed stored: {exc}", key=exc.key)
+    except Exception:  # noqa: BLE001 - an adapter's own subclass with another signature: keep it as it is
+        return exc
 
 
 class StoredHandle:

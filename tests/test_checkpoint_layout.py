@@ -77,17 +77,15 @@ def test_remote_plan_lists_the_pipeline_prefix_then_falls_back_to_lookups(azurit
 
 def test_the_manifest_shows_node_states_while_the_run_goes(local_storage, marks, tmp_path, monkeypatch):
     from odibi_ray import scheduler
-    from odibi_ray.checkpoint import store as store_module
 
-    monkeypatch.setattr(store_module, "HEARTBEAT_S", 0.05)
-    monkeypatch.setattr(scheduler, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(scheduler, "HEARTBEAT_POLL_S", 0.02)
     started, release = tmp_path / "started", tmp_path / "go"
     dag = pipeline(marks)
     dag.add_node(Node("wait_for_go", cp_nodes.wait_for_go, inputs={"x": "total"},
                       params={"marks": str(marks), "started": str(started), "go": str(release)}))
     results: list = []
     thread = threading.Thread(target=lambda: results.append(run(dag, backend="local", storage=local_storage,
-                                                                progress=False)))
+                                                                progress=False, heartbeat_s=0.05)))
     thread.start()
     try:
         deadline = time.monotonic() + 60

@@ -10,10 +10,12 @@ import time
 
 import pytest
 
-from odibi_ray import DAG, CachePolicy, ExecutionError, Node, NodeStatus, OutputUnavailableError, RetryPolicy, run
+from odibi_ray import DAG, CachePolicy, Node, NodeStatus, OutputUnavailableError, RetryPolicy, run
 from odibi_ray.checkpoint import layout
 from odibi_ray.checkpoint.keys import canonical
-from odibi_ray.checkpoint.store import RunManifest, driver_identity
+from odibi_ray.checkpoint.liveness import DriverLease
+from odibi_ray.checkpoint.store import RunManifest
+from odibi_ray.errors import PreconditionFailedError, RunTakenOverError
 from odibi_ray.storage.local import LocalStorage
 
 from .nodes import wait_for
@@ -153,13 +155,18 @@ def test_two_drivers_taking_over_one_run_exactly_one_wins(local_storage):
     a, b = RunManifest(local_storage, "p", "r1"), RunManifest(local_storage, "p", "r1")
     body_a, checked_a = a.read()
     body_b, checked_b = b.read()
-    a.take_over(checked_a, body_a, status="running")
-    with pytest.raises(ExecutionError, match="changed while this driver was taking it over"):
-        b.take_over(checked_b, body_b, status="running")
-    assert json.loads(local_storage.get(layout.manifest_key("p", "r1")))["driver"] == driver_identity()
+    lease_a, lease_b = DriverLease(), DriverLease()
+    try:
+        a.take_over(checked_a, body_a, lease_a, status="running")
+        with pytest.raises(PreconditionFailedError):
+            b.take_over(checked_b, body_b, lease_b, status="running")
+        assert json.loads(local_storage.get(layout.manifest_key("p", "r1")))["driver"] == lease_a.identity
+    finally:
+        lease_a.release()
+        lease_b.release()
     old = RunManifest(local_storage, "p", "r1")
     old.owner = {"host": "gone", "pid": 1}  # the driver that lost the run
-    with pytest.raises(ExecutionError, match="taken over"):
+    with pytest.raises(RunTakenOverError, match="taken over"):
         old.update(status="failed")
 
 

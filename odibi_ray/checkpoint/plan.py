@@ -39,7 +39,8 @@ class CheckpointPlan:
     reuse: dict[str, tuple[NodeStatus, StoredRef]] = field(default_factory=dict)  # nodes not run
     damaged: list[str] = field(default_factory=list)  # nodes whose stored output was found damaged
     expired: list[str] = field(default_factory=list)  # nodes whose stored output had expired (evicted: rerun)
-    heartbeat: Callable[[], None] = lambda: None
+    #: Called from the driver loop; returns why the driver must stop (the run was taken over), else None.
+    heartbeat: Callable[[], str | None] = lambda: None
 
 
 def plan_checkpoints(dag: DAG, order: list[str], storage: Storage, run_id: str,

@@ -8,13 +8,14 @@ import time
 from typing import Any, Mapping, NamedTuple
 
 from ..dag import DAG
-from ..errors import ExecutionError, NotFoundError
+from ..errors import ExecutionError, NotFoundError, PreconditionFailedError, RunStillRunningError
 from ..result import NodeRecord
 from ..storage.base import Storage
 from . import layout
 from .legacy import legacy_records
 from .objectmeta import CheckpointMeta
-from .store import RunManifest, driver_identity, effective_status, list_runs
+from .liveness import HEARTBEAT_S, DriverLease
+from .store import RunManifest, who_drives, effective_status, list_runs
 
 log = logging.getLogger(__name__)
 
@@ -22,44 +23,72 @@ log = logging.getLogger(__name__)
 ERROR_CHARS = 500
 
 
-def open_new_run(storage: Storage, dag: DAG, run_id: str, keys: dict[str, str], levels: list[list[str]]) -> RunManifest:
+def open_new_run(storage: Storage, dag: DAG, run_id: str, keys: dict[str, str], levels: list[list[str]],
+                 lease: DriverLease, heartbeat_s: float = HEARTBEAT_S) -> RunManifest:
     """Create the manifest of a new run (create-only: a run id is never reused by accident)."""
     manifest = RunManifest(storage, dag.name, run_id)
     level_of = {n: i for i, names in enumerate(levels) for n in names}
-    manifest.create({"started_at": time.time(), "driver": driver_identity(),
-                     "nodes": {n: {"key": k, "level": level_of[n], "status": "pending"} for n, k in keys.items()}})
+    manifest.create({"started_at": time.time(), "heartbeat_s": heartbeat_s,
+                     "nodes": {n: {"key": k, "level": level_of[n], "status": "pending"} for n, k in keys.items()}},
+                    lease)
     return manifest
 
 
-def open_resumed_run(storage: Storage, dag: DAG, resume: str) -> tuple[RunManifest, dict[str, PriorNode]]:
+#: How many times a resume reads the manifest again after its takeover lost a race (see open_resumed_run).
+TAKEOVER_TRIES = 3
+
+
+def open_resumed_run(storage: Storage, dag: DAG, resume: str, lease: DriverLease, *, force: bool = False,
+                     heartbeat_s: float = HEARTBEAT_S) -> tuple[RunManifest, dict[str, PriorNode]]:
     """The manifest of the run to resume (``"latest"`` or a run id) and what it says of its nodes.
 
-    A run whose driver is still beating is refused; a failed, abandoned (driver killed) or succeeded
-    run is taken over and marked running again.
+    A run whose driver is still driving it is refused (:class:`RunStillRunningError`) unless ``force`` (an
+    operator who knows that driver is dead; if it is not, it finds the run taken over and stops). A failed,
+    abandoned (driver stopped or killed) or succeeded run is taken over and marked running again, by a
+    compare-and-swap: of several resumers exactly one wins. One that lost to a write that did not take the run
+    (the old driver's late close) reads the manifest again and retries.
     """
-    if resume == "latest":
-        runs = list_runs(storage, dag.name)
-        if not runs:
-            raise ExecutionError(f"nothing to resume: pipeline {dag.name!r} has no runs in {storage.uri}")
-        run_id = runs[0]["run_id"]
-    else:
-        run_id = resume
+    run_id = _resolve(storage, dag, resume)
     manifest = RunManifest(storage, dag.name, run_id)
-    try:
-        body, checked = manifest.read()
-    except NotFoundError:
-        raise ExecutionError(f"cannot resume: no run {run_id!r} of pipeline {dag.name!r} in {storage.uri}") from None
-    status = effective_status(body)
-    if status == "running":
-        age = time.time() - float(body.get("updated_at") or 0)
-        raise ExecutionError(f"run {run_id!r} of {dag.name!r} is still running (its driver wrote {age:.0f} s ago); "
-                             "resume it once it has stopped")
-    statuses = node_statuses(storage, dag.name, run_id, body)
-    manifest.take_over(checked, body, status="running", resumes=int(body.get("resumes", 0)) + 1,
-                       resumed_from_status=status)
-    log.info("resuming run %s of %r (was %s; %d node(s) done)", run_id, dag.name, status,
-             sum(1 for s in statuses.values() if s.status in ("succeeded", "cached", "resumed")))
-    return manifest, statuses
+    forced_out: Any = None  # the driver force applies to: the one first seen (never one that won a race since)
+    for attempt in range(TAKEOVER_TRIES):
+        try:
+            body, checked = manifest.read()
+        except NotFoundError:
+            raise ExecutionError(f"cannot resume: no run {run_id!r} of pipeline {dag.name!r} in {storage.uri}") from None
+        status = effective_status(body)
+        if attempt == 0:
+            forced_out = body.get("driver")
+        if status == "running" and not (force and body.get("driver") == forced_out):
+            age = time.time() - float(body.get("updated_at") or 0)
+            raise RunStillRunningError(
+                f"run {run_id!r} of {dag.name!r} is still running (driver {who_drives(body)}, last write {age:.0f} s ago); "
+                f"resume it once it has stopped, or with force=True (--force) if that driver is known dead")
+        if status == "running":
+            log.warning("run %s of %r: taking it over from a driver said to be dead (%s), by force", run_id,
+                        dag.name, who_drives(body))
+        statuses = node_statuses(storage, dag.name, run_id, body)
+        try:
+            manifest.take_over(checked, body, lease, status="running", resumes=int(body.get("resumes", 0)) + 1,
+                               resumed_from_status=status, heartbeat_s=heartbeat_s)
+        except PreconditionFailedError:
+            if attempt + 1 < TAKEOVER_TRIES:
+                continue
+            raise ExecutionError(f"run {run_id!r} of {dag.name!r} kept changing while this driver was taking it "
+                                 "over (another driver is resuming it?)") from None
+        log.info("resuming run %s of %r (was %s; %d node(s) done)", run_id, dag.name, status,
+                 sum(1 for s in statuses.values() if s.status in ("succeeded", "cached", "resumed")))
+        return manifest, statuses
+    raise AssertionError("unreachable")
+
+
+def _resolve(storage: Storage, dag: DAG, resume: str) -> str:
+    if resume != "latest":
+        return resume
+    runs = list_runs(storage, dag.name)
+    if not runs:
+        raise ExecutionError(f"nothing to resume: pipeline {dag.name!r} has no runs in {storage.uri}")
+    return runs[0]["run_id"]
 
 
 class PriorNode(NamedTuple):
@@ -109,13 +138,3 @@ def node_entries(records: Mapping[str, NodeRecord], unconfirmed: set[str] | froz
             entry["reason"] = rec.reason[:ERROR_CHARS]
         out[name] = entry
     return out
-
-
-def close_run(manifest: RunManifest, status: str, summary: dict[str, Any],
-              nodes: dict[str, dict[str, Any]] | None = None) -> None:
-    """Write the run's final status and its nodes' states (one CAS update)."""
-    changes: dict[str, Any] = {"status": status, "ended_at": time.time(), "updated_at": time.time(),
-                               "summary": summary}
-    if nodes is not None:
-        changes["nodes"] = nodes
-    manifest.update(**changes)

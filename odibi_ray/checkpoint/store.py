@@ -6,22 +6,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from ..errors import AlreadyExistsError, CorruptObjectError, ExecutionError, NotFoundError, PreconditionFailedError
+from ..errors import AlreadyExistsError, CorruptObjectError, NotFoundError, PreconditionFailedError, RunTakenOverError
 from ..storage.base import ObjectInfo, Storage
 from . import layout
 from .codecs import decode, encode
+from .liveness import HEARTBEAT_S, DriverLease, driver_state
 from .objectmeta import CheckpointMeta
 
 log = logging.getLogger(__name__)
 
-#: A running driver refreshes its manifest this often; three missed beats mark the run abandoned.
-HEARTBEAT_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -134,12 +131,15 @@ def _replace_if_unusable(storage: Storage, okey: str, payload: bytes, md: dict[s
 
 
 class RunManifest:
-    """The driver's record of a run: created create-only, every change by ETag compare-and-swap."""
+    """The driver's record of a run: created create-only, every change by ETag compare-and-swap.
+
+    Safe to share between the driver loop's thread and the thread that writes its heartbeats: every write is a
+    compare-and-swap, and a write that lost one re-reads before it tries again.
+    """
 
     def __init__(self, storage: Storage, pipeline: str, run_id: str) -> None:
         self.storage, self.pipeline, self.run_id = storage, pipeline, run_id
         self.key = layout.manifest_key(pipeline, run_id)
-        self._last_beat = 0.0
         self.owner: dict[str, Any] | None = None  # the driver identity this process writes as
         self._mine: tuple[dict[str, Any], str] | None = None  # the body and ETag this driver last wrote
 
@@ -147,38 +147,38 @@ class RunManifest:
         data, info = self.storage.get_with_info(self.key)
         return json.loads(data), info
 
-    def create(self, body: dict[str, Any]) -> None:
+    def create(self, body: dict[str, Any], lease: DriverLease | None = None) -> None:
+        """Create the manifest, driven by ``lease`` (None: by the driver ``body`` names, e.g. in tools and tests)."""
+        driver = lease.identity if lease is not None else body.get("driver")
         body = dict(body, pipeline=self.pipeline, run_id=self.run_id, status="running", resumes=0,
-                    layout=layout.LAYOUT_VERSION)
+                    layout=layout.LAYOUT_VERSION, driver=driver)
         self._write(body, if_none_match=True)
-        self.owner = body.get("driver")
-        self._last_beat = time.time()  # creating it was this run's first beat
+        self.owner = driver
 
-    def take_over(self, checked: ObjectInfo, body: dict[str, Any], **changes: Any) -> None:
+    def take_over(self, checked: ObjectInfo, body: dict[str, Any], lease: DriverLease, **changes: Any) -> None:
         """Become this run's driver, if the manifest is still the one that was checked (``checked.etag``):
-        of two drivers resuming one run at once, exactly one wins."""
-        me = driver_identity()
-        new = dict(body, **changes, driver=me, updated_at=time.time(), layout=layout.LAYOUT_VERSION)
-        try:
-            self._write(new, if_match=checked.etag)
-        except PreconditionFailedError:
-            raise ExecutionError(f"run {self.run_id!r} of {self.pipeline!r} changed while this driver was taking it "
-                                 "over (another driver is resuming it?)") from None
-        self.owner = me
-        self._last_beat = time.time()
+        of two drivers resuming one run at once, exactly one wins (the other gets
+        :class:`PreconditionFailedError`)."""
+        new = dict(body, **changes, driver=lease.identity, updated_at=time.time(), layout=layout.LAYOUT_VERSION)
+        self._write(new, if_match=checked.etag)
+        self.owner = lease.identity
 
-    def update(self, **changes: Any) -> dict[str, Any]:
+    def update(self, *, while_running: bool = False, **changes: Any) -> dict[str, Any] | None:
         """Apply ``changes`` with compare-and-swap, retrying if another writer got in between. Refused
-        (:class:`ExecutionError`) once another driver has taken the run over."""
+        (:class:`RunTakenOverError`) once another driver has taken the run over. ``while_running``: change nothing
+        (return None) once the run is closed (a heartbeat that lost the race to the final write)."""
         for attempt in range(20):
-            if attempt == 0 and self._mine is not None:  # most often nobody else wrote since: no read needed
-                body, etag = dict(self._mine[0]), self._mine[1]
+            mine = self._mine
+            if attempt == 0 and mine is not None:  # most often nobody else wrote since: no read needed
+                body, etag = dict(mine[0]), mine[1]
             else:
                 body, info = self.read()
                 etag = info.etag
             if self.owner is not None and body.get("driver") != self.owner:
-                raise ExecutionError(f"run {self.run_id!r} of {self.pipeline!r} was taken over by another driver "
-                                     f"({body.get('driver')}); this driver no longer writes its manifest")
+                raise RunTakenOverError(f"run {self.run_id!r} of {self.pipeline!r} was taken over by another driver "
+                                        f"({who_drives(body)}); this driver no longer writes its manifest")
+            if while_running and body.get("status") != "running":
+                return None
             body.update(changes)
             try:
                 self._write(body, if_match=etag)
@@ -189,20 +189,6 @@ class RunManifest:
                     time.sleep(0.05)
         raise PreconditionFailedError(f"run manifest {self.key!r} kept changing under this driver", key=self.key)
 
-    def heartbeat(self, nodes: Callable[[], dict[str, Any]] | None = None) -> None:
-        """Refresh ``updated_at`` (and, given ``nodes``, the per-node states it returns) at most every
-        :data:`HEARTBEAT_S`: cheap to call from the driver loop."""
-        now = time.time()
-        if now - self._last_beat >= HEARTBEAT_S:
-            self._last_beat = now
-            changes: dict[str, Any] = {"updated_at": now}
-            if nodes is not None:
-                changes["nodes"] = nodes()
-            try:
-                self.update(**changes)
-            except Exception as exc:  # a missed beat is not worth failing the run
-                log.warning("could not refresh the run manifest: %s", exc)
-
     def _write(self, body: dict[str, Any], **cond: Any) -> None:
         body["updated_at"] = body.get("updated_at") or time.time()
         self._mine = None
@@ -212,39 +198,20 @@ class RunManifest:
         self._mine = (dict(body), info.etag)
 
 
+def who_drives(body: dict[str, Any]) -> str:
+    """The driver a manifest names, for messages."""
+    driver = body.get("driver") or {}
+    return f"host {driver.get('host')}, pid {driver.get('pid')}" if isinstance(driver, dict) else "unknown"
+
+
 def effective_status(body: dict[str, Any], now: float | None = None) -> str:
-    """``succeeded``, ``failed``, ``running`` or ``abandoned``: running, but its driver is gone (a dead
-    process on this host, or no heartbeat for three periods from anywhere)."""
+    """``succeeded``, ``failed``, ``running`` or ``abandoned``: running, but its driver stopped driving it (see
+    :mod:`.liveness`: a released or dead driver on this host, or no heartbeat for three of its periods)."""
     status = body.get("status", "")
     if status == "running":
-        driver = body.get("driver") or {}
-        if driver.get("host") == socket.gethostname():  # on this host the driver's process tells
-            return "running" if _alive(int(driver.get("pid") or 0)) else "abandoned"
-        updated = float(body.get("updated_at") or 0)
-        if (now or time.time()) - updated > 3 * HEARTBEAT_S:
-            return "abandoned"
+        return driver_state(body.get("driver") or {}, float(body.get("updated_at") or 0),
+                            float(body.get("heartbeat_s") or HEARTBEAT_S), now)
     return status
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (killed, not yet reaped) is not a running driver
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def driver_identity() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
 def list_runs(storage: Storage, pipeline: str) -> list[dict[str, str]]:

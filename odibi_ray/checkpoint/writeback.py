@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from ..errors import StorageError, StorageUnavailableError
 from .lookup import find_objects, head_each
 from .objectmeta import CheckpointMeta
 from .store import OutputTarget, Provenance, encode_output, store_encoded, write_output
@@ -81,16 +82,25 @@ class Confirmed:
 def confirm_writes(targets: Mapping[str, OutputTarget], pending: Mapping[str, Provenance],
                    fetch: Callable[[str], Any]) -> dict[str, Confirmed]:
     """Wait until the objects of ``pending`` (node -> what its attempt was) are stored; write the ones that never
-    show up from their values (``fetch(node)``) here. Returns each node's outcome."""
+    show up from their values (``fetch(node)``) here. Returns each node's outcome; never raises for storage.
+
+    A store that cannot be asked (an outage: the adapter gave up after its own bounded retries) ends the wait at
+    once: every node not confirmed yet gets that error, without one more request per node (each would take the
+    adapter's whole retry budget)."""
     if not pending:
         return {}
     first = targets[next(iter(pending))]
     wanted = {n: targets[n].object_key for n in pending}
     out: dict[str, Confirmed] = {}
     last_progress = time.monotonic()
+    down: StorageError | None = None
     while wanted and time.monotonic() - last_progress < CONFIRM_PATIENCE_S:
-        found = (head_each(first.storage, wanted) if len(wanted) <= HEAD_UP_TO
-                 else find_objects(first.storage, first.pipeline, wanted))
+        try:
+            found = (head_each(first.storage, wanted) if len(wanted) <= HEAD_UP_TO
+                     else find_objects(first.storage, first.pipeline, wanted))
+        except StorageError as exc:
+            down = exc
+            break
         confirmed = False
         now = time.time()
         for node, info in found.items():
@@ -106,9 +116,18 @@ def confirm_writes(targets: Mapping[str, OutputTarget], pending: Mapping[str, Pr
         elif wanted:
             time.sleep(CONFIRM_POLL_S)
     for node in list(wanted):
+        if down is not None:
+            out[node] = Confirmed(error=down)
+            continue
         log.warning("checkpoint of node %r did not arrive from its worker; the driver writes it", node)
         try:
             out[node] = Confirmed(write_output(targets[node], fetch(node), pending[node]))
+        except StorageUnavailableError as exc:  # the store went away: the rest would only wait as long again
+            down = exc
+            out[node] = Confirmed(error=exc)
         except Exception as exc:  # the store refused, or the value is gone with its Ray node: not checkpointed
             out[node] = Confirmed(error=exc)
+    if down is not None:
+        log.error("storage unavailable while confirming checkpoints (%s); %d node(s) not checkpointed", down,
+                  sum(1 for c in out.values() if c.error is down))
     return out

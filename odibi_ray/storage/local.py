@@ -344,6 +344,11 @@ class LocalStorage(Storage):
         elif "\\" in prefix or "\x00" in prefix:
             raise InvalidURIError(f"invalid prefix {prefix!r} for {self.uri}", key=prefix)
 
+    def _missing(self, key: str) -> StorageError:
+        """``NotFoundError`` for ``key``, unless the root itself is gone and must not be recreated (an outage)."""
+        self._require_root()
+        return NotFoundError(f"{key!r} not found in {self.uri}", key=key)
+
     def _require_root(self) -> None:
         if not self.create_root and not os.path.isdir(self.root):
             raise StorageUnavailableError(f"root folder of {self.uri} does not exist (missing mount?); "
@@ -356,7 +361,7 @@ class LocalStorage(Storage):
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # NONBLOCK: a FIFO must not hang us
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            raise NotFoundError(f"{key!r} not found in {self.uri}", key=key) from None
+            raise self._missing(key) from None
         except OSError as exc:
             raise self._map(exc, key, "read") from None
         try:
@@ -373,7 +378,7 @@ class LocalStorage(Storage):
         try:
             st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
-            raise NotFoundError(f"{key!r} not found in {self.uri}", key=key) from None
+            raise self._missing(key) from None
         except OSError as exc:
             raise self._map(exc, key, "read") from None
         if not stat.S_ISREG(st.st_mode):  # a folder of other keys is not an object
@@ -474,6 +479,7 @@ class LocalStorage(Storage):
                         items.append((e.name, "file", e.path))
                         files.add(e.name)
         except (FileNotFoundError, NotADirectoryError):
+            self._require_root()  # a gone mount is an outage, not an empty folder
             return
         except OSError as exc:
             raise self._map(exc, key_prefix or None, "list") from None

@@ -1,0 +1,129 @@
+"""Who is driving a run, and whether it still is: the driver identity a manifest names, and how any process
+tells a live driver from one that stopped.
+
+A driver that starts (or takes over) a run takes a *lease*: a fresh token, written into the manifest with its
+host and pid, and an exclusive ``flock`` on a file named by that token in this host's temp folder, held for as
+long as it drives. The kernel drops the lock when the process dies, however it dies, and the driver drops it
+itself as soon as it stops driving (even when it cannot write the manifest: a storage outage), so on the same
+host "still driving" is exact and immediate, whatever the pid namespace. From another host (or another UTS
+namespace) only the manifest's heartbeat tells: a run whose driver has not written for ``MISSED_BEATS`` of its
+own heartbeat periods is abandoned. An operator who knows the driver is dead can take over at once
+(``force``); takeover itself is a compare-and-swap, so exactly one resumer wins.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import socket
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Mapping
+
+log = logging.getLogger(__name__)
+
+#: A running driver refreshes its manifest this often (seconds) unless the run says otherwise (``heartbeat_s``).
+HEARTBEAT_S = 15.0
+#: How many heartbeat periods without a write mark a run abandoned, when its driver's host cannot be asked.
+MISSED_BEATS = 3
+
+#: Tokens of the leases this process held and released: it knows it stopped driving those runs.
+_released: set[str] = set()
+
+
+def lease_dir() -> Path:
+    """Where this host's driver leases live (one small file per driving session)."""
+    return Path(tempfile.gettempdir()) / "odibi-ray-drivers"
+
+
+class DriverLease:
+    """This process's claim to drive one run: the identity written into its manifest, and the held lock."""
+
+    def __init__(self) -> None:
+        self.token = uuid.uuid4().hex
+        self.identity: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "token": self.token}
+        self._fd: int | None = None
+        try:
+            folder = lease_dir()
+            folder.mkdir(mode=0o1777, exist_ok=True)
+            fd = os.open(folder / self.token, os.O_CREAT | os.O_RDWR, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._fd = fd
+            self.identity["lease"] = True
+        except OSError as exc:  # no writable temp folder: other processes here fall back to the pid
+            log.debug("no driver lease file (%s); liveness falls back to the pid", exc)
+
+    def release(self) -> None:
+        """Stop driving: from now on every process (this one included) may take the run over."""
+        _released.add(self.token)
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            _forget(lease_dir() / self.token)
+            os.close(fd)
+
+    @property
+    def held(self) -> bool:
+        return self.token not in _released
+
+
+def driver_state(driver: Mapping[str, Any], updated_at: float, heartbeat_s: float,
+                 now: float | None = None) -> str:
+    """``running`` or ``abandoned`` for a manifest that says ``running`` and names ``driver``."""
+    token = str(driver.get("token") or "")
+    if token and token in _released:
+        return "abandoned"  # this process was its driver and stopped
+    if driver.get("host") == socket.gethostname():
+        return "running" if _driving_here(driver) else "abandoned"
+    if (now or time.time()) - updated_at > MISSED_BEATS * heartbeat_s:
+        return "abandoned"
+    return "running"
+
+
+def _driving_here(driver: Mapping[str, Any]) -> bool:
+    """Whether a driver on this host still holds its lease (a driver with no lease file: whether its pid lives)."""
+    token, pid = str(driver.get("token") or ""), int(driver.get("pid") or 0)
+    if not (token and driver.get("lease")):
+        return _alive(pid)
+    path = lease_dir() / token
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False  # released (the driver removes it when it stops driving)
+    except OSError:
+        return _alive(pid)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True  # held: its driver is driving
+    else:
+        _forget(path)  # its driver died without releasing it: nobody will need the file again
+    finally:
+        os.close(fd)  # closing drops a lock we may just have taken
+    return False
+
+
+def _forget(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie (killed, not yet reaped) is not a running driver
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True

@@ -1,0 +1,145 @@
+"""The driver's writes to its run manifest while it drives: heartbeats off the driver loop, the final close, and a
+close that storage refused, retried in the background until storage is back.
+
+Why a thread: a manifest write is a storage call, and during an outage one takes the storage's whole retry budget
+(seconds). On the loop it stalled every node's scheduling; here the loop only hands over a snapshot of the node
+states when one is due (:meth:`ManifestWriter.tick`, a clock read otherwise) and learns, on the same call, that
+another driver has taken the run over. The final close is written by the caller, bounded by one storage call:
+``run()`` returns its result whatever storage does, and the lease is released either way, so this process and any
+other on this host may resume the run at once (:mod:`.liveness`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from ..errors import RunTakenOverError, StorageError
+from .liveness import DriverLease
+from .store import RunManifest
+
+log = logging.getLogger(__name__)
+
+#: A close that storage refused is tried again after these many seconds, doubling up to the cap.
+CLOSE_RETRY_FIRST_S = 2.0
+CLOSE_RETRY_MAX_S = 60.0
+
+
+class ManifestWriter:
+    """Heartbeats of one run's manifest, written by a daemon thread; see the module docstring."""
+
+    def __init__(self, manifest: RunManifest, lease: DriverLease, period_s: float,
+                 snapshot: Callable[[], dict[str, Any]]) -> None:
+        self.manifest, self.lease, self.period_s, self.snapshot = manifest, lease, period_s, snapshot
+        self._offer: dict[str, Any] | None = None
+        self._wake = threading.Event()
+        self._stopped = False
+        self._busy = False
+        self._due = time.monotonic() + period_s
+        self._last_write = time.monotonic()
+        self.taken_over: str | None = None  # why this driver must stop, once another driver took the run
+        self._thread = threading.Thread(target=self._beat, name=f"odibi-manifest-{manifest.run_id}", daemon=True)
+        self._thread.start()
+
+    def tick(self) -> str | None:
+        """Called from the driver loop: offer the node states when a beat is due. Returns why the driver must
+        stop (the run was taken over), else None. Never blocks on storage."""
+        if self.taken_over is not None:
+            return self.taken_over
+        now = time.monotonic()
+        if now >= self._due and not self._busy:
+            self._due = now + self.period_s
+            self._offer = self.snapshot()
+            self._wake.set()
+        return None
+
+    def _beat(self) -> None:
+        while True:
+            self._wake.wait(self.period_s)  # an offer, or a period without one (the loop is busy elsewhere)
+            self._wake.clear()
+            if self._stopped:
+                return
+            nodes, self._offer = self._offer, None
+            if nodes is None and time.monotonic() - self._last_write < self.period_s:
+                continue
+            self._busy = True
+            try:
+                changes: dict[str, Any] = {"updated_at": time.time()}
+                if nodes is not None:
+                    changes["nodes"] = nodes
+                if self.manifest.update(while_running=True, **changes) is None:
+                    return  # closed meanwhile
+            except RunTakenOverError as exc:
+                log.error("%s: stopping", exc)
+                self.taken_over = str(exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - a missed beat is not worth failing the run
+                log.warning("could not refresh the manifest of run %s: %s", self.manifest.run_id, exc)
+            finally:
+                self._busy = False
+                self._last_write = time.monotonic()
+
+    def stop(self) -> None:
+        """No more heartbeats (a beat in flight finishes on its own; it never overwrites a closed manifest)."""
+        self._stopped = True
+        self._wake.set()
+
+    def close(self, status: str, summary: dict[str, Any], nodes: dict[str, dict[str, Any]]) -> str | None:
+        """Write the run's final state (one storage call) and stop driving. Returns None once written or when
+        there is nothing to write (the run was taken over: :attr:`taken_over` says so), else why not: storage
+        refused — then the close is retried in the background until storage is back, and the run is resumable at
+        once all the same."""
+        self.stop()
+        try:
+            if self.taken_over is not None:
+                return None
+            try:
+                _close(self.manifest, status, summary, nodes)
+                return None
+            except RunTakenOverError as exc:
+                self.taken_over = str(exc)
+                return None
+            except StorageError as exc:
+                note = (f"the manifest of run {self.manifest.run_id!r} could not be closed ({type(exc).__name__}: "
+                        f"{exc}); it still says 'running' and is written again when storage answers; the run can "
+                        "be resumed at once")
+                log.error("%s", note)
+                _retry_in_background(self.manifest, status, summary, nodes)
+                return note
+        finally:
+            self.lease.release()
+
+
+def _close(manifest: RunManifest, status: str, summary: dict[str, Any], nodes: dict[str, dict[str, Any]]) -> None:
+    """The final status, summary and node states, in one compare-and-swap update."""
+    now = time.time()
+    manifest.update(status=status, ended_at=now, updated_at=now, summary=summary, nodes=nodes)
+
+
+def _retry_in_background(manifest: RunManifest, status: str, summary: dict[str, Any],
+                         nodes: dict[str, dict[str, Any]]) -> threading.Thread:
+    """Keep trying to write a close that storage refused, backing off, until it is written or another driver
+    took the run over (its manifest then). A daemon thread: a process that exits first leaves the manifest
+    'running' with a released lease, which every reader sees as abandoned."""
+    def retry() -> None:
+        delay = CLOSE_RETRY_FIRST_S
+        while True:
+            time.sleep(delay)
+            try:
+                _close(manifest, status, summary, nodes)
+                log.info("run %s: its manifest is closed now (%s)", manifest.run_id, status)
+                return
+            except RunTakenOverError:
+                return
+            except StorageError as exc:
+                log.debug("run %s: manifest still not writable: %s", manifest.run_id, exc)
+            except Exception as exc:  # noqa: BLE001 - a bug here must not spin; say it once and stop
+                log.error("run %s: giving up closing its manifest: %s", manifest.run_id, exc)
+                return
+            delay = min(delay * 2, CLOSE_RETRY_MAX_S)
+
+    thread = threading.Thread(target=retry, name=f"odibi-close-{manifest.run_id}", daemon=True)
+    thread.start()
+    return thread
