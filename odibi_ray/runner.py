@@ -17,8 +17,9 @@ from .progress import RichProgress
 from .result import RunResult
 from .checkpoint.plan import plan_checkpoints
 from .checkpoint.liveness import HEARTBEAT_S, DriverLease
-from .checkpoint.manifest_writer import ManifestWriter
+from .checkpoint.manifest_writer import Confirmer, ManifestWriter
 from .checkpoint.runs import node_entries, open_new_run, open_resumed_run
+from .checkpoint.writeback import stored_now
 from .run_metrics import metrics_actor, metrics_from_result
 from .scheduler import ProgressSink, Scheduler, new_run_id
 from .storage.base import Storage
@@ -162,8 +163,11 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
                           rng=random.Random(seed), progress=sink, default_retry=retry, checkpoint=plan)
     if manifest is not None and plan is not None and lease is not None:
         # the manifest keeps what the run did (statuses, attempts, errors) on every heartbeat, written off the loop
+        targets = plan.targets
         writer = ManifestWriter(manifest, lease, heartbeat_s,
-                                lambda: node_entries(scheduler.records, scheduler.unconfirmed()))
+                                lambda: node_entries(scheduler.records, scheduler.unconfirmed()),
+                                Confirmer(scheduler.pending_writes, lambda pending: stored_now(targets, pending),
+                                          scheduler.accept_confirmed))
         plan.heartbeat = writer.tick
     try:
         result = scheduler.run()

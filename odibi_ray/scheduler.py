@@ -18,7 +18,7 @@ import itertools
 import logging
 import random
 import time
-from typing import Any, Hashable
+from typing import Any, Hashable, Mapping
 
 from .attempt import HARD_KILL_GRACE_S, error_info
 from .backends.base import Backend
@@ -29,7 +29,7 @@ from .errors import CorruptObjectError, NodeTimeoutError, NotFoundError, OutputU
 from .policy import SYSTEM_FAILURE_KINDS, RetryPolicy, compute_delay
 from .checkpoint.plan import CheckpointPlan
 from .checkpoint.store import Provenance, StoredRef
-from .checkpoint.writeback import confirm_writes
+from .checkpoint.writeback import Confirmed, confirm_writes
 from .result import AttemptRecord, ErrorInfo, NodeRecord, NodeStatus, RunResult
 
 log = logging.getLogger(__name__)
@@ -224,15 +224,29 @@ class Scheduler:
                 if rec.status is NodeStatus.SUCCEEDED and cp.targets[name].write_behind
                 and not rec.attempt_history[-1].confirmed}
 
-    def _confirm_writes(self) -> None:
-        """Wait for the checkpoints workers wrote behind (see checkpoint/writeback.py): a node counts as
-        checkpointed only once its object is stored. One that cannot be written at all fails its node."""
-        cp = self.checkpoint
+    def pending_writes(self) -> dict[str, Provenance]:
+        """The unconfirmed nodes (see :meth:`unconfirmed`) and what their attempts were."""
         pending = {}
         for name in self.unconfirmed():
             att = self.records[name].attempt_history[-1]
             pending[name] = Provenance(att.number, att.worker_node_id or "", att.worker_pid or 0,
                                        att.started_at or 0.0, att.ended_at or 0.0)
+        return pending
+
+    def accept_confirmed(self, found: Mapping[str, Confirmed], pending: Mapping[str, Provenance]) -> None:
+        """Checkpoints found stored while the run goes on (the manifest writer looks at each heartbeat): their
+        nodes count as checkpointed, unless they were run again since."""
+        for name, outcome in found.items():
+            rec = self.records[name]
+            att = rec.attempt_history[-1] if rec.attempt_history else None
+            if rec.status is NodeStatus.SUCCEEDED and att is not None and att.number == pending[name].attempt:
+                att.bytes_written, att.confirmed = outcome.bytes_written, True
+
+    def _confirm_writes(self) -> None:
+        """Wait for the checkpoints workers wrote behind (see checkpoint/writeback.py): a node counts as
+        checkpointed only once its object is stored. One that cannot be written at all fails its node."""
+        cp = self.checkpoint
+        pending = self.pending_writes()
         if cp is None or not pending:
             return
         for name, outcome in confirm_writes(cp.targets, pending, lambda n: self.backend.fetch(self._live[n])).items():

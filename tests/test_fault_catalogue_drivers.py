@@ -151,6 +151,10 @@ def test_outage_mid_run_ends_in_a_result_and_the_same_process_resumes_once_stora
     driver.start()
     wait_for(gate["started"], "the gate to start")
     stored_objects(site.spec, 2)  # source's and double's checkpoints (written behind on Azurite) have landed
+    deadline = time.monotonic() + 30  # ... and a heartbeat has confirmed them (the manifest says so)
+    while {manifest_of(site.spec)["nodes"][n]["status"] for n in ("source", "double")} != {"succeeded"}:
+        assert time.monotonic() < deadline, manifest_of(site.spec)["nodes"]
+        time.sleep(0.05)
     site.down()
     cut = time.monotonic()
     Path(gate["go"]).write_text("go")
@@ -159,13 +163,13 @@ def test_outage_mid_run_ends_in_a_result_and_the_same_process_resumes_once_stora
     returned_after = time.monotonic() - cut
     [res] = box
     assert "raised" not in res, res
-    st, errors = res["statuses"], res["errors"]
-    # the gate's checkpoint write met the outage; its consumers are skipped or, where the checkpoints are written
-    # behind (Azurite), ran and could not be confirmed stored; nodes confirmed before the cut stay succeeded
-    assert st["gate"] == "failed" and errors["gate"] == "StorageUnavailableError"
-    assert all(st[n] in ("skipped", "failed") for n in ("total", "as_bytes")), st
-    assert all(errors.get(n) == "StorageUnavailableError" for n, s in st.items() if s == "failed"), res
-    assert all(s in ("succeeded", "failed") for n, s in st.items() if n in ("source", "double")), st
+    # the gate's checkpoint write met the outage: it fails naming the storage error. On the folder the write is
+    # inline, so its consumers never start (skipped); on Azurite it is written behind, so they ran and their own
+    # checkpoints could not be confirmed stored (failed, same error). Nodes confirmed before the cut: succeeded.
+    after_gate = "failed" if site.spec.startswith("azurite") else "skipped"
+    assert res["statuses"] == {"source": "succeeded", "double": "succeeded", "gate": "failed",
+                               "total": after_gate, "as_bytes": after_gate}
+    assert set(res["errors"].values()) == {"StorageUnavailableError"}
     assert res["manifest_error"] and "could not be closed" in res["manifest_error"]
     first = ran(gate["marks"])
     assert first["source"] == 1 and first["double"] == 1

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from ..errors import RunTakenOverError, StorageError
 from .liveness import DriverLease
@@ -27,13 +27,26 @@ CLOSE_RETRY_FIRST_S = 2.0
 CLOSE_RETRY_MAX_S = 60.0
 
 
+class Confirmer(NamedTuple):
+    """How heartbeats confirm checkpoints written behind (checkpoint/writeback.py) while the run goes on, so that
+    the manifest -- and the run's account after an outage -- says ``succeeded`` for every node stored by then:
+    ``pending()`` (loop) the unconfirmed nodes, ``look(pending)`` (writer thread) which are stored now,
+    ``accept(found, pending)`` (loop) records them."""
+
+    pending: Callable[[], dict[str, Any]]
+    look: Callable[[dict[str, Any]], dict[str, Any]]
+    accept: Callable[[dict[str, Any], dict[str, Any]], None]
+
+
 class ManifestWriter:
     """Heartbeats of one run's manifest, written by a daemon thread; see the module docstring."""
 
     def __init__(self, manifest: RunManifest, lease: DriverLease, period_s: float,
-                 snapshot: Callable[[], dict[str, Any]]) -> None:
+                 snapshot: Callable[[], dict[str, Any]], confirmer: Confirmer | None = None) -> None:
         self.manifest, self.lease, self.period_s, self.snapshot = manifest, lease, period_s, snapshot
-        self._offer: dict[str, Any] | None = None
+        self.confirmer = confirmer
+        self._offer: tuple[dict[str, Any], dict[str, Any]] | None = None  # node states, writes to confirm
+        self._found: list[tuple[dict[str, Any], dict[str, Any]]] = []  # confirmations for the loop to take
         self._wake = threading.Event()
         self._stopped = False
         self._busy = False
@@ -48,10 +61,14 @@ class ManifestWriter:
         stop (the run was taken over), else None. Never blocks on storage."""
         if self.taken_over is not None:
             return self.taken_over
+        if self._found and self.confirmer is not None:
+            found, self._found = self._found, []
+            for confirmed, pending in found:
+                self.confirmer.accept(confirmed, pending)
         now = time.monotonic()
         if now >= self._due and not self._busy:
             self._due = now + self.period_s
-            self._offer = self.snapshot()
+            self._offer = (self.snapshot(), self.confirmer.pending() if self.confirmer is not None else {})
             self._wake.set()
         return None
 
@@ -61,11 +78,12 @@ class ManifestWriter:
             self._wake.clear()
             if self._stopped:
                 return
-            nodes, self._offer = self._offer, None
-            if nodes is None and time.monotonic() - self._last_write < self.period_s:
+            offer, self._offer = self._offer, None
+            if offer is None and time.monotonic() - self._last_write < self.period_s:
                 continue
             self._busy = True
             try:
+                nodes = self._confirm(*offer) if offer is not None else None
                 changes: dict[str, Any] = {"updated_at": time.time()}
                 if nodes is not None:
                     changes["nodes"] = nodes
@@ -80,6 +98,22 @@ class ManifestWriter:
             finally:
                 self._busy = False
                 self._last_write = time.monotonic()
+
+    def _confirm(self, nodes: dict[str, Any], pending: dict[str, Any]) -> dict[str, Any]:
+        """Look up the checkpoints written behind since the last beat: the ones stored are written into this beat
+        as ``succeeded`` (not ``computed``) and handed to the loop. A store that cannot be asked confirms none."""
+        if not pending or self.confirmer is None:
+            return nodes
+        try:
+            confirmed = self.confirmer.look(pending)
+        except StorageError as exc:
+            log.debug("could not confirm checkpoints at this beat: %s", exc)
+            return nodes
+        if confirmed:
+            self._found.append((confirmed, pending))
+            nodes = {n: (dict(e, status="succeeded") if n in confirmed and e.get("status") == "computed" else e)
+                     for n, e in nodes.items()}
+        return nodes
 
     def stop(self) -> None:
         """No more heartbeats (a beat in flight finishes on its own; it never overwrites a closed manifest)."""

@@ -79,6 +79,26 @@ class Confirmed:
     error: Exception | None = None
 
 
+def stored_now(targets: Mapping[str, OutputTarget], pending: Mapping[str, Provenance]) -> dict[str, Confirmed]:
+    """One look at the store: which of ``pending`` are stored now, as this attempt wrote them (or as another run
+    did, fresh and intact by its metadata). Raises :class:`StorageError` when the store cannot be asked."""
+    if not pending:
+        return {}
+    first = targets[next(iter(pending))]
+    wanted = {n: targets[n].object_key for n in pending}
+    found = (head_each(first.storage, wanted) if len(wanted) <= HEAD_UP_TO
+             else find_objects(first.storage, first.pipeline, wanted))
+    out: dict[str, Confirmed] = {}
+    now = time.time()
+    for node, info in found.items():
+        meta = CheckpointMeta.from_info(info)
+        ours = meta is not None and meta.run_id == targets[node].run_id and meta.attempt == pending[node].attempt
+        if meta is None or not (ours or meta.fresh(now, targets[node].ttl_s)):
+            continue  # damaged or expired (what the plan found there): not this write
+        out[node] = Confirmed(info.size if ours else 0)
+    return out
+
+
 def confirm_writes(targets: Mapping[str, OutputTarget], pending: Mapping[str, Provenance],
                    fetch: Callable[[str], Any]) -> dict[str, Confirmed]:
     """Wait until the objects of ``pending`` (node -> what its attempt was) are stored; write the ones that never
@@ -89,29 +109,20 @@ def confirm_writes(targets: Mapping[str, OutputTarget], pending: Mapping[str, Pr
     adapter's whole retry budget)."""
     if not pending:
         return {}
-    first = targets[next(iter(pending))]
     wanted = {n: targets[n].object_key for n in pending}
     out: dict[str, Confirmed] = {}
     last_progress = time.monotonic()
     down: StorageError | None = None
     while wanted and time.monotonic() - last_progress < CONFIRM_PATIENCE_S:
         try:
-            found = (head_each(first.storage, wanted) if len(wanted) <= HEAD_UP_TO
-                     else find_objects(first.storage, first.pipeline, wanted))
+            found = stored_now(targets, {n: pending[n] for n in wanted})
         except StorageError as exc:
             down = exc
             break
-        confirmed = False
-        now = time.time()
-        for node, info in found.items():
-            meta = CheckpointMeta.from_info(info)
-            ours = meta is not None and meta.run_id == targets[node].run_id and meta.attempt == pending[node].attempt
-            if meta is None or not (ours or meta.fresh(now, targets[node].ttl_s)):
-                continue  # damaged or expired (what the plan found there): not this write; rewritten below
-            out[node] = Confirmed(info.size if ours else 0)
+        out.update(found)
+        for node in found:
             del wanted[node]
-            confirmed = True
-        if confirmed:
+        if found:
             last_progress = time.monotonic()
         elif wanted:
             time.sleep(CONFIRM_POLL_S)
