@@ -188,7 +188,10 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
         summary: dict[str, Any] = {"nodes": counts, **result.stats}
         if snapshot is not None:  # past runs' metrics stay readable after the actor is gone
             summary["metrics"] = snapshot
-        result.manifest_error = writer.close(result.status.value, summary, node_entries(result.nodes))
+        # a store the run just found unavailable: do not make the caller wait one more retry budget for the close
+        down = any(r.error is not None and r.error.type_name == "StorageUnavailableError" for r in result.nodes.values())
+        result.manifest_error = writer.close(result.status.value, summary, node_entries(result.nodes),
+                                             storage_down=down)
         result.stopped_reason = writer.taken_over
     log.info("%s", result.summary())
     return result

@@ -57,12 +57,13 @@ def gated_pipeline(marks: str, started: str, go: str, name: str = "faults") -> D
 
 
 def drive(spec: str, marks: str, started: str, go: str, *, resume: str | None = None, force: bool = False,
-          heartbeat_s: float = 15.0, backend: str = "local") -> dict[str, Any]:
-    """Run or resume the gated pipeline; what happened, as a JSON-able dict."""
+          heartbeat_s: float = 15.0, backend: str = "local", timeout_s: float = 4.0) -> dict[str, Any]:
+    """Run or resume the gated pipeline; what happened, as a JSON-able dict (``timeout_s``: the remote store's
+    retry budget per call)."""
     t0 = time.monotonic()
     try:
-        result = run(gated_pipeline(marks, started, go), backend=backend, storage=open_spec(spec), resume=resume,
-                     force=force, heartbeat_s=heartbeat_s, progress=False, metrics=False)
+        result = run(gated_pipeline(marks, started, go), backend=backend, storage=open_spec(spec, timeout_s),
+                     resume=resume, force=force, heartbeat_s=heartbeat_s, progress=False, metrics=False)
     except Exception as exc:  # noqa: BLE001 - reported to the test, which checks it
         return {"raised": type(exc).__name__, "message": str(exc), "seconds": time.monotonic() - t0}
     out: dict[str, Any] = {"run_id": result.run_id, "statuses": {n: r.status.value for n, r in result.nodes.items()},

@@ -127,6 +127,26 @@ def test_status_shows_an_abandoned_run(store):
     assert "ghost" in r.stdout and "abandoned" in r.stdout
 
 
+def test_resume_of_a_live_looking_run_needs_force(store):
+    """A run whose driver looks alive from here (another host that beats recently) is refused with a line that
+    names --force; with --force it is taken over and finished. --force alone is a usage error."""
+    ok("run", SALES, "--backend", "local", "--storage", store)
+    rid = list_runs(open_storage(store), "sales_yaml")[0]["run_id"]
+    manifest = RunManifest(open_storage(store), "sales_yaml", rid)
+    body, info = manifest.read()
+    open_storage(store).put(manifest.key, json.dumps(dict(body, status="running", updated_at=time.time(),
+                                                          driver={"host": "elsewhere", "pid": 1})).encode(),
+                            if_match=info.etag)
+    r = cli("run", SALES, "--backend", "local", "--storage", store, "--resume", rid)
+    assert r.exit_code == 2 and "is still running (driver host elsewhere, pid 1" in r.stderr and "--force" in r.stderr
+    r = ok("run", SALES, "--backend", "local", "--storage", store, "--resume", rid, "--force", "--heartbeat", "5")
+    assert "succeeded (3 resumed)" in r.stdout
+    body, _ = manifest.read()
+    assert body["status"] == "succeeded" and body["resumes"] == 1 and body["heartbeat_s"] == 5.0
+    r = cli("run", SALES, "--backend", "local", "--storage", store, "--force")
+    assert r.exit_code == 2 and "--force only applies with --resume" in r.stderr
+
+
 def test_select_runs_only_the_subgraph(store):
     r = ok("run", SALES, "--backend", "local", "--storage", store, "--select", "+clean")
     assert "succeeded (2 succeeded)" in r.stdout and "total" not in r.stdout

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any, Callable, NamedTuple
 
-from ..errors import RunTakenOverError, StorageError
+from ..errors import RunTakenOverError, StorageError, StorageUnavailableError
 from .liveness import DriverLease
 from .store import RunManifest
 
@@ -120,16 +120,20 @@ class ManifestWriter:
         self._stopped = True
         self._wake.set()
 
-    def close(self, status: str, summary: dict[str, Any], nodes: dict[str, dict[str, Any]]) -> str | None:
+    def close(self, status: str, summary: dict[str, Any], nodes: dict[str, dict[str, Any]], *,
+              storage_down: bool = False) -> str | None:
         """Write the run's final state (one storage call) and stop driving. Returns None once written or when
         there is nothing to write (the run was taken over: :attr:`taken_over` says so), else why not: storage
         refused — then the close is retried in the background until storage is back, and the run is resumable at
-        once all the same."""
+        once all the same. ``storage_down``: the run has just seen the store unavailable, so the caller does not
+        wait one more retry budget for it: the close goes to the background at once."""
         self.stop()
         try:
             if self.taken_over is not None:
                 return None
             try:
+                if storage_down:
+                    raise StorageUnavailableError("the store was unavailable during the run")
                 _close(self.manifest, status, summary, nodes)
                 return None
             except RunTakenOverError as exc:
@@ -140,7 +144,8 @@ class ManifestWriter:
                         f"{exc}); it still says 'running' and is written again when storage answers; the run can "
                         "be resumed at once")
                 log.error("%s", note)
-                _retry_in_background(self.manifest, status, summary, nodes)
+                _retry_in_background(self.manifest, status, summary, nodes, first_delay_s=0.0 if storage_down
+                                     else CLOSE_RETRY_FIRST_S)
                 return note
         finally:
             self.lease.release()
@@ -153,14 +158,14 @@ def _close(manifest: RunManifest, status: str, summary: dict[str, Any], nodes: d
 
 
 def _retry_in_background(manifest: RunManifest, status: str, summary: dict[str, Any],
-                         nodes: dict[str, dict[str, Any]]) -> threading.Thread:
+                         nodes: dict[str, dict[str, Any]], first_delay_s: float) -> threading.Thread:
     """Keep trying to write a close that storage refused, backing off, until it is written or another driver
     took the run over (its manifest then). A daemon thread: a process that exits first leaves the manifest
     'running' with a released lease, which every reader sees as abandoned."""
     def retry() -> None:
+        time.sleep(first_delay_s)
         delay = CLOSE_RETRY_FIRST_S
         while True:
-            time.sleep(delay)
             try:
                 _close(manifest, status, summary, nodes)
                 log.info("run %s: its manifest is closed now (%s)", manifest.run_id, status)
@@ -172,6 +177,7 @@ def _retry_in_background(manifest: RunManifest, status: str, summary: dict[str, 
             except Exception as exc:  # noqa: BLE001 - a bug here must not spin; say it once and stop
                 log.error("run %s: giving up closing its manifest: %s", manifest.run_id, exc)
                 return
+            time.sleep(delay)
             delay = min(delay * 2, CLOSE_RETRY_MAX_S)
 
     thread = threading.Thread(target=retry, name=f"odibi-close-{manifest.run_id}", daemon=True)
