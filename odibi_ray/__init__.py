@@ -8,7 +8,8 @@ from .errors import (AlreadyExistsError, CorruptObjectError, CycleError, DAGVali
                      InvalidPolicyError, NodeFailedError, NodeTimeoutError, OdibiError, OutputUnavailableError,
                      RunFailedError, SignatureMismatchError, SystemFailureError, UnknownInputError,
                      UnpicklableNodeError, UnschedulableNodeError, StorageError, NotFoundError,
-                     PreconditionFailedError, StorageUnavailableError, StorageAuthError, InvalidURIError)
+                     PreconditionFailedError, StorageUnavailableError, StorageAuthError, InvalidURIError,
+                     RunStillRunningError, RunTakenOverError, UnserialisableOutputError)
 from .executor import DistributedExecutor, ExecutionBackend
 from .node import Node
 from .policy import CachePolicy, RetryPolicy, compute_delay
@@ -27,5 +28,6 @@ __all__ = [
     "ExecutionError", "NodeFailedError", "NodeTimeoutError", "SystemFailureError", "RunFailedError",
     "OutputUnavailableError", "UnschedulableNodeError",
     "StorageError", "NotFoundError", "AlreadyExistsError", "PreconditionFailedError", "StorageUnavailableError",
-    "StorageAuthError", "InvalidURIError", "CorruptObjectError",
+    "StorageAuthError", "InvalidURIError", "CorruptObjectError", "RunStillRunningError", "RunTakenOverError",
+    "UnserialisableOutputError",
 ]

@@ -113,16 +113,29 @@ def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: 
     if error is None and target is not None and (still_wanted is None or still_wanted()):
         # Checkpoint from the worker: one object, its metadata saying what made it.
         made = Provenance(ctx.attempt, worker_node_id, os.getpid(), started, ended)
-        if target.write_behind:  # queued on this process's writer threads; the driver confirms it
-            write_behind(target, value, made)
-            return (started, ended, worker_node_id, os.getpid(), error, tuple(io)), value
         t0 = time.perf_counter()
         try:
-            io[0] = write_output(target, value, made)
+            if target.write_behind:  # encoded now, queued on this process's writer threads; the driver confirms it
+                write_behind(target, value, made)
+            else:
+                io[0] = write_output(target, value, made)
         except StorageError as exc:
             value, error = FAILED, error_info(exc, kind="storage")
-        io[2] += time.perf_counter() - t0
+        except Exception as exc:  # noqa: BLE001 - not encodable (CodecError): the node's failure, any backend
+            value, error = FAILED, error_info(_naming_node(ctx.node, exc))
+        if not target.write_behind:
+            io[2] += time.perf_counter() - t0
     return (started, ended, worker_node_id, os.getpid(), error, tuple(io)), value
+
+
+def _naming_node(node: str, exc: Exception) -> Exception:
+    """A :class:`CodecError` that says which node's output it is about (the codec knows only the value's type);
+    any other exception as it is."""
+    if not isinstance(exc, CodecError) or repr(node) in str(exc):
+        return exc
+    named = CodecError(f"node {node!r}: {exc}")
+    named.__cause__ = exc
+    return named
 
 
 def _load_stored(values: Sequence[Any], io: list) -> tuple[list[Any], ErrorInfo | None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import logging
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from .errors import NodeFailedError, OdibiError, OutputUnavailableError, RunFailedError
+
+log = logging.getLogger(__name__)
 
 
 class NodeStatus(str, enum.Enum):
@@ -225,8 +228,30 @@ class RunResult:
                 raise OutputUnavailableError(f"node {name!r} has no output: it {rec.status.value}")
         missing = [n for n in names if n not in self._cache]
         if missing:
-            self._cache.update(zip(missing, self._fetch(missing)))
+            try:
+                self._cache.update(zip(missing, self._fetch(missing)))
+            except OdibiError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the backend's own error (Ray's): name the node
+                self._fetch_one_by_one(missing, exc)
         return {n: self._cache[n] for n in names}
+
+    def _fetch_one_by_one(self, names: list[str], batch_error: Exception) -> None:
+        """After a batch fetch failed with the backend's error: fetch the outputs one by one, and raise
+        :class:`OutputUnavailableError` naming the first node whose output cannot be had (e.g. it was lost with
+        its Ray node since the node succeeded), never the backend's bare error."""
+        for name in names:
+            try:
+                self._cache[name] = self._fetch([name])[0]
+            except OdibiError:
+                raise
+            except Exception as exc:  # reported, naming the node
+                detail = f"{type(exc).__name__}: {exc}"
+                if len(detail) > 1000:
+                    detail = detail[:1000] + "..."
+                raise OutputUnavailableError(f"node {name!r} {self.nodes[name].status.value} but its output cannot be "
+                                             f"fetched: {detail}") from exc
+        log.debug("outputs fetched one by one after a batch fetch failed: %s", batch_error)
 
     def report(self, path: str | os.PathLike[str], dag: Any = None, *, inputs: Any = None) -> Path:
         """Write this run's self-contained HTML report (DAG by level, worker timeline, table); return its path."""
@@ -248,7 +273,8 @@ class RunResult:
             nodes[name] = d
         body = {"pipeline": self.pipeline, "run_id": self.run_id, "backend": self.backend,
                 "levels": self.levels, "nodes": nodes, "started_at": self.started_at, "ended_at": self.ended_at,
-                "stats": self.stats, "inputs": self.inputs}
+                "stats": self.stats, "inputs": self.inputs, "stopped_reason": self.stopped_reason,
+                "manifest_error": self.manifest_error}
         return json.dumps(body, default=str).encode()
 
     @classmethod
@@ -271,7 +297,8 @@ class RunResult:
 
         return cls(pipeline=body["pipeline"], run_id=body["run_id"], backend=body["backend"], levels=body["levels"],
                    nodes=nodes, started_at=body["started_at"], ended_at=body["ended_at"], _fetch=no_outputs,
-                   stats=body.get("stats", {}), inputs=body.get("inputs", {}))
+                   stats=body.get("stats", {}), inputs=body.get("inputs", {}),
+                   stopped_reason=body.get("stopped_reason"), manifest_error=body.get("manifest_error"))
 
     def summary(self) -> str:
         """One line: counts per status and the wall time."""

@@ -314,6 +314,10 @@ def test_two_resumers_of_one_dead_run_exactly_one_wins(site, gate):
     rid, _ = _kill_at_gate(site, gate)
     racers = [driver_process(site, gate, "--resume", rid) for _ in range(2)]
     wait_for(gate["started"], "a resumer's gate to start")
+    deadline = time.monotonic() + 60  # the other has lost by now (it does not wait for the winner to finish)
+    while all(p.poll() is None for p in racers):
+        assert time.monotonic() < deadline, "neither resumer gave up while the other ran"
+        time.sleep(0.02)
     Path(gate["go"]).write_text("go")
     results = [outcome(p) for p in racers]
     won = [r for r in results if "raised" not in r]

@@ -23,6 +23,11 @@ class LocalBackend:
     start; a thread cannot be killed, so a timed-out attempt is recorded as failed and its thread is
     abandoned: it gives up its slot at once (a retry does not wait for it), its result is ignored, and
     being a daemon thread it does not keep the process alive.
+
+    Outputs pass from node to node in memory and are never serialised, so an output that cannot be pickled (a
+    lock, a generator, an open connection) is fine here: consumers and ``result[...]`` get the object itself. On
+    Ray the same node fails with :class:`~odibi_ray.errors.UnserialisableOutputError`; with checkpoint storage it
+    fails on both backends, with a ``CodecError`` naming the node (the worker encodes every output it stores).
     """
 
     name = "local"

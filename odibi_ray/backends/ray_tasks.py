@@ -1,12 +1,16 @@
 """Ray backend: every node attempt is one Ray task with the node's resource request.
 
-A task has two returns: a small metadata tuple (timings, worker, error) that the driver reads, and
-the node's output, which stays in the object store until a downstream task or the user needs it.
+A task has two returns: the node's output, which stays in the object store until a downstream task or the user
+needs it, and a small metadata record (timings, worker, error) that the driver reads. The output comes first: Ray
+serialises a task's returns in order and, when one cannot be stored, puts the error in it and in every return
+after it, so an output Ray cannot serialise fails the metadata too and the node fails itself (with
+:class:`~odibi_ray.errors.UnserialisableOutputError`), never "succeeding" with an error as its value.
 Ray's own retries are off (``max_retries=0``): the driver's :class:`RetryPolicy` decides.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import struct
@@ -17,7 +21,13 @@ import cloudpickle
 
 from ..attempt import AttemptMeta, error_info, run_attempt
 from ..context import NodeContext
-from ..errors import ExecutionError, SystemFailureError, UnpicklableNodeError, UnschedulableNodeError
+from ..errors import (
+    ExecutionError,
+    SystemFailureError,
+    UnpicklableNodeError,
+    UnschedulableNodeError,
+    UnserialisableOutputError,
+)
 from ..node import Node
 from ..result import ErrorInfo
 
@@ -41,14 +51,19 @@ def _worker_node_id() -> str:
     return _NODE_ID
 
 
-def _execute(spec: bytes, attempt: int, *input_values: Any) -> tuple[AttemptMeta, Any]:
-    """Body of every odibi_ray task: unpickle the node function once per worker process, run one attempt.
+def _execute(spec: bytes, attempt: int, *input_values: Any) -> tuple[Any, AttemptMeta]:
+    """Body of every odibi_ray task: unpickle the node function once per worker process, run one attempt;
+    return (output, metadata) — in that order, see the module's docstring.
 
     ``spec`` is pickled once per node and run (Ray sends bytes faster than a tuple): (fn_key, fn_bytes,
     params_bytes, input_names, pipeline, run_id, node, max_attempts, timeout_s, target). A large function is
     not in the spec (``fn_bytes`` None) but in the object store, once per run: its ref comes last, in a
     list so that Ray does not fetch it for workers that have the function already.
     """
+    global _RETURNING
+    _RETURNING = None
+    if _GUARD is None:
+        _guard_outputs()
     fn_key, fn_bytes, params_bytes, names, pipeline, run_id, node, max_attempts, timeout_s, target = _spec(spec)
     if fn_bytes is None:
         input_values, fn_box = input_values[:-1], input_values[-1]
@@ -65,9 +80,52 @@ def _execute(spec: bytes, attempt: int, *input_values: Any) -> tuple[AttemptMeta
     ctx = NodeContext(pipeline, run_id, node, attempt, max_attempts)
     meta, value = run_attempt(fn, params, names, input_values, ctx, _worker_node_id(), timeout_s, hard_kill=True,
                               target=target)
+    _RETURNING = (id(value), node)
     if meta[4] is None:  # success: a packed metadata record is cheaper for Ray to store and ship than a tuple
-        return _META.pack(meta[0], meta[1], meta[3], *meta[5]) + _node_id_bytes(meta[2]), value
-    return meta, value
+        return value, _META.pack(meta[0], meta[1], meta[3], *meta[5]) + _node_id_bytes(meta[2])
+    return value, meta
+
+
+#: The output ``_execute`` is returning, until Ray serialises it: (id of the value, node name).
+_RETURNING: tuple[int, str] | None = None
+#: The serialisation context whose ``serialize`` this worker process wrapped (False: it could not be wrapped).
+_GUARD: Any = None
+
+
+def _guard_outputs() -> None:
+    """Wrap this worker's Ray serialiser (once per process) so that a node output it cannot serialise raises
+    :class:`UnserialisableOutputError` naming the node and the value's type, instead of Ray's bare pickling error.
+
+    It costs one Python call per serialised object and serialises nothing twice: Ray's own serialisation of the
+    output is the check. Ray stores the raised error as the task's outputs (see the module's docstring). Without
+    the wrapper (a Ray whose internals moved) the node still fails, with Ray's error (e.g. ``TypeError``).
+    """
+    global _GUARD
+    try:
+        from ray._private.worker import global_worker
+
+        context = global_worker.get_serialization_context()
+        context.serialize = functools.partial(_serialize_guarded, context.serialize)
+        _GUARD = context
+    except Exception as exc:  # noqa: BLE001 - a guard only: the failure is still reported, less precisely
+        log.debug("cannot wrap Ray's serialiser: %s", exc)
+        _GUARD = False
+
+
+def _serialize_guarded(serialize: Callable[[Any], Any], value: Any) -> Any:
+    global _RETURNING
+    returning = _RETURNING
+    if returning is None or returning[0] != id(value):
+        return serialize(value)
+    _RETURNING = None
+    try:
+        return serialize(value)
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        if len(reason) > 500:
+            reason = reason[:500] + "..."
+        vtype = type(value)
+        raise UnserialisableOutputError(returning[1], f"{vtype.__module__}.{vtype.__qualname__}", reason) from exc
 
 
 _SPECS: dict[bytes, tuple] = {}
@@ -122,7 +180,7 @@ def ensure_ray(address: str | None = None, **init_kwargs: Any) -> None:
 
 
 class _Handle:
-    """The two object refs of one attempt; hashed by the metadata ref."""
+    """The two object refs of one attempt; hashed by the metadata ref (the value ref is done when it is)."""
 
     __slots__ = ("meta", "value")
 
@@ -152,7 +210,6 @@ class RayBackend:
         self._fn_refs: dict[str, list] = {}
         self._by_fn: dict[int, tuple[str, bytes]] = {}
         self._boxes: dict[str, tuple] = {}
-        self._graveyard: list[Any] = []
         self._targets: dict[str, Any] = {}
         self._remotes: dict[str, Any] = {}
 
@@ -201,7 +258,7 @@ class RayBackend:
                 (spec[0], None if fn_box else spec[1]) + spec[2:4]
                 + (ctx.pipeline, ctx.run_id, node.name, ctx.max_attempts, spec[8], self._targets.get(node.name)),
                 protocol=5)
-        meta, value = self._remotes[node.name].remote(spec, ctx.attempt, *[h.value for h in inputs],
+        value, meta = self._remotes[node.name].remote(spec, ctx.attempt, *[h.value for h in inputs],
                                                       *self._boxes[node.name])
         return _Handle(meta, value)
 
@@ -234,27 +291,13 @@ class RayBackend:
             except Exception as exc:
                 now = time.time()
                 out.append((None, now, None, None, classify_ray_error(exc), (0, 0, 0.0)))
-                self._graveyard.append(h.value)  # holds the same error: read it, or Ray logs it as unhandled
+                _read_later(h.value)  # holds the same error: read it, or Ray logs it as unhandled
         return out
 
     def forget(self, handle: _Handle) -> None:
-        """An attempt the scheduler discarded: its refs may end in errors that nobody reads; read them
-        at the end of the run so that Ray does not report them as unhandled."""
-        self._graveyard += (handle.meta, handle.value)
-
-    def _bury(self) -> None:
-        import ray
-
-        if not self._graveyard:
-            return
-        refs = list(dict.fromkeys(self._graveyard))  # an attempt can be buried twice; ray.wait wants unique refs
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
-        for ref in ready:
-            try:
-                ray.get(ref)
-            except Exception:
-                pass
-        self._graveyard = []
+        """An attempt the scheduler discarded (an input of it failed): its refs may end in errors that nobody
+        reads, now or after the run; see :func:`_bury`."""
+        _bury(handle)
 
     def cancel(self, handle: _Handle) -> None:
         import ray
@@ -263,6 +306,7 @@ class RayBackend:
             ray.cancel(handle.meta, force=True)
         except Exception as exc:  # already finished, or its worker is gone
             log.debug("cancel failed: %s", exc)
+        _bury(handle)
 
     def fetch(self, handle: _Handle) -> Any:
         import ray
@@ -280,14 +324,45 @@ class RayBackend:
         return {n["NodeID"] for n in ray.nodes() if n["Alive"]}
 
     def close(self) -> None:
-        try:
-            self._bury()
-        except Exception as exc:  # housekeeping only: never fail a finished run over it
-            log.debug("could not read discarded attempts: %s", exc)
         self._specs = {}
         self._fn_refs = {}
         self._boxes = {}
         self._remotes = {}
+
+
+def _bury(handle: _Handle) -> None:
+    """Read the error an attempt the scheduler gave up on ends with, whenever it ends, so that Ray never reports
+    it as unhandled.
+
+    Ray logs "Unhandled error ... ray::<node>()" when the last ref to an object holding a task's error goes away
+    and nobody read the error, also when the ref went away while the task was still pending and the error came
+    later (a skipped node's task fails once its crashed input's failure reaches it, possibly after the run). A
+    future on the metadata ref keeps the attempt's refs until the task is done and reads the metadata (a few
+    bytes) then, off the driver loop, in Ray's own callback thread: nothing waits for it, not even the end of the
+    run. When the metadata holds an error the value holds one too (Ray stores it in every return) and is read as
+    well; a value that is not an error (an attempt that succeeded after being discarded) is never read: it may
+    be large, and Ray reports nothing about it.
+    """
+    try:
+        handle.meta.future().add_done_callback(functools.partial(_read_value_if_failed, handle.value))
+    except Exception as exc:  # noqa: BLE001 - housekeeping only (e.g. Ray shut down): never fail a run over it
+        log.debug("cannot watch a discarded attempt: %s", exc)
+
+
+def _read_value_if_failed(value: Any, meta: Any) -> None:
+    try:
+        if meta.exception() is not None:
+            _read_later(value)
+    except Exception as exc:  # noqa: BLE001 - runs in Ray's callback thread
+        log.debug("cannot read a discarded attempt's value: %s", exc)
+
+
+def _read_later(ref: Any) -> None:
+    """Read ``ref`` (an error, or done soon) when it is done, without waiting for it here."""
+    try:
+        ref.future()  # Ray keeps the ref until it is done, reads it then, and drops it
+    except Exception as exc:  # noqa: BLE001 - housekeeping only
+        log.debug("cannot read a failed attempt's value: %s", exc)
 
 
 def check_schedulable(nodes: Sequence[Node], machines: Sequence[dict[str, float]]) -> None:
@@ -325,8 +400,9 @@ def classify_ray_error(exc: BaseException) -> ErrorInfo:
     elif isinstance(exc, rx.TaskCancelledError):
         kind = "cancelled"
     elif isinstance(exc, rx.RayTaskError):
-        # The task body raised outside the node function (e.g. the function could not be unpickled
-        # on the worker): report the underlying error as the node's own.
+        # The task raised outside the node function: its output could not be serialised
+        # (UnserialisableOutputError), or the function could not be unpickled on the worker. Report the
+        # underlying error as the node's own.
         return error_info(cause if cause is not None else exc, traceback_text=str(exc))
     else:
         kind = "system"

@@ -35,8 +35,18 @@ _released: set[str] = set()
 
 
 def lease_dir() -> Path:
-    """Where this host's driver leases live (one small file per driving session)."""
-    return Path(tempfile.gettempdir()) / "odibi-ray-drivers"
+    """Where this process puts its driver leases (one small file per driving session). The manifest records the
+    lease's full path, so processes with another ``TMPDIR`` still find it; ``/tmp`` when there is one."""
+    base = "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()
+    return Path(base) / "odibi-ray-drivers"
+
+
+def _mount_namespace() -> str:
+    """This process's mount namespace: a lease path means the same file only to processes sharing it."""
+    try:
+        return str(os.stat("/proc/self/ns/mnt").st_ino)
+    except OSError:
+        return ""
 
 
 class DriverLease:
@@ -46,13 +56,13 @@ class DriverLease:
         self.token = uuid.uuid4().hex
         self.identity: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "token": self.token}
         self._fd: int | None = None
+        self._path = lease_dir() / self.token
         try:
-            folder = lease_dir()
-            folder.mkdir(mode=0o1777, exist_ok=True)
-            fd = os.open(folder / self.token, os.O_CREAT | os.O_RDWR, 0o644)
+            self._path.parent.mkdir(mode=0o1777, exist_ok=True)
+            fd = os.open(self._path, os.O_CREAT | os.O_RDWR, 0o644)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self._fd = fd
-            self.identity["lease"] = True
+            self.identity.update(lease=str(self._path), mntns=_mount_namespace())
         except OSError as exc:  # no writable temp folder: other processes here fall back to the pid
             log.debug("no driver lease file (%s); liveness falls back to the pid", exc)
 
@@ -61,7 +71,7 @@ class DriverLease:
         _released.add(self.token)
         fd, self._fd = self._fd, None
         if fd is not None:
-            _forget(lease_dir() / self.token)
+            _forget(self._path)
             os.close(fd)
 
     @property
@@ -76,30 +86,35 @@ def driver_state(driver: Mapping[str, Any], updated_at: float, heartbeat_s: floa
     if token and token in _released:
         return "abandoned"  # this process was its driver and stopped
     if driver.get("host") == socket.gethostname():
-        return "running" if _driving_here(driver) else "abandoned"
+        here = _driving_here(driver)
+        if here is not None:
+            return "running" if here else "abandoned"
     if (now or time.time()) - updated_at > MISSED_BEATS * heartbeat_s:
         return "abandoned"
     return "running"
 
 
-def _driving_here(driver: Mapping[str, Any]) -> bool:
-    """Whether a driver on this host still holds its lease (a driver with no lease file: whether its pid lives)."""
-    token, pid = str(driver.get("token") or ""), int(driver.get("pid") or 0)
-    if not (token and driver.get("lease")):
-        return _alive(pid)
-    path = lease_dir() / token
+def _driving_here(driver: Mapping[str, Any]) -> bool | None:
+    """Whether a driver on this host still holds its lease; None when this process cannot tell (its lease file is
+    in another mount namespace: the heartbeat decides, as for another host). A driver with no lease file at all
+    (an older odibi_ray, or no writable temp folder): whether its pid lives."""
+    lease = driver.get("lease")
+    if not (isinstance(lease, str) and driver.get("token")):
+        return _alive(int(driver.get("pid") or 0))
+    if driver.get("mntns") != _mount_namespace():
+        return None
     try:
-        fd = os.open(path, os.O_RDWR)
+        fd = os.open(lease, os.O_RDWR)
     except FileNotFoundError:
         return False  # released (the driver removes it when it stops driving)
     except OSError:
-        return _alive(pid)
+        return _alive(int(driver.get("pid") or 0))
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return True  # held: its driver is driving
     else:
-        _forget(path)  # its driver died without releasing it: nobody will need the file again
+        _forget(Path(lease))  # its driver died without releasing it: nobody will need the file again
     finally:
         os.close(fd)  # closing drops a lock we may just have taken
     return False
