@@ -161,8 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     init: dict = {"runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}}}
     if args.address is None and not os.environ.get("RAY_ADDRESS"):  # sizes only for a Ray this process starts
         init.update(num_cpus=os.cpu_count() or 2, include_dashboard=False, object_store_memory=512 * 1024 * 1024)
+    # --fail-at NODE runs that node again even when it is cached (refresh): the injected failure always happens
     result = run(dag, backend=args.backend, address=args.address, ray_init_kwargs=init, seed=0,
-                 storage=args.storage, storage_options=options, resume=args.resume)
+                 storage=args.storage, storage_options=options, resume=args.resume,
+                 refresh=[args.fail_at] if args.fail_at else None)
+    if result.resumed_from == "succeeded":
+        console.print(f"[yellow]run {result.run_id} had already succeeded[/]: nothing was left to finish")
     show(console, result)
     if result.status is not RunStatus.SUCCEEDED:
         failed = [r.name for r in result.nodes.values() if r.status is NodeStatus.FAILED]

@@ -6,9 +6,12 @@ application error (the policy's ``retry_on`` decides) from a system failure (the
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import logging
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -24,8 +27,9 @@ from .errors import CorruptObjectError, NodeTimeoutError, NotFoundError, Storage
 from .result import ErrorInfo
 
 #: What a worker sends back about an attempt: (started_at, ended_at, worker_node_id, pid, error or None,
-#: (bytes written, bytes read, seconds in storage calls)).
-AttemptMeta = tuple[float, float, str, int, "ErrorInfo | None", tuple]
+#: (bytes written, bytes read, seconds in storage calls)[, output tail]). The output tail (what the node function
+#: wrote to sys.stdout/sys.stderr, see :class:`OutputTail`) is there only when it wrote something.
+AttemptMeta = tuple  # (float, float, str, int, ErrorInfo | None, tuple[, str])
 
 #: How long a timed-out attempt may ignore its alarm before a Ray worker process kills itself.
 HARD_KILL_GRACE_S = 5.0
@@ -74,7 +78,9 @@ def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: 
     function that ignores the alarm for :data:`HARD_KILL_GRACE_S` more gets its process killed.
     Inputs that are :class:`StoredRef` are read from storage here; with ``target`` the output is
     checkpointed here (one object with its metadata) before the attempt counts as succeeded — unless
-    ``still_wanted()`` says the driver gave up on this attempt (a timed-out local thread).
+    ``still_wanted()`` says the driver gave up on this attempt (a timed-out local thread). What the function
+    writes to sys.stdout/sys.stderr still goes there, and its end (:class:`OutputTail`) comes back last in the
+    metadata when there is any.
     """
     started = time.time()
     for v in input_values:
@@ -88,6 +94,10 @@ def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: 
     kwargs = dict(params)
     kwargs.update(zip(input_names, input_values))
     token = context._set(ctx)
+    if sys.stdout.__class__ is not _Tee or sys.stderr.__class__ is not _Tee:
+        _install_tees()
+    tail = OutputTail()
+    capture = _CAPTURE.set(tail)
     alarm = _Alarm(ctx, timeout_s, hard_kill) if timeout_s else None
     try:
         try:
@@ -103,6 +113,7 @@ def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: 
     except SystemExit as exc:  # sys.exit() inside a node is a failure of that node, not of the worker
         value, error = FAILED, error_info(exc)
     finally:
+        _CAPTURE.reset(capture)
         context._reset(token)
     if alarm is not None and alarm.fired:
         # Timed out, even if the function caught the NodeTimeoutError and returned or raised something else.
@@ -125,6 +136,8 @@ def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: 
             value, error = FAILED, error_info(_naming_node(ctx.node, exc))
         if not target.write_behind:
             io[2] += time.perf_counter() - t0
+    if tail.size:  # with output: it comes last; an attempt that wrote nothing sends nothing more
+        return (started, ended, worker_node_id, os.getpid(), error, tuple(io), tail.text()), value
     return (started, ended, worker_node_id, os.getpid(), error, tuple(io)), value
 
 
@@ -161,6 +174,105 @@ def _load_stored(values: Sequence[Any], io: list) -> tuple[list[Any], ErrorInfo 
                 return [], error_info(exc, kind="storage")
         out.append(v)
     return out, None
+
+
+#: How much of an attempt's output (sys.stdout and sys.stderr, interleaved) is kept: its last lines, at most this
+#: many characters. It travels back with the attempt's metadata and is kept in the run's result.
+TAIL_LINES = 200
+TAIL_CHARS = 64 * 1024
+
+#: The output tail of the attempt running in this thread (context), if any.
+_CAPTURE: contextvars.ContextVar["OutputTail | None"] = contextvars.ContextVar("odibi_ray_output", default=None)
+_INSTALL_LOCK = threading.Lock()
+
+
+class OutputTail:
+    """What one attempt wrote to sys.stdout and sys.stderr, bounded: the last :data:`TAIL_LINES` lines, at most
+    :data:`TAIL_CHARS` characters. An attempt that writes nothing costs one empty object."""
+
+    __slots__ = ("chunks", "size", "dropped", "writing")
+
+    def __init__(self) -> None:
+        self.chunks: list[str] = []
+        self.size = 0  # characters in chunks
+        self.dropped = 0  # characters cut from the front
+        self.writing = False  # inside a tee's write (a tee wrapping a tee keeps the text once)
+
+    def add(self, text: str) -> None:
+        self.chunks.append(text)
+        self.size += len(text)
+        if self.size > 2 * TAIL_CHARS:  # memory stays bounded, whatever the node prints
+            joined = "".join(self.chunks)
+            cut = len(joined) - TAIL_CHARS
+            self.dropped += cut
+            self.chunks, self.size = [joined[cut:]], TAIL_CHARS
+
+    def text(self) -> str:
+        """The kept output; when some was cut, a first line says how much."""
+        text = "".join(self.chunks)
+        dropped = self.dropped
+        if len(text) > TAIL_CHARS:
+            dropped += len(text) - TAIL_CHARS
+            text = text[-TAIL_CHARS:]
+        if dropped:  # start at a line's start
+            nl = text.find("\n")
+            if 0 <= nl < len(text) - 1:
+                dropped += nl + 1
+                text = text[nl + 1:]
+        if text.count("\n", 0, len(text) - 1) >= TAIL_LINES:
+            lines = text.split("\n")
+            keep = "\n".join(lines[-(TAIL_LINES + (1 if text.endswith("\n") else 0)):])
+            dropped += len(text) - len(keep)
+            text = keep
+        if dropped:
+            text = f"[odibi_ray: {dropped} earlier characters of output not kept]\n" + text
+        return text
+
+
+class _Tee:
+    """``sys.stdout``/``sys.stderr`` of a process that runs attempts: every write goes to the stream it wraps, as
+    before (on Ray: the worker's log, which Ray forwards to the driver and ``ray logs`` reads), and also to the
+    :class:`OutputTail` of the attempt running in the writing thread, if any (threads share sys.stdout, so the
+    attempt is found in a context variable; a thread the node starts itself is not captured)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        tail = _CAPTURE.get()
+        if tail is None or tail.writing or text.__class__ is not str:
+            return self._stream.write(text)
+        tail.add(text)
+        tail.writing = True
+        try:
+            return self._stream.write(text)
+        finally:
+            tail.writing = False
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _install_tees() -> None:
+    """Put a :class:`_Tee` on sys.stdout and sys.stderr (once per process, again if something replaced them).
+    A handler of the root logger writing to either stream (``logging.basicConfig``) writes through the tee too."""
+    with _INSTALL_LOCK:
+        for name in ("stdout", "stderr"):
+            stream = getattr(sys, name)
+            if stream is None or stream.__class__ is _Tee:
+                continue
+            tee = _Tee(stream)
+            setattr(sys, name, tee)
+            for handler in logging.getLogger().handlers:
+                if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) is stream:
+                    handler.setStream(tee)
 
 
 class _Alarm:

@@ -2,25 +2,33 @@
 
 Exit codes: 0 success, 1 the run finished with failed nodes, 2 a user error (bad pipeline file, unknown run,
 bad option; one line on stderr, the full traceback with ``--debug``).
+
+Where the inspection commands (runs, status, metrics, report, logs, cache, checkpoints) look: ``--storage URI``
+if given; else a pipeline file's (or module:dag's) storage; else every checkpoint storage under ``./.odibi/``
+(where ``run`` keeps ``.odibi/<pipeline>`` by default), narrowed to the pipeline when one is named. Their tables
+never cut an id: on a terminal, text columns wrap and the least useful columns are left out when the width is
+short (named under the table); piped or redirected, they are plain aligned columns, one line per row.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import functools
-import importlib.util
 import logging
 import os
 import re
+import shlex
 import sys
 import urllib.parse
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, NamedTuple, Optional, TypeVar
 
 import typer
-from rich.console import Console
+from rich.box import HEAVY_HEAD
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
+from rich.text import Text
 
 from .checkpoint import keep_last_n, purge
 from .checkpoint import layout
@@ -31,9 +39,9 @@ from .checkpoint.runs import node_statuses
 from .checkpoint.liveness import HEARTBEAT_S
 from .checkpoint.store import RunManifest, effective_status, list_runs
 from .dag import DAG
-from .errors import NotFoundError, OdibiError
+from .errors import NotFoundError, OdibiError, RunFailedError
 from .metrics import MetricsManager
-from .result import RunResult
+from .result import NodeStatus, RunResult
 from .runner import open_checkpoint_storage, run as run_dag
 from .spec import SpecError, default_storage, load_dag_target, load_pipeline
 from .storage.base import Storage
@@ -93,6 +101,140 @@ def _one_line(exc: BaseException) -> str:
     return text if isinstance(exc, OdibiError) else f"{type(exc).__name__}: {text}"
 
 
+# --- what `run` prints about failed and retried nodes, and `logs` -------------------------------------------
+
+#: How many lines of a failed node's output `run` prints (`logs` prints all that was kept; --debug too).
+RUN_OUTPUT_LINES = 20
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+
+
+def _plain(text: str, stream: Any) -> str:
+    """``text`` without terminal escape codes (colours), unless ``stream`` is a terminal."""
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return text if tty else _ANSI.sub("", text)
+
+
+class _NodeFailuresPrintedHere(logging.Filter):
+    """Drops the scheduler's log lines saying that a node failed ("node ... failed after N attempt(s)", "node ...:
+    its checkpoint could not be written") while `run` runs: `run` prints each failed node's error itself, once, with
+    its traceback. Library users (no CLI) still get the log lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("node %r failed after", "node %r: its checkpoint could not be written"))
+
+
+class _PlainRecord(logging.Filter):
+    """Takes the colour codes out of a log record (Ray colours the dashboard address it logs at start)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = _ANSI.sub("", record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_ANSI.sub("", a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+class _RunPrinting:
+    """Around the run of `odibi-ray run`: the filter above; and, when stdout or stderr is not a terminal, Ray's
+    output without colour codes: the worker output it forwards (Ray colours its "(node pid=...)" prefixes unless
+    RAY_COLOR_PREFIX=0; a user's own setting wins) and its start-up line. Node output keeps streaming live."""
+
+    _RAY_START = "ray._private.worker"
+
+    def __enter__(self) -> None:
+        self.filter, self.plain = _NodeFailuresPrintedHere(), None
+        logging.getLogger("odibi_ray.scheduler").addFilter(self.filter)
+        if not (_isatty(sys.stdout) and _isatty(sys.stderr)):
+            if "RAY_COLOR_PREFIX" not in os.environ:
+                # read by Ray's log printer in this process at every line; left set, for lines that come after the run
+                os.environ["RAY_COLOR_PREFIX"] = "0"
+            self.plain = _PlainRecord()
+            logging.getLogger(self._RAY_START).addFilter(self.plain)
+
+    def __exit__(self, *exc: Any) -> None:
+        logging.getLogger("odibi_ray.scheduler").removeFilter(self.filter)
+        if self.plain is not None:
+            logging.getLogger(self._RAY_START).removeFilter(self.plain)
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _last_lines(text: str, n: int | None) -> tuple[str, int]:
+    """The last ``n`` lines of ``text`` (all with None) and how many lines it has."""
+    lines = text.splitlines()
+    return "\n".join(lines if n is None else lines[-n:]), len(lines)
+
+
+def _print_failures(result: RunResult, debug: bool) -> bool:
+    """On stderr, for each failed node: its last attempt's exception (the user's frames of its traceback; all of
+    it with ``debug``) and the end of that attempt's output. True when something was left out."""
+    cut = False
+    for level in result.by_level():
+        for rec in level:
+            if rec.status is not NodeStatus.FAILED or rec.error is None:
+                continue
+            err = rec.error
+            typer.echo(f"--- node {rec.name!r}, attempt {rec.attempts} of {rec.attempts} ---", err=True)
+            text = err.traceback if debug else err.user_traceback()
+            cut = cut or (not debug and "frame(s) not shown" in text)
+            if err.message not in text or not text.strip():
+                kind = err.type_name if err.type.startswith("builtins.") else err.type
+                text = (text.rstrip("\n") + "\n" if text.strip() else "") + f"{kind}: {err.message}"
+            typer.echo(_plain(text.rstrip("\n"), sys.stderr), err=True)
+            output = rec.attempt_history[-1].output_tail if rec.attempt_history else ""
+            if output:
+                shown, total = _last_lines(output, None if debug else RUN_OUTPUT_LINES)
+                more = total > len(shown.splitlines())
+                cut = cut or more
+                what = f"last {RUN_OUTPUT_LINES} of {total} lines" if more else f"{total} line(s)"
+                typer.echo(f"--- node {rec.name!r}, output of attempt {rec.attempts} ({what}) ---", err=True)
+                typer.echo(_plain(shown, sys.stderr), err=True)
+    return cut
+
+
+def _failure_line(result: RunResult) -> str:
+    """One line naming the failed nodes and what did not run; their errors are printed above it, not again."""
+    try:
+        result.raise_for_status()
+    except RunFailedError as exc:
+        if not exc.failures:
+            return _one_line(exc)
+        msg = f"pipeline {exc.pipeline!r} failed: " + "; ".join(
+            f"node {e.node!r} failed after {e.attempts} attempt(s)" for e in exc.failures.values())
+        if exc.skipped:
+            msg += f" ({len(exc.skipped)} node(s) not run: {', '.join(sorted(exc.skipped)[:10])}"
+            msg += ", ...)" if len(exc.skipped) > 10 else ")"
+        return msg
+    return f"pipeline {result.pipeline!r} failed"
+
+
+def _print_retries(result: RunResult) -> None:
+    """A line per node that succeeded after failed attempts: ``node 'x' retried after ConnectionError``."""
+    for level in result.by_level():
+        for rec in level:
+            note = rec.retry_note()
+            if note and rec.status.ok:
+                typer.echo(f"node {rec.name!r} {note} (succeeded on attempt {rec.attempts})")
+
+
+def _stored_result(store: Storage, pipeline: str, run_id: str, needed_for: str) -> RunResult:
+    """The run's result as `odibi-ray run` stored it next to its manifest."""
+    try:
+        return RunResult.from_json(store.get(layout.run_prefix(pipeline, run_id) + RESULT_FILE))
+    except NotFoundError:
+        _manifest(store, pipeline, run_id)  # an unknown run says so
+        raise OdibiError(f"run {run_id!r} of {pipeline!r} has no stored result, so no {needed_for}: only runs made "
+                         "with `odibi-ray run` keep one") from None
+
+
 @app.callback()
 def _main(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error."),
           verbose: bool = typer.Option(False, "--verbose", "-v", help="Log INFO messages to stderr.")) -> None:
@@ -123,22 +265,154 @@ def _load_target(target: str, overrides: list[str]) -> tuple[DAG, str, dict[str,
     return dag, default_storage(dag.name), {}
 
 
-def _open(pipeline: Optional[str], storage: Optional[str], *, need_pipeline: bool = True) -> tuple[Optional[str], Storage]:
-    """Pipeline name and storage from ``--pipeline`` (a name, a YAML file or module:dag) and ``--storage``."""
+#: The folder under the current directory where `run` keeps a pipeline's checkpoints by default (.odibi/<name>)
+#: and where the inspection commands look when given no storage.
+ODIBI_DIR = ".odibi"
+_STORE_MARKS = ("odibi-layout.json", "runs", "objects")  # what a checkpoint storage's root holds
+
+
+class _Scope(NamedTuple):
+    """Where an inspection command looks: the pipeline (None: every one) and the storages, in words for errors."""
+
+    pipeline: Optional[str]
+    stores: list[Storage]
+    where: str
+
+
+def _pipeline_arg(positional: Optional[str], option: Optional[str]) -> Optional[str]:
+    """The pipeline given as an argument or as ``--pipeline`` (the same thing; not two different ones)."""
+    if positional and option and positional != option:
+        raise typer.BadParameter(f"two pipelines given ({positional!r} and --pipeline {option!r}): give one")
+    return positional or option
+
+
+def _scope(pipeline: Optional[str], storage: Optional[str]) -> _Scope:
+    """``--storage URI`` if given; else the storage of a pipeline file or module:dag (its ``storage:``, default
+    .odibi/<name>); else every checkpoint storage under ./.odibi/, only those holding the pipeline if one is
+    named (so a pipeline kept elsewhere than .odibi/<name>, like the demo's .odibi/demo, is found too)."""
     name, uri, options = pipeline, storage, {}
     if pipeline and (_is_yaml(pipeline) or ":" in pipeline):
         dag, spec_uri, spec_options = _load_target(pipeline, [])
         name = dag.name
         if storage is None:
             uri, options = spec_uri, spec_options
-    if need_pipeline and not name:
-        raise typer.BadParameter("give the pipeline (--pipeline NAME, a YAML file or module:dag)")
-    if uri is None:
-        if not name:
-            raise typer.BadParameter("give --storage (or --pipeline, whose default storage is .odibi/<name>)")
-        uri = default_storage(name)
-    store = open_checkpoint_storage(uri, options)
-    check_readable(store)
+    if uri is not None:
+        store = open_checkpoint_storage(uri, options)
+        check_readable(store)
+        return _Scope(name, [store], _display(store))
+    folders = _local_stores()
+    where = f"{Path.cwd() / ODIBI_DIR}{os.sep}"
+    if name:
+        held = [d for d in folders if (d / "runs" / name).is_dir() or (d / "objects" / name).is_dir()]
+        if not held:
+            names = sorted({p.name for d in folders for p in (d / "runs").glob("*") if p.is_dir()})
+            raise OdibiError(f"no runs or outputs of pipeline {name!r} in {where} (looked in "
+                             f"{', '.join(_rel(d) for d in folders)}: they hold "
+                             f"{'pipelines ' + ', '.join(names) if names else 'no runs'}); give --storage URI "
+                             "if they are kept elsewhere")
+        folders = held
+    stores = []
+    for folder in folders:
+        store = open_checkpoint_storage(str(folder), {})
+        check_readable(store)
+        stores.append(store)
+    return _Scope(name, stores, where)
+
+
+def _local_stores() -> list[Path]:
+    """The checkpoint storages under ./.odibi/ (folders holding runs/, objects/ or a layout marker), sorted."""
+    root = Path(ODIBI_DIR)
+    if not root.is_dir():
+        raise OdibiError(f"no {ODIBI_DIR}{os.sep} folder in {Path.cwd()}, where `odibi-ray run` keeps checkpoints "
+                         f"by default ({ODIBI_DIR}/<pipeline>): run a pipeline in this folder first, or give "
+                         "--storage URI, or --pipeline PIPELINE.yaml for the storage that file names")
+
+    def is_store(folder: Path) -> bool:
+        return any((folder / mark).exists() for mark in _STORE_MARKS)
+
+    found = [root] if is_store(root) else []  # `--storage .odibi` makes .odibi itself a storage
+    found += sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and is_store(d)
+                    and not (found and d.name in ("runs", "objects")))
+    if not found:
+        raise OdibiError(f"no checkpoint storage in {Path.cwd() / ODIBI_DIR}{os.sep} (looked for "
+                         f"{ODIBI_DIR}/<name>/ folders holding runs/ or objects/): run a pipeline in this folder "
+                         "first, or give --storage URI")
+    return found
+
+
+def _rel(path: Path | str) -> str:
+    """``path`` relative to the current directory when it is under it, else absolute."""
+    absolute, cwd = os.path.abspath(path), os.getcwd()
+    under = absolute == cwd or absolute.startswith(cwd.rstrip(os.sep) + os.sep)
+    return os.path.relpath(absolute, cwd) if under else absolute
+
+
+def _display(store: Storage, key: str = "") -> str:
+    """Where a storage (or the object ``key`` in it) is, as a user would type it: a local folder as a path
+    (relative to the current directory when under it), anything else as its URI without credentials."""
+    uri = redact_uri(store.uri)
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme == "file":
+        path = urllib.parse.unquote(parts.path)  # as LocalStorage made it: Path.as_uri() (POSIX)
+        return _rel(os.path.join(path, *key.split("/")) if key else path)
+    return uri.rstrip("/") + ("/" + key if key else "")
+
+
+def _pipelines(store: Storage) -> list[str]:
+    """The pipelines that have runs in ``store``."""
+    return sorted({i.key.split("/")[1] for i in store.list("runs/") if i.key.count("/") == 3
+                   and i.key.endswith("/run.json")})
+
+
+class _Runs(NamedTuple):
+    store: Storage
+    pipeline: str
+    runs: list[dict[str, str]]  # list_runs: newest first
+
+
+def _runs(scope: _Scope, *, required: bool = True) -> list[_Runs]:
+    """The runs of each pipeline in the scope (by pipeline name, then storage); ``required``: an error saying
+    where it looked when there are none."""
+    found = []
+    for store in scope.stores:
+        for name in [scope.pipeline] if scope.pipeline else _pipelines(store):
+            runs = list_runs(store, name)
+            if runs:
+                found.append(_Runs(store, name, runs))
+    found.sort(key=lambda r: (r.pipeline, _display(r.store)))
+    if not found and required:
+        if scope.pipeline is None:
+            raise OdibiError(f"no runs in {scope.where}")
+        others = sorted({p for s in scope.stores for p in _pipelines(s)})
+        raise OdibiError(f"pipeline {scope.pipeline!r} has no runs in {scope.where}"
+                         + (f" (it holds runs of {', '.join(others)})" if others else ""))
+    return found
+
+
+def _find_run(pipeline: Optional[str], storage: Optional[str], run_id: Optional[str]) -> tuple[Storage, str, str]:
+    """Storage, pipeline and run id of a run: ``run_id`` (found in whichever pipeline of the scope holds it) or,
+    for None / 'latest', the newest run of the pipeline (of any pipeline in the scope when none is named)."""
+    scope = _scope(pipeline, storage)
+    if run_id in (None, "latest"):
+        newest = max(_runs(scope), key=lambda r: (float(r.runs[0].get("started_at") or 0), r.runs[0]["run_id"]))
+        return newest.store, newest.pipeline, newest.runs[0]["run_id"]
+    hits = [r for r in _runs(scope, required=False) if any(m["run_id"] == run_id for m in r.runs)]
+    if len(hits) == 1:
+        return hits[0].store, hits[0].pipeline, run_id
+    if not hits:
+        of = f" of pipeline {scope.pipeline!r}" if scope.pipeline else ""
+        raise OdibiError(f"no run {run_id!r}{of} in {scope.where}")
+    raise OdibiError(f"run id {run_id!r} is in several places (" + ", ".join(
+        f"pipeline {r.pipeline} in {_display(r.store)}" for r in hits) + "): give --pipeline or --storage")
+
+
+def _open(pipeline: Optional[str], storage: Optional[str], *, need_pipeline: bool = True) -> tuple[Optional[str], Storage]:
+    """Pipeline name and one storage (see _scope); with several, the pipeline and storage of the newest run.
+    Commands about one run should use _find_run, which also finds the pipeline of a run id."""
+    scope = _scope(pipeline, storage)
+    if len(scope.stores) == 1 and (scope.pipeline or not need_pipeline):
+        return scope.pipeline, scope.stores[0]
+    store, name, _ = _find_run(pipeline, storage, None)
     return name, store
 
 
@@ -154,14 +428,15 @@ def _run_id(storage: Storage, pipeline: str, run_id: Optional[str]) -> str:
     if run_id in (None, "latest"):
         runs = list_runs(storage, pipeline)
         if not runs:
-            raise OdibiError(f"pipeline {pipeline!r} has no runs in {redact_uri(storage.uri)}")
+            raise OdibiError(f"pipeline {pipeline!r} has no runs in {_display(storage)}")
         return runs[0]["run_id"]
     return run_id
 
 
-def _written(storage: Storage, pipeline: str, run_id: str) -> int:
-    """How many of a run's nodes ran and wrote their checkpoint (from its manifest, or a layout-1 run's records)."""
-    statuses = node_statuses(storage, pipeline, run_id, _manifest(storage, pipeline, run_id))
+def _written(storage: Storage, pipeline: str, run_id: str, body: dict[str, Any]) -> int:
+    """How many of a run's nodes ran and wrote their checkpoint (from its manifest ``body``, or a layout-1 run's
+    records)."""
+    statuses = node_statuses(storage, pipeline, run_id, body)
     return sum(1 for s in statuses.values() if s.status == "succeeded")
 
 
@@ -169,7 +444,7 @@ def _manifest(storage: Storage, pipeline: str, run_id: str) -> dict[str, Any]:
     try:
         body, _ = RunManifest(storage, pipeline, run_id).read()
     except NotFoundError:
-        raise OdibiError(f"no run {run_id!r} of pipeline {pipeline!r} in {redact_uri(storage.uri)}") from None
+        raise OdibiError(f"no run {run_id!r} of pipeline {pipeline!r} in {_display(storage)}") from None
     return body
 
 
@@ -191,15 +466,118 @@ def _select(dag: DAG, patterns: list[str]) -> DAG:
                description=dag.description)
 
 
-def _result_table(result: RunResult) -> Table:
-    table = Table(title=f"{result.pipeline} run {result.run_id} on {result.backend}: {result.status.value}")
-    for col in ("level", "node", "status", "attempts", "seconds", "worker", "error / reason"):
-        table.add_column(col)
+# --- tables --------------------------------------------------------------------------------------------
+
+class Col(NamedTuple):
+    """A column of a :class:`Grid`. ``whole``: its cells are never wrapped (ids, times). ``drop`` > 0: left out
+    when the width is short, the highest first, before any id would have to wrap."""
+
+    header: str
+    whole: bool = False
+    drop: int = 0
+    justify: str = "left"
+
+
+class Grid:
+    """A table that never cuts a cell. On a terminal: a box table fitted to the width by wrapping the text
+    columns and leaving out the droppable ones (named under it); ids wrap only when even that cannot fit them.
+    Not on a terminal (piped, redirected): plain aligned columns without box drawing, one line per row, an
+    empty cell shown as ``-`` (:meth:`plain`; printed by Console only when it fits the console's width, else
+    like on a terminal without the box)."""
+
+    def __init__(self, title: str, columns: list[Col]) -> None:
+        self.title, self.columns = title, columns
+        self.rows: list[list[str]] = []
+
+    def add_row(self, *cells: Any) -> None:
+        self.rows.append([" ".join(str("" if c is None else c).split()) for c in cells])
+
+    def plain(self) -> str:
+        rows = [[c.header for c in self.columns]] + [[cell or "-" for cell in row] for row in self.rows]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(self.columns))]
+        lines = [self.title] if self.title else []
+        lines += ["  ".join(cell.rjust(w) if col.justify == "right" else cell.ljust(w)
+                            for cell, w, col in zip(row, widths, self.columns)).rstrip() for row in rows]
+        return "\n".join(lines)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width, boxed = options.max_width, console.is_terminal
+        if not boxed:
+            text = self.plain()
+            if max(map(len, text.splitlines())) <= width:
+                yield Text(text, no_wrap=True, overflow="ignore")
+                return
+        shown, widths, folded = self._fit(width, boxed)
+        table = Table(title=self.title or None, box=HEAVY_HEAD if boxed else None, show_edge=boxed, pad_edge=boxed,
+                      header_style="table.header" if boxed else "")
+        for i, w in zip(shown, widths):
+            col = self.columns[i]
+            table.add_column(col.header, width=w, no_wrap=col.whole and not folded, overflow="fold",
+                             justify=col.justify)  # type: ignore[arg-type]
+        for row in self.rows:
+            table.add_row(*(row[i] for i in shown))
+        yield table
+        hidden = [c.header for i, c in enumerate(self.columns) if i not in shown]
+        if hidden:
+            yield Text(f"(left out at {width} columns: {', '.join(hidden)})", style="dim")
+
+    def _fit(self, width: int, boxed: bool) -> tuple[list[int], list[int], bool]:
+        """The columns shown, their widths, and whether ids must wrap (nothing left to leave out)."""
+        cells = [[c.header] + [row[i] for row in self.rows] for i, c in enumerate(self.columns)]
+        natural = [max(len(s) for s in col) for col in cells]
+        header_word = [max(len(w) for w in c.header.split()) for c in self.columns]
+        cell_word = [max((len(w) for s in col[1:] for w in s.split()), default=0) for col in cells]
+        least = [natural[i] if c.whole else min(natural[i], max(header_word[i], min(cell_word[i], 12)))
+                 for i, c in enumerate(self.columns)]
+
+        def overhead(n: int) -> int:  # borders and padding (box) or the two spaces between columns (no box)
+            return 3 * n + 1 if boxed else 2 * (n - 1)
+
+        def need(cols: list[int]) -> int:
+            return sum(least[i] for i in cols) + overhead(len(cols))
+
+        shown = list(range(len(self.columns)))
+        for i in sorted((i for i, c in enumerate(self.columns) if c.drop), key=lambda i: -self.columns[i].drop):
+            if need(shown) <= width:
+                break
+            shown.remove(i)
+        folded = need(shown) > width
+        if folded:  # too narrow even for the ids alone: they wrap too, from their header's width
+            least = [min(natural[i], max(header_word[i], 8)) if c.whole else least[i]
+                     for i, c in enumerate(self.columns)]
+        lo, hi = [least[i] for i in shown], [natural[i] for i in shown]
+        left = width - overhead(len(shown)) - sum(lo)
+        widths = list(lo)
+        for rank, k in enumerate(sorted(range(len(shown)), key=lambda k: hi[k] - lo[k])):  # the smallest first
+            give = max(0, min(hi[k] - widths[k], left // (len(shown) - rank)))
+            widths[k] += give
+            left -= give
+        for k in range(len(shown)):  # what the even shares left over
+            give = max(0, min(hi[k] - widths[k], left))
+            widths[k] += give
+            left -= give
+        return shown, widths, folded
+
+
+def _show(grid: Grid) -> None:
+    """Print a table: fitted to the terminal, or plain and as wide as its rows when stdout is not a terminal."""
+    console = Console()
+    if console.is_terminal:
+        console.print(grid)
+    else:
+        typer.echo(grid.plain())
+
+
+def _result_table(result: RunResult) -> Grid:
+    """The per-node table of a run (`run` prints it): ids whole, errors and reasons in full."""
+    table = Grid(f"{result.pipeline} run {result.run_id} on {result.backend}: {result.status.value}",
+                 [Col("level", drop=3), Col("node", whole=True), Col("status"), Col("attempts", drop=1),
+                  Col("seconds", drop=2, justify="right"), Col("worker", whole=True, drop=4), Col("error / reason")])
     for level in result.by_level():
         for rec in level:
             note = f"{rec.error.type_name}: {rec.error.message}" if rec.error else rec.reason
-            table.add_row(str(rec.level), rec.name, rec.status.value, str(rec.attempts),
-                          f"{rec.duration_s or 0:.3f}", (rec.worker_node_id or "")[:12], note[:80])
+            table.add_row(rec.level, rec.name, rec.status.value, rec.attempts, f"{rec.duration_s or 0:.3f}",
+                          rec.worker_node_id, note)
     return table
 
 
@@ -219,6 +597,8 @@ def run_cmd(
                                     "another host may take the run over after three missed beats."),
     backend: Backend = typer.Option(Backend.ray, help="ray (Ray tasks) or local (threads, no Ray)."),
     set_: list[str] = typer.Option([], "--set", help="Override a YAML field: key.path=value (repeatable)."),
+    refresh: list[str] = typer.Option([], "--refresh", help="Run node (node+: and its descendants) again although "
+                                      "its output is cached, writing over the stored one; repeatable."),
     select: list[str] = typer.Option([], "--select", help="Run only node, node+ (and descendants) or +node "
                                      "(and ancestors); repeatable."),
     max_workers: Optional[int] = typer.Option(None, help="Threads of the local backend."),
@@ -233,74 +613,135 @@ def run_cmd(
     store = open_checkpoint_storage(uri, options)
     if force and resume is None:
         raise typer.BadParameter("--force only applies with --resume")
-    result = run_dag(dag, backend=backend.value, address=address, storage=store, resume=resume,
-                     max_workers=max_workers, seed=seed, force=force, heartbeat_s=heartbeat)
+    with _RunPrinting():
+        result = run_dag(dag, backend=backend.value, address=address, storage=store, resume=resume,
+                         max_workers=max_workers, seed=seed, force=force, heartbeat_s=heartbeat,
+                         refresh=refresh or None)
     try:
         store.put(layout.run_prefix(dag.name, result.run_id) + RESULT_FILE, result.to_json(),
                   {"status": result.status.value})
     except OdibiError as exc:  # the run itself is done; only `report` will miss it
-        log.warning("could not store the run result for `odibi-ray report`: %s", exc)
+        log.warning("could not store the run result for `odibi-ray report` and `logs`: %s", exc)
     Console().print(_result_table(result))
+    _print_retries(result)
     typer.echo(result.summary())
     if result.manifest_error:
         typer.echo(f"warning: {result.manifest_error}", err=True)
     if not result.succeeded:
-        try:
-            result.raise_for_status()
-        except OdibiError as exc:
-            typer.echo(f"error: {_one_line(exc)}", err=True)
+        cut = _print_failures(result, _state["debug"])
+        typer.echo(f"error: {_failure_line(result)}", err=True)
+        if cut:
+            where = (f" --storage {shlex.quote(redact_uri(storage))}" if storage is not None
+                     else f" --pipeline {shlex.quote(target)}")
+            typer.echo(f"(whole tracebacks: `odibi-ray --debug run ...`; a node's output: `odibi-ray logs "
+                       f"{result.run_id} NODE{where}`)", err=True)
         raise typer.Exit(EXIT_RUN_FAILED)
+
+
+def _pipeline_help(default: str) -> str:
+    return f"Pipeline name, YAML file or module:dag (a file or module:dag also gives the storage). Default: {default}."
+
+
+_STORAGE_HELP = "Checkpoint storage URI. Default: a pipeline file's storage, else every storage under ./.odibi/."
+_ONE_RUN_PIPELINE_HELP = _pipeline_help("the one holding RUN_ID, or the newest run's")
+_ALL_PIPELINES_HELP = _pipeline_help("every pipeline found")
+
+
+def _several_stores(found: list[_Runs]) -> bool:
+    """Whether runs come from more than one storage (their tables then have a storage column)."""
+    return len({id(r.store) for r in found}) > 1
+
+
+def _scope_title(scope: _Scope) -> str:
+    """The storage looked in, or how many under which folder."""
+    return _display(scope.stores[0]) if len(scope.stores) == 1 else f"{len(scope.stores)} storages in {scope.where}"
+
+
+def _status_of(store: Storage, pipeline: str, meta: dict[str, str]) -> str:
+    status = meta.get("status", "")
+    if status == "running":  # running or abandoned: the manifest's driver tells
+        status = effective_status(_manifest(store, pipeline, meta["run_id"]))
+    return status
 
 
 @app.command("runs")
 @_user_errors
 def runs_cmd(
-    pipeline: Optional[str] = typer.Argument(None, help="Pipeline name, YAML file or module:dag (default: all)."),
-    storage: Optional[str] = typer.Option(None, help="Checkpoint storage URI (default .odibi/<pipeline>)."),
+    pipeline_arg: Optional[str] = typer.Argument(None, metavar="PIPELINE", show_default=False,
+                                                 help=_ALL_PIPELINES_HELP),
+    pipeline: Optional[str] = typer.Option(None, "--pipeline", help="The same as PIPELINE."),
+    storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
 ) -> None:
-    """List the runs of a pipeline (or of every pipeline in the storage), newest first."""
-    name, store = _open(pipeline, storage, need_pipeline=False)
-    names = [name] if name else sorted({i.key.split("/")[1] for i in store.list("runs/") if i.key.count("/") >= 3})
-    table = Table(title=f"runs in {redact_uri(store.uri)}")
-    for col in ("pipeline", "run id", "status", "started", "updated"):
-        table.add_column(col)
-    for pname in names:
-        for meta in list_runs(store, pname):
-            status = meta.get("status", "")
-            if status == "running":  # running or abandoned: the manifest's driver tells
-                status = effective_status(_manifest(store, pname, meta["run_id"]))
-            table.add_row(pname, meta["run_id"], status, _ts(meta.get("started_at")), _ts(meta.get("updated_at")))
-    Console().print(table)
+    """List the runs of a pipeline, or of every pipeline found (in ./.odibi/ by default), newest first."""
+    scope = _scope(_pipeline_arg(pipeline_arg, pipeline), storage)
+    found = _runs(scope)
+    several = _several_stores(found)
+    table = Grid(f"runs in {_scope_title(scope)}", [
+        Col("pipeline", whole=True), Col("run id", whole=True), Col("status"), Col("started", whole=True, drop=2),
+        Col("updated", whole=True, drop=3)] + ([Col("storage", whole=True, drop=4)] if several else []))
+    for r in found:
+        for meta in r.runs:
+            table.add_row(r.pipeline, meta["run_id"], _status_of(r.store, r.pipeline, meta),
+                          _ts(meta.get("started_at")), _ts(meta.get("updated_at")),
+                          *([_display(r.store)] if several else []))
+    _show(table)
+
+
+#: Node statuses whose output is stored (by this run, or by an earlier one for cached and resumed nodes).
+_HAS_OUTPUT = ("succeeded", "computed", "cached", "resumed")
+
+
+def _output_of(store: Storage, pipeline: str, run_id: str, key: str) -> str:
+    """Where a node's output is stored, and by which run (or that it is gone)."""
+    for object_key in (layout.object_key(pipeline, key), layout.legacy_object_key(key)):
+        try:
+            info = store.head(object_key)
+        except NotFoundError:
+            continue
+        meta = CheckpointMeta.from_info(info)
+        if meta is None:
+            return f"{_display(store, object_key)}  (damaged: its metadata does not describe it)"
+        note = "this run" if meta.run_id == run_id else f"run {meta.run_id}" if meta.run_id else "an unknown run"
+        expired = meta.expires_at is not None and meta.expires_at < _dt.datetime.now().timestamp()
+        return (f"{_display(store, object_key)}  (written by {note}"
+                + (f"; expired {_ts(meta.expires_at)}" if expired else "") + ")")
+    return f"{_display(store, layout.object_key(pipeline, key))}  (missing: purged since, or never confirmed)"
 
 
 @app.command("status")
 @_user_errors
 def status_cmd(
     run_id: Optional[str] = typer.Argument(None, help="Run id (default: the latest run)."),
-    pipeline: Optional[str] = typer.Option(None, help="Pipeline name, YAML file or module:dag."),
-    storage: Optional[str] = typer.Option(None, help="Checkpoint storage URI (default .odibi/<pipeline>)."),
+    pipeline: Optional[str] = typer.Option(None, help=_ONE_RUN_PIPELINE_HELP),
+    storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
 ) -> None:
-    """Show a run's status from its manifest (running, succeeded, failed or abandoned) and its nodes."""
-    name, store = _open(pipeline, storage)
-    assert name is not None
-    rid = _run_id(store, name, run_id)
+    """Show a run's status from its manifest (running, succeeded, failed or abandoned), its nodes, and where
+    each node's output is stored (cached and resumed nodes: the object an earlier run wrote)."""
+    store, name, rid = _find_run(pipeline, storage, run_id)
     body = _manifest(store, name, rid)
     statuses = node_statuses(store, name, rid, body)
     summary = body.get("summary") or {}
     typer.echo(f"pipeline {name} run {rid}: {effective_status(body)}")
     typer.echo(f"started {_ts(body.get('started_at'))}  ended {_ts(body.get('ended_at')) or '-'}  "
-               f"resumes {body.get('resumes', 0)}")
+               f"resumes {body.get('resumes', 0)}  storage {_display(store)}")
     if summary.get("nodes"):
         typer.echo("nodes: " + ", ".join(f"{v} {k}" for k, v in sorted(summary["nodes"].items())))
-    table = Table()
-    for col in ("level", "node", "status", "attempts", "worker", "cache key", "error / reason"):
-        table.add_column(col)
+    table = Grid("", [Col("level", drop=3), Col("node", whole=True), Col("status"), Col("attempts", drop=2),
+                      Col("worker", whole=True, drop=4), Col("error / reason")])
+    outputs: list[tuple[str, str]] = []
     for node, entry in sorted((body.get("nodes") or {}).items(), key=lambda kv: (kv[1].get("level", 0), kv[0])):
-        table.add_row(str(entry.get("level", "")), node, statuses[node].status if node in statuses else "-",
-                      str(entry.get("attempts", "")),
-                      str(entry.get("worker") or "")[:12], str(entry.get("key") or "")[:16],
-                      str(entry.get("error") or entry.get("reason") or ""))
-    Console().print(table)
+        status = statuses[node].status if node in statuses else "-"
+        table.add_row(entry.get("level", ""), node, status, entry.get("attempts", ""), entry.get("worker"),
+                      entry.get("error") or entry.get("reason"))
+        key = statuses[node].key if node in statuses else ""
+        if status in _HAS_OUTPUT and key:
+            outputs.append((node, _output_of(store, name, rid, key)))
+    _show(table)
+    if outputs:
+        typer.echo("outputs:")
+        width = max(len(node) for node, _ in outputs)
+        for node, where in outputs:
+            typer.echo(f"  {node.ljust(width)}  {where}")
 
 
 @app.command("graph")
@@ -341,14 +782,12 @@ def to_dot(dag: DAG) -> str:
 @_user_errors
 def metrics_cmd(
     run_id: str = typer.Argument("latest", help="Run id (or 'latest')."),
-    pipeline: Optional[str] = typer.Option(None, help="Pipeline name, YAML file or module:dag."),
-    storage: Optional[str] = typer.Option(None, help="Checkpoint storage URI (default .odibi/<pipeline>)."),
+    pipeline: Optional[str] = typer.Option(None, help=_ONE_RUN_PIPELINE_HELP),
+    storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
     format: MetricsFormat = typer.Option(MetricsFormat.prometheus, "--format", help="prometheus or json."),
 ) -> None:
     """Print a finished run's metrics (stored in its manifest) as Prometheus text or JSON."""
-    name, store = _open(pipeline, storage)
-    assert name is not None
-    rid = _run_id(store, name, run_id)
+    store, name, rid = _find_run(pipeline, storage, run_id)
     snapshot = ((_manifest(store, name, rid).get("summary") or {}).get("metrics"))
     if not snapshot:
         raise OdibiError(f"run {rid!r} of {name!r} has no stored metrics (still running, or run with metrics off)")
@@ -360,14 +799,12 @@ def metrics_cmd(
 @_user_errors
 def report_cmd(
     run_id: str = typer.Argument("latest", help="Run id (or 'latest')."),
-    pipeline: Optional[str] = typer.Option(None, help="Pipeline name, YAML file or module:dag."),
-    storage: Optional[str] = typer.Option(None, help="Checkpoint storage URI (default .odibi/<pipeline>)."),
+    pipeline: Optional[str] = typer.Option(None, help=_ONE_RUN_PIPELINE_HELP),
+    storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
     output: Path = typer.Option(Path("run.html"), "--output", "-o", help="The HTML file to write."),
 ) -> None:
     """Write the self-contained HTML report of a run made with `odibi-ray run`."""
-    name, store = _open(pipeline, storage)
-    assert name is not None
-    rid = _run_id(store, name, run_id)
+    store, name, rid = _find_run(pipeline, storage, run_id)
     try:
         data = store.get(layout.run_prefix(name, rid) + RESULT_FILE)
     except NotFoundError:
@@ -379,30 +816,78 @@ def report_cmd(
     typer.echo(f"report of {name} run {rid} written to {path}")
 
 
+@app.command("logs")
+@_user_errors
+def logs_cmd(
+    run_id: str = typer.Argument(..., help="Run id (or 'latest')."),
+    node: Optional[str] = typer.Argument(None, help="Only this node (default: every node that ran)."),
+    pipeline: Optional[str] = typer.Option(None, help=_ONE_RUN_PIPELINE_HELP),
+    storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
+) -> None:
+    """Print what each attempt of a run's nodes wrote to stdout and stderr (the last 200 lines of each), as kept by
+    `odibi-ray run`."""
+    store, name, rid = _find_run(pipeline, storage, run_id)
+    result = _stored_result(store, name, rid, "node output")
+    if node is not None and node not in result.nodes:
+        raise OdibiError(f"run {rid!r} of {name!r} has no node {node!r} (nodes: {', '.join(result.nodes)})")
+    records = [result.nodes[node]] if node is not None else [r for level in result.by_level() for r in level]
+    shown = 0
+    for rec in records:
+        if not rec.attempt_history:
+            if node is not None:
+                typer.echo(f"node {rec.name!r} did not run in run {rid}: {rec.status.value}"
+                           + (f" ({rec.reason})" if rec.reason else ""))
+            continue
+        for att in rec.attempt_history:
+            if att.error is None:
+                outcome = "succeeded" if att is rec.attempt_history[-1] and rec.status.ok else "done"
+            else:
+                outcome = "cancelled" if att.error.kind == "cancelled" else f"failed: {att.error.type_name}"
+            typer.echo(f"=== node {rec.name!r}, attempt {att.number} ({outcome}) ===")
+            text = _plain(att.output_tail, sys.stdout)
+            if not text:
+                text = "(no output)\n"
+            elif not text.endswith("\n"):
+                text += "\n"
+            typer.echo(text, nl=False)
+            shown += 1
+    if node is None and not shown:
+        typer.echo(f"no node ran in run {rid} (every node was cached, resumed or not run)")
+
+
 @cache_app.command("ls")
 @_user_errors
 def cache_ls(
-    storage: Optional[str] = typer.Option(None, help="Checkpoint storage URI."),
-    pipeline: Optional[str] = typer.Option(None, help="Pipeline (for its default storage only)."),
+    storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
+    pipeline: Optional[str] = typer.Option(None, help="Only outputs of this pipeline: a name, a YAML file or "
+                                           "module:dag (a file or module:dag also gives its storage)."),
     node: Optional[str] = typer.Option(None, help="Only outputs written for this node name."),
 ) -> None:
-    """List the stored node outputs (key, pipeline, node, run, size, codec, created, expires)."""
-    _, store = _open(pipeline, storage, need_pipeline=False)
-    table = Table(title=f"cache in {redact_uri(store.uri)}")
-    for col in ("key", "pipeline", "node", "run", "bytes", "codec", "created", "expires"):
-        table.add_column(col)
+    """List the stored node outputs (key, pipeline, node, run, size, codec, created, expires), in ./.odibi/ by
+    default. The key is the node's cache key: the object's name in the storage."""
+    scope = _scope(pipeline, storage)
+    several = len(scope.stores) > 1
+    table = Grid(f"cache in {_scope_title(scope)}", [
+        Col("key", whole=True), Col("pipeline", whole=True, drop=4), Col("node", whole=True),
+        Col("run", whole=True, drop=5), Col("bytes", drop=3, justify="right"), Col("codec", drop=6),
+        Col("created", whole=True, drop=7), Col("expires", whole=True, drop=8)]
+        + ([Col("storage", whole=True, drop=9)] if several else []))
     count = 0
-    for info in store.list("objects/", with_metadata=True):
-        meta = CheckpointMeta.from_info(info)
-        shown = meta.node if meta else urllib.parse.unquote(info.metadata.get("node", ""))
-        if node is not None and shown != node:
-            continue
-        count += 1
-        expires = _ts(meta.expires_at) if meta and meta.expires_at else ("never" if meta else "damaged")
-        table.add_row(info.key.rsplit("/", 1)[-1][:16], meta.pipeline if meta else "", shown,
-                      meta.run_id if meta else "", str(info.size), meta.codec if meta else "",
-                      _ts(meta.created) if meta else "", expires)
-    Console().print(table)
+    for store in scope.stores:
+        for info in store.list("objects/", with_metadata=True):
+            meta = CheckpointMeta.from_info(info)
+            shown = meta.node if meta else urllib.parse.unquote(info.metadata.get("node", ""))
+            if node is not None and shown != node:
+                continue
+            if scope.pipeline is not None and not (info.key.startswith(layout.objects_prefix(scope.pipeline))
+                                                   or (meta is not None and meta.pipeline == scope.pipeline)):
+                continue
+            count += 1
+            expires = _ts(meta.expires_at) if meta and meta.expires_at else ("never" if meta else "damaged")
+            table.add_row(info.key.rsplit("/", 1)[-1], meta.pipeline if meta else "", shown,
+                          meta.run_id if meta else "", info.size, meta.codec if meta else "",
+                          _ts(meta.created) if meta else "", expires, *([_display(store)] if several else []))
+    _show(table)
     typer.echo(f"{count} object(s)")
 
 
@@ -420,69 +905,80 @@ def parse_duration(text: str) -> float:
 @cache_app.command("purge")
 @_user_errors
 def cache_purge(
-    storage: Optional[str] = typer.Option(None, help="Checkpoint storage URI."),
+    storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
     expired: bool = typer.Option(False, "--expired", help="Outputs whose TTL has passed."),
     older_than: Optional[str] = typer.Option(None, help="Outputs created longer ago than this (90s, 15m, 12h, 7d)."),
     node: Optional[str] = typer.Option(None, help="Outputs of this node name."),
-    pipeline: Optional[str] = typer.Option(None, help="Outputs referenced only by runs of this pipeline."),
+    pipeline: Optional[str] = typer.Option(None, help="Outputs referenced only by runs of this pipeline (a name, "
+                                           "a YAML file or module:dag)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would go; remove nothing."),
 ) -> None:
-    """Remove cached outputs matching every filter given (never one a running run uses)."""
+    """Remove cached outputs matching every filter given (never one a running run uses), in every storage
+    `cache ls` lists with the same options."""
     if not (expired or older_than or node or pipeline):
         raise typer.BadParameter("give at least one filter: --expired, --older-than, --node or --pipeline")
-    name, store = _open(pipeline, storage, need_pipeline=False)
-    report = purge(store, expired=expired, older_than_s=parse_duration(older_than) if older_than else None,
-                   node=node, pipeline=name, dry_run=dry_run)
-    for key in report.objects:
-        typer.echo(("would remove " if dry_run else "removed ") + key)
-    typer.echo(str(report))
+    scope = _scope(pipeline, storage)
+    for store in scope.stores:
+        report = purge(store, expired=expired, older_than_s=parse_duration(older_than) if older_than else None,
+                       node=node, pipeline=scope.pipeline, dry_run=dry_run)
+        for key in report.objects:
+            typer.echo(("would remove " if dry_run else "removed ") + _display(store, key))
+        typer.echo((f"{_display(store)}: " if len(scope.stores) > 1 else "") + str(report))
 
 
 @checkpoints_app.command("ls")
 @_user_errors
 def checkpoints_ls(
-    pipeline: str = typer.Option(..., help="Pipeline name, YAML file or module:dag."),
-    storage: Optional[str] = typer.Option(None, help="Checkpoint storage URI (default .odibi/<pipeline>)."),
+    pipeline: Optional[str] = typer.Option(None, help=_ALL_PIPELINES_HELP),
+    storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
 ) -> None:
-    """List a pipeline's runs with how many node checkpoints each wrote (nodes that ran and succeeded)."""
-    name, store = _open(pipeline, storage)
-    assert name is not None
-    table = Table(title=f"checkpoints of {name} in {redact_uri(store.uri)}")
-    for col in ("run id", "status", "started", "checkpoints written"):
-        table.add_column(col)
-    for meta in list_runs(store, name):
-        table.add_row(meta["run_id"], meta.get("status", ""), _ts(meta.get("started_at")),
-                      str(_written(store, name, meta["run_id"])))
-    Console().print(table)
+    """List the runs of a pipeline (of every pipeline found, in ./.odibi/ by default) with how many node
+    checkpoints each wrote (nodes that ran and succeeded)."""
+    scope = _scope(pipeline, storage)
+    found = _runs(scope)
+    several = _several_stores(found)
+    table = Grid(f"checkpoints in {_scope_title(scope)}", [
+        Col("pipeline", whole=True), Col("run id", whole=True), Col("status"), Col("started", whole=True, drop=2),
+        Col("checkpoints written", justify="right")] + ([Col("storage", whole=True, drop=3)] if several else []))
+    for r in found:
+        for meta in r.runs:
+            body = _manifest(r.store, r.pipeline, meta["run_id"])
+            table.add_row(r.pipeline, meta["run_id"], effective_status(body), _ts(meta.get("started_at")),
+                          _written(r.store, r.pipeline, meta["run_id"], body),
+                          *([_display(r.store)] if several else []))
+    _show(table)
 
 
 @checkpoints_app.command("clean")
 @_user_errors
 def checkpoints_clean(
     keep: int = typer.Option(..., "--keep", min=1, help="How many of the newest runs to keep."),
-    pipeline: str = typer.Option(..., help="Pipeline name, YAML file or module:dag."),
-    storage: Optional[str] = typer.Option(None, help="Checkpoint storage URI (default .odibi/<pipeline>)."),
+    pipeline: Optional[str] = typer.Option(None, help=_ALL_PIPELINES_HELP),
+    storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would go; remove nothing."),
 ) -> None:
-    """Keep the N newest runs of a pipeline (and any running one); remove older runs and objects only they used."""
-    name, store = _open(pipeline, storage)
-    assert name is not None
-    report = keep_last_n(store, name, keep, dry_run=dry_run)
-    for run in report.runs:
-        typer.echo(("would remove run " if dry_run else "removed run ") + run)
-    typer.echo(str(report))
+    """Keep the N newest runs of a pipeline (of each pipeline found, in ./.odibi/ by default; and any running
+    run); remove older runs and the objects only they used."""
+    for r in _runs(_scope(pipeline, storage)):
+        report = keep_last_n(r.store, r.pipeline, keep, dry_run=dry_run)
+        for run in report.runs:
+            typer.echo(("would remove run " if dry_run else "removed run ") + run)
+        typer.echo(f"{r.pipeline} in {_display(r.store)}: {report}")
 
 
 @checkpoints_app.command("migrate")
 @_user_errors
 def checkpoints_migrate(
-    pipeline: Optional[str] = typer.Option(None, help="Pipeline (for its default storage only)."),
-    storage: Optional[str] = typer.Option(None, help="Checkpoint storage URI."),
+    pipeline: Optional[str] = typer.Option(None, help="A pipeline file or module:dag: migrate its storage (a name: "
+                                           "the storages under ./.odibi/ that hold it)."),
+    storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would move; move nothing."),
 ) -> None:
-    """Move a layout-1 store's outputs into layout 2 (objects/<pipeline>/...), checked, old copies removed."""
-    _, store = _open(pipeline, storage, need_pipeline=False)
-    typer.echo(str(migrate(store, dry_run=dry_run)))
+    """Move a layout-1 store's outputs into layout 2 (objects/<pipeline>/...), checked, old copies removed; every
+    storage under ./.odibi/ by default."""
+    scope = _scope(pipeline, storage)
+    for store in scope.stores:
+        typer.echo((f"{_display(store)}: " if len(scope.stores) > 1 else "") + str(migrate(store, dry_run=dry_run)))
 
 
 @app.command("demo")
@@ -492,15 +988,10 @@ def demo_cmd(
     rows: int = typer.Option(200_000, min=1, help="Rows the demo generates."),
     storage: str = typer.Option(".odibi/demo", help="Checkpoint storage URI."),
 ) -> None:
-    """Run the demo pipeline (examples/demo_pipeline.py) on a local Ray."""
-    path = Path(__file__).resolve().parent.parent / "examples" / "demo_pipeline.py"
-    if not path.is_file():
-        raise FileNotFoundError(f"the demo is not installed here: {path} (run it from a source checkout)")
-    spec = importlib.util.spec_from_file_location("odibi_ray_demo_pipeline", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    code = module.main(["--backend", backend.value, "--rows", str(rows), "--storage", storage])
+    """Run the demo pipeline (odibi_ray/demo.py, shipped with the package) on a local Ray."""
+    from . import demo
+
+    code = demo.main(["--backend", backend.value, "--rows", str(rows), "--storage", storage])
     raise typer.Exit(code or 0)
 
 

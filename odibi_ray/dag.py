@@ -98,23 +98,24 @@ class DAG:
         """Raise the precise :class:`~odibi_ray.errors.DAGValidationError` of the first fault found.
 
         Checks, in order: every node's values (policy, timeout, resources) and that its inputs name
-        nodes; every function's parameters match its inputs and params; no cycle (the error shows
-        the cycle's path).
+        nodes; no cycle (the error shows the cycle's path); every function's parameters match its inputs
+        and params. The cycle comes before the signatures: an edge that closes a cycle is often also one
+        the function does not take, and the cycle is the fault to fix.
         """
         for node in self._nodes.values():
             node._check_values()  # fields may have been changed since the node was built
             for param, upstream in node.inputs.items():
                 if upstream not in self._nodes:
                     raise UnknownInputError(node.name, param, upstream)
+        cycle = self._find_cycle()
+        if cycle:
+            raise CycleError(cycle)
         checked: set[tuple[int, frozenset[str]]] = set()  # one check per function and call shape
         for node in self._nodes.values():
             shape = (id(node.fn), frozenset(node.inputs) | frozenset(node.params))
             if shape not in checked:
                 node.check_signature()
                 checked.add(shape)
-        cycle = self._find_cycle()
-        if cycle:
-            raise CycleError(cycle)
 
     def _find_cycle(self) -> list[str] | None:
         """A cycle's path (first node repeated last), or None. Iterative DFS, deterministic."""
@@ -186,6 +187,23 @@ class DAG:
                 if up in children:
                     children[up].append(name)
         return children
+
+    def pick(self, patterns: Iterable[str], what: str = "selection") -> set[str]:
+        """Node names for ``node``, ``node+`` (and its descendants) and ``+node`` (and its ancestors); ``what``
+        names the option in the error for an unknown node."""
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        chosen: set[str] = set()
+        for pattern in patterns:
+            name = str(pattern).strip("+")
+            if name not in self._nodes:
+                raise ValueError(f"{what} {pattern!r}: no node {name!r} in pipeline {self.name!r}")
+            chosen.add(name)
+            if str(pattern).endswith("+"):
+                chosen |= self.descendants([name])
+            if str(pattern).startswith("+"):
+                chosen |= self.ancestors([name])
+        return chosen
 
     def descendants(self, names: Iterable[str]) -> set[str]:
         """Every node downstream of any of ``names`` (not including them)."""

@@ -47,8 +47,9 @@ ATTEMPT_CLASSES = ("ok", "failed", "cancelled", "unfinished")
 
 # Layout (px).
 _COL_W, _BOX_W, _BOX_H, _ROW_H, _PAD, _HEAD = 210, 170, 40, 54, 16, 28
-_LABEL_W, _PLOT_W, _LANE_H, _BAR_H, _AXIS_H = 230, 960, 22, 16, 26
+_LABEL_W, _PLOT_W, _LANE_H, _BAR_H, _AXIS_H, _NOTE_H = 230, 960, 22, 16, 26, 20
 _NAME_CHARS = 24
+_TICK_W = 80  # right of the plot: room for the last tick's label ("+1 min 20.0 s" at 10 px)
 
 _CSS = """
 body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px;color:#1f2328;background:#fff}
@@ -363,11 +364,12 @@ def _tick_step(span: float) -> float:
     return next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
 
 
-def _attempt_tooltip(bar: _Bar, t0: float) -> str:
+def _attempt_tooltip(bar: _Bar, t0: float, run_start: float) -> str:
     att = bar.att
     lines = [f"{bar.node}: attempt {att.number} of {bar.total} ({_attempt_class(att)})",
              f"worker {_worker_label(att)}",
-             f"started +{_fmt_s(bar.start - t0)}, ran {_fmt_s(att.duration_s)}"]
+             f"started +{_fmt_s(bar.start - t0)} ({_fmt_s(bar.start - run_start)} after the run started), "
+             f"ran {_fmt_s(att.duration_s)}"]
     if att.queue_wait_s is not None:
         lines.append(f"queued {_fmt_s(att.queue_wait_s)}")
     if att.error is not None:
@@ -379,8 +381,17 @@ def _timeline_svg(result: RunResult) -> str:
     t_end = result.ended_at
     rows = _bars_by_worker(result, t_end)
     all_bars = [b for bars in rows.values() for b in bars]
-    t0 = min([result.started_at] + [b.start for b in all_bars])
-    t1 = max([t_end] + [b.end for b in all_bars])
+    if not all_bars:
+        # Nothing to draw on an axis: one line of text, in a box tall enough for it.
+        width, height = _LABEL_W + _PLOT_W + _PAD, _AXIS_H + _LANE_H + _PAD
+        return (f'<svg class="timeline empty" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+                f'role="img" aria-label="timeline of attempts per worker">'
+                f'<text class="rowlabel" x="{_PAD}" y="{height // 2 + 5}">no attempt ran in this run</text></svg>')
+    # The axis spans the attempts, from the first one's start: the time before it (starting or joining Ray,
+    # planning, reading the cache) is said in words above the axis, so a short run is not a sliver at the
+    # right edge of seconds of start-up.
+    t0 = min(b.start for b in all_bars)
+    t1 = max(b.end for b in all_bars)
     span = max(t1 - t0, 1e-3)
     scale = _PLOT_W / span
 
@@ -388,23 +399,30 @@ def _timeline_svg(result: RunResult) -> str:
         return _LABEL_W + (t - t0) * scale
 
     heights = {key: max(b.lane for b in bars) + 1 for key, bars in rows.items()}
-    height = _AXIS_H + sum(h * _LANE_H + 6 for h in heights.values()) + _PAD
-    width = _LABEL_W + _PLOT_W + _PAD
+    top = _AXIS_H + _NOTE_H  # the note line, then the axis labels
+    height = top + sum(h * _LANE_H + 6 for h in heights.values()) + _PAD
+    width = _LABEL_W + _PLOT_W + _TICK_W  # room for the last tick's label
     out = [f'<svg class="timeline" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" role="img" aria-label="timeline of attempts per worker">',
            '<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" '
            'patternTransform="rotate(45)"><rect width="6" height="6" fill="#fbe3e0"/>'
            '<line x1="0" y1="0" x2="0" y2="6" stroke="#d33a2c" stroke-width="3"/></pattern></defs>']
+    startup = max(0.0, t0 - result.started_at)
+    after = max(0.0, t_end - t1)
+    note = (f"0 = the first attempt's start, {_fmt_s(startup)} after the run started (starting or joining Ray, "
+            f"planning, the cache)")
+    if after >= 0.01:
+        note += f"; the run ended {_fmt_s(after)} after the last attempt"
+    out.append(f'<text class="tick startup" data-startup-s="{startup:.3f}" data-after-s="{after:.3f}" '
+               f'x="{_PAD}" y="{_NOTE_H - 6}">{_e(note)}</text>')
     step = _tick_step(span)
     k = 0
     while k * step <= span + 1e-12:
         x = x_of(t0 + k * step)
-        out.append(f'<line class="axis" x1="{x:.1f}" y1="{_AXIS_H - 6}" x2="{x:.1f}" y2="{height - _PAD}"/>'
-                   f'<text class="tick" x="{x + 2:.1f}" y="{_AXIS_H - 10}">{_e("+" + _fmt_s(k * step) if k else "0")}</text>')
+        out.append(f'<line class="axis" x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" y2="{height - _PAD}"/>'
+                   f'<text class="tick" x="{x + 2:.1f}" y="{top - 10}">{_e("+" + _fmt_s(k * step) if k else "0")}</text>')
         k += 1
-    if not rows:
-        out.append(f'<text class="rowlabel" x="{_PAD}" y="{_AXIS_H + 16}">no attempt ran in this run</text>')
-    y = _AXIS_H
+    y = top
     ends: dict[tuple[str, int], tuple[float, float]] = {}  # (node, attempt) -> (x_end, y_mid) of its bar
     starts: dict[tuple[str, int], tuple[float, float]] = {}
     for (node_id, pid), bars in rows.items():
@@ -425,7 +443,7 @@ def _timeline_svg(result: RunResult) -> str:
                 f'data-worker-node="{_e(node_id)}" data-worker-pid="{_e(pid)}" '
                 f'data-error-type="{_e(bar.att.error.type_name if bar.att.error else "")}" '
                 f'x="{bx:.1f}" y="{by:.1f}" width="{bw:.1f}" height="{_BAR_H}" rx="2">'
-                f"<title>{_e(_attempt_tooltip(bar, t0))}</title></rect>")
+                f"<title>{_e(_attempt_tooltip(bar, t0, result.started_at))}</title></rect>")
             if bw > 60:
                 out.append(f'<text class="sub" x="{bx + 3:.1f}" y="{by + 12:.1f}" pointer-events="none">'
                            f"{_e(_short(f'{bar.node} #{bar.att.number}', int(bw / 7)))}</text>")

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -77,6 +78,76 @@ class ErrorInfo:
         except Exception:
             return None
 
+    def user_traceback(self, frames: int | None = 5) -> str:
+        """The traceback without the engine's frames (odibi_ray's and Ray's), keeping the last ``frames`` frames of
+        each exception of the chain (None: all that are not the engine's); "" when none was recorded."""
+        return user_traceback(self.traceback, frames)
+
+
+_FRAME = re.compile(r'^( *)File "([^"]*)", line \d+')
+#: Files of the engine in a traceback: odibi_ray's and Ray's (installed, or Ray's Cython ``python/ray/...``), and
+#: Python's import machinery.
+_ENGINE_FILE = re.compile(r"[/\\](?:site|dist)-packages[/\\](?:odibi_ray|ray)[/\\]|^python[/\\]ray[/\\]|^<frozen ")
+_ENGINE_DIRS: list[str] = []
+
+
+def _engine_dirs() -> list[str]:
+    if not _ENGINE_DIRS:
+        import importlib.util
+
+        dirs = [os.path.dirname(os.path.abspath(__file__)) + os.sep]
+        try:
+            spec = importlib.util.find_spec("ray")  # locates Ray without importing it
+            if spec is not None and spec.origin:
+                dirs.append(os.path.dirname(spec.origin) + os.sep)
+        except (ImportError, ValueError):
+            pass
+        _ENGINE_DIRS[:] = dirs
+    return _ENGINE_DIRS
+
+
+def _is_engine(path: str) -> bool:
+    return bool(_ENGINE_FILE.search(path)) or path.startswith(tuple(_engine_dirs()))
+
+
+def user_traceback(text: str, frames: int | None = 5) -> str:
+    """A Python traceback text without the engine's frames (see :data:`_ENGINE_FILE`), and with at most the last
+    ``frames`` of the others per exception of the chain; a line says how many frames were left out. Text that is
+    not a traceback comes back as it is."""
+    lines = text.splitlines()
+    out: list[str] = []
+    section: list[tuple[bool, list[str]]] = []  # the frames of the exception being read: (engine's, lines)
+
+    def flush() -> None:
+        kept = [body for engine, body in section if not engine]
+        hidden = len(section) - len(kept)
+        if frames is not None and len(kept) > frames:
+            hidden += len(kept) - frames
+            kept = kept[len(kept) - frames:]
+        if hidden:
+            out.append(f"  [{hidden} frame(s) not shown: odibi_ray's and Ray's own, or earlier calls]")
+        for body in kept:
+            out.extend(body)
+        section.clear()
+
+    i = 0
+    while i < len(lines):
+        m = _FRAME.match(lines[i])
+        if m is None:
+            flush()
+            out.append(lines[i])
+            i += 1
+            continue
+        indent, body = len(m.group(1)), [lines[i]]
+        i += 1
+        while (i < len(lines) and lines[i].strip() and len(lines[i]) - len(lines[i].lstrip(" ")) > indent
+               and not _FRAME.match(lines[i])):
+            body.append(lines[i])
+            i += 1
+        section.append((_is_engine(m.group(2)), body))
+    flush()
+    return "\n".join(out)
+
 
 @dataclass
 class AttemptRecord:
@@ -93,6 +164,7 @@ class AttemptRecord:
     bytes_read: int = 0  # stored inputs it read
     storage_s: float = 0.0  # seconds it spent in storage calls
     confirmed: bool = False  # its checkpoint, written behind, was confirmed stored (checkpoint/writeback.py)
+    output_tail: str = ""  # the end of what the node function printed (stdout and stderr; attempt.OutputTail)
 
     @property
     def duration_s(self) -> float | None:
@@ -143,6 +215,15 @@ class NodeRecord:
         """The Ray node (machine) id of the last attempt's worker; ``"local"`` on the local backend."""
         return self.attempt_history[-1].worker_node_id if self.attempt_history else None
 
+    def retry_note(self) -> str:
+        """``"retried after ConnectionError"`` for a node whose earlier attempts failed (``"retried 2 times after
+        ConnectionError, TimeoutError"``); "" when its first attempt was its last."""
+        failed = [a.error.type_name for a in self.attempt_history[:-1] if a.error is not None]
+        if not failed:
+            return ""
+        times = "" if len(failed) == 1 else f" {len(failed)} times"
+        return f"retried{times} after " + ", ".join(dict.fromkeys(failed))
+
     def failure(self) -> NodeFailedError:
         """This node's failure as an exception (carrying the original type, message and traceback)."""
         err = self.error or ErrorInfo("odibi_ray.errors.OdibiError", self.reason or "no error recorded", "")
@@ -168,6 +249,7 @@ class RunResult:
     metrics: Any = field(default=None, repr=False, compare=False)  # a MetricsManager, when metrics are on
     inputs: dict[str, list[str]] = field(default_factory=dict, repr=False)  # node -> its upstream nodes
     stopped_reason: str | None = None  # why the driver stopped early (another driver took the run over)
+    resumed_from: str | None = None  # a resume: the status the run had when this driver took it over
     manifest_error: str | None = None  # why the run's manifest could not be closed (it is retried in the background)
 
     @property
@@ -274,6 +356,7 @@ class RunResult:
         body = {"pipeline": self.pipeline, "run_id": self.run_id, "backend": self.backend,
                 "levels": self.levels, "nodes": nodes, "started_at": self.started_at, "ended_at": self.ended_at,
                 "stats": self.stats, "inputs": self.inputs, "stopped_reason": self.stopped_reason,
+                "resumed_from": self.resumed_from,
                 "manifest_error": self.manifest_error}
         return json.dumps(body, default=str).encode()
 
@@ -298,7 +381,8 @@ class RunResult:
         return cls(pipeline=body["pipeline"], run_id=body["run_id"], backend=body["backend"], levels=body["levels"],
                    nodes=nodes, started_at=body["started_at"], ended_at=body["ended_at"], _fetch=no_outputs,
                    stats=body.get("stats", {}), inputs=body.get("inputs", {}),
-                   stopped_reason=body.get("stopped_reason"), manifest_error=body.get("manifest_error"))
+                   stopped_reason=body.get("stopped_reason"), manifest_error=body.get("manifest_error"),
+                   resumed_from=body.get("resumed_from"))
 
     def summary(self) -> str:
         """One line: counts per status and the wall time."""
@@ -307,6 +391,8 @@ class RunResult:
             counts[r.status.value] = counts.get(r.status.value, 0) + 1
         parts = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
         line = f"{self.pipeline} run {self.run_id}: {self.status.value} ({parts}) in {self.duration_s:.2f}s"
+        if self.resumed_from == "succeeded":
+            line += "; this run had already succeeded before this resume"
         if self.stopped_reason:
             line += f"; {self.stopped_reason}"
         if self.manifest_error:

@@ -6,7 +6,7 @@ import functools
 import gc
 import logging
 import random
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from .backends.base import Backend
 from .backends.local import LocalBackend
@@ -33,12 +33,18 @@ def _publish_metrics(result: RunResult, backend: Backend, namespace: str) -> dic
     Returns their snapshot (the run manifest keeps a copy)."""
     result.metrics = metrics_from_result(result, result.inputs)
     snapshot = result.metrics.snapshot()
-    if backend.name == "ray":
+    if backend.name == "ray" and _ray_connected():  # a fully cached run never started Ray: nothing to tell it
         try:
             metrics_actor(namespace).push.remote(snapshot)
         except Exception as exc:  # metrics must never fail a run
             log.warning("could not send metrics to the metrics actor: %s", exc)
     return snapshot
+
+
+def _ray_connected() -> bool:
+    import ray
+
+    return ray.is_initialized()
 
 
 def open_checkpoint_storage(uri: str, options: dict[str, Any] | None = None) -> Storage:
@@ -90,7 +96,7 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
         max_workers: int | None = None, ray_init_kwargs: dict[str, Any] | None = None,
         wait_for_resources: bool = False, run_id: str | None = None, metrics: bool = True,
         metrics_namespace: str = "default", write_behind: bool | None = None, force: bool = False,
-        heartbeat_s: float = HEARTBEAT_S) -> RunResult:
+        heartbeat_s: float = HEARTBEAT_S, refresh: Iterable[str] | str | None = None) -> RunResult:
     """Run a DAG once and return its :class:`RunResult` (it does not raise for failed nodes:
     call ``result.raise_for_status()``).
 
@@ -118,6 +124,9 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
     missed beats, on this host as soon as its driver stops. A storage outage never makes ``run()`` raise once
     the run has started: the nodes it hit fail naming the storage error, and ``manifest_error`` says if the
     manifest could not be closed (it is written when storage is back; the run is resumable at once).
+    ``refresh``: nodes to run again although their output is stored (``"node"``, ``"node+"`` with its
+    descendants, ``"+node"`` with its ancestors): a source that changed without its key changing, or a result to
+    check; their new output is written over the stored one (compare-and-swap).
     ``write_behind``: workers queue their checkpoint and return at once, the driver confirms every write before
     the run ends (checkpoint/writeback.py); default: on for remote stores with the Ray backend, off for local
     folders (nothing to hide there).
@@ -128,6 +137,9 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
     store = open_checkpoint_storage(storage, storage_options) if isinstance(storage, str) else storage
     if resume is not None and store is None:
         raise ValueError("resume= needs the storage= the run checkpointed to")
+    refreshed = dag.pick(refresh, "refresh") if refresh else set()
+    if refreshed and store is None:
+        raise ValueError("refresh= needs storage= (without it nothing is stored, so everything runs anyway)")
     if force and resume is None:
         raise ValueError("force=True only applies with resume= (taking over a run whose driver is known dead)")
     be = make_backend(backend, address=address, max_workers=max_workers, ray_init_kwargs=ray_init_kwargs,
@@ -152,7 +164,7 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
             else:
                 rid = run_id or new_run_id()
             behind = write_behind if write_behind is not None else (be.name == "ray" and not store.local_lookups)
-            plan = plan_checkpoints(dag, order, store, rid, records, write_behind=behind)
+            plan = plan_checkpoints(dag, order, store, rid, records, write_behind=behind, refresh=refreshed)
             if manifest is None:
                 manifest = open_new_run(store, dag, rid, plan.keys, levels, lease, heartbeat_s)
         except BaseException:
@@ -190,6 +202,7 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
             summary["metrics"] = snapshot
         # a store the run just found unavailable: do not make the caller wait one more retry budget for the close
         down = any(r.error is not None and r.error.type_name == "StorageUnavailableError" for r in result.nodes.values())
+        result.resumed_from = manifest.resumed_from
         result.manifest_error = writer.close(result.status.value, summary, node_entries(result.nodes),
                                              storage_down=down)
         result.stopped_reason = writer.taken_over

@@ -335,13 +335,15 @@ class Scheduler:
         if entry is None:
             return  # timed out, cancelled or discarded already
         name, inputs = entry
-        started, ended, node_id, pid, error, io = meta
+        started, ended, node_id, pid, error, io, *tail = meta  # tail: the attempt's output, when it wrote some
         if not self._inputs_still_valid(name, inputs) or (error is not None and error.kind == "upstream_failed"):
             self._discard(name)  # ran (or not) on an input attempt that failed: not an attempt of its own
             return
         att = self.records[name].attempt_history[-1]
         att.started_at, att.ended_at, att.worker_node_id, att.worker_pid = started, ended, node_id, pid
         att.bytes_written, att.bytes_read, att.storage_s = io
+        if tail:
+            att.output_tail = tail[0]
         if error is not None and error.kind == "object_lost" and self._recompute_lost_inputs(name):
             return
         if error is not None and error.kind == "corrupt_input" and self._recompute_stored_input(name, error):

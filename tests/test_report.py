@@ -4,6 +4,7 @@ that nothing in the file points outside it, and that run text is escaped."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from html.parser import HTMLParser
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from odibi_ray import DAG, Node, NodeStatus, RetryPolicy, RunResult, run
-from odibi_ray.report import STATUS_COLOURS, render_report, write_report
+from odibi_ray.report import _LABEL_W, _PLOT_W, STATUS_COLOURS, render_report, write_report
 
 from .nodes import FlakyError, fail_until, wait_for
 
@@ -33,7 +34,7 @@ class Doc(HTMLParser):
 
     def _element(self, tag: str, attrs: list[tuple[str, str | None]]) -> dict:
         parent = self._stack[-1] if self._stack else None
-        el = {"tag": tag, "attrs": {k: (v or "") for k, v in attrs}, "title": "", "parent": parent}
+        el = {"tag": tag, "attrs": {k: (v or "") for k, v in attrs}, "title": "", "text": "", "parent": parent}
         self.elements.append(el)
         return el
 
@@ -52,6 +53,8 @@ class Doc(HTMLParser):
 
     def handle_data(self, data):
         self.texts.append(data)
+        if self._stack:
+            self._stack[-1]["text"] += data
         if len(self._stack) >= 2 and self._stack[-1]["tag"] == "title":
             self._stack[-2]["title"] += data
 
@@ -281,3 +284,65 @@ def test_bad_arguments_raise_precise_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         write_report(result, tmp_path / "missing" / "x.html")
     assert list(Path(tmp_path).iterdir()) == []  # nothing half-written
+
+
+def timeline_fits(doc: Doc) -> dict:
+    """The timeline's <svg>: every text in it lies inside its box (a generous width per character)."""
+    svg = next(e for e in doc.having("class", cls="timeline", tag="svg"))
+    width, height = float(svg["attrs"]["width"]), float(svg["attrs"]["height"])
+    assert svg["attrs"]["viewbox"] == f"0 0 {svg['attrs']['width']} {svg['attrs']['height']}"
+    texts = [e for e in doc.elements if e["tag"] == "text" and _inside(e, svg)]
+    assert texts
+    for t in texts:
+        x, y = float(t["attrs"]["x"]), float(t["attrs"]["y"])
+        px = 10 if "tick" in classes(t) else 12  # the CSS font sizes
+        assert y - px >= 0 and y + px * 0.3 <= height, (t["text"], y, height)  # ascent and descent inside
+        assert x >= 0 and x + len(t["text"]) * px * 0.62 <= width, (t["text"], x, width)
+    return svg
+
+
+def _inside(el: dict, ancestor: dict) -> bool:
+    while el is not None:
+        if el is ancestor:
+            return True
+        el = el["parent"]
+    return False
+
+
+def test_timeline_starts_at_the_first_attempt_not_at_the_run_start():
+    """Seconds of Ray start-up before the first attempt (as a cold `run()` has) must not squeeze the attempts
+    into a sliver at the right edge: the axis starts at the first attempt and the start-up is said in words."""
+    dag = mixed_dag("startup")
+    ran = run(dag, backend="local", progress=False)
+    result = dataclasses.replace(ran, started_at=ran.started_at - 8.0)  # as if Ray took 8 s to start
+    doc = check_report(result, render_report(result, dag), dag_edges(dag))
+    svg = timeline_fits(doc)
+    bars = doc.having("data-attempt", cls="attempt", tag="rect")
+    lefts = [float(b["attrs"]["x"]) for b in bars]
+    rights = [float(b["attrs"]["x"]) + float(b["attrs"]["width"]) for b in bars]
+    assert min(lefts) == pytest.approx(_LABEL_W, abs=0.1)  # the first attempt starts the axis
+    assert max(rights) == pytest.approx(_LABEL_W + _PLOT_W, abs=2.1)  # the last one ends it: the plot is used
+    note = next(e for e in doc.having("data-startup-s"))
+    first = min(a.started_at for r in result.nodes.values() for a in r.attempt_history)
+    assert float(note["attrs"]["data-startup-s"]) == pytest.approx(first - result.started_at, abs=0.002)
+    assert float(note["attrs"]["data-startup-s"]) >= 8.0
+    assert "after the run started" in note["text"] and "8." in note["text"]
+    assert note["parent"] is svg
+    ticks = [e["text"] for e in doc.having("class", cls="tick", tag="text")
+             if _inside(e, svg) and "startup" not in classes(e)]
+    assert ticks[0] == "0" and all(t.startswith("+") for t in ticks[1:])
+    flaky1 = next(b for b in bars if b["attrs"]["data-node"] == "flaky" and b["attrs"]["data-attempt"] == "1")
+    assert "after the run started" in flaky1["title"]
+
+
+def test_no_attempt_text_fits_its_box(tmp_path):
+    store = str(tmp_path / "store")
+    dag = DAG("all_cached")
+    dag.add_node(Node("one", lambda: 1))
+    run(dag, backend="local", storage=store, progress=False).raise_for_status()
+    again = run(dag, backend="local", storage=store, progress=False).raise_for_status()
+    doc = check_report(again, render_report(again, dag), set())
+    svg = timeline_fits(doc)
+    assert "empty" in classes(svg)
+    (message,) = [e for e in doc.elements if e["tag"] == "text" and _inside(e, svg)]
+    assert message["text"] == "no attempt ran in this run"

@@ -10,12 +10,14 @@ Ray's own retries are off (``max_retries=0``): the driver's :class:`RetryPolicy`
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
+import os
 import struct
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import cloudpickle
 
@@ -81,7 +83,7 @@ def _execute(spec: bytes, attempt: int, *input_values: Any) -> tuple[Any, Attemp
     meta, value = run_attempt(fn, params, names, input_values, ctx, _worker_node_id(), timeout_s, hard_kill=True,
                               target=target)
     _RETURNING = (id(value), node)
-    if meta[4] is None:  # success: a packed metadata record is cheaper for Ray to store and ship than a tuple
+    if meta[4] is None and len(meta) == 6:  # success, no output: a packed record is cheaper for Ray than a tuple
         return value, _META.pack(meta[0], meta[1], meta[3], *meta[5]) + _node_id_bytes(meta[2])
     return value, meta
 
@@ -153,7 +155,7 @@ def _node_id_bytes(hex_id: str) -> bytes:
 
 
 def _unpack_meta(meta: Any) -> AttemptMeta:
-    """A worker's metadata record back as a tuple: packed bytes on success, a tuple on failure."""
+    """A worker's metadata record back as a tuple: packed bytes on a success without output, else a tuple."""
     if type(meta) is not bytes:
         return meta
     started, ended, pid, written, read, storage_s = _META.unpack_from(meta)
@@ -176,7 +178,35 @@ def ensure_ray(address: str | None = None, **init_kwargs: Any) -> None:
                     "used: call ray.shutdown() first, or leave address unset to use the current connection")
         return
     log.info("starting Ray (address=%s)", address or "local")
-    ray.init(address=address, **init_kwargs)
+    local = address in (None, "local") and not os.environ.get("RAY_ADDRESS")
+    with _quiet_token_notice(local):
+        ray.init(address=address, **init_kwargs)
+
+
+_TOKEN_NOTICE = "Token authentication is enabled for this Ray cluster"
+
+
+class _DropTokenNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_TOKEN_NOTICE)
+
+
+@contextlib.contextmanager
+def _quiet_token_notice(local: bool) -> Iterator[None]:
+    """Keep Ray's "token authentication is enabled" notice off the user's terminal when odibi_ray starts a local,
+    loopback-only Ray for them: they did not choose it and cannot act on it. Ray's security default (token auth
+    on) is kept; only that one line is dropped. Any other Ray message, and the notice for a cluster the user
+    starts or joins, is left alone."""
+    if not local:
+        yield
+        return
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    drop = _DropTokenNotice()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 class _Handle:
@@ -218,11 +248,13 @@ class RayBackend:
         also the picklability check, before anything runs)."""
         self._targets = dict(targets or {})
         self._specs, self._fn_refs, self._remotes, self._by_fn = {}, {}, {}, {}
-        ensure_ray(self.address, **self.init_kwargs)
-        self._prepare_nodes(nodes)
+        if nodes:  # a run whose every node is reused from storage needs no task: Ray is not even started
+            self._prepare_nodes(nodes)
 
     def _prepare_nodes(self, nodes: Sequence[Node]) -> None:
         import ray
+
+        ensure_ray(self.address, **self.init_kwargs)  # connects once per process; started lazily, on first need
 
         for node in nodes:
             try:

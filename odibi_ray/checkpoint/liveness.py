@@ -2,11 +2,11 @@
 tells a live driver from one that stopped.
 
 A driver that starts (or takes over) a run takes a *lease*: a fresh token, written into the manifest with its
-host and pid, and an exclusive ``flock`` on a file named by that token in this host's temp folder, held for as
+host, pid, mount namespace and the path of a file named by that token, and an exclusive ``flock`` on it, held for as
 long as it drives. The kernel drops the lock when the process dies, however it dies, and the driver drops it
 itself as soon as it stops driving (even when it cannot write the manifest: a storage outage), so on the same
-host "still driving" is exact and immediate, whatever the pid namespace. From another host (or another UTS
-namespace) only the manifest's heartbeat tells: a run whose driver has not written for ``MISSED_BEATS`` of its
+host "still driving" is exact and immediate, whatever the pid namespace. From another host (or another UTS or
+mount namespace) only the manifest's heartbeat tells: a run whose driver has not written for ``MISSED_BEATS`` of its
 own heartbeat periods is abandoned. An operator who knows the driver is dead can take over at once
 (``force``); takeover itself is a compare-and-swap, so exactly one resumer wins.
 """

@@ -44,25 +44,27 @@ class CheckpointPlan:
 
 
 def plan_checkpoints(dag: DAG, order: list[str], storage: Storage, run_id: str,
-                     resumed: Mapping[str, PriorNode] | None = None, write_behind: bool = False) -> CheckpointPlan:
+                     resumed: Mapping[str, PriorNode] | None = None, write_behind: bool = False,
+                     refresh: frozenset[str] | set[str] = frozenset()) -> CheckpointPlan:
     """Cache keys and reuse decisions for a run of ``dag`` on ``storage``.
 
     ``resumed``: when this run resumes an earlier one (same ``run_id``), what that run's manifest says of its
     nodes; a node reused from an object the resumed run made is RESUMED, from another run's object CACHED.
     Nodes whose cache policy is off are looked up only when resuming (their key is this run's own).
     ``write_behind``: workers queue their checkpoint and return (:mod:`.writeback`); the scheduler confirms.
+    ``refresh``: nodes run although stored (recomputed on purpose); their workers write over the stale object.
     """
     legacy = store_layout(storage).legacy  # first: a new store gets its layout marker before any object
     keys = cache_keys(dag, order, run_id=run_id)  # cache=False: salted per run (checkpointed for resume only)
     policies = {n: dag.cache_policy_of(n) for n in order}
-    targets = {n: OutputTarget(storage, dag.name, run_id, n, keys[n], policies[n].ttl_s, write_behind)
+    targets = {n: OutputTarget(storage, dag.name, run_id, n, keys[n], policies[n].ttl_s, write_behind, n in refresh)
                for n in order}
     plan = CheckpointPlan(storage, keys, targets)
-    trusted = _trusted(resumed, policies, keys) if not legacy else set()
+    trusted = (_trusted(resumed, policies, keys) if not legacy else set()) - set(refresh)
     for n in trusted:  # done in the run being resumed: its object is checked when read (SHA-256), not now
         plan.reuse[n] = (NodeStatus.RESUMED, StoredRef(storage, targets[n].object_key, n))
     wanted = {n: targets[n].object_key for n in order
-              if n not in trusted and (policies[n].enabled or resumed is not None)}
+              if n not in trusted and n not in refresh and (policies[n].enabled or resumed is not None)}
     found = _lookup(storage, dag.name, wanted, keys, legacy, known_stored=len(trusted))
     now = time.time()
     for n in order:

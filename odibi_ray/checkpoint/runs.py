@@ -76,8 +76,13 @@ def open_resumed_run(storage: Storage, dag: DAG, resume: str, lease: DriverLease
                 continue
             raise ExecutionError(f"run {run_id!r} of {dag.name!r} kept changing while this driver was taking it "
                                  "over (another driver is resuming it?)") from None
-        log.info("resuming run %s of %r (was %s; %d node(s) done)", run_id, dag.name, status,
-                 sum(1 for s in statuses.values() if s.status in ("succeeded", "cached", "resumed")))
+        manifest.resumed_from = status
+        done = sum(1 for s in statuses.values() if s.status in ("succeeded", "cached", "resumed"))
+        if status == "succeeded":
+            log.warning("run %s of %r had already succeeded: resuming it runs only what is no longer stored",
+                        run_id, dag.name)
+        else:
+            log.info("resuming run %s of %r (was %s; %d node(s) done)", run_id, dag.name, status, done)
         return manifest, statuses
     raise AssertionError("unreachable")
 

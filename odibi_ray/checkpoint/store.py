@@ -44,6 +44,7 @@ class OutputTarget:
     cache_key: str
     ttl_s: float | None
     write_behind: bool = False  # the worker queues the write and returns (see .writeback)
+    replace: bool = False  # refreshed on purpose: an object already at the key is stale, written over (CAS)
 
     @property
     def object_key(self) -> str:
@@ -110,7 +111,28 @@ def store_encoded(target: OutputTarget, payload: bytes, md: dict[str, str]) -> i
         storage.put(okey, payload, md, if_none_match=True)
         return len(payload)
     except AlreadyExistsError:
+        if target.replace:
+            return _replace(storage, okey, payload, md)
         return _replace_if_unusable(storage, okey, payload, md, time.time())
+
+
+def _replace(storage: Storage, okey: str, payload: bytes, md: dict[str, str]) -> int:
+    """Write over the object at ``okey`` (a node refreshed on purpose: what is there is stale), by compare-and-
+    swap on the ETag it has now, so that a concurrent writer's object is replaced whole or not at all."""
+    for _ in range(5):
+        try:
+            info = storage.head(okey)
+            storage.put(okey, payload, md, if_match=info.etag)
+            return len(payload)
+        except NotFoundError:  # removed meanwhile: create it
+            try:
+                storage.put(okey, payload, md, if_none_match=True)
+                return len(payload)
+            except AlreadyExistsError:
+                continue
+        except PreconditionFailedError:  # changed between the head and the put: look again
+            continue
+    raise PreconditionFailedError(f"checkpoint {okey!r} kept changing while it was being refreshed", key=okey)
 
 
 def _replace_if_unusable(storage: Storage, okey: str, payload: bytes, md: dict[str, str], now: float) -> int:
@@ -142,6 +164,7 @@ class RunManifest:
         self.key = layout.manifest_key(pipeline, run_id)
         self.owner: dict[str, Any] | None = None  # the driver identity this process writes as
         self._mine: tuple[dict[str, Any], str] | None = None  # the body and ETag this driver last wrote
+        self.resumed_from: str | None = None  # a resume: the status the run had when this driver took it over
 
     def read(self) -> tuple[dict[str, Any], ObjectInfo]:
         data, info = self.storage.get_with_info(self.key)

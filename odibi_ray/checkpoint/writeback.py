@@ -93,8 +93,8 @@ def stored_now(targets: Mapping[str, OutputTarget], pending: Mapping[str, Proven
     for node, info in found.items():
         meta = CheckpointMeta.from_info(info)
         ours = meta is not None and meta.run_id == targets[node].run_id and meta.attempt == pending[node].attempt
-        if meta is None or not (ours or meta.fresh(now, targets[node].ttl_s)):
-            continue  # damaged or expired (what the plan found there): not this write
+        if meta is None or not (ours or (meta.fresh(now, targets[node].ttl_s) and not targets[node].replace)):
+            continue  # damaged, expired or refreshed on purpose (what the plan found there): not this write
         out[node] = Confirmed(info.size if ours else 0)
     return out
 

@@ -41,6 +41,7 @@ Messages name the URI and key and the error code, never a credential.
 from __future__ import annotations
 
 import concurrent.futures
+import importlib.util
 import logging
 import os
 import re
@@ -411,6 +412,8 @@ class S3Storage(ArrowFSStorage):
             raise StorageAuthError(f"{self.uri}: access_key and secret_key go together (given: {', '.join(given)})")
         self.auth = "anonymous" if self.anonymous else ("keys" if given else "default chain")
         self._boto: tuple[int, Any] | None = None  # (pid, boto3 S3 client) of this process
+        if importlib.util.find_spec("boto3") is None:  # say so now, not at the first request
+            _import_boto3(self.uri)
 
     @classmethod
     def from_uri(cls, uri: str, **options: Any) -> "S3Storage":
@@ -456,12 +459,9 @@ class S3Storage(ArrowFSStorage):
             return boto[1]
         with self._lock:
             if self._boto is None or self._boto[0] != pid:
-                try:
-                    import boto3
-                    from botocore import UNSIGNED
-                    from botocore.config import Config
-                except ImportError:
-                    raise StorageError(f"{self.uri}: the S3 adapter needs boto3 (pip install boto3)") from None
+                boto3 = _import_boto3(self.uri)
+                from botocore import UNSIGNED
+                from botocore.config import Config
 
                 config = Config(connect_timeout=self.connect_timeout_s, read_timeout=self.request_timeout_s,
                                 retries={"total_max_attempts": 1}, max_pool_connections=HEAD_THREADS * 2,
@@ -703,6 +703,17 @@ def _no_factory() -> Any:  # S3Storage builds its filesystem in _new_filesystem
 # --- helpers ---------------------------------------------------------------------------------------------
 
 
+def _import_boto3(uri: str) -> Any:
+    """boto3, imported on first use: it comes with the ``s3`` extra, not with odibi_ray itself."""
+    try:
+        import boto3
+        import botocore  # noqa: F401
+    except ImportError:
+        raise StorageError(f"{uri}: the S3 adapter needs boto3, which comes with the s3 extra: "
+                           "pip install 'odibi_ray[s3]'") from None
+    return boto3
+
+
 class _BatchPartFailed(Exception):
     """Some keys of a DeleteObjects request failed with another code than NoSuchKey."""
 
@@ -856,7 +867,7 @@ def _boto_fault(exc: BaseException) -> _Fault | None:
     """Classify a botocore exception (None if ``exc`` is none)."""
     try:
         from botocore import exceptions as bx
-    except ImportError:  # pragma: no cover - boto3 is a dependency of the S3 adapter
+    except ImportError:  # pragma: no cover - the S3 adapter refuses to start without boto3 (the s3 extra)
         return None
     if isinstance(exc, bx.ClientError):
         status, code = _status(exc), str(exc.response.get("Error", {}).get("Code") or "") or None
