@@ -622,7 +622,7 @@ def run_cmd(
                   {"status": result.status.value})
     except OdibiError as exc:  # the run itself is done; only `report` will miss it
         log.warning("could not store the run result for `odibi-ray report` and `logs`: %s", exc)
-    Console().print(_result_table(result))
+    _show(_result_table(result))
     _print_retries(result)
     typer.echo(result.summary())
     if result.manifest_error:
