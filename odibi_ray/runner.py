@@ -159,14 +159,15 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
         records = None
         try:
             if resume is not None:
-                manifest, records = open_resumed_run(store, dag, resume, lease, force=force, heartbeat_s=heartbeat_s)
-                rid = manifest.run_id
+                manifest, records = open_resumed_run(store, dag, resume, lease, force=force, heartbeat_s=heartbeat_s,
+                                                     refresh=refreshed)
+                rid, refreshed = manifest.run_id, manifest.refreshed
             else:
                 rid = run_id or new_run_id()
             behind = write_behind if write_behind is not None else (be.name == "ray" and not store.local_lookups)
             plan = plan_checkpoints(dag, order, store, rid, records, write_behind=behind, refresh=refreshed)
             if manifest is None:
-                manifest = open_new_run(store, dag, rid, plan.keys, levels, lease, heartbeat_s)
+                manifest = open_new_run(store, dag, rid, plan.keys, levels, lease, heartbeat_s, refreshed)
         except BaseException:
             lease.release()  # nothing ran: this process drives nothing
             raise

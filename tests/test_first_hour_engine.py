@@ -71,6 +71,25 @@ def test_refresh_recomputes_a_cached_node_and_writes_over_its_stale_object(store
     assert {r.status for r in again.nodes.values()} == {NodeStatus.CACHED} and again["total"]["sum"] == 20
 
 
+def test_a_resume_finishes_the_refresh_of_the_run_it_resumes(local_storage, marks, tmp_path):
+    """A refresh whose node failed leaves the stale object in place; resuming that run recomputes the node (and
+    the other refreshed nodes it did not finish) instead of taking the stale object from the cache."""
+    rows = tmp_path / "rows.txt"
+    rows.write_text("1 2 3")
+    run(pipeline(marks, rows), backend="local", storage=local_storage, progress=False).raise_for_status()
+    rows.write_text("1 2 x")  # the new source is broken: the refresh fails at source
+    failed = run(pipeline(marks, rows), backend="local", storage=local_storage, progress=False, refresh="source+")
+    assert {n: r.status.value for n, r in failed.nodes.items()} == {"source": "failed", "double": "skipped",
+                                                                    "total": "skipped"}
+    rows.write_text("1 2 3 4")  # fixed
+    resumed = run(pipeline(marks, rows), backend="local", storage=local_storage, progress=False,
+                  resume="latest").raise_for_status()
+    assert resumed.run_id == failed.run_id
+    assert {r.status for r in resumed.nodes.values()} == {NodeStatus.SUCCEEDED}
+    assert resumed["total"] == {"sum": 20, "rows": 4}  # not the stale 12 of the first run
+    assert ran(marks) == {"source": 3, "double": 2, "total": 2}
+
+
 def test_refresh_of_one_node_only_and_its_errors(local_storage, marks):
     first = run(pipeline(marks), backend="local", storage=local_storage, progress=False).raise_for_status()
     again = run(pipeline(marks), backend="local", storage=local_storage, progress=False, refresh="double")

@@ -24,11 +24,14 @@ ERROR_CHARS = 500
 
 
 def open_new_run(storage: Storage, dag: DAG, run_id: str, keys: dict[str, str], levels: list[list[str]],
-                 lease: DriverLease, heartbeat_s: float = HEARTBEAT_S) -> RunManifest:
-    """Create the manifest of a new run (create-only: a run id is never reused by accident)."""
+                 lease: DriverLease, heartbeat_s: float = HEARTBEAT_S,
+                 refresh: set[str] | frozenset[str] = frozenset()) -> RunManifest:
+    """Create the manifest of a new run (create-only: a run id is never reused by accident). ``refresh``: the
+    nodes it recomputes on purpose (a resume of it recomputes those it did not finish, see open_resumed_run)."""
     manifest = RunManifest(storage, dag.name, run_id)
+    manifest.refreshed = set(refresh)
     level_of = {n: i for i, names in enumerate(levels) for n in names}
-    manifest.create({"started_at": time.time(), "heartbeat_s": heartbeat_s,
+    manifest.create({"started_at": time.time(), "heartbeat_s": heartbeat_s, "refresh": sorted(refresh),
                      "nodes": {n: {"key": k, "level": level_of[n], "status": "pending"} for n, k in keys.items()}},
                     lease)
     return manifest
@@ -39,14 +42,17 @@ TAKEOVER_TRIES = 3
 
 
 def open_resumed_run(storage: Storage, dag: DAG, resume: str, lease: DriverLease, *, force: bool = False,
-                     heartbeat_s: float = HEARTBEAT_S) -> tuple[RunManifest, dict[str, PriorNode]]:
+                     heartbeat_s: float = HEARTBEAT_S, refresh: set[str] | frozenset[str] = frozenset()
+                     ) -> tuple[RunManifest, dict[str, PriorNode]]:
     """The manifest of the run to resume (``"latest"`` or a run id) and what it says of its nodes.
 
     A run whose driver is still driving it is refused (:class:`RunStillRunningError`) unless ``force`` (an
     operator who knows that driver is dead; if it is not, it finds the run taken over and stops). A failed,
     abandoned (driver stopped or killed) or succeeded run is taken over and marked running again, by a
     compare-and-swap: of several resumers exactly one wins. One that lost to a write that did not take the run
-    (the old driver's late close) reads the manifest again and retries.
+    (the old driver's late close) reads the manifest again and retries. Nodes the run was recomputing on
+    purpose (its ``refresh``) and had not finished are recomputed again, not taken from their stale objects;
+    ``refresh`` adds more. ``manifest.refreshed`` holds the result.
     """
     run_id = _resolve(storage, dag, resume)
     manifest = RunManifest(storage, dag.name, run_id)
@@ -68,9 +74,13 @@ def open_resumed_run(storage: Storage, dag: DAG, resume: str, lease: DriverLease
             log.warning("run %s of %r: taking it over from a driver said to be dead (%s), by force", run_id,
                         dag.name, who_drives(body))
         statuses = node_statuses(storage, dag.name, run_id, body)
+        unfinished = {n for n in body.get("refresh") or () if n in dag
+                      and statuses.get(n, PriorNode("", "")).status not in ("succeeded", "cached", "resumed")}
+        manifest.refreshed = unfinished | set(refresh)
         try:
             manifest.take_over(checked, body, lease, status="running", resumes=int(body.get("resumes", 0)) + 1,
-                               resumed_from_status=status, heartbeat_s=heartbeat_s)
+                               resumed_from_status=status, heartbeat_s=heartbeat_s,
+                               refresh=sorted(manifest.refreshed))
         except PreconditionFailedError:
             if attempt + 1 < TAKEOVER_TRIES:
                 continue

@@ -165,6 +165,7 @@ class RunManifest:
         self.owner: dict[str, Any] | None = None  # the driver identity this process writes as
         self._mine: tuple[dict[str, Any], str] | None = None  # the body and ETag this driver last wrote
         self.resumed_from: str | None = None  # a resume: the status the run had when this driver took it over
+        self.refreshed: set[str] = set()  # nodes this run recomputes on purpose (see runs.open_resumed_run)
 
     def read(self) -> tuple[dict[str, Any], ObjectInfo]:
         data, info = self.storage.get_with_info(self.key)
