@@ -159,7 +159,7 @@ def _load_stored(values: Sequence[Any], io: list) -> tuple[list[Any], ErrorInfo 
         if v.__class__ is StoredRef:
             t0 = time.perf_counter()
             try:
-                v, nbytes = read_output_sized(v.storage, v.key)
+                v, nbytes = read_output_sized(v.storage, v.key, v.trust)
                 io[1] += nbytes
                 io[2] += time.perf_counter() - t0
             except (CorruptObjectError, CodecError) as exc:  # altered, truncated, or no longer decodable

@@ -201,3 +201,9 @@ class InvalidURIError(StorageError, ValueError):
 
 class CorruptObjectError(StorageError):
     """A stored node output does not match its recorded SHA-256 (altered or truncated): a cache miss."""
+
+
+class UntrustedObjectError(CorruptObjectError):
+    """A stored object the reader must not decode: unsigned or wrongly signed while signing is on, or a pickle
+    while ``allow_pickle`` is off. Like a corrupt object it is a cache miss, never a value."""
+

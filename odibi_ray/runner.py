@@ -19,11 +19,12 @@ from .checkpoint.plan import plan_checkpoints
 from .checkpoint.liveness import HEARTBEAT_S, DriverLease
 from .checkpoint.manifest_writer import Confirmer, ManifestWriter
 from .checkpoint.runs import node_entries, open_new_run, open_resumed_run
+from .checkpoint.trust import trust_from
 from .checkpoint.writeback import stored_now
 from .run_metrics import metrics_actor, metrics_from_result
 from .scheduler import ProgressSink, Scheduler, new_run_id
 from .storage.base import Storage
-from .storage.uri import open_storage, scheme_of
+from .storage.uri import open_storage, redact_uri, scheme_of
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,8 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
         max_workers: int | None = None, ray_init_kwargs: dict[str, Any] | None = None,
         wait_for_resources: bool = False, run_id: str | None = None, metrics: bool = True,
         metrics_namespace: str = "default", write_behind: bool | None = None, force: bool = False,
-        heartbeat_s: float = HEARTBEAT_S, refresh: Iterable[str] | str | None = None) -> RunResult:
+        heartbeat_s: float = HEARTBEAT_S, refresh: Iterable[str] | str | None = None,
+        signing_key: Any = None, allow_pickle: bool | None = None) -> RunResult:
     """Run a DAG once and return its :class:`RunResult` (it does not raise for failed nodes:
     call ``result.raise_for_status()``).
 
@@ -127,6 +129,10 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
     ``refresh``: nodes to run again although their output is stored (``"node"``, ``"node+"`` with its
     descendants, ``"+node"`` with its ancestors): a source that changed without its key changing, or a result to
     check; their new output is written over the stored one (compare-and-swap).
+    ``signing_key`` (a key, ``env://``/``kv://`` reference, or a list whose first key signs: rotation; also a
+    storage option): every checkpoint written is signed (HMAC-SHA256) and only signed ones are read; others are
+    misses, recomputed (checkpoint/trust.py). ``allow_pickle=False`` (also a storage option): an output only
+    pickle can carry fails its node, and a stored pickle is never decoded.
     ``write_behind``: workers queue their checkpoint and return at once, the driver confirms every write before
     the run ends (checkpoint/writeback.py); default: on for remote stores with the Ray backend, off for local
     folders (nothing to hide there).
@@ -134,7 +140,14 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
     levels = dag.levels()  # validates: nothing runs on an invalid DAG
     if not heartbeat_s > 0:
         raise ValueError(f"heartbeat_s must be a positive number of seconds, got {heartbeat_s!r}")
-    store = open_checkpoint_storage(storage, storage_options) if isinstance(storage, str) else storage
+    options = dict(storage_options or {})  # the checkpoint rules may come as storage options too
+    trust = trust_from(signing_key if signing_key is not None else options.pop("signing_key", None),
+                       allow_pickle if allow_pickle is not None else options.pop("allow_pickle", None))
+    options.pop("signing_key", None), options.pop("allow_pickle", None)
+    store = open_checkpoint_storage(storage, options) if isinstance(storage, str) else storage
+    if store is not None and trust.signer is None and not store.local_lookups:
+        log.warning("checkpoints in %s are not signed: anyone who can write there can change what this run reads "
+                    "(pass signing_key= to sign and check them)", redact_uri(store.uri))
     if resume is not None and store is None:
         raise ValueError("resume= needs the storage= the run checkpointed to")
     refreshed = dag.pick(refresh, "refresh") if refresh else set()
@@ -165,7 +178,8 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
             else:
                 rid = run_id or new_run_id()
             behind = write_behind if write_behind is not None else (be.name == "ray" and not store.local_lookups)
-            plan = plan_checkpoints(dag, order, store, rid, records, write_behind=behind, refresh=refreshed)
+            plan = plan_checkpoints(dag, order, store, rid, records, write_behind=behind, refresh=refreshed,
+                                    trust=trust)
             if manifest is None:
                 manifest = open_new_run(store, dag, rid, plan.keys, levels, lease, heartbeat_s, refreshed)
         except BaseException:

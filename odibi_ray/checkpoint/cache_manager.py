@@ -21,6 +21,8 @@ from typing import Any, Callable, Mapping, TypeVar
 from ..errors import InvalidURIError, NotFoundError
 from ..storage.base import ObjectInfo, Storage
 
+from .trust import trust_from
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -103,11 +105,17 @@ class CloudCacheManager:
     """A content-addressed cache of values in any storage, with TTL, integrity checks and hit/miss metrics."""
 
     def __init__(self, adapter: Any, prefix: str = "cache/", default_ttl_s: float | None = 3600,
-                 metrics: Any = None, *, clock: Callable[[], float] = time.time) -> None:
+                 metrics: Any = None, *, clock: Callable[[], float] = time.time, signing_key: Any = None,
+                 allow_pickle: bool = True) -> None:
         """``adapter``: a CloudAdapter or any Storage; ``prefix``: where entries live in it;
         ``default_ttl_s``: lifetime of an entry put without ``ttl_s`` (None: never expires); ``metrics``:
-        anything with ``increment(kind, name)``; ``clock``: seconds since the epoch (tests pass a fake one)."""
+        anything with ``increment(kind, name)``; ``clock``: seconds since the epoch (tests pass a fake one).
+        ``signing_key`` (a key or ``env://``/``kv://`` reference, or a list: the first signs): entries are
+        signed, and unsigned or wrongly signed ones are misses, never decoded; ``allow_pickle=False``: values
+        only pickle can carry are refused by ``put``, stored pickles are misses (see checkpoint/trust.py)."""
         self._store, self._base = storage_at(adapter, prefix, "cache prefix")
+        self.signing_key, self.allow_pickle = signing_key, allow_pickle
+        self._trust = trust_from(signing_key, allow_pickle)
         self.adapter, self.prefix = adapter, prefix
         self.default_ttl_s = _check_ttl(default_ttl_s, "default_ttl_s")
         self.metrics = metrics
@@ -121,11 +129,13 @@ class CloudCacheManager:
     def __getstate__(self) -> dict[str, Any]:
         """Configuration only (the adapter pickles as its URI and options); counters start at zero."""
         return {"adapter": self.adapter, "prefix": self.prefix, "default_ttl_s": self.default_ttl_s,
-                "metrics": self.metrics, "clock": self.clock}
+                "metrics": self.metrics, "clock": self.clock, "signing_key": self._trust.signer,
+                "allow_pickle": self.allow_pickle}
 
     def __setstate__(self, state: Mapping[str, Any]) -> None:
         self.__init__(state["adapter"], state["prefix"], state["default_ttl_s"], state["metrics"],  # type: ignore[misc]
-                      clock=state["clock"])
+                      clock=state["clock"], signing_key=state.get("signing_key"),
+                      allow_pickle=state.get("allow_pickle", True))
 
     # --- keys ---------------------------------------------------------------------------------
 
@@ -154,11 +164,11 @@ class CloudCacheManager:
 
         skey = self._key(key)
         ttl = self.default_ttl_s if ttl_s is None else _check_ttl(ttl_s, "ttl_s")
-        codec, payload = encode(value)
+        codec, payload = encode(value, allow_pickle=self.allow_pickle)
         now = self.clock()
         meta = {"sha256": hashlib.sha256(payload).hexdigest(), "size": str(len(payload)), "codec": codec,
                 "created": repr(float(now)), "expires_at": _NEVER if ttl is None else repr(float(now + ttl))}
-        self._store.put(skey, payload, meta)
+        self._store.put(skey, payload, self._trust.seal(skey, meta))
         log.debug("cache put %s/%s (%d bytes, codec %s)", self._store.uri, skey, len(payload), codec)
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -168,11 +178,13 @@ class CloudCacheManager:
 
     def exists(self, key: str) -> bool:
         """Whether a fresh entry whose metadata is intact is stored under ``key`` (the payload is not read)."""
+        skey = self._key(key)
         try:
-            info = self._store.head(self._key(key))
+            info = self._store.head(skey)
         except NotFoundError:
             return False
-        return self._expired(info) is False and self._meta_problem(info) is None
+        return (self._expired(info) is False and self._meta_problem(info) is None
+                and self._trust.refusal(skey, info.metadata) is None)
 
     def invalidate(self, key: str) -> bool:
         """Delete the entry under ``key``; True if there was one."""
@@ -212,6 +224,9 @@ class CloudCacheManager:
             self._count("cache_miss")
             return _MISSING
         problem = self._meta_problem(info) if expired is False else "its expires_at metadata is not a number"
+        refused = self._trust.refusal(skey, info.metadata)
+        if problem is None and refused is not None:  # never decoded
+            problem = f"it is not trusted: {refused}"
         if problem is None:
             if len(payload) != int(info.metadata["size"]):
                 problem = f"it holds {len(payload)} bytes where its metadata says {info.metadata['size']}"

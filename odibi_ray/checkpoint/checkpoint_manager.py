@@ -41,6 +41,7 @@ from ..errors import CorruptObjectError, NotFoundError, StorageError, StorageUna
 from ..storage.base import Storage
 from ..storage.local import LocalStorage
 from .cache_manager import storage_at
+from .trust import trust_from
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +119,13 @@ def _pending_key(cid: str) -> str:
     return f"{_PENDING}{cid}.json"
 
 
-def _encode(cp: Checkpoint) -> tuple[dict[str, Any], bytes]:
+def _encode(cp: Checkpoint, allow_pickle: bool = True) -> tuple[dict[str, Any], bytes]:
     """The marker document and the data object of ``cp``; a new data object name per save (see ``_write``)."""
     from .codecs import encode
 
     chunks, entries, offset = [], [], 0
     for name, value in cp.state.items():
-        codec, payload = encode(value)
+        codec, payload = encode(value, allow_pickle=allow_pickle)
         entries.append({"name": name, "codec": codec, "offset": offset, "length": len(payload),
                         "sha256": hashlib.sha256(payload).hexdigest()})
         chunks.append(payload)
@@ -152,16 +153,22 @@ class DistributedCheckpointManager:
     as the fallback when the cloud is unavailable."""
 
     def __init__(self, checkpoint_dir: str | os.PathLike[str], cloud_adapter: Any = None,
-                 cloud_path: str = "checkpoints", keep_last_n: int | None = 10, sync_local: bool = True) -> None:
+                 cloud_path: str = "checkpoints", keep_last_n: int | None = 10, sync_local: bool = True, *,
+                 signing_key: Any = None, allow_pickle: bool = True) -> None:
         """``checkpoint_dir``: the local folder; ``cloud_adapter``: a CloudAdapter or any Storage (None: local
         only) with checkpoints under ``cloud_path``; ``keep_last_n``: checkpoints kept per pipeline (None: all);
-        ``sync_local``: also write the local copy when there is a cloud."""
+        ``sync_local``: also write the local copy when there is a cloud. ``signing_key`` (a key, ``env://`` /
+        ``kv://`` reference, or a list whose first key signs): markers are signed, and a copy whose marker is
+        unsigned or wrongly signed is refused like a damaged one; ``allow_pickle=False``: state values only
+        pickle can carry are refused by ``save``, stored pickles are refused (checkpoint/trust.py)."""
         if keep_last_n is not None and (isinstance(keep_last_n, bool) or not isinstance(keep_last_n, int)
                                         or keep_last_n < 1):
             raise ValueError(f"keep_last_n must be an integer >= 1 (or None to keep all), got {keep_last_n!r}")
         self.checkpoint_dir = os.fspath(checkpoint_dir)
         self.cloud_adapter, self.cloud_path = cloud_adapter, cloud_path
         self.keep_last_n, self.sync_local = keep_last_n, bool(sync_local)
+        self.allow_pickle = bool(allow_pickle)
+        self._trust = trust_from(signing_key, allow_pickle)
         self._local = LocalStorage(self.checkpoint_dir)
         self._cloud: tuple[Storage, str] | None = None
         if cloud_adapter is not None:
@@ -174,7 +181,8 @@ class DistributedCheckpointManager:
     def __getstate__(self) -> dict[str, Any]:
         """Configuration only: the adapters pickle as their URIs and options, never as open clients."""
         return {"checkpoint_dir": self.checkpoint_dir, "cloud_adapter": self.cloud_adapter,
-                "cloud_path": self.cloud_path, "keep_last_n": self.keep_last_n, "sync_local": self.sync_local}
+                "cloud_path": self.cloud_path, "keep_last_n": self.keep_last_n, "sync_local": self.sync_local,
+                "signing_key": self._trust.signer, "allow_pickle": self.allow_pickle}
 
     def __setstate__(self, state: Mapping[str, Any]) -> None:
         self.__init__(**state)  # type: ignore[misc]
@@ -194,7 +202,7 @@ class DistributedCheckpointManager:
             raise TypeError(f"save() takes a Checkpoint, got {type(checkpoint).__name__}")
         checkpoint.validate()
         self._push_pending()
-        marker, data = _encode(checkpoint)
+        marker, data = _encode(checkpoint, self.allow_pickle)
         local = self.sync_local or self._cloud is None
         if local:  # the local copy first: it survives a cloud outage
             self._store_in(self._local, "", marker, data)
@@ -240,8 +248,9 @@ class DistributedCheckpointManager:
             previous = None
         store.put(base + data_rel, data, {"sha256": marker["data_sha256"], "size": str(len(data))})
         raw = json.dumps(marker, sort_keys=True, separators=(",", ":")).encode()
-        store.put(marker_key, raw, {"pipeline": marker["pipeline"], "created_at": repr(float(marker["created_at"])),
-                                    "sha256": hashlib.sha256(raw).hexdigest()})
+        md = {"pipeline": marker["pipeline"], "created_at": repr(float(marker["created_at"])),
+              "sha256": hashlib.sha256(raw).hexdigest()}
+        store.put(marker_key, raw, self._trust.seal(f"{_MARKERS}{cid}.json", md))  # signed: key relative to base
         if isinstance(previous, str) and previous != data_rel and previous.startswith(f"{_DATA}{cid}/"):
             store.delete(base + previous)
 
@@ -386,6 +395,10 @@ class DistributedCheckpointManager:
 
     def _marker(self, store: Storage, base: str, cid: str) -> dict[str, Any]:
         raw, info = store.get_with_info(f"{base}{_MARKERS}{cid}.json")
+        refused = self._trust.refusal(f"{_MARKERS}{cid}.json", {**info.metadata, "codec": ""})
+        if refused is not None:  # never parsed: its entries could name any codec
+            raise CheckpointCorruptError(f"checkpoint {cid!r} in {store.uri}: its marker is not trusted ({refused})",
+                                         key=cid)
         want = info.metadata.get("sha256")
         if want is not None and hashlib.sha256(raw).hexdigest() != want:
             raise CheckpointCorruptError(f"checkpoint {cid!r} in {store.uri}: its marker does not match its "
@@ -418,14 +431,15 @@ class DistributedCheckpointManager:
                                          "(damaged or truncated)", key=cid)
         return marker, data
 
-    @staticmethod
-    def _decode(store: Storage, cid: str, marker: dict[str, Any], data: bytes) -> Checkpoint:
+    def _decode(self, store: Storage, cid: str, marker: dict[str, Any], data: bytes) -> Checkpoint:
         """The checkpoint a verified marker and data object hold, every state value checked by its SHA-256."""
         from .codecs import decode
 
         state: dict[str, Any] = {}
         try:
             for e in marker["entries"]:
+                if e["codec"] == "pickle" and not self.allow_pickle:
+                    raise ValueError(f"state value {e['name']!r} is a pickle and allow_pickle is off")
                 payload = data[e["offset"]:e["offset"] + e["length"]]
                 if hashlib.sha256(payload).hexdigest() != e["sha256"]:
                     raise ValueError(f"state value {e['name']!r} does not match its SHA-256")

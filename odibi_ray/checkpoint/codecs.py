@@ -53,8 +53,9 @@ class CodecError(OdibiError):
     """A node output could not be encoded, or a payload could not be decoded (unknown codec, corrupt data)."""
 
 
-def encode(value: Any) -> tuple[str, bytes]:
-    """Pick the codec for a node's output value and serialise it: (codec name, payload)."""
+def encode(value: Any, allow_pickle: bool = True) -> tuple[str, bytes]:
+    """Pick the codec for a node's output value and serialise it: (codec name, payload). ``allow_pickle=False``:
+    a value that only pickle can carry raises :class:`CodecError` naming its type and the codecs that would."""
     vtype = type(value)
     if vtype is bytes:
         return "bytes", value
@@ -79,6 +80,11 @@ def encode(value: Any) -> tuple[str, bytes]:
             payload = _encode_pandas(value)
             if payload is not None:
                 return "pandas", payload
+    if not allow_pickle:
+        raise CodecError(f"a value of type {vtype.__module__}.{vtype.__qualname__} can only be stored as a pickle, "
+                         "and allow_pickle is off: return a pyarrow Table or pandas DataFrame (arrow, pandas codecs), "
+                         "bytes, or JSON-exact data (dict with str keys, list, str, int, finite float, bool, None), "
+                         "or allow pickle")
     return "pickle", _pickle(value)
 
 

@@ -25,6 +25,7 @@ from .lookup import find_objects, head_each
 from .objectmeta import CheckpointMeta
 from .runs import PriorNode
 from .store import OutputTarget, StoredRef
+from .trust import TRUST_ALL, Trust
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class CheckpointPlan:
 
 def plan_checkpoints(dag: DAG, order: list[str], storage: Storage, run_id: str,
                      resumed: Mapping[str, PriorNode] | None = None, write_behind: bool = False,
-                     refresh: frozenset[str] | set[str] = frozenset()) -> CheckpointPlan:
+                     refresh: frozenset[str] | set[str] = frozenset(), trust: Trust = TRUST_ALL) -> CheckpointPlan:
     """Cache keys and reuse decisions for a run of ``dag`` on ``storage``.
 
     ``resumed``: when this run resumes an earlier one (same ``run_id``), what that run's manifest says of its
@@ -53,16 +54,18 @@ def plan_checkpoints(dag: DAG, order: list[str], storage: Storage, run_id: str,
     Nodes whose cache policy is off are looked up only when resuming (their key is this run's own).
     ``write_behind``: workers queue their checkpoint and return (:mod:`.writeback`); the scheduler confirms.
     ``refresh``: nodes run although stored (recomputed on purpose); their workers write over the stale object.
+    ``trust``: what a stored object must be to be reused (signed with the run's key, not a pickle when pickles
+    are off); one that is not is a miss, logged with its key.
     """
     legacy = store_layout(storage).legacy  # first: a new store gets its layout marker before any object
     keys = cache_keys(dag, order, run_id=run_id)  # cache=False: salted per run (checkpointed for resume only)
     policies = {n: dag.cache_policy_of(n) for n in order}
-    targets = {n: OutputTarget(storage, dag.name, run_id, n, keys[n], policies[n].ttl_s, write_behind, n in refresh)
-               for n in order}
+    targets = {n: OutputTarget(storage, dag.name, run_id, n, keys[n], policies[n].ttl_s, write_behind, n in refresh,
+                               trust) for n in order}
     plan = CheckpointPlan(storage, keys, targets)
     trusted = (_trusted(resumed, policies, keys) if not legacy else set()) - set(refresh)
     for n in trusted:  # done in the run being resumed: its object is checked when read (SHA-256), not now
-        plan.reuse[n] = (NodeStatus.RESUMED, StoredRef(storage, targets[n].object_key, n))
+        plan.reuse[n] = (NodeStatus.RESUMED, StoredRef(storage, targets[n].object_key, n, trust))
     wanted = {n: targets[n].object_key for n in order
               if n not in trusted and n not in refresh and (policies[n].enabled or resumed is not None)}
     found = _lookup(storage, dag.name, wanted, keys, legacy, known_stored=len(trusted))
@@ -75,10 +78,15 @@ def plan_checkpoints(dag: DAG, order: list[str], storage: Storage, run_id: str,
         if meta is None:
             plan.damaged.append(n)
             continue
+        refused = trust.refusal(info.key, info.metadata)
+        if refused is not None:  # never decoded; counted with the damaged ones
+            log.warning("stored output of node %r at %s is not trusted (%s): computing it again", n, info.key, refused)
+            plan.damaged.append(n)
+            continue
         if not meta.fresh(now, policies[n].ttl_s):  # today's policy counts too, not only the written expiry
             plan.expired.append(n)
             continue
-        ref = StoredRef(storage, info.key, n)
+        ref = StoredRef(storage, info.key, n, trust)
         prior = (resumed or {}).get(n)
         done_before = prior is not None and prior.status in _DONE and prior.key == keys[n]
         if resumed is not None and (done_before or meta.run_id == run_id or not policies[n].enabled):

@@ -10,12 +10,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import AlreadyExistsError, CorruptObjectError, NotFoundError, PreconditionFailedError, RunTakenOverError
+from ..errors import (AlreadyExistsError, CorruptObjectError, NotFoundError, PreconditionFailedError, RunTakenOverError,
+                      UntrustedObjectError)
 from ..storage.base import ObjectInfo, Storage
 from . import layout
 from .codecs import decode, encode
 from .liveness import HEARTBEAT_S, DriverLease, driver_state
 from .objectmeta import CheckpointMeta
+from .trust import TRUST_ALL, Trust
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +30,10 @@ class StoredRef:
     storage: Storage
     key: str  # object key
     node: str
+    trust: Trust = TRUST_ALL  # what the reader accepts (signature, pickle)
 
     def load(self) -> Any:
-        return read_output(self.storage, self.key)
+        return read_output(self.storage, self.key, self.trust)
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class OutputTarget:
     ttl_s: float | None
     write_behind: bool = False  # the worker queues the write and returns (see .writeback)
     replace: bool = False  # refreshed on purpose: an object already at the key is stale, written over (CAS)
+    trust: Trust = TRUST_ALL  # signs what it writes; what it accepts of an object already there
 
     @property
     def object_key(self) -> str:
@@ -64,14 +68,18 @@ class Provenance:
 
 # --- worker side ---------------------------------------------------------------------------------
 
-def read_output(storage: Storage, key: str) -> Any:
-    """A stored output, checked against its SHA-256 (:class:`CorruptObjectError` if it does not match)."""
-    return read_output_sized(storage, key)[0]
+def read_output(storage: Storage, key: str, trust: Trust = TRUST_ALL) -> Any:
+    """A stored output, checked against its SHA-256 (:class:`CorruptObjectError` if it does not match) and
+    against ``trust`` (:class:`UntrustedObjectError`: unsigned, wrongly signed, a pickle not allowed)."""
+    return read_output_sized(storage, key, trust)[0]
 
 
-def read_output_sized(storage: Storage, key: str) -> tuple[Any, int]:
+def read_output_sized(storage: Storage, key: str, trust: Trust = TRUST_ALL) -> tuple[Any, int]:
     """:func:`read_output`, with the number of bytes read."""
     data, info = storage.get_with_info(key)
+    refused = trust.refusal(key, info.metadata)
+    if refused is not None:  # never decoded: a signature or a codec the reader does not accept
+        raise UntrustedObjectError(f"stored output {key!r} is not trusted: {refused}", key=key)
     meta = CheckpointMeta.from_info(info)
     if meta is None or not _intact(data, meta):
         raise CorruptObjectError(f"stored output {key!r} does not match its SHA-256 (altered or truncated)", key=key)
@@ -94,14 +102,14 @@ def write_output(target: OutputTarget, value: Any, made: Provenance) -> int:
 
 def encode_output(target: OutputTarget, value: Any, made: Provenance) -> tuple[bytes, dict[str, str]]:
     """The bytes and metadata of a node's checkpoint (encoded now: a value changed later is not what is stored)."""
-    codec, payload = encode(value)
+    codec, payload = encode(value, allow_pickle=target.trust.allow_pickle)
     now = time.time()
     meta = CheckpointMeta(sha256=hashlib.sha256(payload).hexdigest(), size=len(payload), codec=codec, created=now,
                           expires_at=now + target.ttl_s if target.ttl_s else None, node=target.node,
                           pipeline=target.pipeline, run_id=target.run_id, attempt=made.attempt,
                           ray_node_id=made.ray_node_id, pid=made.pid, started_at=made.started_at,
                           ended_at=made.ended_at, layout=layout.LAYOUT_VERSION)
-    return payload, meta.to_metadata()
+    return payload, target.trust.seal(target.object_key, meta.to_metadata())
 
 
 def store_encoded(target: OutputTarget, payload: bytes, md: dict[str, str]) -> int:
@@ -113,7 +121,7 @@ def store_encoded(target: OutputTarget, payload: bytes, md: dict[str, str]) -> i
     except AlreadyExistsError:
         if target.replace:
             return _replace(storage, okey, payload, md)
-        return _replace_if_unusable(storage, okey, payload, md, time.time())
+        return _replace_if_unusable(storage, okey, payload, md, time.time(), target.trust)
 
 
 def _replace(storage: Storage, okey: str, payload: bytes, md: dict[str, str]) -> int:
@@ -135,15 +143,16 @@ def _replace(storage: Storage, okey: str, payload: bytes, md: dict[str, str]) ->
     raise PreconditionFailedError(f"checkpoint {okey!r} kept changing while it was being refreshed", key=okey)
 
 
-def _replace_if_unusable(storage: Storage, okey: str, payload: bytes, md: dict[str, str], now: float) -> int:
-    """Another writer got there first: reuse its object if intact and fresh, else replace it (CAS)."""
+def _replace_if_unusable(storage: Storage, okey: str, payload: bytes, md: dict[str, str], now: float,
+                         trust: Trust = TRUST_ALL) -> int:
+    """Another writer got there first: reuse its object if intact, fresh and trusted, else replace it (CAS)."""
     try:
         data, info = storage.get_with_info(okey)
     except NotFoundError:  # deleted meanwhile (purge): write ours
         storage.put(okey, payload, md, if_none_match=True)
         return len(payload)
     theirs = CheckpointMeta.from_info(info)
-    if theirs is not None and _intact(data, theirs) and theirs.fresh(now):
+    if theirs is not None and _intact(data, theirs) and theirs.fresh(now) and trust.refusal(okey, info.metadata) is None:
         return 0  # the winner's object: equal by its key
     try:
         storage.put(okey, payload, md, if_match=info.etag)

@@ -92,6 +92,8 @@ def stored_now(targets: Mapping[str, OutputTarget], pending: Mapping[str, Proven
     now = time.time()
     for node, info in found.items():
         meta = CheckpointMeta.from_info(info)
+        if targets[node].trust.refusal(info.key, info.metadata) is not None:
+            continue  # not one the engine signed: not this write
         ours = meta is not None and meta.run_id == targets[node].run_id and meta.attempt == pending[node].attempt
         if meta is None or not (ours or (meta.fresh(now, targets[node].ttl_s) and not targets[node].replace)):
             continue  # damaged, expired or refreshed on purpose (what the plan found there): not this write
