@@ -81,7 +81,8 @@ class MetricsFormat(str, Enum):
 
 
 def _user_errors(fn: F) -> F:
-    """Turn a user error into one line on stderr and exit code 2 (the traceback too with ``--debug``)."""
+    """Turn a user error into one line on stderr and exit code 2 (with ``--debug``, the traceback before it;
+    still exit code 2: a script's ``--debug`` run tells a user error from a failed run the same way)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -89,7 +90,9 @@ def _user_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except _USER_ERRORS as exc:
             if _state["debug"]:
-                raise
+                import traceback
+
+                typer.echo("".join(traceback.format_exception(exc)).rstrip("\n"), err=True)
             typer.echo(f"error: {_one_line(exc)}", err=True)
             raise typer.Exit(EXIT_USER_ERROR) from None
 
@@ -238,12 +241,23 @@ def _stored_result(store: Storage, pipeline: str, run_id: str, needed_for: str) 
 @app.callback()
 def _main(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error."),
           verbose: bool = typer.Option(False, "--verbose", "-v", help="Log INFO messages to stderr.")) -> None:
-    """Global options; the current directory is put first on sys.path so `fn: mymodule:f` imports from it."""
+    """Global options. (The current directory goes on sys.path only when a pipeline is imported: see
+    :func:`_load_target`.)"""
     _state["debug"] = debug
     logging.basicConfig(level=logging.INFO if verbose or debug else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+
+
+def _import_from_cwd() -> None:
+    """Put the current directory first on sys.path, so `fn: mymodule:f` (and `mymodule:dag`) import from it.
+
+    Only commands that import a pipeline do this (`run`, `graph`, an inspection command given a pipeline file or
+    module:dag): the others import nothing of the user's, and a `boto3.py` lying in the current directory must
+    not run when `odibi-ray runs --storage s3://...` imports the real one.
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
 
 
 # --- pipelines and storage ---------------------------------------------------------------------------
@@ -254,9 +268,10 @@ def _is_yaml(target: str) -> bool:
 
 def _load_target(target: str, overrides: list[str]) -> tuple[DAG, str, dict[str, Any]]:
     """The DAG of a YAML file or ``module:dag``, its storage URI and storage options."""
+    _import_from_cwd()
     if _is_yaml(target) or os.path.isfile(target):
         spec = load_pipeline(target, overrides)
-        return spec.to_dag(), spec.storage_uri, dict(spec.storage_options)
+        return spec.to_dag(), spec.storage_uri, spec.checkpoint_options
     if ":" not in target:
         raise SpecError(f"{target}: not a pipeline file (.yaml) nor a module:dag reference", file=target)
     if overrides:
@@ -606,17 +621,19 @@ def run_cmd(
 ) -> None:
     """Run a pipeline; print a per-node table. Exit 0 when every node succeeded, 1 when some failed."""
     dag, uri, options = _load_target(target, set_)
-    if storage is not None:
-        uri, options = storage, {}
+    if storage is not None:  # another store: its own options, the pipeline's checkpoint rules
+        uri, options = storage, {k: v for k, v in options.items() if k in ("signing_key", "allow_pickle")}
     if select:
         dag = _select(dag, select)
+    signing = options.pop("signing_key", None)
+    pickles = options.pop("allow_pickle", None)
     store = open_checkpoint_storage(uri, options)
     if force and resume is None:
         raise typer.BadParameter("--force only applies with --resume")
     with _RunPrinting():
         result = run_dag(dag, backend=backend.value, address=address, storage=store, resume=resume,
                          max_workers=max_workers, seed=seed, force=force, heartbeat_s=heartbeat,
-                         refresh=refresh or None)
+                         refresh=refresh or None, signing_key=signing, allow_pickle=pickles)
     try:
         store.put(layout.run_prefix(dag.name, result.run_id) + RESULT_FILE, result.to_json(),
                   {"status": result.status.value})
@@ -889,6 +906,19 @@ def cache_ls(
                           _ts(meta.created) if meta else "", expires, *([_display(store)] if several else []))
     _show(table)
     typer.echo(f"{count} object(s)")
+    from .checkpoint.housekeeping import TEMP_MAX_AGE_S
+
+    temp = temp_bytes = 0  # temp files of puts that never finished (a writer killed mid-put), in local folders
+    for store in scope.stores:
+        listing = getattr(store, "temp_files", None)
+        prefixes = [""] if scope.pipeline is None else [layout.objects_prefix(scope.pipeline),
+                                                        layout.runs_prefix(scope.pipeline)]
+        for found in (listing(prefix) for prefix in prefixes) if listing is not None else ():
+            temp += len(found)
+            temp_bytes += sum(t.size for t in found)
+    if temp:
+        typer.echo(f"{temp} temp file(s) ({temp_bytes} bytes) of interrupted or running writes: `cache purge` and "
+                   f"`checkpoints clean` remove those unchanged for {TEMP_MAX_AGE_S / 3600:g} h")
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")

@@ -8,10 +8,18 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+from .checkpoint.layout import MAX_NAME_LEN
 from .errors import InvalidNodeError, InvalidPolicyError, SignatureMismatchError
-from .policy import CachePolicy, RetryPolicy
+from .policy import CachePolicy, RetryPolicy, _short
 
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+#: Upper bounds of a node's numbers (``num_cpus: 1e300`` or ``memory: 999999999999TiB`` is a typo, not a request).
+MAX_RESOURCE = 1e6  # num_cpus, num_gpus and each custom resource
+MAX_MEMORY = 2**50  # bytes: 1 PiB
+MAX_TIMEOUT_S = 365 * 86400.0  # one attempt: 365 days
+
+#: A node name: matched whole (``fullmatch``; a ``$`` would let a trailing newline through), at most
+#: :data:`~odibi_ray.checkpoint.layout.MAX_NAME_LEN` characters.
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 
 
 @dataclass
@@ -41,11 +49,7 @@ class Node:
     description: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
-            raise InvalidNodeError(
-                f"invalid node name {self.name!r}: use letters, digits, '_', '-', '.'; start with a letter or '_'",
-                nodes=(str(self.name),),
-            )
+        _check_name(self.name)
         if not callable(self.fn):
             raise InvalidNodeError(f"node {self.name!r}: fn must be callable, got {type(self.fn).__name__}", (self.name,))
         if isinstance(self.inputs, str):
@@ -63,19 +67,22 @@ class Node:
             problems.append(f"retry must be a RetryPolicy, got {type(self.retry).__name__}")
         if self.cache is not None and not isinstance(self.cache, (CachePolicy, bool)):
             problems.append(f"cache must be a CachePolicy, True or False, got {type(self.cache).__name__}")
-        if self.timeout_s is not None and (not _number(self.timeout_s) or self.timeout_s <= 0):
-            problems.append(f"timeout_s must be a number > 0, got {self.timeout_s!r}")
+        if self.timeout_s is not None and (not _number(self.timeout_s) or not 0 < self.timeout_s <= MAX_TIMEOUT_S):
+            problems.append(f"timeout_s must be a finite number of seconds > 0 and <= {MAX_TIMEOUT_S:g} (365 days), "
+                            f"got {_short(self.timeout_s)}")
         for attr in ("num_cpus", "num_gpus"):
             value = getattr(self, attr)
-            if not _number(value) or value < 0:
-                problems.append(f"{attr} must be a number >= 0, got {value!r}")
-        if self.memory is not None and (not _number(self.memory) or self.memory <= 0):
-            problems.append(f"memory must be a number of bytes > 0, got {self.memory!r}")
+            if not _number(value) or not 0 <= value <= MAX_RESOURCE:
+                problems.append(f"{attr} must be a finite number from 0 to {MAX_RESOURCE:g}, got {_short(value)}")
+        if self.memory is not None and (not _number(self.memory) or not 0 < self.memory <= MAX_MEMORY):
+            problems.append(f"memory must be a number of bytes > 0 and <= {MAX_MEMORY} (1 PiB), "
+                            f"got {_short(self.memory)}")
         for res, amount in self.resources.items():
             if res in ("CPU", "GPU", "memory"):
-                problems.append(f"resource {res!r} goes in num_cpus / num_gpus / memory, not resources")
-            elif not _number(amount) or amount < 0:
-                problems.append(f"resource {res!r} must be a number >= 0, got {amount!r}")
+                problems.append(f"resource {_short(res)} goes in num_cpus / num_gpus / memory, not resources")
+            elif not _number(amount) or not 0 <= amount <= MAX_RESOURCE:
+                problems.append(f"resource {_short(res)} must be a finite number from 0 to {MAX_RESOURCE:g}, "
+                                f"got {_short(amount)}")
         for param, upstream in self.inputs.items():
             if not isinstance(upstream, str):
                 problems.append(f"input {param!r} must name a node, got {upstream!r}")
@@ -140,5 +147,20 @@ class Node:
         return opts
 
 
+def _check_name(name: object) -> None:
+    """:class:`InvalidNodeError` unless ``name`` can name a node (in checkpoints and their metadata too)."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise InvalidNodeError(
+            f"invalid node name {name!r:.80}: use letters, digits, '_', '-', '.'; start with a letter or '_'",
+            nodes=(str(name)[:MAX_NAME_LEN],),
+        )
+    if len(name) > MAX_NAME_LEN:
+        raise InvalidNodeError(f"invalid node name {name[:40]!r}...: {len(name)} characters, at most {MAX_NAME_LEN} "
+                               "fit in checkpoint storage", nodes=(name[:MAX_NAME_LEN],))
+
+
 def _number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    try:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False

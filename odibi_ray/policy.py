@@ -13,6 +13,13 @@ from .errors import InvalidPolicyError
 #: its checkpoint could not be written (storage unavailable).
 SYSTEM_FAILURE_KINDS = frozenset({"worker_died", "node_lost", "oom", "object_lost", "system", "storage"})
 
+#: Upper bounds of the policies' numbers (a typo like ``max_attempts: 99999999999999999999999`` is an error,
+#: not a run that never gives up).
+MAX_ATTEMPTS = 10_000
+MAX_DELAY_S = 86400.0  # delay_s and max_delay_s: one day
+MAX_BACKOFF = 1000.0
+MAX_TTL_S = 100 * 365 * 86400.0  # a cache entry's ttl_s: 100 years (None: no expiry)
+
 
 def _type_path(tp: type) -> str:
     return f"{tp.__module__}.{tp.__qualname__}"
@@ -47,19 +54,21 @@ class RetryPolicy:
         retry_on = tuple(retry_on)
         object.__setattr__(self, "retry_on", retry_on)
         problems = []
-        if not isinstance(self.max_attempts, int) or isinstance(self.max_attempts, bool) or self.max_attempts < 1:
-            problems.append(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
+        if not isinstance(self.max_attempts, int) or isinstance(self.max_attempts, bool) \
+                or not 1 <= self.max_attempts <= MAX_ATTEMPTS:
+            problems.append(f"max_attempts must be an integer from 1 to {MAX_ATTEMPTS}, got {_short(self.max_attempts)}")
         for name in ("delay_s", "max_delay_s"):
             value = getattr(self, name)
-            if not _finite_number(value) or value < 0:
-                problems.append(f"{name} must be a finite number >= 0, got {value!r}")
-        if not _finite_number(self.backoff) or self.backoff < 1:
-            problems.append(f"backoff must be a finite number >= 1, got {self.backoff!r}")
+            if not _finite_number(value) or not 0 <= value <= MAX_DELAY_S:
+                problems.append(f"{name} must be a finite number of seconds from 0 to {MAX_DELAY_S:g} (one day), "
+                                f"got {_short(value)}")
+        if not _finite_number(self.backoff) or not 1 <= self.backoff <= MAX_BACKOFF:
+            problems.append(f"backoff must be a finite number from 1 to {MAX_BACKOFF:g}, got {_short(self.backoff)}")
         if not _finite_number(self.jitter) or not 0 <= self.jitter <= 1:
-            problems.append(f"jitter must be a number in [0, 1], got {self.jitter!r}")
+            problems.append(f"jitter must be a number in [0, 1], got {_short(self.jitter)}")
         bad = [t for t in retry_on if not (isinstance(t, type) and issubclass(t, BaseException))]
         if bad:
-            problems.append(f"retry_on must hold exception types, got {bad!r}")
+            problems.append(f"retry_on must hold exception types, got {_short(bad)}")
         if problems:
             raise InvalidPolicyError("invalid RetryPolicy: " + "; ".join(problems))
         object.__setattr__(self, "_retry_on_paths", frozenset(_type_path(t) for t in retry_on))
@@ -78,7 +87,31 @@ class RetryPolicy:
 
 
 def _finite_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    try:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _short(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error message quotes at most a short prefix of a value.
+
+    ``reprlib`` keeps a huge nested value (a list of a million items, a string of a megabyte) from being
+    rendered whole before it is cut.
+    """
+    import reprlib
+
+    if isinstance(value, int) and value.bit_length() > 4 * limit:  # repr() of a 5000-digit int raises
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    r = reprlib.Repr()
+    r.maxstring, r.maxother, r.maxlong = limit + 2, limit, limit
+    r.maxlist = r.maxtuple = r.maxdict = r.maxset = r.maxfrozenset = r.maxdeque = r.maxarray = 8
+    r.maxlevel = 3
+    try:
+        text = r.repr(value)
+    except Exception as exc:  # a broken __repr__
+        text = f"<{type(value).__name__} (repr failed: {type(exc).__name__})>"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def compute_delay(policy: RetryPolicy, failed_attempt: int, rng: random.Random | None = None) -> float:
@@ -120,9 +153,10 @@ class CachePolicy:
     enabled: bool = True
 
     def __post_init__(self) -> None:
-        if self.ttl_s is not None and (not _finite_number(self.ttl_s) or self.ttl_s <= 0):
-            raise InvalidPolicyError(f"invalid CachePolicy: ttl_s must be a number > 0 or None, got {self.ttl_s!r}")
+        if self.ttl_s is not None and (not _finite_number(self.ttl_s) or not 0 < self.ttl_s <= MAX_TTL_S):
+            raise InvalidPolicyError(f"invalid CachePolicy: ttl_s must be a number of seconds > 0 and <= "
+                                     f"{MAX_TTL_S:g} (100 years), or None (no expiry), got {_short(self.ttl_s)}")
         if self.version is not None and not isinstance(self.version, str):
-            raise InvalidPolicyError(f"invalid CachePolicy: version must be a string, got {self.version!r}")
+            raise InvalidPolicyError(f"invalid CachePolicy: version must be a string, got {_short(self.version)}")
         if self.key_fn is not None and not callable(self.key_fn):
             raise InvalidPolicyError("invalid CachePolicy: key_fn must be callable")
