@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from .errors import CycleError, DuplicateNodeError, InvalidNodeError, UnknownInputError
+from .checkpoint.layout import check_name
+from .errors import CycleError, DAGValidationError, DuplicateNodeError, InvalidNodeError, UnknownInputError
 from .node import Node
 from .policy import CachePolicy, RetryPolicy
 
@@ -21,6 +22,7 @@ class DAG:
 
     def __init__(self, name: str = "dag", nodes: Iterable[Node] = (), *, retry: RetryPolicy | None = None,
                  cache: CachePolicy | bool = True, description: str = "") -> None:
+        _check_pipeline_name(name)
         self.name = name
         self.retry = retry or RetryPolicy()
         self.cache = cache
@@ -102,6 +104,7 @@ class DAG:
         and params. The cycle comes before the signatures: an edge that closes a cycle is often also one
         the function does not take, and the cycle is the fault to fix.
         """
+        _check_pipeline_name(self.name)  # it may have been changed since the DAG was built
         for node in self._nodes.values():
             node._check_values()  # fields may have been changed since the node was built
             for param, upstream in node.inputs.items():
@@ -212,6 +215,15 @@ class DAG:
     def ancestors(self, names: Iterable[str]) -> set[str]:
         """Every node upstream of any of ``names`` (not including them)."""
         return _walk(names, {n: node.upstream for n, node in self._nodes.items()})
+
+
+def _check_pipeline_name(name: object) -> None:
+    """:class:`DAGValidationError` unless ``name`` can name a pipeline: it is a folder of its checkpoints' keys
+    (letters, digits, '_', '-', '.'; at most ``MAX_NAME_LEN`` characters; the whole string is checked)."""
+    try:
+        check_name(name, "pipeline name")
+    except ValueError as exc:
+        raise DAGValidationError(str(exc)) from None
 
 
 def _walk(start: Iterable[str], edges: Mapping[str, Sequence[str]]) -> set[str]:

@@ -30,7 +30,7 @@ T = TypeVar("T")
 #: The metric kinds this cache reports through ``metrics.increment(kind, name)``.
 METRIC_KINDS = ("cache_hit", "cache_miss", "cache_eviction", "cache_corruption")
 KEY_FORMAT = "odibi-cache-key/1"  # bump when the canonical encoding changes (it changes every key)
-_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}\Z")
 _NEVER = "never"
 _MISSING = object()
 

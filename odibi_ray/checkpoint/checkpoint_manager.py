@@ -46,7 +46,7 @@ from .trust import trust_from
 log = logging.getLogger(__name__)
 
 FORMAT = "odibi-checkpoint/1"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}\Z")
 _MARKERS, _DATA, _PENDING = "checkpoints/", "data/", "pending/"
 
 

@@ -6,6 +6,15 @@ Which objects a run *references*: the cache keys its manifest lists for every no
 their layout-2 and layout-1 places, plus, for a layout-1 run, the objects its node records name. Objects under
 ``objects/<pipeline>/`` belong to that pipeline (layout 2).
 
+Temp files: a writer killed mid-put leaves a partial temp file in a local folder store (``.odibi-tmp-*``, never
+listed). Every housekeeping call removes those that have not changed for ``temp_older_than_s`` (default
+:data:`TEMP_MAX_AGE_S`, an hour; None: keep them) in its scope: ``purge`` the whole store (with ``pipeline=``,
+that pipeline's objects and runs), ``keep_last_n`` / ``purge_runs`` the pipeline's objects and runs. A younger
+temp file may be a live writer's and is never touched. Remote stores leave none to find: an S3 put is one
+PutObject (all or nothing); an ADLS put of more than 64 MiB stages blocks and commits them in one request, and a
+killed one leaves only uncommitted blocks, which no listing shows and Azure discards after 7 days. (The HDFS path
+of ``ArrowFSStorage`` writes hidden ``.<name>.odibi-tmp-*`` files that are not swept.)
+
 Limit: a run that is planning at the very moment of a purge (its plan found an object, its manifest is not
 written yet) is invisible to the purge; if that object is removed, the node reading it fails and
 ``run(..., resume=run_id)`` recomputes it. Run housekeeping when no run of the affected pipelines is starting.
@@ -33,6 +42,9 @@ OBJECTS_PREFIX = "objects/"
 RUNS_PREFIX = "runs/"
 #: Statuses ``purge_runs(status=...)`` accepts (a running run is never removed).
 REMOVABLE_STATUSES = frozenset({"succeeded", "failed", "abandoned"})
+#: Housekeeping removes temp files of unfinished puts that have not changed for this long (seconds): a live put
+#: writes its temp file without pause, then moves it in place within seconds.
+TEMP_MAX_AGE_S = 3600.0
 
 
 @dataclass
@@ -45,11 +57,15 @@ class PurgeReport:
     bytes: int = 0  # total size of the removed objects
     kept: list[str] = field(default_factory=list)  # objects that matched but a (running / kept) run references
     dry_run: bool = False
+    temp_files: int = 0  # temp files of unfinished puts removed (past ``temp_older_than_s``)
+    temp_bytes: int = 0  # their total size
 
     def __str__(self) -> str:
         verb = "would remove" if self.dry_run else "removed"
+        temp = (f"; {verb} {self.temp_files} temp file(s) ({self.temp_bytes} bytes) of interrupted writes"
+                if self.temp_files else "")
         return (f"{verb} {len(self.objects)} object(s) ({self.bytes} bytes) and {len(self.runs)} run(s); "
-                f"kept {len(self.kept)} object(s) still referenced")
+                f"kept {len(self.kept)} object(s) still referenced{temp}")
 
 
 @dataclass
@@ -75,7 +91,8 @@ class _Run:
 # --- public API ------------------------------------------------------------------------------------
 
 def purge(storage: Storage, *, expired: bool = False, older_than_s: float | None = None, node: str | None = None,
-          pipeline: str | None = None, now: float | None = None, dry_run: bool = False) -> PurgeReport:
+          pipeline: str | None = None, now: float | None = None, dry_run: bool = False,
+          temp_older_than_s: float | None = TEMP_MAX_AGE_S) -> PurgeReport:
     """Remove output objects matching every given filter (AND), except those a running run references.
 
     ``expired``: its ``expires_at`` has passed; ``older_than_s``: created more than that many seconds
@@ -83,9 +100,12 @@ def purge(storage: Storage, *, expired: bool = False, older_than_s: float | None
     that pipeline (and by no run of another pipeline). At least one filter is required. ``now`` (default:
     the clock) judges expiry and age only; whether a run is still running is judged on the real clock.
     Run folders are left alone: a record whose object is gone is a miss (recomputed), never an error.
+    ``temp_older_than_s``: also remove temp files of unfinished puts unchanged for that long (in the whole store;
+    with ``pipeline``, in its objects and runs); None: keep them.
     """
     _check_storage(storage)
     older_than_s = _check_seconds(older_than_s, "older_than_s")
+    temp_older_than_s = _check_seconds(temp_older_than_s, "temp_older_than_s")
     if not isinstance(expired, bool):
         raise TypeError(f"expired must be True or False, got {type(expired).__name__}")
     if node is not None and not isinstance(node, str):
@@ -121,19 +141,23 @@ def purge(storage: Storage, *, expired: bool = False, older_than_s: float | None
             report.kept.append(info.key)
             continue
         _remove_object(storage, info.key, info.size, report)
+    _sweep_temp(storage, [""] if pipeline is None else _pipeline_prefixes(pipeline), temp_older_than_s, report)
     _log(storage, "purge", report)
     return report
 
 
-def keep_last_n(storage: Storage, pipeline: str, n: int, *, dry_run: bool = False) -> PurgeReport:
+def keep_last_n(storage: Storage, pipeline: str, n: int, *, dry_run: bool = False,
+                temp_older_than_s: float | None = TEMP_MAX_AGE_S) -> PurgeReport:
     """Keep the ``n`` newest runs of exactly ``pipeline`` (by ``started_at``; a running run is always kept),
     remove the older runs' folders, then the objects only those runs referenced.
 
     An object still referenced by any remaining run, of any pipeline, is kept; an object no run ever
-    referenced (e.g. written by a crashed run whose folder is gone) is left to :func:`purge`.
+    referenced (e.g. written by a crashed run whose folder is gone) is left to :func:`purge`. Temp files of
+    unfinished puts unchanged for ``temp_older_than_s`` in the pipeline's objects and runs go too (None: kept).
     """
     _check_storage(storage)
     _check_pipeline(pipeline)
+    temp_older_than_s = _check_seconds(temp_older_than_s, "temp_older_than_s")
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"n must be an integer, got {type(n).__name__}")
     if n < 1:
@@ -146,18 +170,19 @@ def keep_last_n(storage: Storage, pipeline: str, n: int, *, dry_run: bool = Fals
             log.info("keep_last_n: keeping run %s of %r: it is %s", run.run_id, pipeline, status)
         elif status != "gone":
             victims.append(run)
-    return _remove_runs(storage, victims, dry_run, "keep_last_n")
+    return _remove_runs(storage, victims, dry_run, "keep_last_n", pipeline, temp_older_than_s)
 
 
 def purge_runs(storage: Storage, pipeline: str, *, older_than_s: float | None = None,
                status: str | Iterable[str] | None = None, now: float | None = None,
-               dry_run: bool = False) -> PurgeReport:
+               dry_run: bool = False, temp_older_than_s: float | None = TEMP_MAX_AGE_S) -> PurgeReport:
     """Remove run folders of exactly ``pipeline`` that started more than ``older_than_s`` before ``now``
     and/or whose status is in ``status`` (succeeded, failed, abandoned), then the objects only they
-    referenced (as :func:`keep_last_n` does). No filter: every run that is not running."""
+    referenced (as :func:`keep_last_n` does, temp files included). No filter: every run that is not running."""
     _check_storage(storage)
     _check_pipeline(pipeline)
     older_than_s = _check_seconds(older_than_s, "older_than_s")
+    temp_older_than_s = _check_seconds(temp_older_than_s, "temp_older_than_s")
     statuses = _check_statuses(status)
     now = time.time() if now is None else _check_seconds(now, "now")
     victims = []
@@ -168,7 +193,7 @@ def purge_runs(storage: Storage, pipeline: str, *, older_than_s: float | None = 
         if st in ("running", "unreadable", "gone") or (statuses is not None and st not in statuses):
             continue
         victims.append(run)
-    return _remove_runs(storage, victims, dry_run, "purge_runs")
+    return _remove_runs(storage, victims, dry_run, "purge_runs", pipeline, temp_older_than_s)
 
 
 # --- runs and their references ---------------------------------------------------------------------
@@ -246,7 +271,8 @@ def _references(storage: Storage, run: _Run) -> set[str]:
     return refs
 
 
-def _remove_runs(storage: Storage, victims: list[_Run], dry_run: bool, what: str) -> PurgeReport:
+def _remove_runs(storage: Storage, victims: list[_Run], dry_run: bool, what: str, pipeline: str,
+                 temp_older_than_s: float | None) -> PurgeReport:
     """Remove the victims' folders, then the objects they referenced that no remaining run references."""
     report = PurgeReport(dry_run=dry_run)
     referenced: set[str] = set()
@@ -267,6 +293,7 @@ def _remove_runs(storage: Storage, victims: list[_Run], dry_run: bool, what: str
             report.kept.append(key)
         else:
             _remove_object(storage, key, infos[key].size, report)
+    _sweep_temp(storage, _pipeline_prefixes(pipeline), temp_older_than_s, report)
     _log(storage, what, report)
     return report
 
@@ -300,6 +327,24 @@ def _remove_object(storage: Storage, key: str, size: int, report: PurgeReport) -
         report.objects.append(key)
         report.bytes += size
         log.debug("%s %s from %s", "would remove" if report.dry_run else "removed", key, storage.uri)
+
+
+# --- temp files of unfinished puts -----------------------------------------------------------------
+
+def _pipeline_prefixes(pipeline: str) -> list[str]:
+    return [layout.objects_prefix(pipeline), layout.runs_prefix(pipeline)]
+
+
+def _sweep_temp(storage: Storage, prefixes: list[str], older_than_s: float | None, report: PurgeReport) -> None:
+    """Remove (``dry_run``: count) the temp files under ``prefixes`` unchanged for ``older_than_s`` seconds, on
+    stores that keep them (a local folder; remote puts leave nothing to find)."""
+    sweep = getattr(storage, "sweep_temp", None)
+    if older_than_s is None or sweep is None:
+        return
+    for prefix in prefixes:
+        count, size = sweep(older_than_s, prefix, dry_run=report.dry_run)
+        report.temp_files += count
+        report.temp_bytes += size
 
 
 # --- checks and helpers ----------------------------------------------------------------------------

@@ -23,13 +23,20 @@ import re
 #: The layout this engine writes; manifests and objects carry it.
 LAYOUT_VERSION = 2
 
-_SAFE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+#: The longest pipeline, run id or node name (characters, all ASCII), checked where each is defined. A pipeline
+#: name and a run id are folder names of every key (``runs/<pipeline>/<run_id>/``; LocalStorage takes 255 bytes
+#: per segment), a layout-1 node record was ``nodes/<node>.json`` (238 bytes for a key's last segment in
+#: LocalStorage), and node, pipeline and run id all go in each object's metadata, which S3 caps at 2 KB in all.
+MAX_NAME_LEN = 200
+#: What a pipeline name or run id may hold: one whole key segment (matched with ``fullmatch``: no ``$`` that
+#: would let a trailing newline through).
+_SAFE = re.compile(r"[A-Za-z0-9_.\-]+")
 OBJECTS = "objects/"
 
 
 def objects_prefix(pipeline: str) -> str:
     """Every stored output of ``pipeline``."""
-    return f"{OBJECTS}{_safe(pipeline, 'pipeline')}/"
+    return f"{OBJECTS}{check_name(pipeline, 'pipeline')}/"
 
 
 def object_key(pipeline: str, cache_key: str) -> str:
@@ -43,11 +50,11 @@ def legacy_object_key(cache_key: str) -> str:
 
 
 def runs_prefix(pipeline: str) -> str:
-    return f"runs/{_safe(pipeline, 'pipeline')}/"
+    return f"runs/{check_name(pipeline, 'pipeline')}/"
 
 
 def run_prefix(pipeline: str, run_id: str) -> str:
-    return f"{runs_prefix(pipeline)}{_safe(run_id, 'run id')}/"
+    return f"{runs_prefix(pipeline)}{check_name(run_id, 'run id')}/"
 
 
 def manifest_key(pipeline: str, run_id: str) -> str:
@@ -59,7 +66,13 @@ def legacy_records_prefix(pipeline: str, run_id: str) -> str:
     return run_prefix(pipeline, run_id) + "nodes/"
 
 
-def _safe(part: str, what: str) -> str:
-    if not _SAFE.match(part) or part in (".", ".."):
-        raise ValueError(f"{what} {part!r} cannot be used in a storage path: use letters, digits, '_', '-', '.'")
+def check_name(part: object, what: str) -> str:
+    """``part`` if it can be a pipeline name or run id in storage paths, else ValueError saying why."""
+    if not isinstance(part, str):
+        raise ValueError(f"{what} must be a string, got {type(part).__name__} {part!r:.80}")
+    if not _SAFE.fullmatch(part) or part in (".", ".."):
+        raise ValueError(f"{what} {part!r:.80} cannot be used in a storage path: use letters, digits, '_', '-', '.'")
+    if len(part) > MAX_NAME_LEN:
+        raise ValueError(f"{what} {part[:40]!r}... is {len(part)} characters long: at most {MAX_NAME_LEN} fit in "
+                         "a storage path")
     return part

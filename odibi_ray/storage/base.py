@@ -20,7 +20,7 @@ from typing import Iterator, Mapping
 from ..errors import InvalidURIError, NotFoundError, StorageAuthError, StorageUnavailableError
 
 _BAD_SEGMENT = re.compile(r"(^|/)(\.{1,2})?(/|$)")
-_META_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+_META_NAME = re.compile(r"^[a-z_][a-z0-9_]*\Z")  # \Z: no trailing newline
 
 
 @dataclass(frozen=True)
