@@ -42,7 +42,7 @@ SECONDS_BUCKETS: tuple[float, ...] = (
 #: Upper bounds (bytes) of the buckets of every size histogram: 1 KiB .. 4 GiB in powers of 4.
 BYTES_BUCKETS: tuple[float, ...] = tuple(float(1024 * 4 ** i) for i in range(12))
 
-_LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 _RESERVED_LABELS = frozenset({"le", "quantile"})
 
 Number = int | Fraction

@@ -58,10 +58,10 @@ DEFAULT_CLIENT_OPTIONS: Mapping[str, Any] = {
 }
 
 _REF = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*)://(?P<rest>.*)$", re.S)
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_VAULT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,22}[A-Za-z0-9]$")  # Azure: 3-24 chars
-_SECRET_NAME = re.compile(r"^[A-Za-z0-9-]{1,127}$")
-_VERSION = re.compile(r"^[A-Za-z0-9]{1,64}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+_VAULT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,22}[A-Za-z0-9]\Z")  # Azure: 3-24 chars
+_SECRET_NAME = re.compile(r"^[A-Za-z0-9-]{1,127}\Z")
+_VERSION = re.compile(r"^[A-Za-z0-9]{1,64}\Z")
 _REF_SCHEMES = ("env", "kv")
 
 

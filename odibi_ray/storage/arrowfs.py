@@ -70,7 +70,7 @@ DELETE_BATCH = 1000  # DeleteObjects' limit per request
 HEAD_THREADS = 8  # parallel HeadObject calls of list(with_metadata=True)
 MAX_SINGLE_PUT = 5 * 1024 ** 3  # S3's limit of one PutObject
 
-_BUCKET = re.compile(r"^(?=.{3,63}$)[a-z0-9][a-z0-9.\-]*[a-z0-9]$")
+_BUCKET = re.compile(r"^(?=.{3,63}\Z)[a-z0-9][a-z0-9.\-]*[a-z0-9]\Z")
 _URI = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.\-]*)://([^/?#]*)(/[^?#]*)?([?#].*)?$", re.S)
 _TMP_NAME = re.compile(r"(^|/)\.[^/]*\.odibi-tmp-[0-9a-f]{32}$")
 _SECRET_OPTIONS = ("access_key", "secret_key", "session_token")
