@@ -53,9 +53,12 @@ class CodecError(OdibiError):
     """A node output could not be encoded, or a payload could not be decoded (unknown codec, corrupt data)."""
 
 
-def encode(value: Any, allow_pickle: bool = True) -> tuple[str, bytes]:
+def encode(value: Any, allow_pickle: bool = True) -> tuple[str, bytes | bytearray]:
     """Pick the codec for a node's output value and serialise it: (codec name, payload). ``allow_pickle=False``:
-    a value that only pickle can carry raises :class:`CodecError` naming its type and the codecs that would."""
+    a value that only pickle can carry raises :class:`CodecError` naming its type and the codecs that would.
+
+    The payload is ``bytes``, or for the Parquet codecs (arrow, pandas) the ``bytearray`` the writer filled:
+    never copied once written, so a large table's payload exists once in memory."""
     vtype = type(value)
     if vtype is bytes:
         return "bytes", value
@@ -88,12 +91,18 @@ def encode(value: Any, allow_pickle: bool = True) -> tuple[str, bytes]:
     return "pickle", _pickle(value)
 
 
-def decode(codec: str, payload: bytes) -> Any:
-    """The value back from encode's output; raises CodecError for an unknown codec or a corrupt payload."""
+def decode(codec: str, payload: bytes | bytearray | memoryview) -> Any:
+    """The value back from encode's output; raises CodecError for an unknown codec or a corrupt payload.
+
+    The Parquet codecs read a ``bytearray`` or ``memoryview`` in place (no copy of a large payload); the others
+    take a ``bytes`` copy of it."""
     if type(payload) is not bytes:
         if not isinstance(payload, (bytearray, memoryview)):
             raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
-        payload = bytes(payload)
+        if codec not in ("arrow", "pandas"):
+            payload = bytes(payload)
+        elif isinstance(payload, memoryview):
+            payload = payload.cast("B")
     if codec == "bytes":
         return payload
     if codec not in CODECS:
@@ -177,15 +186,51 @@ def _pickle(value: Any) -> bytes:
 # --- parquet (arrow and pandas) ------------------------------------------------------------------
 
 
-def _write_parquet(table: pa.Table, same_schema: Callable[[pa.Schema, bytes], bool]) -> bytes | None:
-    """``table`` as Parquet bytes, or None when Parquet would not give it back (``same_schema`` says no)."""
+class _GrowingSink:
+    """The file pyarrow's Parquet writer writes to: one ``bytearray`` that grows in place (large ones by
+    ``realloc``/``mremap``, without a copy), so the payload exists once. (A ``BufferOutputStream`` grows by
+    doubling and copying, and Arrow's allocator keeps the freed blocks: with ``to_pybytes`` that held 2.5 times
+    the payload at the peak, and still after it.)"""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def write(self, data: Any) -> int:
+        before = len(self.buf)
+        self.buf += data
+        return len(self.buf) - before
+
+    def tell(self) -> int:
+        return len(self.buf)
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def readable(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _write_parquet(table: pa.Table, same_schema: Callable[[pa.Schema, Any], bool]) -> bytearray | None:
+    """``table`` as Parquet bytes (a ``bytearray``, never copied), or None when Parquet would not give it back
+    (``same_schema`` says no)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if table.num_columns == 0 and table.num_rows > 0:
         log.debug("parquet cannot carry a table with %d rows and no columns; pickling it", table.num_rows)
         return None
-    sink = pa.BufferOutputStream()
+    sink = _GrowingSink()
     try:
         # Dictionary-encode only text-like columns: on high-cardinality numbers it costs time and bytes.
         dict_cols = [f.name for f in table.schema
@@ -196,12 +241,12 @@ def _write_parquet(table: pa.Table, same_schema: Callable[[pa.Schema, bytes], bo
     except (pa.ArrowException, ValueError, TypeError) as exc:
         log.debug("parquet cannot carry this table (%s); pickling it", _short(exc))
         return None
-    buf = sink.getvalue()
+    buf = sink.buf
     # Cheap exactness check (reads only the footer): some types are coerced on the way into Parquet.
     if not same_schema(table.schema, buf):
         log.debug("parquet would change this table's schema; pickling it")
         return None
-    return buf.to_pybytes()
+    return buf
 
 
 def _read_parquet(payload: Any) -> pa.Table:
@@ -231,7 +276,7 @@ def _as_table(value: Any) -> pa.Table | None:
     return None
 
 
-def _encode_arrow(value: pa.Table) -> bytes | None:
+def _encode_arrow(value: pa.Table) -> bytearray | None:
     """Parquet bytes for a pyarrow Table; None when Parquet would not give it back equal."""
     import pyarrow as pa
 
@@ -269,7 +314,7 @@ def _table_from_ipc(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(data).read_all()
 
 
-def _encode_pandas(value: Any) -> bytes | None:
+def _encode_pandas(value: Any) -> bytearray | None:
     """Parquet bytes for a pandas DataFrame (index kept); None for other values or frames Parquet alters."""
     import pandas as pd
     import pyarrow as pa

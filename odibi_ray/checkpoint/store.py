@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import time
@@ -75,19 +76,92 @@ def read_output(storage: Storage, key: str, trust: Trust = TRUST_ALL) -> Any:
 
 
 def read_output_sized(storage: Storage, key: str, trust: Trust = TRUST_ALL) -> tuple[Any, int]:
-    """:func:`read_output`, with the number of bytes read."""
-    data, info = storage.get_with_info(key)
-    refused = trust.refusal(key, info.metadata)
-    if refused is not None:  # never decoded: a signature or a codec the reader does not accept
-        raise UntrustedObjectError(f"stored output {key!r} is not trusted: {refused}", key=key)
-    meta = CheckpointMeta.from_info(info)
-    if meta is None or not _intact(data, meta):
-        raise CorruptObjectError(f"stored output {key!r} does not match its SHA-256 (altered or truncated)", key=key)
-    return decode(meta.codec, data), len(data)
+    """:func:`read_output`, with the number of bytes read.
+
+    Streamed (:meth:`Storage.get_into`): the metadata is judged before the payload is fetched (an untrusted object
+    is not even downloaded, where the adapter streams), the bytes land in one buffer that grows in place, hashed
+    as they come, and decoded in place: a large output is held once as its payload and once as its
+    value, never more."""
+    sink: _PayloadSink | None = None
+
+    def open_sink(info: ObjectInfo) -> _PayloadSink:
+        nonlocal sink
+        refused = trust.refusal(key, info.metadata)
+        if refused is not None:  # never decoded: a signature or a codec the reader does not accept
+            raise UntrustedObjectError(f"stored output {key!r} is not trusted: {refused}", key=key)
+        meta = CheckpointMeta.from_info(info)
+        if meta is None:
+            raise _corrupt(key)
+        sink = _PayloadSink(key, meta, keep=True)
+        return sink
+
+    storage.get_into(key, open_sink)
+    assert sink is not None
+    if not sink.intact():
+        raise _corrupt(key)
+    codec, payload = sink.meta.codec, sink.payload()
+    sink = None  # the BytesIO goes: the payload is held once
+    return decode(codec, payload), len(payload)
 
 
-def _intact(data: bytes, meta: CheckpointMeta) -> bool:
-    return len(data) == meta.size and hashlib.sha256(data).hexdigest() == meta.sha256
+def _corrupt(key: str) -> CorruptObjectError:
+    return CorruptObjectError(f"stored output {key!r} does not match its SHA-256 (altered or truncated)", key=key)
+
+
+class _PayloadSink:
+    """Where a checkpoint's bytes land as they are read, hashed as they come. With ``keep``: a ``BytesIO``, which
+    grows in place (large buffers by ``realloc``/``mremap``, no copy) and hands its bytes over without a copy
+    (:meth:`payload`); without: only the hash and the count. More bytes than the metadata says:
+    :class:`CorruptObjectError` at once. An adapter downloading chunks in parallel writes out of order (after a
+    ``seek``): then the hash is taken once at the end."""
+
+    def __init__(self, key: str, meta: CheckpointMeta, *, keep: bool) -> None:
+        self.key, self.meta = key, meta
+        self._bio = io.BytesIO() if keep else None
+        self._sha: Any = hashlib.sha256()
+        self._pos = self._hashed = self._received = 0
+
+    def write(self, data: Any) -> int:
+        n = memoryview(data).nbytes
+        start, end = self._pos, self._pos + n
+        if end > self.meta.size:
+            raise _corrupt(self.key)
+        if self._bio is not None:
+            self._bio.write(data)
+        if self._sha is not None and start == self._hashed:
+            self._sha.update(data)
+            self._hashed = end
+        elif self._bio is not None:
+            self._sha = None  # out of order: hash the whole payload at the end
+        else:
+            raise ValueError("a checksum-only sink takes its bytes in order")
+        self._pos, self._received = end, self._received + n
+        return n
+
+    def seekable(self) -> bool:
+        return self._bio is not None
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        assert self._bio is not None
+        self._pos = self._bio.seek(offset, whence)
+        return self._pos
+
+    def intact(self) -> bool:
+        if self._received != self.meta.size:
+            return False
+        digest = self._sha.hexdigest() if self._sha is not None else hashlib.sha256(self.payload()).hexdigest()
+        return digest == self.meta.sha256
+
+    def payload(self) -> bytes:
+        assert self._bio is not None
+        return self._bio.getvalue()  # the buffer itself (no other view of it is open): no copy
+
+
+class _Unusable(Exception):
+    """The object already at a key cannot be reused (stops reading it)."""
 
 
 def write_output(target: OutputTarget, value: Any, made: Provenance) -> int:
@@ -100,8 +174,9 @@ def write_output(target: OutputTarget, value: Any, made: Provenance) -> int:
     return store_encoded(target, *encode_output(target, value, made))
 
 
-def encode_output(target: OutputTarget, value: Any, made: Provenance) -> tuple[bytes, dict[str, str]]:
-    """The bytes and metadata of a node's checkpoint (encoded now: a value changed later is not what is stored)."""
+def encode_output(target: OutputTarget, value: Any, made: Provenance) -> tuple[bytes | bytearray, dict[str, str]]:
+    """The bytes and metadata of a node's checkpoint (encoded now: a value changed later is not what is stored).
+    A Parquet payload is the ``bytearray`` the encoder filled, passed on without a copy."""
     codec, payload = encode(value, allow_pickle=target.trust.allow_pickle)
     now = time.time()
     meta = CheckpointMeta(sha256=hashlib.sha256(payload).hexdigest(), size=len(payload), codec=codec, created=now,
@@ -112,11 +187,12 @@ def encode_output(target: OutputTarget, value: Any, made: Provenance) -> tuple[b
     return payload, target.trust.seal(target.object_key, meta.to_metadata())
 
 
-def store_encoded(target: OutputTarget, payload: bytes, md: dict[str, str]) -> int:
-    """Put an encoded checkpoint create-only; see :func:`write_output`."""
+def store_encoded(target: OutputTarget, payload: bytes | bytearray, md: dict[str, str]) -> int:
+    """Put an encoded checkpoint create-only; see :func:`write_output`. Written with
+    :meth:`Storage.put_stream`: from the payload in place, never a second copy of it."""
     storage, okey = target.storage, target.object_key
     try:
-        storage.put(okey, payload, md, if_none_match=True)
+        storage.put_stream(okey, payload, md, if_none_match=True)
         return len(payload)
     except AlreadyExistsError:
         if target.replace:
@@ -124,17 +200,17 @@ def store_encoded(target: OutputTarget, payload: bytes, md: dict[str, str]) -> i
         return _replace_if_unusable(storage, okey, payload, md, time.time(), target.trust)
 
 
-def _replace(storage: Storage, okey: str, payload: bytes, md: dict[str, str]) -> int:
+def _replace(storage: Storage, okey: str, payload: bytes | bytearray, md: dict[str, str]) -> int:
     """Write over the object at ``okey`` (a node refreshed on purpose: what is there is stale), by compare-and-
     swap on the ETag it has now, so that a concurrent writer's object is replaced whole or not at all."""
     for _ in range(5):
         try:
             info = storage.head(okey)
-            storage.put(okey, payload, md, if_match=info.etag)
+            storage.put_stream(okey, payload, md, if_match=info.etag)
             return len(payload)
         except NotFoundError:  # removed meanwhile: create it
             try:
-                storage.put(okey, payload, md, if_none_match=True)
+                storage.put_stream(okey, payload, md, if_none_match=True)
                 return len(payload)
             except AlreadyExistsError:
                 continue
@@ -143,19 +219,33 @@ def _replace(storage: Storage, okey: str, payload: bytes, md: dict[str, str]) ->
     raise PreconditionFailedError(f"checkpoint {okey!r} kept changing while it was being refreshed", key=okey)
 
 
-def _replace_if_unusable(storage: Storage, okey: str, payload: bytes, md: dict[str, str], now: float,
+def _replace_if_unusable(storage: Storage, okey: str, payload: bytes | bytearray, md: dict[str, str], now: float,
                          trust: Trust = TRUST_ALL) -> int:
-    """Another writer got there first: reuse its object if intact, fresh and trusted, else replace it (CAS)."""
+    """Another writer got there first: reuse its object if intact, fresh and trusted, else replace it (CAS).
+    Theirs is checked as it streams by (its SHA-256 and size only: never a second payload in memory; an
+    object whose metadata already rules it out is not read at all, where the adapter streams)."""
+    seen: dict[str, Any] = {}
+
+    def open_sink(info: ObjectInfo) -> _PayloadSink:
+        seen["info"] = info
+        theirs = CheckpointMeta.from_info(info)
+        if theirs is None or not theirs.fresh(now) or trust.refusal(okey, info.metadata) is not None:
+            raise _Unusable()
+        seen["sink"] = sink = _PayloadSink(okey, theirs, keep=False)
+        return sink
+
     try:
-        data, info = storage.get_with_info(okey)
+        storage.get_into(okey, open_sink)
+        if seen["sink"].intact():
+            return 0  # the winner's object: equal by its key
     except NotFoundError:  # deleted meanwhile (purge): write ours
-        storage.put(okey, payload, md, if_none_match=True)
+        storage.put_stream(okey, payload, md, if_none_match=True)
         return len(payload)
-    theirs = CheckpointMeta.from_info(info)
-    if theirs is not None and _intact(data, theirs) and theirs.fresh(now) and trust.refusal(okey, info.metadata) is None:
-        return 0  # the winner's object: equal by its key
+    except (_Unusable, CorruptObjectError):  # stale, untrusted, or longer than its metadata says
+        pass
+    info = seen["info"]
     try:
-        storage.put(okey, payload, md, if_match=info.etag)
+        storage.put_stream(okey, payload, md, if_match=info.etag)
         return len(payload)
     except PreconditionFailedError:
         return 0  # someone else replaced it just now

@@ -24,6 +24,8 @@ Messages name the URI (no query string) and the key only, never the SDK's text.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import os
 import re
@@ -471,12 +473,16 @@ class ADLSStorage(Storage):
                     log.info("put %s: an earlier attempt's answer was lost; the stored object is this put's",
                              self._where(key))
                     return info
-            if if_none_match:
-                raise AlreadyExistsError(f"put {self._where(key)}: already exists (create-only put)", key=key)
-            raise PreconditionFailedError(f"put {self._where(key)}: ETag is not {if_match} (or the object is "
-                                          "gone)", key=key)
+            raise self._condition_failed(key, if_none_match, if_match)
 
         return self._call("put", key, upload, on_conflict=conflict)
+
+    def _condition_failed(self, key: str, if_none_match: bool, if_match: str | None) -> StorageError:
+        """The error of a conditional put that the service refused (create-only, or compare-and-swap)."""
+        if if_none_match:
+            return AlreadyExistsError(f"put {self._where(key)}: already exists (create-only put)", key=key)
+        return PreconditionFailedError(f"put {self._where(key)}: ETag is not {if_match} (or the object is gone)",
+                                       key=key)
 
     def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         """The bytes ``[start, end)`` (Python slice rules for non-negative bounds), by a ranged read."""
@@ -593,6 +599,96 @@ class ADLSStorage(Storage):
             removed += self._call("delete_prefix", prefix or None, batch)
         return removed
 
+    # --- streaming: large objects without a second whole copy in memory ---------------------------------
+
+    def put_stream(self, key: str, source: Any, metadata: Mapping[str, str] | None = None, *,
+                   if_none_match: bool = False, if_match: str | None = None) -> ObjectInfo:
+        """:meth:`put` of ``source`` without copying it whole: a bytes-like object (``bytearray``, ``memoryview``,
+        a pyarrow buffer: read in place) or a readable, seekable binary file (read from its current position to
+        its end). Uploaded in blocks of the SDK's block size (staged blocks and one atomic commit above its
+        single-put size, as :meth:`put`), so at most one block is copied at a time (one whole request's body,
+        at most the single-put size of 64 MB, for smaller objects). Every attempt reads ``source`` again from
+        where it started. Same conditions, atomicity and errors as :meth:`put`."""
+        name = self._name(key)
+        md = check_metadata(metadata)
+        if if_none_match and if_match is not None:
+            raise ValueError("put: give if_none_match or if_match, not both")
+        if if_match is not None and (not isinstance(if_match, str) or not if_match):
+            raise ValueError(f"put: if_match must be an ETag string, got {if_match!r}")
+        if isinstance(source, bytes):
+            return self.put(key, source, md, if_none_match=if_none_match, if_match=if_match)
+        source_at = _source_opener(source, f"put {self._where(key)}")
+        length = source_at().size
+        cond: dict[str, Any] = {"overwrite": not if_none_match}
+        if if_match is not None:
+            from azure.core import MatchConditions
+
+            cond.update(etag=_etag(if_match), match_condition=MatchConditions.IfNotModified)
+
+        def upload(container: Any, t: dict) -> ObjectInfo:
+            resp = container.get_blob_client(name).upload_blob(
+                source_at(), length=length, metadata=md or None, max_concurrency=self.max_concurrency, **cond, **t)
+            lm = resp.get("last_modified")
+            return ObjectInfo(key, length, _etag(resp["etag"]), lm.timestamp() if lm else None, md)
+
+        def conflict(exc: BaseException, ambiguous: bool) -> ObjectInfo:
+            if _code(exc) == "ContainerNotFound" or not (if_none_match or if_match is not None):
+                raise exc
+            if ambiguous:  # an earlier attempt may have written it: ours if the stored object is ours (by digest)
+                mine = _digest(source_at())
+                theirs = _DigestSink()
+                try:
+                    info = self.get_into(key, lambda _info: theirs)
+                except NotFoundError:
+                    info = None
+                if info is not None and info.size == length and theirs.hexdigest() == mine \
+                        and dict(info.metadata) == md:
+                    log.info("put %s: an earlier attempt's answer was lost; the stored object is this put's",
+                             self._where(key))
+                    return info
+            raise self._condition_failed(key, if_none_match, if_match)
+
+        return self._call("put", key, upload, on_conflict=conflict)
+
+    def get_into(self, key: str, open_sink: Callable[[ObjectInfo], Any]) -> ObjectInfo:
+        """Stream the object into a sink, chunk by chunk, and return its info (ETag, metadata): never a whole
+        copy of it in memory here.
+
+        ``open_sink(info)`` is called once the object's info is known, after the first ranged read (at most the
+        SDK's first-read size, 32 MB) and before the rest is fetched: it returns a binary sink (``write(b)``; with
+        ``max_concurrency`` > 1, a seekable one is written chunk by chunk in parallel, out of order after
+        ``seek``, any other in order) or raises to stop there (e.g. metadata the caller will not
+        trust: the rest is never downloaded). The rest comes in ranged reads of the SDK's chunk size, each pinned
+        to the first read's ETag, so the bytes are one version's. A retried attempt (a transient fault, or the
+        blob replaced mid-read) calls ``open_sink`` again and fills the new sink from the start. An exception
+        raised by ``open_sink`` or by the sink is raised as it is (not retried)."""
+        name = self._name(key)
+        failed: list[BaseException] = []
+
+        def download(container: Any, t: dict) -> ObjectInfo:
+            failed.clear()
+            stream = container.get_blob_client(name).download_blob(max_concurrency=self.max_concurrency, **t)
+            info = _info(key, stream.properties, with_metadata=True)
+            try:
+                sink = open_sink(info)
+            except BaseException as exc:
+                failed.append(exc)
+                raise
+            guarded = _GuardedSink(sink, failed)
+            if self.max_concurrency > 1 and not guarded.seekable():
+                for chunk in stream.chunks():  # the SDK writes out of order only into a seekable sink: in order here
+                    guarded.write(chunk)
+            else:
+                stream.readinto(guarded)
+            return info
+
+        try:
+            return self._call("get", key, download, read=True)
+        except StorageError as exc:
+            if failed and failed[-1] is not exc:
+                raise failed[-1] from None
+            raise
+
     # --- namespace operations -----------------------------------------------------------------
 
     def rename(self, src: str, dst: str) -> ObjectInfo:
@@ -609,6 +705,139 @@ class ADLSStorage(Storage):
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+
+_STREAM_CHUNK = 4 * 1024 * 1024
+
+
+class _ViewReader(io.RawIOBase):
+    """A read-only, seekable binary file over a bytes-like object, read in place (``read`` copies only what it
+    returns: the SDK asks for one block at a time)."""
+
+    def __init__(self, view: memoryview) -> None:
+        super().__init__()
+        self._view, self._pos = view, 0
+        self.size = view.nbytes
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        end = self.size if size is None or size < 0 else min(self.size, self._pos + size)
+        out = self._view[self._pos:end].tobytes() if end > self._pos else b""
+        self._pos = max(self._pos, end)
+        return out
+
+    def readinto(self, buffer: Any) -> int:
+        out = memoryview(buffer).cast("B")
+        n = max(0, min(out.nbytes, self.size - self._pos))
+        out[:n] = self._view[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+
+class _FileSlice(io.RawIOBase):
+    """The bytes of a binary file from ``start`` to its end (as found when the put began), read in place."""
+
+    def __init__(self, f: Any, start: int, size: int) -> None:
+        super().__init__()
+        self._f, self._start, self.size = f, start, size
+        f.seek(start)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._f.tell() - self._start
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.tell(), io.SEEK_END: self.size}[whence]
+        return self._f.seek(self._start + max(0, base + offset)) - self._start
+
+    def read(self, size: int | None = -1) -> bytes:
+        left = self.size - self.tell()
+        want = left if size is None or size < 0 else min(size, left)
+        return self._f.read(want) if want > 0 else b""
+
+
+def _source_opener(source: Any, what: str) -> Callable[[], Any]:
+    """A function that gives a fresh reader of ``source`` (a bytes-like object, or a readable seekable binary
+    file from its current position), positioned at its start, with its ``size``."""
+    try:
+        view = memoryview(source).cast("B")
+    except TypeError:
+        view = None
+    if view is not None:
+        return lambda: _ViewReader(view)
+    if not all(hasattr(source, name) for name in ("read", "seek", "tell")):
+        raise TypeError(f"{what}: source must be bytes-like or a readable, seekable binary file, got "
+                        f"{type(source).__name__}")
+    start = source.tell()
+    size = source.seek(0, io.SEEK_END) - start
+    source.seek(start)
+    return lambda: _FileSlice(source, start, size)
+
+
+def _digest(reader: Any) -> str:
+    """The SHA-256 of what ``reader`` gives from where it is to its end, read a chunk at a time."""
+    h = hashlib.sha256()
+    while True:
+        chunk = reader.read(_STREAM_CHUNK)
+        if not chunk:
+            return h.hexdigest()
+        h.update(chunk)
+
+
+class _DigestSink:
+    """A sink that keeps only the SHA-256 of what is written to it."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+
+    def write(self, data: Any) -> int:
+        self._h.update(data)
+        return memoryview(data).nbytes
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+class _GuardedSink:
+    """Passes writes to the caller's sink and notes an exception it raises, so that it reaches the caller as it
+    is (not as a storage error)."""
+
+    def __init__(self, sink: Any, failed: list[BaseException]) -> None:
+        self._sink, self._failed = sink, failed
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._sink.write(data)
+        except BaseException as exc:
+            self._failed.append(exc)
+            raise
+
+    def seekable(self) -> bool:
+        return bool(getattr(self._sink, "seekable", lambda: False)())
+
+    def seek(self, *args: Any) -> int:
+        return self._sink.seek(*args)
+
+    def tell(self) -> int:
+        return self._sink.tell()
 
 
 class _BatchPartFailed(Exception):

@@ -15,7 +15,7 @@ import pickle
 import re
 import threading
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from ..errors import InvalidURIError, NotFoundError, StorageAuthError, StorageUnavailableError
 
@@ -117,6 +117,25 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def delete_prefix(self, prefix: str) -> int:
         """Remove every object whose key starts with ``prefix``; the number removed."""
+
+    # --- streaming (optional: an adapter that can stream overrides these) -------------------------------
+
+    def put_stream(self, key: str, source: object, metadata: Mapping[str, str] | None = None, *,
+                   if_none_match: bool = False, if_match: str | None = None) -> ObjectInfo:
+        """:meth:`put` of ``source`` without copying it whole where the adapter can: a bytes-like object
+        (``bytearray``, ``memoryview``) or a readable binary file (from its position to its end). This default
+        passes a bytes-like object to :meth:`put` as it is, and reads a file into memory first."""
+        is_bytes = isinstance(source, (bytes, bytearray, memoryview))
+        data = source if is_bytes else source.read()  # type: ignore[attr-defined]
+        return self.put(key, data, metadata, if_none_match=if_none_match, if_match=if_match)
+
+    def get_into(self, key: str, open_sink: Callable[[ObjectInfo], Any]) -> ObjectInfo:
+        """Stream the object into the sink ``open_sink(info)`` returns (called once the info is known, before
+        the bytes are read where the adapter can; it may raise to stop there) and return its info. This default
+        reads the whole object with :meth:`get_with_info`, then writes it to the sink."""
+        data, info = self.get_with_info(key)
+        open_sink(info).write(data)
+        return info
 
     def exists(self, key: str) -> bool:
         """Whether an object is stored under ``key``."""
