@@ -9,7 +9,7 @@ from .errors import (AlreadyExistsError, CorruptObjectError, CycleError, DAGVali
                      RunFailedError, SignatureMismatchError, SystemFailureError, UnknownInputError,
                      UnpicklableNodeError, UnschedulableNodeError, StorageError, NotFoundError,
                      PreconditionFailedError, StorageUnavailableError, StorageAuthError, InvalidURIError,
-                     RunStillRunningError, RunTakenOverError, UnserialisableOutputError)
+                     RunStillRunningError, RunTakenOverError, UnserialisableOutputError, UntrustedObjectError)
 from .executor import DistributedExecutor, ExecutionBackend
 from .node import Node
 from .policy import CachePolicy, RetryPolicy, compute_delay
@@ -29,5 +29,5 @@ __all__ = [
     "OutputUnavailableError", "UnschedulableNodeError",
     "StorageError", "NotFoundError", "AlreadyExistsError", "PreconditionFailedError", "StorageUnavailableError",
     "StorageAuthError", "InvalidURIError", "CorruptObjectError", "RunStillRunningError", "RunTakenOverError",
-    "UnserialisableOutputError",
+    "UnserialisableOutputError", "UntrustedObjectError",
 ]
