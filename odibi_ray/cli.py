@@ -375,7 +375,7 @@ def _display(store: Storage, key: str = "") -> str:
 
 def _pipelines(store: Storage) -> list[str]:
     """The pipelines that have runs in ``store``."""
-    return sorted({i.key.split("/")[1] for i in store.list("runs/") if i.key.count("/") == 3
+    return sorted({i.key.split("/")[1] for i in store.list(layout.RUNS) if i.key.count("/") == 3
                    and i.key.endswith("/run.json")})
 
 
@@ -891,7 +891,7 @@ def cache_ls(
         + ([Col("storage", whole=True, drop=9)] if several else []))
     count = 0
     for store in scope.stores:
-        for info in store.list("objects/", with_metadata=True):
+        for info in store.list(layout.OBJECTS, with_metadata=True):
             meta = CheckpointMeta.from_info(info)
             shown = meta.node if meta else urllib.parse.unquote(info.metadata.get("node", ""))
             if node is not None and shown != node:

@@ -38,8 +38,6 @@ from .store import effective_status
 
 log = logging.getLogger(__name__)
 
-OBJECTS_PREFIX = "objects/"
-RUNS_PREFIX = "runs/"
 #: Statuses ``purge_runs(status=...)`` accepts (a running run is never removed).
 REMOVABLE_STATUSES = frozenset({"succeeded", "failed", "abandoned"})
 #: Housekeeping removes temp files of unfinished puts that have not changed for this long (seconds): a live put
@@ -120,7 +118,7 @@ def purge(storage: Storage, *, expired: bool = False, older_than_s: float | None
     now = time.time() if now is None else _check_seconds(now, "now")
     report = PurgeReport(dry_run=dry_run)
     cutoff = None if older_than_s is None else now - older_than_s
-    matched = [i for i in storage.list(OBJECTS_PREFIX, with_metadata=True)
+    matched = [i for i in storage.list(layout.OBJECTS, with_metadata=True)
                if _matches(i, now=now, expired=expired, cutoff=cutoff, node=node)]
     runs = _scan_runs(storage)  # after the object listing: every run started before it is seen
     in_use: set[str] = set()
@@ -200,7 +198,7 @@ def purge_runs(storage: Storage, pipeline: str, *, older_than_s: float | None = 
 
 def _scan_runs(storage: Storage, pipeline: str | None = None) -> dict[tuple[str, str], _Run]:
     """Every run folder (of ``pipeline``, or of all pipelines) from one listing with metadata."""
-    prefix = RUNS_PREFIX if pipeline is None else layout.runs_prefix(pipeline)
+    prefix = layout.RUNS if pipeline is None else layout.runs_prefix(pipeline)
     runs: dict[tuple[str, str], _Run] = {}
     for info in storage.list(prefix, with_metadata=True):
         parts = info.key.split("/")

@@ -31,7 +31,9 @@ MAX_NAME_LEN = 200
 #: What a pipeline name or run id may hold: one whole key segment (matched with ``fullmatch``: no ``$`` that
 #: would let a trailing newline through).
 _SAFE = re.compile(r"[A-Za-z0-9_.\-]+")
+#: Every stored output (each pipeline's under its own folder) and every run manifest: the two top folders.
 OBJECTS = "objects/"
+RUNS = "runs/"
 
 
 def objects_prefix(pipeline: str) -> str:
@@ -50,7 +52,8 @@ def legacy_object_key(cache_key: str) -> str:
 
 
 def runs_prefix(pipeline: str) -> str:
-    return f"runs/{check_name(pipeline, 'pipeline')}/"
+    """Every run of ``pipeline``."""
+    return f"{RUNS}{check_name(pipeline, 'pipeline')}/"
 
 
 def run_prefix(pipeline: str, run_id: str) -> str:

@@ -66,7 +66,7 @@ def migrate(storage: Storage, *, dry_run: bool = False) -> MigrationReport:
 def _owners(storage: Storage) -> dict[str, str]:
     """cache key -> pipeline, from every run manifest's node keys."""
     out: dict[str, str] = {}
-    for info in storage.list("runs/"):
+    for info in storage.list(layout.RUNS):
         parts = info.key.split("/")
         if len(parts) == 4 and parts[3] == "run.json":
             try:
