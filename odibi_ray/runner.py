@@ -141,9 +141,9 @@ def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None,
     if not heartbeat_s > 0:
         raise ValueError(f"heartbeat_s must be a positive number of seconds, got {heartbeat_s!r}")
     options = dict(storage_options or {})  # the checkpoint rules may come as storage options too
-    trust = trust_from(signing_key if signing_key is not None else options.pop("signing_key", None),
-                       allow_pickle if allow_pickle is not None else options.pop("allow_pickle", None))
-    options.pop("signing_key", None), options.pop("allow_pickle", None)
+    key_option, pickle_option = options.pop("signing_key", None), options.pop("allow_pickle", None)
+    trust = trust_from(signing_key if signing_key is not None else key_option,
+                       allow_pickle if allow_pickle is not None else pickle_option)
     store = open_checkpoint_storage(storage, options) if isinstance(storage, str) else storage
     if store is not None and trust.signer is None and not store.local_lookups:
         log.warning("checkpoints in %s are not signed: anyone who can write there can change what this run reads "

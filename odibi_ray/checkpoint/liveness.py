@@ -74,10 +74,6 @@ class DriverLease:
             _forget(self._path)
             os.close(fd)
 
-    @property
-    def held(self) -> bool:
-        return self.token not in _released
-
 
 def driver_state(driver: Mapping[str, Any], updated_at: float, heartbeat_s: float,
                  now: float | None = None) -> str:

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any, Callable, NamedTuple
 
-from ..errors import RunTakenOverError, StorageError, StorageUnavailableError
+from ..errors import RunTakenOverError, StorageError
 from .liveness import DriverLease
 from .store import RunManifest
 
@@ -131,24 +131,29 @@ class ManifestWriter:
         try:
             if self.taken_over is not None:
                 return None
+            if storage_down:
+                return self._defer(status, summary, nodes, "StorageUnavailableError: the store was unavailable "
+                                   "during the run", first_delay_s=0.0)
             try:
-                if storage_down:
-                    raise StorageUnavailableError("the store was unavailable during the run")
                 _close(self.manifest, status, summary, nodes)
                 return None
             except RunTakenOverError as exc:
                 self.taken_over = str(exc)
                 return None
             except StorageError as exc:
-                note = (f"the manifest of run {self.manifest.run_id!r} could not be closed ({type(exc).__name__}: "
-                        f"{exc}); it still says 'running' and is written again when storage answers; the run can "
-                        "be resumed at once")
-                log.error("%s", note)
-                _retry_in_background(self.manifest, status, summary, nodes, first_delay_s=0.0 if storage_down
-                                     else CLOSE_RETRY_FIRST_S)
-                return note
+                return self._defer(status, summary, nodes, f"{type(exc).__name__}: {exc}",
+                                   first_delay_s=CLOSE_RETRY_FIRST_S)
         finally:
             self.lease.release()
+
+    def _defer(self, status: str, summary: dict[str, Any], nodes: dict[str, dict[str, Any]], why: str,
+               first_delay_s: float) -> str:
+        """Hand the close to a background retry; the note that says so."""
+        note = (f"the manifest of run {self.manifest.run_id!r} could not be closed ({why}); it still says 'running' "
+                "and is written again when storage answers; the run can be resumed at once")
+        log.error("%s", note)
+        _retry_in_background(self.manifest, status, summary, nodes, first_delay_s=first_delay_s)
+        return note
 
 
 def _close(manifest: RunManifest, status: str, summary: dict[str, Any], nodes: dict[str, dict[str, Any]]) -> None:

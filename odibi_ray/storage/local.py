@@ -328,23 +328,7 @@ class LocalStorage(Storage):
     def get_with_info(self, key: str) -> tuple[bytes, ObjectInfo]:
         """The whole object and its info, read from one open file (its attribute), or paired with its sidecar
         under the key's shared lock (so they belong together)."""
-        self._path(key)
-        self._require_root()
-        fd, st = self._open_data(key)
-        try:
-            info = self._attr_info(key, fd, st)
-        except BaseException:
-            os.close(fd)
-            raise
-        if info is None:
-            os.close(fd)
-            with self._locked(key, shared=True):
-                fd, st = self._open_data(key)
-                try:
-                    info = self._pair(key, fd, st)
-                except BaseException:
-                    os.close(fd)
-                    raise
+        fd, st, info = self._open_with_info(key)
         try:  # the open file is that write's data even if another put replaces the name now
             return self._read(key, fd, 0, st.st_size), info
         finally:
