@@ -9,16 +9,42 @@ output refs as arguments: Ray starts it when they are done, without a round trip
 When an input's attempt fails, the tasks already submitted downstream of it are discarded (they see
 the failure marker and return at once) and submitted again after the input's retry. Other backends
 submit a node when its inputs have succeeded. ``barrier=True`` runs level by level on any backend.
+
+State
+-----
+Every node is in exactly one :class:`_State` at any time, and moves only through :meth:`Scheduler._move`, which
+refuses a move not in :data:`_MOVES` (like Dagster's ``ActiveExecution`` buckets):
+
+- ``PENDING``       not started: waits for its inputs, or is a candidate in ``_ready`` (a queue of *hints*, each
+                    checked again when popped: a stale entry is dropped).
+- ``WAITING_RETRY`` an attempt failed and the policy grants another: a timer in ``_timers`` makes it PENDING.
+- ``IN_FLIGHT``     one attempt submitted (queued or running): its handle is in ``_inflight`` and ``_live``.
+- ``SUCCEEDED``     computed in this run; the backend holds its output (handle in ``_live``).
+- ``CACHED`` / ``RESUMED``  reused from storage; consumers read it there (a :class:`StoredHandle` in ``_live``).
+- ``FAILED`` / ``SKIPPED`` / ``CANCELLED``  closed without an output; terminal.
+
+The first three are *open*; the loop ends when none is. A node with an output can be reopened (PENDING again)
+when that output is lost with its machine or found unusable in storage; a SUCCEEDED node becomes FAILED after
+the loop if its checkpoint, written behind, could not be stored. The public ``NodeRecord.status`` is derived
+from the state (:data:`_STATUS`) and written nowhere else. An attempt enters ``NodeRecord.attempt_history``
+only once its outcome is accepted: an attempt discarded because an input failed (or was lost) under it never
+ran as itself and is not counted.
+
+The other containers: ``_inflight`` (handle -> :class:`_InFlight`: node, input handles, its attempt record),
+``_live`` (node -> handle of its in-flight or output-holding attempt), ``_deadlines`` (driver-side timeouts,
+local backend), ``_left_in_level`` (open nodes per level, for ``barrier``), ``_reported`` (progress reports
+a node once). :meth:`Scheduler.check_invariants` states how they agree with the states.
 """
 
 from __future__ import annotations
 
+import enum
 import heapq
 import itertools
 import logging
 import random
 import time
-from typing import Any, Hashable, Mapping
+from typing import Any, Hashable, Mapping, NamedTuple
 
 from .attempt import HARD_KILL_GRACE_S, error_info
 from .backends.base import Backend
@@ -47,6 +73,66 @@ HEARTBEAT_POLL_S = 1.0
 LOST_NODE_WAIT_S = 5.0
 
 
+class _State(enum.Enum):
+    """Where a node is in this run (see the module docstring's "State" section)."""
+
+    PENDING = "pending"
+    WAITING_RETRY = "waiting_retry"
+    IN_FLIGHT = "in_flight"
+    SUCCEEDED = "succeeded"
+    CACHED = "cached"
+    RESUMED = "resumed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+    @property
+    def open(self) -> bool:
+        return self in _OPEN
+
+
+_OPEN = frozenset({_State.PENDING, _State.WAITING_RETRY, _State.IN_FLIGHT})
+_WITH_OUTPUT = frozenset({_State.SUCCEEDED, _State.CACHED, _State.RESUMED})
+
+#: The legal moves. Anything else is a bug in this module and raises :class:`SchedulerStateError`.
+_MOVES: dict[_State, frozenset[_State]] = {
+    _State.PENDING: frozenset({_State.IN_FLIGHT, _State.CACHED, _State.RESUMED, _State.SKIPPED, _State.CANCELLED}),
+    _State.WAITING_RETRY: frozenset({_State.PENDING, _State.SKIPPED, _State.CANCELLED}),
+    _State.IN_FLIGHT: frozenset({_State.PENDING,  # discarded: an input failed or was lost under it
+                                 _State.WAITING_RETRY, _State.SUCCEEDED, _State.FAILED, _State.CANCELLED}),
+    _State.SUCCEEDED: frozenset({_State.PENDING,  # its output was lost with its machine
+                                 _State.FAILED}),  # its checkpoint, written behind, could not be stored
+    _State.CACHED: frozenset({_State.PENDING}),  # its stored output was found unusable
+    _State.RESUMED: frozenset({_State.PENDING}),
+    _State.FAILED: frozenset(),
+    _State.SKIPPED: frozenset(),
+    _State.CANCELLED: frozenset(),
+}
+
+#: The public status each state shows in ``NodeRecord.status``.
+_STATUS: dict[_State, NodeStatus] = {
+    _State.PENDING: NodeStatus.PENDING, _State.WAITING_RETRY: NodeStatus.PENDING,
+    _State.IN_FLIGHT: NodeStatus.RUNNING, _State.SUCCEEDED: NodeStatus.SUCCEEDED,
+    _State.CACHED: NodeStatus.CACHED, _State.RESUMED: NodeStatus.RESUMED, _State.FAILED: NodeStatus.FAILED,
+    _State.SKIPPED: NodeStatus.SKIPPED, _State.CANCELLED: NodeStatus.CANCELLED,
+}
+
+_REUSED = {NodeStatus.CACHED: _State.CACHED, NodeStatus.RESUMED: _State.RESUMED}
+
+
+class SchedulerStateError(RuntimeError):
+    """A bug in the scheduler, not a user error: an illegal move, a broken invariant or a stalled loop.
+    The message lists which nodes are in which state."""
+
+
+class _InFlight(NamedTuple):
+    """A submitted attempt, by its backend handle."""
+
+    node: str
+    inputs: tuple[Hashable, ...]  # the handles of its inputs' attempts it was given, in parameter order
+    attempt: AttemptRecord  # enters the node's history once its outcome is accepted
+
+
 def should_retry(policy: RetryPolicy, error: ErrorInfo, attempt: int) -> bool:
     """Whether attempt number ``attempt`` (1-based), which failed with ``error``, gets another try."""
     if attempt >= policy.max_attempts:
@@ -73,6 +159,9 @@ class ProgressSink:
 class Scheduler:
     """Runs one validated DAG once on one backend. Use :func:`odibi_ray.run` rather than this."""
 
+    #: Check :meth:`check_invariants` after every batch of outcomes (tests turn it on; it costs O(nodes) a batch).
+    check_each_step = False
+
     def __init__(self, dag: DAG, backend: Backend, *, run_id: str, levels: list[list[str]], barrier: bool = False,
                  fail_fast: bool = False, rng: random.Random | None = None,
                  progress: ProgressSink | None = None, default_retry: RetryPolicy | None = None,
@@ -84,6 +173,9 @@ class Scheduler:
         self.worker_timeouts = getattr(backend, "worker_timeouts", False)
         self.rng = rng or random.Random()
         self.progress = progress or ProgressSink()
+        self.checkpoint = checkpoint
+        self.stats = {"corrupt_objects": 0}
+        # The DAG, read only.
         self._nodes = dag.nodes
         self._inputs = {n: list(node.inputs.values()) for n, node in self._nodes.items()}
         self._children = dag.downstream_map()
@@ -91,21 +183,89 @@ class Scheduler:
         self._rank = {n: i for i, n in enumerate(itertools.chain.from_iterable(levels))}
         default = default_retry or dag.retry
         self._policy = {n: self._nodes[n].retry or default for n in self._rank}
+        # The state machine: each node's state, the nodes in each state, and the public records derived from it.
         self.records = {n: NodeRecord(n, self._level_of[n]) for n in self._rank}
+        self._state = dict.fromkeys(self._rank, _State.PENDING)
+        self._in: dict[_State, set[str]] = {s: set() for s in _State}
+        self._in[_State.PENDING].update(self._rank)
         self._left_in_level = [len(names) for names in levels]
         self._current_level = 0
-        self._ready: list[tuple[int, str]] = []  # candidates (rank, name): level order, then insertion order
-        self._timers: list[tuple[float, int, str]] = []  # (due, seq, name) for retries
-        self._deadlines: list[tuple[float, int, Hashable]] = []  # driver-side timeouts (local backend)
-        self._inflight: dict[Hashable, tuple[str, tuple]] = {}  # handle -> (node, input handles)
-        self._live: dict[str, Hashable] = {}  # node -> handle of its submitted or succeeded attempt
-        self._retrying: set[str] = set()
         self._reported: set[str] = set()
+        # What the open states hold.
+        self._ready: list[tuple[int, str]] = []  # candidates (rank, name): level order, then insertion order
+        self._timers: list[tuple[float, int, str]] = []  # (due, seq, name): WAITING_RETRY nodes
+        self._deadlines: list[tuple[float, int, Hashable]] = []  # driver-side timeouts (local backend)
+        self._inflight: dict[Hashable, _InFlight] = {}
+        self._live: dict[str, Hashable] = {}  # node -> handle of its in-flight or output-holding attempt
         self._rotation = 0
-        self.checkpoint = checkpoint
-        self.stats = {"corrupt_objects": 0}
         self._seq = itertools.count()
-        self._open = len(self._rank)
+
+    # --- the state machine ----------------------------------------------------------------------
+
+    def _move(self, name: str, new: _State) -> None:
+        """The one way a node changes state: checks the move, keeps the buckets, the record's status, the
+        per-level open counts and the progress reports in step."""
+        old = self._state[name]
+        if new not in _MOVES[old]:
+            raise SchedulerStateError(f"node {name!r}: illegal move {old.value} -> {new.value}\n{self.describe()}")
+        self._in[old].discard(name)
+        self._in[new].add(name)
+        self._state[name] = new
+        rec = self.records[name]
+        rec.status = _STATUS[new]
+        if old.open == new.open:
+            return
+        if new.open:  # reopened
+            self._left_in_level[rec.level] += 1
+            return
+        self._left_in_level[rec.level] -= 1
+        while (self._current_level < len(self._left_in_level) - 1
+               and self._left_in_level[self._current_level] == 0):
+            self._current_level += 1
+        if name not in self._reported:  # a recomputed node is reported once
+            self._reported.add(name)
+            self.progress.node_done(name, rec.level, rec.status)
+
+    @property
+    def _open(self) -> int:
+        """How many nodes are still open (pending, waiting to retry or in flight)."""
+        return len(self._in[_State.PENDING]) + len(self._in[_State.WAITING_RETRY]) + len(self._in[_State.IN_FLIGHT])
+
+    def describe(self) -> str:
+        """Which nodes are in which state (at most 20 names per state), for errors and logs."""
+        lines = []
+        for state in _State:
+            names = sorted(self._in[state], key=self._rank.__getitem__)
+            if names:
+                shown = ", ".join(names[:20]) + (f", ... ({len(names) - 20} more)" if len(names) > 20 else "")
+                lines.append(f"  {state.value} ({len(names)}): {shown}")
+        return "\n".join(lines)
+
+    def check_invariants(self) -> None:
+        """Raise :class:`SchedulerStateError` if the containers disagree with the states."""
+        problems = []
+        if sum(len(b) for b in self._in.values()) != len(self._state) or any(
+                name not in self._in[s] for name, s in self._state.items()):
+            problems.append("a node is not in exactly the bucket of its state")
+        flying = {f.node for f in self._inflight.values()}
+        if flying != self._in[_State.IN_FLIGHT] or len(flying) != len(self._inflight):
+            problems.append(f"in-flight attempts {sorted(flying)} != IN_FLIGHT nodes (one attempt each)")
+        for handle, f in self._inflight.items():
+            if self._live.get(f.node) is not handle:
+                problems.append(f"node {f.node!r}: its in-flight handle is not its live one")
+        expect_live = self._in[_State.IN_FLIGHT] | self._in[_State.SUCCEEDED] | self._in[_State.CACHED] \
+            | self._in[_State.RESUMED]
+        if set(self._live) != expect_live:
+            problems.append(f"live handles {sorted(set(self._live) ^ expect_live)} do not match the states")
+        if {n for _, _, n in self._timers if self._state[n] is _State.WAITING_RETRY} != self._in[_State.WAITING_RETRY]:
+            problems.append("a node waiting to retry has no timer")
+        if any(r.status is not _STATUS[self._state[n]] for n, r in self.records.items()):
+            problems.append("a record's status is not its state's")
+        for level, names in enumerate(self.levels):
+            if self._left_in_level[level] != sum(self._state[n].open for n in names):
+                problems.append(f"level {level}: open count {self._left_in_level[level]} is wrong")
+        if problems:
+            raise SchedulerStateError("; ".join(problems) + "\n" + self.describe())
 
     # --- main loop ------------------------------------------------------------------------------
 
@@ -141,7 +301,7 @@ class Scheduler:
             self.records[name].reason = ("output reused from the cache" if status is NodeStatus.CACHED
                                          else "output kept from the run being resumed")
             self._live[name] = StoredHandle(ref)
-            self._close(name, status)
+            self._move(name, _REUSED[status])
             for child in self._children[name]:
                 heapq.heappush(self._ready, (self._rank[child], child))
 
@@ -188,8 +348,9 @@ class Scheduler:
                     break
             while self._timers and self._timers[0][0] <= now:
                 _, _, name = heapq.heappop(self._timers)
-                self._retrying.discard(name)
-                heapq.heappush(self._ready, (self._rank[name], name))
+                if self._state[name] is _State.WAITING_RETRY:  # else skipped or cancelled meanwhile
+                    self._move(name, _State.PENDING)
+                    heapq.heappush(self._ready, (self._rank[name], name))
             self._submit_ready()
             self._expire_deadlines(now)
             if not self._open:
@@ -199,8 +360,9 @@ class Scheduler:
             if heartbeat is not None:  # look at the manifest's heartbeat (and takeovers) while long nodes run
                 timeout = HEARTBEAT_POLL_S if timeout is None else min(timeout, HEARTBEAT_POLL_S)
             if not self._inflight:
-                if timeout is None:
-                    raise RuntimeError(f"scheduler stalled with {self._open} open node(s)")  # a bug, not a user error
+                if timeout is None:  # a bug, not a user error: say where every node is
+                    raise SchedulerStateError(f"scheduler stalled with {self._open} open node(s) and nothing in "
+                                              f"flight or waiting:\n{self.describe()}")
                 time.sleep(timeout)
                 continue
             if self.speculative:
@@ -211,18 +373,19 @@ class Scheduler:
             else:
                 done = self.backend.wait(list(self._inflight), timeout)
             if done:
-                done.sort(key=lambda h: self._rank[self._inflight[h][0]])  # inputs before their consumers
+                done.sort(key=lambda h: self._rank[self._inflight[h].node])  # inputs before their consumers
                 for handle, meta in zip(done, self.backend.outcomes(done)):
                     self._finish_attempt(handle, meta)
+                if self.check_each_step:
+                    self.check_invariants()
 
     def unconfirmed(self) -> set[str]:
         """Nodes that succeeded but whose checkpoint, written behind, is not confirmed stored yet."""
         cp = self.checkpoint
         if cp is None:
             return set()
-        return {name for name, rec in self.records.items()
-                if rec.status is NodeStatus.SUCCEEDED and cp.targets[name].write_behind
-                and not rec.attempt_history[-1].confirmed}
+        return {name for name in self._in[_State.SUCCEEDED]
+                if cp.targets[name].write_behind and not self.records[name].attempt_history[-1].confirmed}
 
     def pending_writes(self) -> dict[str, Provenance]:
         """The unconfirmed nodes (see :meth:`unconfirmed`) and what their attempts were."""
@@ -239,7 +402,7 @@ class Scheduler:
         for name, outcome in found.items():
             rec = self.records[name]
             att = rec.attempt_history[-1] if rec.attempt_history else None
-            if rec.status is NodeStatus.SUCCEEDED and att is not None and att.number == pending[name].attempt:
+            if self._state[name] is _State.SUCCEEDED and att is not None and att.number == pending[name].attempt:
                 att.bytes_written, att.confirmed = outcome.bytes_written, True
 
     def _confirm_writes(self) -> None:
@@ -256,7 +419,8 @@ class Scheduler:
             if outcome.error is not None:  # computed (its consumers used it) but never checkpointed: not done
                 kind = "storage" if isinstance(outcome.error, StorageError) else "object_lost"
                 att.error = rec.error = error_info(_unconfirmed(name, outcome.error), kind=kind)
-                rec.status = NodeStatus.FAILED
+                self._live.pop(name, None)
+                self._move(name, _State.FAILED)
                 log.error("node %r: its checkpoint could not be written: %s", name, outcome.error)
 
     def _wait_window(self) -> list[Hashable]:
@@ -277,11 +441,11 @@ class Scheduler:
         return window
 
     def _submittable(self, name: str) -> bool:
-        if self.records[name].status is not NodeStatus.PENDING or name in self._live or name in self._retrying:
+        if self._state[name] is not _State.PENDING:
             return False
         if self.speculative:
             return all(u in self._live for u in self._inputs[name])
-        return all(self.records[u].status.ok for u in self._inputs[name])
+        return all(self._state[u] in _WITH_OUTPUT for u in self._inputs[name])
 
     def _submit_ready(self) -> None:
         ready = self._ready
@@ -291,17 +455,15 @@ class Scheduler:
                 return
             heapq.heappop(ready)
             if not self._submittable(name):
-                continue
+                continue  # a stale hint: not pending any more, or an input was discarded meanwhile
             node = self._nodes[name]
-            rec = self.records[name]
-            attempt = rec.attempts + 1
-            ctx = NodeContext(self.dag.name, self.run_id, name, attempt, self._policy[name].max_attempts)
-            rec.attempt_history.append(AttemptRecord(number=attempt, submitted_at=time.time()))
-            rec.status = NodeStatus.RUNNING
+            attempt = AttemptRecord(number=self.records[name].attempts + 1, submitted_at=time.time())
+            ctx = NodeContext(self.dag.name, self.run_id, name, attempt.number, self._policy[name].max_attempts)
             inputs = tuple(self._live[u] for u in self._inputs[name])
             handle = self.backend.submit(node, ctx, inputs)
-            self._inflight[handle] = (name, inputs)
+            self._inflight[handle] = _InFlight(name, inputs, attempt)
             self._live[name] = handle
+            self._move(name, _State.IN_FLIGHT)
             if node.timeout_s is not None and not self.worker_timeouts:
                 heapq.heappush(self._deadlines, (time.monotonic() + node.timeout_s, next(self._seq), handle))
             if self.speculative:
@@ -311,10 +473,10 @@ class Scheduler:
     def _expire_deadlines(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:
             _, _, handle = heapq.heappop(self._deadlines)
-            entry = self._inflight.get(handle)
-            if entry is None:
+            flight = self._inflight.get(handle)
+            if flight is None:
                 continue  # finished in time, or discarded
-            name = entry[0]
+            name = flight.node
             started = self.backend.started(handle)
             due = (now + QUEUED_RECHECK_S) if started is None else started + self._nodes[name].timeout_s
             if due > now:  # the clock starts when the attempt starts, not when it was queued
@@ -322,27 +484,28 @@ class Scheduler:
                 continue
             del self._inflight[handle]
             self.backend.cancel(handle)
-            att = self.records[name].attempt_history[-1]
+            att = flight.attempt
             att.ended_at = time.time()
             exc = NodeTimeoutError(f"node {name!r} attempt {att.number} exceeded timeout_s="
                                    f"{self._nodes[name].timeout_s} and was cancelled")
-            self._attempt_failed(name, error_info(exc, kind="timeout", traceback_text=str(exc)))
+            self._attempt_failed(name, att, error_info(exc, kind="timeout", traceback_text=str(exc)))
 
     # --- outcomes -------------------------------------------------------------------------------
 
     def _finish_attempt(self, handle: Hashable, meta: Any) -> None:
-        entry = self._inflight.pop(handle, None)
-        if entry is None:
+        flight = self._inflight.pop(handle, None)
+        if flight is None:
             return  # timed out, cancelled or discarded already
-        name, inputs = entry
+        name = flight.node
         started, ended, node_id, pid, error, io, *tail = meta  # tail: the attempt's output, when it wrote some
-        if not self._inputs_still_valid(name, inputs) or (error is not None and error.kind == "upstream_failed"):
+        if not self._inputs_still_valid(name, flight.inputs) or (
+                error is not None and error.kind == "upstream_failed"):
             self._discard(name)  # ran (or not) on an input attempt that failed: not an attempt of its own
             return
-        att = self.records[name].attempt_history[-1]
+        att = flight.attempt
         att.started_at, att.ended_at, att.worker_node_id, att.worker_pid = started, ended, node_id, pid
         att.bytes_written, att.bytes_read, att.storage_s = io
-        if tail:
+        if tail and tail[0]:
             att.output_tail = tail[0]
         if error is not None and error.kind == "object_lost" and self._recompute_lost_inputs(name):
             return
@@ -353,16 +516,16 @@ class Scheduler:
                 error = error_info(NodeTimeoutError(
                     f"node {name!r} attempt {att.number} ignored its timeout_s={self._nodes[name].timeout_s}; "
                     "its worker process was killed"), kind="timeout", traceback_text=error.traceback)
-            self._attempt_failed(name, error)
+            self._attempt_failed(name, att, error)
             return
-        self._close(name, NodeStatus.SUCCEEDED)
+        self.records[name].attempt_history.append(att)
+        self._move(name, _State.SUCCEEDED)
         for child in self._children[name]:
             heapq.heappush(self._ready, (self._rank[child], child))
 
     def _inputs_still_valid(self, name: str, inputs: tuple) -> bool:
-        live = self._live
-        return all(live.get(u) is h and self.records[u].status.ok
-                   for u, h in zip(self._inputs[name], inputs))
+        live, state = self._live, self._state
+        return all(live.get(u) is h and state[u] in _WITH_OUTPUT for u, h in zip(self._inputs[name], inputs))
 
     def _overran(self, name: str, att: AttemptRecord) -> bool:
         """Whether a worker that died had run past its timeout plus the kill grace (the in-worker
@@ -377,15 +540,12 @@ class Scheduler:
     def _discard(self, name: str) -> None:
         """Forget a submitted attempt that depended on a failed or lost input attempt; the node goes
         back to pending and is submitted again. Not counted as an attempt of its own."""
-        rec = self.records[name]
-        if rec.status is not NodeStatus.RUNNING:
+        if self._state[name] is not _State.IN_FLIGHT:
             return
-        handle = self._live.pop(name, None)
-        if handle is not None:
-            self._inflight.pop(handle, None)
-            self.backend.forget(handle)
-        rec.attempt_history.pop()
-        rec.status = NodeStatus.PENDING
+        handle = self._live.pop(name)
+        self._inflight.pop(handle, None)
+        self.backend.forget(handle)
+        self._move(name, _State.PENDING)
 
     def _discard_consumers(self, name: str) -> None:
         """Discard every in-flight attempt that (through other in-flight attempts) reads ``name``'s
@@ -394,7 +554,7 @@ class Scheduler:
         seen: set[str] = set()
         while todo:
             n = todo.pop()
-            if n in seen or self.records[n].status.done:
+            if n in seen or not self._state[n].open:
                 continue  # a finished node keeps its output, and so do its consumers
             seen.add(n)
             self._discard(n)  # only a running attempt is discarded; a pending node may still have running consumers
@@ -410,7 +570,7 @@ class Scheduler:
         deadline = time.monotonic() + LOST_NODE_WAIT_S
         while True:  # the cluster may take a moment to declare the machine dead
             alive = self.backend.alive_nodes()
-            lost = [u for u in dict.fromkeys(self._inputs[name]) if self.records[u].status is NodeStatus.SUCCEEDED
+            lost = [u for u in dict.fromkeys(self._inputs[name]) if self._state[u] is _State.SUCCEEDED
                     and self.records[u].worker_node_id not in alive]
             if lost or time.monotonic() >= deadline:
                 break
@@ -427,8 +587,7 @@ class Scheduler:
     def _recompute_stored_input(self, name: str, error: ErrorInfo) -> bool:
         """A reused input's stored object was corrupt (or gone): it is a cache miss, so run its producer."""
         producer = error.detail
-        rec = self.records.get(producer)
-        if rec is None or rec.status not in (NodeStatus.CACHED, NodeStatus.RESUMED):
+        if self._state.get(producer) not in (_State.CACHED, _State.RESUMED):
             return False
         self.stats["corrupt_objects"] += 1
         log.warning("stored output of node %r is unusable (%s); computing it again", producer, error.message)
@@ -437,19 +596,18 @@ class Scheduler:
         return True
 
     def _reopen(self, name: str, reason: str = "output lost with its Ray node; recomputed") -> None:
-        """Make a succeeded node pending again (its output is gone); consumers already submitted are discarded."""
-        rec = self.records[name]
-        rec.status = NodeStatus.PENDING
-        rec.reason = reason
-        self._open += 1
-        self._left_in_level[rec.level] += 1
+        """Make a node with an output pending again (its output is gone); consumers already submitted are
+        discarded."""
+        self.records[name].reason = reason
         self._live.pop(name, None)
+        self._move(name, _State.PENDING)
         self._discard_consumers(name)
         heapq.heappush(self._ready, (self._rank[name], name))
 
-    def _attempt_failed(self, name: str, error: ErrorInfo) -> None:
+    def _attempt_failed(self, name: str, att: AttemptRecord, error: ErrorInfo) -> None:
         rec = self.records[name]
-        rec.attempt_history[-1].error = error
+        att.error = error
+        rec.attempt_history.append(att)
         self._live.pop(name, None)
         self._discard_consumers(name)
         policy = self._policy[name]
@@ -457,52 +615,39 @@ class Scheduler:
             delay = compute_delay(policy, rec.attempts, self.rng)
             log.info("node %r attempt %d failed (%s: %s); retrying in %.2fs", name, rec.attempts, error.type_name,
                      error.message, delay)
-            rec.status = NodeStatus.PENDING
-            self._retrying.add(name)
+            self._move(name, _State.WAITING_RETRY)
             heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), name))
             return
         log.warning("node %r failed after %d attempt(s): %s: %s", name, rec.attempts, error.type_name, error.message)
         rec.error = error
-        self._close(name, NodeStatus.FAILED)
+        self._move(name, _State.FAILED)
         for d in self._descendants(name):
-            if not self.records[d].status.done:
+            if self._state[d].open:
+                self._discard(d)  # one still in flight downstream of a node that succeeded before: not used
                 self.records[d].reason = f"upstream node {name!r} failed"
-                self._close(d, NodeStatus.SKIPPED)
+                self._move(d, _State.SKIPPED)
         if self.fail_fast:
             self._abort(f"fail_fast: node {name!r} failed")
 
     def _abort(self, reason: str) -> None:
         """Cancel every running attempt and every node not yet finished."""
-        for handle, (name, _) in list(self._inflight.items()):
+        for handle, flight in list(self._inflight.items()):
             self.backend.cancel(handle)
-            rec = self.records[name]
-            if any(not self.records[u].status.ok for u in self._inputs[name]):
-                rec.attempt_history.pop()  # queued behind its inputs: it never started
-                continue
-            att = rec.attempt_history[-1]
+            self._live.pop(flight.node, None)
+            if any(self._state[u] not in _WITH_OUTPUT for u in self._inputs[flight.node]):
+                continue  # queued behind its inputs: it never started, so it is no attempt
+            att = flight.attempt
             att.ended_at = time.time()
             att.error = ErrorInfo("odibi_ray.errors.ExecutionError", reason, "", kind="cancelled")
+            self.records[flight.node].attempt_history.append(att)
         self._inflight.clear()
         self._ready.clear()
         self._timers.clear()
         self._deadlines.clear()
-        for name, rec in self.records.items():
-            if not rec.status.done:
-                rec.reason = reason
-                self._close(name, NodeStatus.CANCELLED)
-
-    def _close(self, name: str, status: NodeStatus) -> None:
-        rec = self.records[name]
-        rec.status = status
-        self._open -= 1
-        level = rec.level
-        self._left_in_level[level] -= 1
-        while (self._current_level < len(self._left_in_level) - 1
-               and self._left_in_level[self._current_level] == 0):
-            self._current_level += 1
-        if name not in self._reported:  # a recomputed node is reported once
-            self._reported.add(name)
-            self.progress.node_done(name, level, status)
+        for name in sorted(self._in[_State.PENDING] | self._in[_State.WAITING_RETRY] | self._in[_State.IN_FLIGHT],
+                           key=self._rank.__getitem__):
+            self.records[name].reason = reason
+            self._move(name, _State.CANCELLED)
 
     def _descendants(self, name: str) -> list[str]:
         """Every node downstream of ``name``, in level order."""

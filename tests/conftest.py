@@ -89,6 +89,16 @@ def _loopback_only():
     socket.socket.connect, socket.socket.connect_ex = original_connect, original_connect_ex
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _scheduler_checks_its_invariants():
+    """Every run in the tests checks the scheduler's state invariants after each batch of outcomes."""
+    from odibi_ray.scheduler import Scheduler
+
+    Scheduler.check_each_step = True
+    yield
+    Scheduler.check_each_step = False
+
+
 @pytest.fixture(autouse=True)
 def _no_connection_left_loopback(request):
     """Fail the test if anything in it tried to leave loopback, even if the error was swallowed.
