@@ -42,7 +42,7 @@ from .dag import DAG
 from .errors import NotFoundError, OdibiError, RunFailedError
 from .metrics import MetricsManager
 from .result import NodeStatus, RunResult
-from .runner import open_checkpoint_storage, run as run_dag
+from .runner import ExecutionBackend, open_checkpoint_storage, run as run_dag
 from .spec import SpecError, default_storage, load_dag_target, load_pipeline
 from .storage.base import Storage
 from .storage.uri import redact_uri
@@ -63,11 +63,6 @@ _USER_ERRORS = (OdibiError, FileNotFoundError, ValueError)
 
 F = TypeVar("F", bound=Callable[..., Any])
 _state = {"debug": False}  # set by the global --debug option of each invocation
-
-
-class Backend(str, Enum):
-    ray = "ray"
-    local = "local"
 
 
 class GraphFormat(str, Enum):
@@ -610,7 +605,7 @@ def run_cmd(
                                "still looks alive (you know it is dead); exactly one resumer still wins."),
     heartbeat: float = typer.Option(HEARTBEAT_S, help="Seconds between the driver's manifest heartbeats; "
                                     "another host may take the run over after three missed beats."),
-    backend: Backend = typer.Option(Backend.ray, help="ray (Ray tasks) or local (threads, no Ray)."),
+    backend: ExecutionBackend = typer.Option(ExecutionBackend.RAY, help="ray (Ray tasks) or local (threads, no Ray)."),
     set_: list[str] = typer.Option([], "--set", help="Override a YAML field: key.path=value (repeatable)."),
     refresh: list[str] = typer.Option([], "--refresh", help="Run node (node+: and its descendants) again although "
                                       "its output is cached, writing over the stored one; repeatable."),
@@ -1014,7 +1009,7 @@ def checkpoints_migrate(
 @app.command("demo")
 @_user_errors
 def demo_cmd(
-    backend: Backend = typer.Option(Backend.ray, help="ray (a local Ray) or local (threads)."),
+    backend: ExecutionBackend = typer.Option(ExecutionBackend.RAY, help="ray (a local Ray) or local (threads)."),
     rows: int = typer.Option(200_000, min=1, help="Rows the demo generates."),
     storage: str = typer.Option(".odibi/demo", help="Checkpoint storage URI."),
 ) -> None:

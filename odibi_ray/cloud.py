@@ -74,8 +74,9 @@ class CloudAdapter:
 
     # --- paths ----------------------------------------------------------------------------------
 
-    def _split(self, path: str) -> tuple[Storage, str]:
-        """The storage holding ``path`` and the key inside it."""
+    def locate(self, path: str) -> tuple[Storage, str]:
+        """The :class:`~odibi_ray.storage.base.Storage` holding ``path`` and the key inside it: how the seed's
+        cache and checkpoint managers (and anyone mixing this face with the native API) reach the store."""
         path = path.strip("/")
         if self.kind == "local":
             return self._store("", self.root or "."), path
@@ -107,17 +108,17 @@ class CloudAdapter:
 
     def write(self, data: Any, path: str, format: str = "parquet", metadata: dict[str, str] | None = None) -> None:
         """Write a table (Arrow, pandas, dict of columns, list of rows) or bytes to ``path``."""
-        store, key = self._split(path)
+        store, key = self.locate(path)
         store.put(key, encode(data, format), metadata)
 
     def read(self, path: str, format: str = "parquet", as_pandas: bool = False) -> Any:
         """Read ``path``: an Arrow table for parquet/csv/json (``as_pandas=True``: a DataFrame), or bytes."""
-        store, key = self._split(path)
+        store, key = self.locate(path)
         value = decode(store.get(key), format)
         return value.to_pandas() if as_pandas and isinstance(value, pa.Table) else value
 
     def exists(self, path: str) -> bool:
-        store, key = self._split(path)
+        store, key = self.locate(path)
         return store.exists(key)
 
     def list(self, prefix: str = "", pattern: str = "*") -> list[str]:
@@ -136,7 +137,7 @@ class CloudAdapter:
 
     def delete(self, path: str) -> bool:
         """Delete ``path``; True if it existed."""
-        store, key = self._split(path)
+        store, key = self.locate(path)
         return store.delete(key)
 
 

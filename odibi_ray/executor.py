@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import enum
 from typing import Any
 
 from .dag import DAG
 from .policy import RetryPolicy
 from .result import RunResult
-from .runner import run
-
-
-class ExecutionBackend(str, enum.Enum):
-    """Where nodes run: Ray tasks, or a local thread pool (no Ray)."""
-
-    RAY = "ray"
-    THREAD_POOL = "local"
-    LOCAL = "local"
+from .runner import ExecutionBackend, run
 
 
 class DistributedExecutor:
@@ -30,7 +21,7 @@ class DistributedExecutor:
                  address: str | None = None, max_retries: int | None = None, retry_delay: float = 1.0,
                  barrier: bool = True, fail_fast: bool = False, seed: int | None = None,
                  progress: Any = False) -> None:
-        self.backend = ExecutionBackend(backend)
+        self.backend = ExecutionBackend.parse(backend)
         self.max_workers = max_workers
         self.address = address
         self.default_retry = (RetryPolicy(max_attempts=max_retries + 1, delay_s=retry_delay)

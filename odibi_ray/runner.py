@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import gc
 import logging
@@ -59,16 +60,39 @@ def open_checkpoint_storage(uri: str, options: dict[str, Any] | None = None) -> 
     return open_storage(uri, **opts)
 
 
-def make_backend(backend: str | Backend, *, address: str | None = None, max_workers: int | None = None,
-                 ray_init_kwargs: dict[str, Any] | None = None, wait_for_resources: bool = False) -> Backend:
-    """``"ray"`` (Ray tasks; ``address`` picks the cluster) or ``"local"`` (threads, no Ray)."""
+class ExecutionBackend(str, enum.Enum):
+    """The backends by name: ``run(backend=...)``, the CLI's ``--backend`` and the seed's ``DistributedExecutor``."""
+
+    RAY = "ray"  # a Ray task per attempt, on a local Ray or the cluster at ``address``
+    LOCAL = "local"  # threads in this process, no Ray
+    THREAD_POOL = "local"  # the seed's name for LOCAL (an alias: the same member)
+
+    @classmethod
+    def parse(cls, value: "str | ExecutionBackend") -> "ExecutionBackend":
+        """A member from its value or name, any case (``"ray"``, ``"local"``, ``"thread_pool"``, ``"threads"``)."""
+        if isinstance(value, cls):
+            return value
+        text = str(value).strip().lower()
+        member = _BACKEND_NAMES.get(text)
+        if member is None:
+            raise ValueError(f"unknown backend {value!r}: use 'ray' or 'local'")
+        return member
+
+
+_BACKEND_NAMES = {"ray": ExecutionBackend.RAY, "local": ExecutionBackend.LOCAL,
+                  "thread_pool": ExecutionBackend.LOCAL, "threads": ExecutionBackend.LOCAL}
+
+
+def make_backend(backend: str | ExecutionBackend | Backend, *, address: str | None = None,
+                 max_workers: int | None = None, ray_init_kwargs: dict[str, Any] | None = None,
+                 wait_for_resources: bool = False) -> Backend:
+    """A backend by name (:class:`ExecutionBackend`, or its value as a string), or ``backend`` itself when it
+    already is one (tests pass their own)."""
     if not isinstance(backend, str):
         return backend
-    if backend == "ray":
+    if ExecutionBackend.parse(backend) is ExecutionBackend.RAY:
         return RayBackend(address=address, init_kwargs=ray_init_kwargs, wait_for_resources=wait_for_resources)
-    if backend in ("local", "thread_pool", "threads"):
-        return LocalBackend(max_workers=max_workers)
-    raise ValueError(f"unknown backend {backend!r}: use 'ray' or 'local'")
+    return LocalBackend(max_workers=max_workers)
 
 
 def _collector_frozen(fn: Callable[..., RunResult]) -> Callable[..., RunResult]:
@@ -90,7 +114,7 @@ def _collector_frozen(fn: Callable[..., RunResult]) -> Callable[..., RunResult]:
 
 
 @_collector_frozen
-def run(dag: DAG, *, backend: str | Backend = "ray", address: str | None = None, retry: RetryPolicy | None = None,
+def run(dag: DAG, *, backend: str | ExecutionBackend | Backend = "ray", address: str | None = None, retry: RetryPolicy | None = None,
         storage: str | Storage | None = None, storage_options: dict[str, Any] | None = None,
         resume: str | None = None, barrier: bool = False,
         fail_fast: bool = False, seed: int | None = None, progress: bool | ProgressSink | None = None,

@@ -49,7 +49,7 @@ def storage_at(adapter: Any, prefix: str, what: str) -> tuple[Storage, str]:
             return adapter, ""
         _check_prefix(clean, what)
         return adapter, clean + "/"
-    split = getattr(adapter, "_split", None)
+    split = getattr(adapter, "locate", None)
     if not callable(split):
         raise TypeError(f"adapter must be a Storage or a CloudAdapter, got {type(adapter).__name__}")
     store, key = split(f"{clean}/x" if clean else "x")  # the storage and key of a child of the prefix
