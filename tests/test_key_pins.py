@@ -51,3 +51,18 @@ def test_seed_cache_keys_are_pinned():
     key = CloudCacheManager.compute_key("ns", {"t": (1, 2), "s": {"b", (1, 2)}, 3: b"raw", "f": float("nan")},
                                         version=2)
     assert key == "bb00e37a82a307a1f0389c79b75f5c38f3c7df16bf8af19a29d80629149658d8"
+
+
+def test_one_canonicaliser_two_tag_sets():
+    """Native and seed keys hash the one canonical form, each with the tag set its stored keys were made with."""
+    from odibi_ray.checkpoint.canonical import Form, canonical_form, canonical_json
+
+    value = {"t": (1, 2), "s": {"b", (1, 2)}, 3: b"raw", "f": float("nan")}
+    seed = canonical_json(canonical_form(value, Form.SEED))
+    assert seed == ('{"=f":{"#float":"nan"},"=s":{"#set":["\\"b\\"","[1,2]"]},"=t":[1,2],'
+                    '"~3":{"#codec":"bytes",'
+                    '"#sha256":"d7439bee24773bcbfa2d0a97947ee36227b10d1022b1a55847e928965bb6bfde"}}')
+    assert CloudCacheManager.compute_key("ns", value, version=2) == \
+        hashlib.sha256(f'["odibi-cache-key/1","ns",{seed},2]'.encode()).hexdigest()
+    assert canonical(NATIVE_VALUE) == canonical_json(canonical_form(NATIVE_VALUE))  # NATIVE is the default
+    assert canonical_form((1, 2), Form.SEED) == [1, 2] and canonical_form((1, 2)) == {"tuple": [1, 2]}
