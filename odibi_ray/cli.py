@@ -278,7 +278,7 @@ def _load_target(target: str, overrides: list[str]) -> tuple[DAG, str, dict[str,
 #: The folder under the current directory where `run` keeps a pipeline's checkpoints by default (.odibi/<name>)
 #: and where the inspection commands look when given no storage.
 ODIBI_DIR = ".odibi"
-_STORE_MARKS = ("odibi-layout.json", "runs", "objects")  # what a checkpoint storage's root holds
+_STORE_MARKS = (layout.MARKER_KEY, layout.RUNS, layout.OBJECTS)  # what a checkpoint storage's root holds
 
 
 class _Scope(NamedTuple):
@@ -313,9 +313,9 @@ def _scope(pipeline: Optional[str], storage: Optional[str]) -> _Scope:
     folders = _local_stores()
     where = f"{Path.cwd() / ODIBI_DIR}{os.sep}"
     if name:
-        held = [d for d in folders if (d / "runs" / name).is_dir() or (d / "objects" / name).is_dir()]
+        held = [d for d in folders if (d / layout.RUNS / name).is_dir() or (d / layout.OBJECTS / name).is_dir()]
         if not held:
-            names = sorted({p.name for d in folders for p in (d / "runs").glob("*") if p.is_dir()})
+            names = sorted({p.name for d in folders for p in (d / layout.RUNS).glob("*") if p.is_dir()})
             raise OdibiError(f"no runs or outputs of pipeline {name!r} in {where} (looked in "
                              f"{', '.join(_rel(d) for d in folders)}: they hold "
                              f"{'pipelines ' + ', '.join(names) if names else 'no runs'}); give --storage URI "
@@ -330,7 +330,8 @@ def _scope(pipeline: Optional[str], storage: Optional[str]) -> _Scope:
 
 
 def _local_stores() -> list[Path]:
-    """The checkpoint storages under ./.odibi/ (folders holding runs/, objects/ or a layout marker), sorted."""
+    """The checkpoint storages under ./.odibi/ (folders holding a store's top folders or its layout marker: see
+    checkpoint/layout.py), sorted."""
     root = Path(ODIBI_DIR)
     if not root.is_dir():
         raise OdibiError(f"no {ODIBI_DIR}{os.sep} folder in {Path.cwd()}, where `odibi-ray run` keeps checkpoints "
@@ -342,11 +343,11 @@ def _local_stores() -> list[Path]:
 
     found = [root] if is_store(root) else []  # `--storage .odibi` makes .odibi itself a storage
     found += sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and is_store(d)
-                    and not (found and d.name in ("runs", "objects")))
+                    and not (found and f"{d.name}/" in (layout.RUNS, layout.OBJECTS)))
     if not found:
         raise OdibiError(f"no checkpoint storage in {Path.cwd() / ODIBI_DIR}{os.sep} (looked for "
-                         f"{ODIBI_DIR}/<name>/ folders holding runs/ or objects/): run a pipeline in this folder "
-                         "first, or give --storage URI")
+                         f"{ODIBI_DIR}/<name>/ folders holding {layout.RUNS} or {layout.OBJECTS}): run a pipeline in "
+                         "this folder first, or give --storage URI")
     return found
 
 
@@ -370,8 +371,8 @@ def _display(store: Storage, key: str = "") -> str:
 
 def _pipelines(store: Storage) -> list[str]:
     """The pipelines that have runs in ``store``."""
-    return sorted({i.key.split("/")[1] for i in store.list(layout.RUNS) if i.key.count("/") == 3
-                   and i.key.endswith("/run.json")})
+    runs = (layout.parse_manifest_key(i.key) for i in store.list(layout.RUNS))
+    return sorted({run[0] for run in runs if run is not None})
 
 
 class _Runs(NamedTuple):
@@ -714,7 +715,7 @@ def _output_of(store: Storage, pipeline: str, run_id: str, key: str) -> str:
         if meta is None:
             return f"{_display(store, object_key)}  (damaged: its metadata does not describe it)"
         note = "this run" if meta.run_id == run_id else f"run {meta.run_id}" if meta.run_id else "an unknown run"
-        expired = meta.expires_at is not None and meta.expires_at < _dt.datetime.now().timestamp()
+        expired = meta.expired(_dt.datetime.now().timestamp())
         return (f"{_display(store, object_key)}  (written by {note}"
                 + (f"; expired {_ts(meta.expires_at)}" if expired else "") + ")")
     return f"{_display(store, layout.object_key(pipeline, key))}  (missing: purged since, or never confirmed)"
@@ -888,15 +889,15 @@ def cache_ls(
     for store in scope.stores:
         for info in store.list(layout.OBJECTS, with_metadata=True):
             meta = CheckpointMeta.from_info(info)
-            shown = meta.node if meta else urllib.parse.unquote(info.metadata.get("node", ""))
+            shown = (meta or CheckpointMeta.salvage(info)).node  # a damaged object is listed by the node it names
             if node is not None and shown != node:
                 continue
             if scope.pipeline is not None and not (info.key.startswith(layout.objects_prefix(scope.pipeline))
                                                    or (meta is not None and meta.pipeline == scope.pipeline)):
                 continue
             count += 1
-            expires = _ts(meta.expires_at) if meta and meta.expires_at else ("never" if meta else "damaged")
-            table.add_row(info.key.rsplit("/", 1)[-1], meta.pipeline if meta else "", shown,
+            expires = ("damaged" if meta is None else "never" if meta.expires_at is None else _ts(meta.expires_at))
+            table.add_row(layout.cache_key_of(info.key), meta.pipeline if meta else "", shown,
                           meta.run_id if meta else "", info.size, meta.codec if meta else "",
                           _ts(meta.created) if meta else "", expires, *([_display(store)] if several else []))
     _show(table)

@@ -7,6 +7,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from .backoff import backoff_delay
 from .errors import InvalidPolicyError
 
 #: Kinds of system failure (see :class:`~odibi_ray.errors.SystemFailureError`); "storage": the node ran but
@@ -119,20 +120,11 @@ def compute_delay(policy: RetryPolicy, failed_attempt: int, rng: random.Random |
 
     Pure apart from ``rng``: pass a seeded :class:`random.Random` for repeatable jitter. The
     exponential part is capped at ``policy.max_delay_s`` before jitter is applied; the result is never
-    negative.
+    negative. The formula is :func:`odibi_ray.backoff.backoff_delay` (storage retries use it too).
     """
     if failed_attempt < 1:
         raise ValueError(f"failed_attempt is 1-based, got {failed_attempt}")
-    # Cap the exponent's growth before it can overflow a float.
-    try:
-        base = policy.delay_s * policy.backoff ** (failed_attempt - 1)
-    except OverflowError:
-        base = math.inf
-    base = min(base, policy.max_delay_s)
-    if policy.jitter and base > 0:
-        r = (rng or random).random()
-        base *= 1.0 - policy.jitter + 2.0 * policy.jitter * r
-    return max(0.0, base)
+    return backoff_delay(failed_attempt, policy.delay_s, policy.backoff, policy.max_delay_s, policy.jitter, rng)
 
 
 @dataclass(frozen=True)

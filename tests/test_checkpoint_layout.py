@@ -128,7 +128,7 @@ def _as_layout1(store: LocalStorage, result) -> None:
     store.put(manifest.key, json.dumps(body).encode(), {"status": body["status"],
                                                         "started_at": str(body["started_at"]),
                                                         "updated_at": str(body["updated_at"])})
-    store.delete(legacy.MARKER_KEY)
+    store.delete(layout.MARKER_KEY)
     legacy.forget_layouts()
 
 
@@ -146,7 +146,7 @@ def test_a_layout1_store_is_still_read_cached_and_resumed(tmp_path, marks):
         "source": NodeStatus.RESUMED, "double": NodeStatus.RESUMED, "total": NodeStatus.RESUMED,
         "flaky": NodeStatus.SUCCEEDED}
     assert ran(marks) == {"source": 1, "double": 1, "total": 1, "flaky": 2}
-    assert json.loads(store.get(legacy.MARKER_KEY)) == {"layout": 2, "legacy": True}
+    assert json.loads(store.get(layout.MARKER_KEY)) == {"layout": 2, "legacy": True}
     assert not any(k.key.count("/") == 2 and k.key.startswith("objects/") and k.key.endswith(resumed.nodes["flaky"]
                    .cache_key) for k in store.list("objects/"))  # the new output went to layout 2
 
@@ -159,7 +159,7 @@ def test_a_layout1_store_is_still_read_cached_and_resumed(tmp_path, marks):
 
 def test_a_store_of_a_newer_layout_is_refused_in_one_line(tmp_path, marks):
     store = LocalStorage(tmp_path / "future")
-    store.put(legacy.MARKER_KEY, json.dumps({"layout": 99}).encode())
+    store.put(layout.MARKER_KEY, json.dumps({"layout": 99}).encode())
     legacy.forget_layouts()
     with pytest.raises(ExecutionError, match=r"layout 99, newer than this odibi_ray reads .*upgrade odibi_ray"):
         run(pipeline(marks), backend="local", storage=store, progress=False)
@@ -244,7 +244,7 @@ def test_migrate_moves_a_layout1_store_into_layout2(tmp_path, marks):
         report.moved + [stray])
     assert {CheckpointMeta.from_info(store.head(k)).pipeline for k in report.moved} == {"m"}
     store.delete(stray)
-    assert migrate(store).moved == [] and json.loads(store.get(legacy.MARKER_KEY))["legacy"] is False
+    assert migrate(store).moved == [] and json.loads(store.get(layout.MARKER_KEY))["legacy"] is False
     HeadCountingStorage.heads = []
     again = run(pipeline(marks, name="m"), backend="local", storage=store, progress=False).raise_for_status()
     assert {r.status for r in again.nodes.values()} == {NodeStatus.CACHED} and again["total"] == first["total"]
@@ -263,4 +263,17 @@ def test_migrate_leaves_what_it_cannot_move_and_the_store_stays_legacy(tmp_path)
     legacy.store_layout(store)
     report = migrate(store)
     assert report.moved == [] and report.left == [layout.legacy_object_key(key)]
-    assert store.exists(layout.legacy_object_key(key)) and json.loads(store.get(legacy.MARKER_KEY))["legacy"]
+    assert store.exists(layout.legacy_object_key(key)) and json.loads(store.get(layout.MARKER_KEY))["legacy"]
+
+
+def test_layout_keys_parse_back():
+    """Every reader tells a store's keys apart through layout.py (no path spelled out elsewhere)."""
+    key = "ab" + "0" * 62
+    assert layout.parse_manifest_key(layout.manifest_key("etl", "r1")) == ("etl", "r1")
+    assert layout.parse_manifest_key(layout.object_key("etl", key)) is None
+    assert layout.parse_manifest_key("runs/etl/r1/nodes/n.json") is None
+    assert layout.parse_legacy_record_key(layout.legacy_records_prefix("etl", "r1") + "n.json") == ("etl", "r1", "n")
+    assert layout.parse_legacy_record_key(layout.manifest_key("etl", "r1")) is None
+    assert layout.is_legacy_object_key(layout.legacy_object_key(key))
+    assert not layout.is_legacy_object_key(layout.object_key("etl", key))
+    assert layout.cache_key_of(layout.object_key("etl", key)) == layout.cache_key_of(layout.legacy_object_key(key)) == key

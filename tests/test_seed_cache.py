@@ -188,7 +188,20 @@ def test_no_ttl_never_expires(place):
     cache.put("k", 1)
     clock.now += 10 ** 9
     assert cache.get("k") == 1
-    assert place.raw.head(place.raw_base + "k").metadata["expires_at"] == "never"
+    assert place.raw.head(place.raw_base + "k").metadata["expires_at"] == ""  # CheckpointMeta's one form of never
+
+
+def test_entries_stored_with_expires_at_never_still_never_expire(place):
+    """The cache wrote ``expires_at="never"`` before it used CheckpointMeta: such entries are still hits."""
+    clock = FakeClock()
+    cache = manager(place, clock=clock)
+    payload = b'{"rows":[1,2]}'
+    place.raw.put(place.raw_base + "old", payload, {
+        "sha256": hashlib.sha256(payload).hexdigest(), "size": str(len(payload)), "codec": "json",
+        "created": repr(clock.now), "expires_at": "never"})
+    clock.now += 10 ** 9
+    assert cache.exists("old") and cache.get("old") == {"rows": [1, 2]}
+    assert cache.stats == {"hits": 1, "misses": 0, "evictions": 0, "corruptions": 0}
 
 
 def test_invalidate(place):

@@ -1,16 +1,17 @@
 """``CloudCacheManager``: the seed's content-addressed cache face over any storage adapter.
 
 Entries are single objects ``<prefix><key>`` holding a codec payload (see :mod:`odibi_ray.checkpoint.codecs`)
-with metadata ``sha256``, ``size``, ``codec``, ``created`` and ``expires_at`` (seconds since the epoch, or
-``never``). A read checks expiry and the payload's SHA-256 before decoding, so an expired, corrupted or truncated
-entry is a miss (and is deleted), never a wrong value. Storage faults (unavailable, auth) are not misses: they
-raise the storage error, so an outage is never mistaken for an empty cache.
+with the metadata every stored object has (:class:`~.objectmeta.CheckpointMeta`: ``sha256``, ``size``,
+``codec``, ``created`` and ``expires_at``, seconds since the epoch or empty for never; entries written before
+the cache used that type say ``never``, which still reads as never). A read checks expiry and the payload's
+SHA-256 before decoding, so an expired, corrupted or truncated entry is a miss (and is deleted), never a wrong
+value. Storage faults (unavailable, auth) are not misses: they raise the storage error, so an outage is never
+mistaken for an empty cache. Keys hash the SEED canonical form (:mod:`.canonical`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import re
@@ -20,7 +21,9 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from ..errors import InvalidURIError, NotFoundError
 from ..storage.base import ObjectInfo, Storage
-
+from . import layout
+from .canonical import Form, canonical_form, canonical_json
+from .objectmeta import CheckpointMeta
 from .trust import trust_from
 
 log = logging.getLogger(__name__)
@@ -31,7 +34,6 @@ T = TypeVar("T")
 METRIC_KINDS = ("cache_hit", "cache_miss", "cache_eviction", "cache_corruption")
 KEY_FORMAT = "odibi-cache-key/1"  # bump when the canonical encoding changes (it changes every key)
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}\Z")
-_NEVER = "never"
 _MISSING = object()
 
 
@@ -67,38 +69,6 @@ def _check_prefix(prefix: str, what: str) -> None:
     except InvalidURIError:
         raise InvalidURIError(f"invalid {what} {prefix!r}: use 'a/b' segments without '.', '..' or empty "
                               "ones") from None
-
-
-def canonical_form(value: Any) -> Any:
-    """A JSON-able, collision-free, process-independent form of ``value`` for hashing.
-
-    JSON values map to themselves (tuples as lists); dict keys are tagged (``=`` for strings, ``~`` plus the
-    canonical JSON of any other key) so no user dict can look like the tagged forms of sets (``#set``) and of
-    other values (``#codec`` + ``#sha256``, the SHA-256 of their codec payload: Parquet for tables and frames,
-    raw bytes, cloudpickle for the rest).
-    """
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else {"#float": repr(value)}
-    if isinstance(value, (list, tuple)):
-        return [canonical_form(v) for v in value]
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            tag = "=" + k if isinstance(k, str) else "~" + _dumps(canonical_form(k))
-            out[tag] = canonical_form(v)
-        return out
-    if isinstance(value, (set, frozenset)):
-        return {"#set": sorted(_dumps(canonical_form(v)) for v in value)}
-    from .codecs import encode
-
-    codec, payload = encode(value)
-    return {"#codec": codec, "#sha256": hashlib.sha256(payload).hexdigest()}
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
 class CloudCacheManager:
@@ -146,7 +116,7 @@ class CloudCacheManager:
             raise TypeError(f"namespace must be a non-empty string, got {namespace!r}")
         if version is not None and (not isinstance(version, (str, int)) or isinstance(version, bool)):
             raise TypeError(f"version must be a string, an int or None, got {type(version).__name__}")
-        text = _dumps([KEY_FORMAT, namespace, canonical_form(inputs), version])
+        text = canonical_json([KEY_FORMAT, namespace, canonical_form(inputs, Form.SEED), version])
         return hashlib.sha256(text.encode("ascii")).hexdigest()
 
     def _key(self, key: str) -> str:
@@ -166,9 +136,9 @@ class CloudCacheManager:
         ttl = self.default_ttl_s if ttl_s is None else _check_ttl(ttl_s, "ttl_s")
         codec, payload = encode(value, allow_pickle=self.allow_pickle)
         now = self.clock()
-        meta = {"sha256": hashlib.sha256(payload).hexdigest(), "size": str(len(payload)), "codec": codec,
-                "created": repr(float(now)), "expires_at": _NEVER if ttl is None else repr(float(now + ttl))}
-        self._store.put(skey, payload, self._trust.seal(skey, meta))
+        meta = CheckpointMeta(sha256=hashlib.sha256(payload).hexdigest(), size=len(payload), codec=codec,
+                              created=now, expires_at=None if ttl is None else now + ttl, layout=layout.LAYOUT_VERSION)
+        self._store.put(skey, payload, self._trust.seal(skey, meta.to_metadata()))
         log.debug("cache put %s/%s (%d bytes, codec %s)", self._store.uri, skey, len(payload), codec)
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -183,7 +153,8 @@ class CloudCacheManager:
             info = self._store.head(skey)
         except NotFoundError:
             return False
-        return (self._expired(info) is False and self._meta_problem(info) is None
+        meta = CheckpointMeta.from_info(info)
+        return (meta is not None and not meta.expired(self.clock())
                 and self._trust.refusal(skey, info.metadata) is None)
 
     def invalidate(self, key: str) -> bool:
@@ -208,35 +179,23 @@ class CloudCacheManager:
 
     def _lookup(self, key: str) -> Any:
         """The value under ``key`` or ``_MISSING``, counting hit / miss / eviction / corruption."""
-        from .codecs import decode
-
         skey = self._key(key)
         try:
             payload, info = self._store.get_with_info(skey)
         except NotFoundError:
             self._count("cache_miss")
             return _MISSING
-        expired = self._expired(info)
-        if expired:
+        meta, problem = CheckpointMeta.read(info)
+        # Expiry first: an expired entry is evicted, whatever else is wrong with it.
+        if (meta or CheckpointMeta.salvage(info)).expired(self.clock()):
             log.debug("cache entry %s/%s expired; deleting it", self._store.uri, skey)
             self._drop(skey, info)
             self._count("cache_eviction")
             self._count("cache_miss")
             return _MISSING
-        problem = self._meta_problem(info) if expired is False else "its expires_at metadata is not a number"
-        refused = self._trust.refusal(skey, info.metadata)
-        if problem is None and refused is not None:  # never decoded
-            problem = f"it is not trusted: {refused}"
-        if problem is None:
-            if len(payload) != int(info.metadata["size"]):
-                problem = f"it holds {len(payload)} bytes where its metadata says {info.metadata['size']}"
-            elif hashlib.sha256(payload).hexdigest() != info.metadata["sha256"]:
-                problem = "its SHA-256 does not match its metadata"
-        if problem is None:
-            try:
-                value = decode(info.metadata["codec"], payload)
-            except Exception as exc:  # noqa: BLE001 - any decoding failure of checked bytes is corruption
-                problem = f"its {info.metadata['codec']!r} payload does not decode ({type(exc).__name__})"
+        value = None
+        if meta is not None:
+            value, problem = self._decoded(skey, payload, info, meta)
         if problem is not None:
             log.warning("cache entry %s/%s is corrupt (%s): treated as a miss and deleted", self._store.uri,
                         skey, problem)
@@ -247,33 +206,21 @@ class CloudCacheManager:
         self._count("cache_hit")
         return value
 
-    def _expired(self, info: ObjectInfo) -> bool | None:
-        """True if past ``expires_at``, False if fresh (or never expiring), None if it is unreadable."""
-        raw = info.metadata.get("expires_at")
-        if raw == _NEVER:
-            return False
-        try:
-            expires_at = float(raw)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            return None
-        if math.isnan(expires_at):
-            return None
-        return self.clock() >= expires_at
+    def _decoded(self, skey: str, payload: bytes, info: ObjectInfo, meta: CheckpointMeta) -> tuple[Any, str | None]:
+        """The value of an entry whose metadata reads, or None and why it must not be used (not trusted, bytes
+        other than the ones its metadata describes, or a payload that does not decode)."""
+        from .codecs import decode
 
-    @staticmethod
-    def _meta_problem(info: ObjectInfo) -> str | None:
-        """Why the entry's metadata cannot be trusted, or None."""
-        md = info.metadata
-        missing = [name for name in ("sha256", "size", "codec", "expires_at") if not md.get(name)]
-        if missing:
-            return f"its metadata lacks {', '.join(missing)}"
-        if not md["size"].isdigit():
-            return "its size metadata is not a number"
-        if int(md["size"]) != info.size:
-            return f"it holds {info.size} bytes where its metadata says {md['size']}"
-        if not re.fullmatch(r"[0-9a-f]{64}", md["sha256"]):
-            return "its sha256 metadata is malformed"
-        return None
+        refused = self._trust.refusal(skey, info.metadata)
+        if refused is not None:  # never decoded
+            return None, f"it is not trusted: {refused}"
+        problem = meta.payload_problem(len(payload), hashlib.sha256(payload).hexdigest())
+        if problem is not None:
+            return None, problem
+        try:
+            return decode(meta.codec, payload), None
+        except Exception as exc:  # noqa: BLE001 - any decoding failure of checked bytes is corruption
+            return None, f"its {meta.codec!r} payload does not decode ({type(exc).__name__})"
 
     def _drop(self, skey: str, info: ObjectInfo) -> None:
         """Delete a bad entry unless another writer has just replaced it (best effort: a cache only)."""

@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import time
-import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -34,6 +33,7 @@ from ..errors import NotFoundError
 from ..storage.base import ObjectInfo, Storage
 from . import layout
 from .lookup import head_each
+from .objectmeta import CheckpointMeta
 from .store import effective_status
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def purge(storage: Storage, *, expired: bool = False, older_than_s: float | None
         _check_pipeline(pipeline)
     if not (expired or older_than_s is not None or node is not None or pipeline is not None):
         raise ValueError("purge needs at least one filter: expired=True, older_than_s=, node= or pipeline= "
-                         "(to empty a storage, delete its 'objects/' prefix explicitly)")
+                         f"(to empty a storage, delete its {layout.OBJECTS!r} prefix explicitly)")
     now = time.time() if now is None else _check_seconds(now, "now")
     report = PurgeReport(dry_run=dry_run)
     cutoff = None if older_than_s is None else now - older_than_s
@@ -201,15 +201,14 @@ def _scan_runs(storage: Storage, pipeline: str | None = None) -> dict[tuple[str,
     prefix = layout.RUNS if pipeline is None else layout.runs_prefix(pipeline)
     runs: dict[tuple[str, str], _Run] = {}
     for info in storage.list(prefix, with_metadata=True):
-        parts = info.key.split("/")
-        if len(parts) < 4:
+        manifest = layout.parse_manifest_key(info.key)
+        if manifest is not None:
+            runs.setdefault(manifest, _Run(*manifest)).meta = dict(info.metadata)
             continue
-        ident = (parts[1], parts[2])
-        if len(parts) == 4 and parts[3] == "run.json":
-            runs.setdefault(ident, _Run(*ident)).meta = dict(info.metadata)
-        elif len(parts) == 5 and parts[3] == "nodes" and parts[4].endswith(".json"):
+        record = layout.parse_legacy_record_key(info.key)
+        if record is not None:
+            run = runs.setdefault(record[:2], _Run(*record[:2]))
             obj = info.metadata.get("object")
-            run = runs.setdefault(ident, _Run(*ident))
             if obj:
                 run.record_objects.add(obj)
     return runs
@@ -305,19 +304,16 @@ def _existing(storage: Storage, keys: set[str]) -> dict[str, ObjectInfo]:
 # --- objects ---------------------------------------------------------------------------------------
 
 def _matches(info: ObjectInfo, *, now: float, expired: bool, cutoff: float | None, node: str | None) -> bool:
-    """Whether an object passes every given filter (expired at ``now``, created before ``cutoff``, node)."""
-    meta = info.metadata
-    if expired:
-        expires = _float(meta.get("expires_at"))
-        if expires is None or expires > now:
-            return False
+    """Whether an object passes every given filter (expired at ``now``, created before ``cutoff``, node). Judged
+    by what its metadata says even when it is damaged (a damaged object is filtered like any other)."""
+    meta = CheckpointMeta.salvage(info)
+    if expired and not meta.expired(now):
+        return False
     if cutoff is not None:
-        created = _float(meta.get("created"))
-        if created is None:
-            created = info.last_modified
+        created = meta.created or info.last_modified  # no creation time written: the store's own
         if created is None or created >= cutoff:
             return False
-    return node is None or urllib.parse.unquote(meta.get("node", "")) == node  # names are stored percent-encoded
+    return node is None or meta.node == node
 
 
 def _remove_object(storage: Storage, key: str, size: int, report: PurgeReport) -> None:

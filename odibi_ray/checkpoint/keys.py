@@ -6,7 +6,6 @@ import hashlib
 import inspect
 import json
 import logging
-import math
 import textwrap
 import types
 from typing import Any, Callable
@@ -14,6 +13,7 @@ from typing import Any, Callable
 import cloudpickle
 
 from ..dag import DAG
+from .canonical import Form, canonical_form, canonical_json
 
 log = logging.getLogger(__name__)
 
@@ -52,36 +52,10 @@ def code_fingerprint(fn: Callable[..., Any], version: str | None = None) -> str:
     return "code:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def _tagged(value: Any) -> Any:
-    """A JSON-able, type-tagged form: tuples differ from lists, 1 from "1" as a key, sets are ordered."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else {"float": repr(value)}
-    if isinstance(value, list):
-        return [_tagged(v) for v in value]
-    if isinstance(value, tuple):
-        return {"tuple": [_tagged(v) for v in value]}
-    if isinstance(value, (set, frozenset)):
-        return {"set": sorted(json.dumps(_tagged(v), sort_keys=True) for v in value)}
-    if isinstance(value, dict):
-        if all(isinstance(k, str) for k in value):
-            return {"dict": {k: _tagged(v) for k, v in value.items()}}
-        return {"dict_items": sorted([json.dumps(_tagged(k), sort_keys=True), _tagged(v)] for k, v in value.items())}
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"bytes": hashlib.sha256(bytes(value)).hexdigest()}
-    try:
-        blob = cloudpickle.dumps(value)
-    except Exception:
-        blob = repr(value).encode()
-    return {"object": f"{type(value).__module__}.{type(value).__qualname__}", "sha256": hashlib.sha256(blob).hexdigest()}
-
-
 def canonical(value: Any) -> str:
-    """A stable text for params (equal across processes and runs for equal plain values)."""
-    return json.dumps(_tagged(value), sort_keys=True, separators=(",", ":"))
+    """A stable text for params (equal across processes and runs for equal plain values): the NATIVE canonical
+    form (a tuple is not a list; see :mod:`.canonical`, which the seed cache's keys share)."""
+    return canonical_json(canonical_form(value, Form.NATIVE))
 
 
 def cache_keys(dag: DAG, order: list[str], namespace: str | None = None, run_id: str | None = None) -> dict[str, str]:

@@ -34,6 +34,10 @@ _SAFE = re.compile(r"[A-Za-z0-9_.\-]+")
 #: Every stored output (each pipeline's under its own folder) and every run manifest: the two top folders.
 OBJECTS = "objects/"
 RUNS = "runs/"
+#: The layout marker at the store's root: which layout the store holds (see :mod:`.legacy`).
+MARKER_KEY = "odibi-layout.json"
+_MANIFEST = "run.json"
+_RECORDS = "nodes/"  # layout 1: a run's node records
 
 
 def objects_prefix(pipeline: str) -> str:
@@ -61,12 +65,40 @@ def run_prefix(pipeline: str, run_id: str) -> str:
 
 
 def manifest_key(pipeline: str, run_id: str) -> str:
-    return run_prefix(pipeline, run_id) + "run.json"
+    return run_prefix(pipeline, run_id) + _MANIFEST
 
 
 def legacy_records_prefix(pipeline: str, run_id: str) -> str:
     """Where layout 1 kept a run's node records (read only)."""
-    return run_prefix(pipeline, run_id) + "nodes/"
+    return run_prefix(pipeline, run_id) + _RECORDS
+
+
+def parse_manifest_key(key: str) -> tuple[str, str] | None:
+    """``(pipeline, run_id)`` of a run manifest's key (:func:`manifest_key`); None for any other key."""
+    parts = key.split("/")
+    if len(parts) == 4 and f"{parts[0]}/" == RUNS and parts[3] == _MANIFEST:
+        return parts[1], parts[2]
+    return None
+
+
+def parse_legacy_record_key(key: str) -> tuple[str, str, str] | None:
+    """``(pipeline, run_id, node)`` of a layout-1 node record's key (under :func:`legacy_records_prefix`, named
+    ``<node>.json``); None for any other key."""
+    parts = key.split("/")
+    if len(parts) == 5 and f"{parts[0]}/" == RUNS and f"{parts[3]}/" == _RECORDS and parts[4].endswith(".json"):
+        return parts[1], parts[2], parts[4][:-len(".json")]
+    return None
+
+
+def is_legacy_object_key(key: str) -> bool:
+    """Whether ``key`` is where layout 1 kept an output (:func:`legacy_object_key`), not layout 2
+    (:func:`object_key`, one folder deeper)."""
+    return key.startswith(OBJECTS) and key.count("/") == 2
+
+
+def cache_key_of(object_key: str) -> str:
+    """The cache key an output's object key (either layout) ends with."""
+    return object_key.rsplit("/", 1)[-1]
 
 
 def check_name(part: object, what: str) -> str:

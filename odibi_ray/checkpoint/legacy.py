@@ -21,7 +21,6 @@ from . import layout
 
 log = logging.getLogger(__name__)
 
-MARKER_KEY = "odibi-layout.json"
 _SEEN: dict[str, "StoreLayout"] = {}  # per process: the marker is read once per store
 _SEEN_LOCK = threading.Lock()
 
@@ -65,13 +64,13 @@ def _refuse_newer(storage: Storage, found: StoreLayout) -> None:
 
 def _read_marker(storage: Storage) -> StoreLayout | None:
     try:
-        body = json.loads(storage.get(MARKER_KEY))
+        body = json.loads(storage.get(layout.MARKER_KEY))
         return StoreLayout(int(body["layout"]), bool(body.get("legacy")))
     except NotFoundError:
         return None
     except (ValueError, KeyError, TypeError):
-        raise ExecutionError(f"{storage.uri}: its layout marker {MARKER_KEY!r} is unreadable; it says which "
-                             "checkpoint layout the store holds (restore or delete it)") from None
+        raise ExecutionError(f"{storage.uri}: its layout marker {layout.MARKER_KEY!r} is unreadable; it says "
+                             "which checkpoint layout the store holds (restore or delete it)") from None
 
 
 def _write_marker(storage: Storage) -> StoreLayout:
@@ -79,7 +78,7 @@ def _write_marker(storage: Storage) -> StoreLayout:
     legacy = _has_layout1(storage)
     mine = StoreLayout(layout.LAYOUT_VERSION, legacy)
     try:
-        storage.put(MARKER_KEY, json.dumps({"layout": mine.version, "legacy": legacy}).encode(),
+        storage.put(layout.MARKER_KEY, json.dumps({"layout": mine.version, "legacy": legacy}).encode(),
                     {"layout": str(mine.version)}, if_none_match=True)
     except AlreadyExistsError:  # another run wrote it first
         return _read_marker(storage) or mine
@@ -91,7 +90,7 @@ def _has_layout1(storage: Storage) -> bool:
     which sorts before any pipeline folder named longer than two characters). Called only while the store has
     no marker. Layout-1 *runs* need no flag: resume tells them by their manifest."""
     first = next(iter(storage.list(layout.OBJECTS)), None)
-    return first is not None and first.key.count("/") == 2
+    return first is not None and layout.is_legacy_object_key(first.key)
 
 
 def forget_layouts() -> None:
@@ -102,10 +101,9 @@ def forget_layouts() -> None:
 
 def legacy_records(storage: Storage, pipeline: str, run_id: str) -> dict[str, dict[str, str]]:
     """The succeeded node records of a layout-1 run (node -> record metadata), from one listing."""
-    prefix = layout.legacy_records_prefix(pipeline, run_id)
     out = {}
-    for info in storage.list(prefix, with_metadata=True):
-        name = info.key[len(prefix):]
-        if name.endswith(".json") and info.metadata.get("status") == "succeeded":
-            out[name[:-5]] = dict(info.metadata)
+    for info in storage.list(layout.legacy_records_prefix(pipeline, run_id), with_metadata=True):
+        record = layout.parse_legacy_record_key(info.key)
+        if record is not None and info.metadata.get("status") == "succeeded":
+            out[record[2]] = dict(info.metadata)
     return out

@@ -42,9 +42,9 @@ def migrate(storage: Storage, *, dry_run: bool = False) -> MigrationReport:
     owner = _owners(storage)
     report = MigrationReport(dry_run=dry_run)
     for info in storage.list(layout.OBJECTS, with_metadata=True):
-        if info.key.count("/") != 2:
+        if not layout.is_legacy_object_key(info.key):
             continue  # layout 2 already
-        key = info.key.rsplit("/", 1)[1]
+        key = layout.cache_key_of(info.key)
         pipeline = owner.get(key)
         if pipeline is None or CheckpointMeta.from_info(info) is None:
             report.left.append(info.key)
@@ -56,7 +56,7 @@ def migrate(storage: Storage, *, dry_run: bool = False) -> MigrationReport:
         report.moved.append(new)
         report.bytes += info.size
     if not dry_run and not report.left:
-        storage.put(legacy.MARKER_KEY, json.dumps({"layout": layout.LAYOUT_VERSION, "legacy": False}).encode(),
+        storage.put(layout.MARKER_KEY, json.dumps({"layout": layout.LAYOUT_VERSION, "legacy": False}).encode(),
                     {"layout": str(layout.LAYOUT_VERSION)})
         legacy.forget_layouts()
     log.info("migrate %s: %s", storage.uri, report)
@@ -67,15 +67,15 @@ def _owners(storage: Storage) -> dict[str, str]:
     """cache key -> pipeline, from every run manifest's node keys."""
     out: dict[str, str] = {}
     for info in storage.list(layout.RUNS):
-        parts = info.key.split("/")
-        if len(parts) == 4 and parts[3] == "run.json":
+        run = layout.parse_manifest_key(info.key)
+        if run is not None:
             try:
                 body = json.loads(storage.get(info.key))
             except (NotFoundError, ValueError):
                 continue
             for entry in (body.get("nodes") or {}).values():
                 if isinstance(entry, dict) and isinstance(entry.get("key"), str):
-                    out.setdefault(entry["key"], parts[1])
+                    out.setdefault(entry["key"], run[0])
     return out
 
 
@@ -83,7 +83,7 @@ def _move(storage: Storage, old: str, new: str, pipeline: str) -> bool:
     """Copy, check, then delete the old copy; False (nothing deleted) when the object or its copy is not intact."""
     data, info = storage.get_with_info(old)
     meta = CheckpointMeta.from_info(info)
-    if meta is None or meta.sha256 != _sha256(data):
+    if meta is None or meta.payload_problem(len(data), _sha256(data)) is not None:
         log.warning("not migrating %s: it does not match its SHA-256", old)
         return False
     metadata = dict(info.metadata, pipeline=dataclasses.replace(meta, pipeline=pipeline).to_metadata()["pipeline"])
@@ -93,7 +93,7 @@ def _move(storage: Storage, old: str, new: str, pipeline: str) -> bool:
         pass  # a layout-2 run (or an earlier migration) wrote it: equal by its key
     back, back_info = storage.get_with_info(new)
     copied = CheckpointMeta.from_info(back_info)
-    if copied is None or _sha256(back) != copied.sha256:
+    if copied is None or copied.payload_problem(len(back), _sha256(back)) is not None:
         log.warning("not migrating %s: the object at %s is not intact", old, new)
         return False
     storage.delete(old)

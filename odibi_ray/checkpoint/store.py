@@ -23,7 +23,6 @@ from .trust import TRUST_ALL, Trust
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class StoredRef:
     """A node output that lives in storage; passed to tasks instead of the value (the worker reads it)."""
@@ -150,10 +149,9 @@ class _PayloadSink:
         return self._pos
 
     def intact(self) -> bool:
-        if self._received != self.meta.size:
-            return False
+        """Whether the bytes received are the ones the metadata describes (:meth:`CheckpointMeta.payload_problem`)."""
         digest = self._sha.hexdigest() if self._sha is not None else hashlib.sha256(self.payload()).hexdigest()
-        return digest == self.meta.sha256
+        return self.meta.payload_problem(self._received, digest) is None
 
     def payload(self) -> bytes:
         assert self._bio is not None
@@ -339,11 +337,10 @@ def effective_status(body: dict[str, Any], now: float | None = None) -> str:
 
 def list_runs(storage: Storage, pipeline: str) -> list[dict[str, str]]:
     """Manifests of a pipeline's runs (metadata plus run_id), newest first."""
-    prefix = layout.runs_prefix(pipeline)
     runs = []
-    for info in storage.list(prefix, with_metadata=True):
-        rest = info.key[len(prefix):]
-        if rest.count("/") == 1 and rest.endswith("/run.json"):
-            runs.append(dict(info.metadata, run_id=rest.split("/", 1)[0]))
+    for info in storage.list(layout.runs_prefix(pipeline), with_metadata=True):
+        run = layout.parse_manifest_key(info.key)
+        if run is not None:
+            runs.append(dict(info.metadata, run_id=run[1]))
     runs.sort(key=lambda m: (float(m.get("started_at") or 0), m["run_id"]), reverse=True)
     return runs

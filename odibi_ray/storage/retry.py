@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
+from ..backoff import backoff_delay
+
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
@@ -33,10 +35,8 @@ class Backoff:
                              "0 <= jitter < 1")
 
     def delay(self, retry: int, rng: random.Random | None = None) -> float:
-        """Seconds to wait before retry number ``retry`` (1 = the first retry)."""
-        base = min(self.max_s, self.initial_s * self.factor ** (retry - 1))
-        spread = (rng or random).uniform(1 - self.jitter, 1 + self.jitter) if self.jitter else 1.0
-        return base * spread
+        """Seconds to wait before retry number ``retry`` (1 = the first retry): the formula node retries use too."""
+        return backoff_delay(retry, self.initial_s, self.factor, self.max_s, self.jitter, rng)
 
 
 class RetriesExhausted(Exception):
