@@ -13,7 +13,7 @@ from .errors import (AlreadyExistsError, CorruptObjectError, CycleError, DAGVali
 from .executor import DistributedExecutor, ExecutionBackend
 from .node import Node
 from .policy import CachePolicy, RetryPolicy, compute_delay
-from .result import AttemptRecord, ErrorInfo, NodeRecord, NodeStatus, RunResult, RunStatus
+from .result import AttemptRecord, ErrorInfo, ErrorKind, NodeRecord, NodeStatus, RunResult, RunStatus
 from .runner import run
 
 __version__ = "0.1.0"
@@ -22,7 +22,7 @@ __all__ = [
     "DAG", "Node", "RetryPolicy", "CachePolicy", "compute_delay", "run", "current_context", "NodeContext",
     "DistributedExecutor", "ExecutionBackend", "CloudAdapter", "CloudCacheManager", "DistributedCheckpointManager",
     "Checkpoint", "CheckpointCorruptError",
-    "RunResult", "RunStatus", "NodeRecord", "NodeStatus", "AttemptRecord", "ErrorInfo",
+    "RunResult", "RunStatus", "NodeRecord", "NodeStatus", "AttemptRecord", "ErrorInfo", "ErrorKind",
     "OdibiError", "DAGValidationError", "CycleError", "UnknownInputError", "DuplicateNodeError",
     "SignatureMismatchError", "InvalidPolicyError", "UnpicklableNodeError", "InvalidNodeError",
     "ExecutionError", "NodeFailedError", "NodeTimeoutError", "SystemFailureError", "RunFailedError",

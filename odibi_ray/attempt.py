@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import cloudpickle
 
@@ -24,12 +24,35 @@ from .checkpoint.codecs import CodecError
 from .checkpoint.store import OutputTarget, Provenance, StoredRef, read_output_sized, write_output
 from .checkpoint.writeback import write_behind
 from .errors import CorruptObjectError, NodeTimeoutError, NotFoundError, StorageError
-from .result import ErrorInfo
+from .result import ErrorInfo, ErrorKind
 
-#: What a worker sends back about an attempt: (started_at, ended_at, worker_node_id, pid, error or None,
-#: (bytes written, bytes read, seconds in storage calls)[, output tail]). The output tail (what the node function
-#: wrote to sys.stdout/sys.stderr, see :class:`OutputTail`) is there only when it wrote something.
-AttemptMeta = tuple  # (float, float, str, int, ErrorInfo | None, tuple[, str])
+
+class IOCounts(NamedTuple):
+    """The storage traffic of one attempt, counted in its worker."""
+
+    bytes_written: int  # checkpoint bytes written (0 when written behind: the driver confirms those)
+    bytes_read: int  # stored inputs read
+    storage_s: float  # seconds spent in storage calls
+
+
+NO_IO = IOCounts(0, 0, 0.0)
+
+
+class AttemptMeta(NamedTuple):
+    """What a worker sends back to the driver about one attempt (the output itself travels apart from it).
+
+    A NamedTuple, not a dataclass: code written for the positional record (``started, ended, node_id, pid, error,
+    io, *tail = meta``) still reads it. The Ray backend does not pickle it as it is (slower): a task returns a
+    success without output as packed bytes and anything else as a plain tuple (``ray_tasks._wire_meta``).
+    """
+
+    started_at: float | None  # None: the attempt's task failed before it could say (a system failure)
+    ended_at: float
+    worker_node_id: str | None  # Ray node id, "local" on the local backend; None when unknown
+    pid: int | None
+    error: ErrorInfo | None  # None: the attempt succeeded
+    io: IOCounts
+    output_tail: str = ""  # the end of what the node function printed (:class:`OutputTail`); "" when nothing
 
 #: How long a timed-out attempt may ignore its alarm before a Ray worker process kills itself.
 HARD_KILL_GRACE_S = 5.0
@@ -47,7 +70,8 @@ class UpstreamFailed:
 FAILED = UpstreamFailed()
 
 
-def error_info(exc: BaseException, kind: str = "application", traceback_text: str | None = None) -> ErrorInfo:
+def error_info(exc: BaseException, kind: ErrorKind = ErrorKind.APPLICATION,
+               traceback_text: str | None = None) -> ErrorInfo:
     """Describe an exception so that it can cross processes and be matched by type name."""
     tp = type(exc)
     mro = tuple(f"{c.__module__}.{c.__qualname__}" for c in tp.__mro__)
@@ -63,7 +87,7 @@ def error_info(exc: BaseException, kind: str = "application", traceback_text: st
 
 _TIMEOUT_TYPE = f"{NodeTimeoutError.__module__}.{NodeTimeoutError.__qualname__}"
 _UPSTREAM_FAILED = ErrorInfo("odibi_ray.attempt.UpstreamFailed", "an input's attempt failed", "",
-                             kind="upstream_failed")
+                             kind=ErrorKind.UPSTREAM_FAILED)
 
 
 def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: Sequence[str],
@@ -79,18 +103,17 @@ def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: 
     Inputs that are :class:`StoredRef` are read from storage here; with ``target`` the output is
     checkpointed here (one object with its metadata) before the attempt counts as succeeded — unless
     ``still_wanted()`` says the driver gave up on this attempt (a timed-out local thread). What the function
-    writes to sys.stdout/sys.stderr still goes there, and its end (:class:`OutputTail`) comes back last in the
-    metadata when there is any.
-    """
+    writes to sys.stdout/sys.stderr still goes there, and its end (:class:`OutputTail`) comes back in the
+    metadata's ``output_tail``."""
     started = time.time()
     for v in input_values:
         if v.__class__ is UpstreamFailed:
-            return (started, started, worker_node_id, os.getpid(), _UPSTREAM_FAILED, (0, 0, 0.0)), FAILED
+            return AttemptMeta(started, started, worker_node_id, os.getpid(), _UPSTREAM_FAILED, NO_IO), FAILED
     io = [0, 0, 0.0]  # bytes written, bytes read, seconds spent in storage calls
     if any(v.__class__ is StoredRef for v in input_values):
         input_values, error = _load_stored(input_values, io)
         if error is not None:
-            return (started, time.time(), worker_node_id, os.getpid(), error, tuple(io)), FAILED
+            return AttemptMeta(started, time.time(), worker_node_id, os.getpid(), error, IOCounts(*io)), FAILED
     kwargs = dict(params)
     kwargs.update(zip(input_names, input_values))
     token = context._set(ctx)
@@ -119,7 +142,7 @@ def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: 
         # Timed out, even if the function caught the NodeTimeoutError and returned or raised something else.
         if error is None or error.type != _TIMEOUT_TYPE:
             error = error_info(alarm.exception(), traceback_text="(the node caught its NodeTimeoutError)")
-        value, error = FAILED, dataclasses.replace(error, kind="timeout")
+        value, error = FAILED, dataclasses.replace(error, kind=ErrorKind.TIMEOUT)
     ended = time.time()
     if error is None and target is not None and (still_wanted is None or still_wanted()):
         # Checkpoint from the worker: one object, its metadata saying what made it.
@@ -131,14 +154,13 @@ def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: 
             else:
                 io[0] = write_output(target, value, made)
         except StorageError as exc:
-            value, error = FAILED, error_info(exc, kind="storage")
+            value, error = FAILED, error_info(exc, kind=ErrorKind.STORAGE)
         except Exception as exc:  # noqa: BLE001 - not encodable (CodecError): the node's failure, any backend
             value, error = FAILED, error_info(_naming_node(ctx.node, exc))
         if not target.write_behind:
             io[2] += time.perf_counter() - t0
-    if tail.size:  # with output: it comes last; an attempt that wrote nothing sends nothing more
-        return (started, ended, worker_node_id, os.getpid(), error, tuple(io), tail.text()), value
-    return (started, ended, worker_node_id, os.getpid(), error, tuple(io)), value
+    text = tail.text() if tail.size else ""
+    return AttemptMeta(started, ended, worker_node_id, os.getpid(), error, IOCounts(*io), text), value
 
 
 def _naming_node(node: str, exc: Exception) -> Exception:
@@ -167,11 +189,11 @@ def _load_stored(values: Sequence[Any], io: list) -> tuple[list[Any], ErrorInfo 
                     v.storage.delete(v.key)  # never trusted again: the producer runs and writes it anew
                 except StorageError:
                     pass
-                return [], dataclasses.replace(error_info(exc, kind="corrupt_input"), detail=v.node)
+                return [], dataclasses.replace(error_info(exc, kind=ErrorKind.CORRUPT_INPUT), detail=v.node)
             except NotFoundError as exc:  # purged meanwhile: the producer must run again
-                return [], dataclasses.replace(error_info(exc, kind="corrupt_input"), detail=v.node)
+                return [], dataclasses.replace(error_info(exc, kind=ErrorKind.CORRUPT_INPUT), detail=v.node)
             except StorageError as exc:
-                return [], error_info(exc, kind="storage")
+                return [], error_info(exc, kind=ErrorKind.STORAGE)
         out.append(v)
     return out, None
 

@@ -41,7 +41,7 @@ from .checkpoint.store import RunManifest, effective_status, list_runs
 from .dag import DAG
 from .errors import NotFoundError, OdibiError, RunFailedError
 from .metrics import MetricsManager
-from .result import NodeStatus, RunResult
+from .result import ErrorKind, NodeStatus, RunResult
 from .runner import ExecutionBackend, open_checkpoint_storage, run as run_dag
 from .spec import SpecError, default_storage, load_dag_target, load_pipeline
 from .storage.base import Storage
@@ -855,7 +855,7 @@ def logs_cmd(
             if att.error is None:
                 outcome = "succeeded" if att is rec.attempt_history[-1] and rec.status.ok else "done"
             else:
-                outcome = "cancelled" if att.error.kind == "cancelled" else f"failed: {att.error.type_name}"
+                outcome = "cancelled" if att.error.kind is ErrorKind.CANCELLED else f"failed: {att.error.type_name}"
             typer.echo(f"=== node {rec.name!r}, attempt {att.number} ({outcome}) ===")
             text = _plain(att.output_tail, sys.stdout)
             if not text:

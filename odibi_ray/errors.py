@@ -85,8 +85,8 @@ class NodeTimeoutError(ExecutionError, TimeoutError):
 class SystemFailureError(ExecutionError):
     """The process or machine running an attempt failed (worker died, node lost, out of memory).
 
-    ``kind`` is one of ``"worker_died"``, ``"node_lost"``, ``"oom"``, ``"object_lost"``,
-    ``"cancelled"``, ``"system"``.
+    ``kind`` is the :class:`~odibi_ray.result.ErrorKind` of the failure (``worker_died``, ``node_lost``, ``oom``,
+    ``object_lost``, ``cancelled``, ``system``; an ``ErrorKind`` is a ``str``).
     """
 
     def __init__(self, kind: str, message: str) -> None:

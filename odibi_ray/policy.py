@@ -9,10 +9,11 @@ from typing import Callable, Iterable
 
 from .backoff import backoff_delay
 from .errors import InvalidPolicyError
+from .result import ErrorKind
 
-#: Kinds of system failure (see :class:`~odibi_ray.errors.SystemFailureError`); "storage": the node ran but
-#: its checkpoint could not be written (storage unavailable).
-SYSTEM_FAILURE_KINDS = frozenset({"worker_died", "node_lost", "oom", "object_lost", "system", "storage"})
+#: Deprecated: use ``ErrorKind.is_system``. The same kinds, kept only until odibi_ray/scheduler.py stops
+#: importing it (the members compare equal to the plain strings this set used to hold).
+SYSTEM_FAILURE_KINDS = frozenset(kind for kind in ErrorKind if kind.is_system)
 
 #: Upper bounds of the policies' numbers (a typo like ``max_attempts: 99999999999999999999999`` is an error,
 #: not a run that never gives up).

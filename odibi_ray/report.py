@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .result import AttemptRecord, NodeRecord, NodeStatus, RunResult
+from .result import AttemptRecord, ErrorKind, NodeRecord, NodeStatus, RunResult
 
 if TYPE_CHECKING:
     from .dag import DAG
@@ -220,7 +220,7 @@ def _worker_label(att: AttemptRecord) -> str:
 
 def _attempt_class(att: AttemptRecord) -> str:
     if att.error is not None:
-        return "cancelled" if att.error.kind == "cancelled" else "failed"
+        return "cancelled" if att.error.kind is ErrorKind.CANCELLED else "failed"
     return "ok" if att.ended_at is not None else "unfinished"
 
 

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from odibi_ray import DAG, Node, NodeStatus
-from odibi_ray.attempt import error_info
+from odibi_ray.attempt import NO_IO, AttemptMeta, error_info
 from odibi_ray.errors import SystemFailureError
 from odibi_ray.scheduler import Scheduler
 
@@ -56,7 +56,7 @@ class ScriptedBackend:
             node_id, kind = self.script(self, h)
             err = None if kind is None else error_info(SystemFailureError(kind, "scripted"), kind=kind)
             now = time.time()
-            out.append((now, now, node_id, 1, err, (0, 0, 0.0)))
+            out.append(AttemptMeta(now, now, node_id, 1, err, NO_IO))
         return out
 
     def started(self, handle):

@@ -14,6 +14,15 @@ class Backend(Protocol):
 
     name: str
 
+    speculative: bool
+    """Submit a node as soon as its inputs are *submitted*, passing their handles: the backend starts it when they
+    are done (Ray chains the tasks). False: the scheduler submits a node once its inputs have succeeded."""
+
+    worker_timeouts: bool
+    """The backend enforces ``Node.timeout_s`` inside the attempt, counted from its start (a timed-out attempt comes
+    back with an ``ErrorKind.TIMEOUT`` error). False: the scheduler times attempts from :meth:`started` and
+    cancels them."""
+
     def prepare(self, nodes: Sequence[Node], targets: dict[str, Any] | None = None) -> None:
         """Called once per run before any submit: connect, serialise functions, check picklability.
         ``targets``: node -> where its worker checkpoints its output (an ``OutputTarget``), if anywhere."""
@@ -26,7 +35,8 @@ class Backend(Protocol):
         return every done handle."""
 
     def outcomes(self, handles: Sequence[Hashable]) -> list[AttemptMeta]:
-        """The attempt metadata of done handles; a system failure comes back as an ErrorInfo in it."""
+        """The attempt metadata of done handles, in their order; a system failure comes back as an ErrorInfo in
+        it (``AttemptMeta.error``), never raised."""
 
     def started(self, handle: Hashable) -> float | None:
         """When an attempt began (``time.monotonic``), None while queued; used for driver-side timeouts."""

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import functools
 import os
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
-from ..attempt import AttemptMeta, error_info, run_attempt
+from ..attempt import NO_IO, AttemptMeta, error_info, run_attempt
 from ..context import NodeContext
 from ..errors import SystemFailureError
 from ..node import Node
+from ..result import ErrorKind
+
+
+class _Queued(NamedTuple):
+    """An attempt waiting for a free slot."""
+
+    future: cf.Future  # its handle; the result is run_attempt's (metadata, output)
+    node: str  # names its thread
+    call: Callable[[], tuple[AttemptMeta, Any]]  # run_attempt with the attempt's arguments bound
 
 
 class LocalBackend:
@@ -31,13 +41,13 @@ class LocalBackend:
     """
 
     name = "local"
-    speculative = False  # a thread waiting for its inputs would hold a slot
-    worker_timeouts = False  # the scheduler times attempts (from their start) and abandons the thread
+    speculative: bool = False  # a thread waiting for its inputs would hold a slot
+    worker_timeouts: bool = False  # the scheduler times attempts (from their start) and abandons the thread
 
     def __init__(self, max_workers: int | None = None) -> None:
         self.max_workers = max_workers or min(32, (os.cpu_count() or 1) + 4)
         self._lock = threading.Lock()
-        self._queue: collections.deque[tuple[cf.Future, tuple]] = collections.deque()
+        self._queue: collections.deque[_Queued] = collections.deque()
         self._running: set[cf.Future] = set()  # futures holding a slot
         self._starts: dict[cf.Future, float] = {}
         self._targets: dict[str, Any] = {}
@@ -49,26 +59,27 @@ class LocalBackend:
     def submit(self, node: Node, ctx: NodeContext, inputs: Sequence[cf.Future]) -> cf.Future:
         values = [f.result()[1] for f in inputs]  # inputs are done: the scheduler waits for them
         fut: cf.Future = cf.Future()
+        call = functools.partial(run_attempt, node.fn, node.params, list(node.inputs), values, ctx, "local",
+                                 target=self._targets.get(node.name),
+                                 still_wanted=lambda f=fut: f not in self._abandoned)
         with self._lock:
-            self._queue.append((fut, (node.fn, node.params, list(node.inputs), values, ctx, "local", None, False,
-                                      self._targets.get(node.name), lambda f=fut: f not in self._abandoned)))
+            self._queue.append(_Queued(fut, node.name, call))
             self._pump()
         return fut
 
     def _pump(self) -> None:
         """Start queued attempts while slots are free (caller holds the lock)."""
         while self._queue and len(self._running) < self.max_workers:
-            fut, args = self._queue.popleft()
+            fut, node, call = self._queue.popleft()
             if not fut.set_running_or_notify_cancel():
                 continue
             self._running.add(fut)
             self._starts[fut] = time.monotonic()
-            threading.Thread(target=self._work, args=(fut, args), daemon=True,
-                             name=f"odibi-node-{args[4].node}").start()
+            threading.Thread(target=self._work, args=(fut, call), daemon=True, name=f"odibi-node-{node}").start()
 
-    def _work(self, fut: cf.Future, args: tuple) -> None:
+    def _work(self, fut: cf.Future, call: Callable[[], tuple[AttemptMeta, Any]]) -> None:
         try:
-            result = run_attempt(*args)
+            result = call()
         except BaseException as exc:  # run_attempt reports the node's errors; this is a bug or an interrupt
             fut.set_exception(exc)
         else:
@@ -92,9 +103,9 @@ class LocalBackend:
             try:
                 out.append(h.result()[0])
             except BaseException as exc:  # the wrapper itself failed, or the future was cancelled
-                now = time.time()
-                err = error_info(SystemFailureError("system", f"{type(exc).__name__}: {exc}"), kind="system")
-                out.append((None, now, "local", os.getpid(), err, (0, 0, 0.0)))
+                err = error_info(SystemFailureError(ErrorKind.SYSTEM, f"{type(exc).__name__}: {exc}"),
+                                 kind=ErrorKind.SYSTEM)
+                out.append(AttemptMeta(None, time.time(), "local", os.getpid(), err, NO_IO))
         return out
 
     def cancel(self, handle: cf.Future) -> None:
@@ -120,6 +131,6 @@ class LocalBackend:
 
     def close(self) -> None:
         with self._lock:
-            for fut, _ in self._queue:
-                fut.cancel()
+            for queued in self._queue:
+                queued.future.cancel()
             self._queue.clear()
