@@ -9,11 +9,6 @@ from typing import Callable, Iterable
 
 from .backoff import backoff_delay
 from .errors import InvalidPolicyError
-from .result import ErrorKind
-
-#: Deprecated: use ``ErrorKind.is_system``. The same kinds, kept only until odibi_ray/scheduler.py stops
-#: importing it (the members compare equal to the plain strings this set used to hold).
-SYSTEM_FAILURE_KINDS = frozenset(kind for kind in ErrorKind if kind.is_system)
 
 #: Upper bounds of the policies' numbers (a typo like ``max_attempts: 99999999999999999999999`` is an error,
 #: not a run that never gives up).

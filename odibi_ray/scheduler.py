@@ -46,17 +46,17 @@ import random
 import time
 from typing import Any, Hashable, Mapping, NamedTuple
 
-from .attempt import HARD_KILL_GRACE_S, error_info
+from .attempt import HARD_KILL_GRACE_S, AttemptMeta, error_info
 from .backends.base import Backend
 from .context import NodeContext
 from .dag import DAG
 from .checkpoint.codecs import CodecError
 from .errors import CorruptObjectError, NodeTimeoutError, NotFoundError, OutputUnavailableError, StorageError
-from .policy import SYSTEM_FAILURE_KINDS, RetryPolicy, compute_delay
+from .policy import RetryPolicy, compute_delay
 from .checkpoint.plan import CheckpointPlan
 from .checkpoint.store import Provenance, StoredRef
 from .checkpoint.writeback import Confirmed, confirm_writes
-from .result import AttemptRecord, ErrorInfo, NodeRecord, NodeStatus, RunResult
+from .result import AttemptRecord, ErrorInfo, ErrorKind, NodeRecord, NodeStatus, RunResult
 
 log = logging.getLogger(__name__)
 
@@ -137,13 +137,13 @@ def should_retry(policy: RetryPolicy, error: ErrorInfo, attempt: int) -> bool:
     """Whether attempt number ``attempt`` (1-based), which failed with ``error``, gets another try."""
     if attempt >= policy.max_attempts:
         return False
-    if error.kind == "application":
+    if error.kind is ErrorKind.APPLICATION:
         return policy.retries_exception(error.mro)
-    if error.kind == "timeout":
+    if error.kind is ErrorKind.TIMEOUT:
         return policy.retry_on_timeout
-    if error.kind in SYSTEM_FAILURE_KINDS:
+    if error.kind.is_system:
         return policy.retry_system_failures
-    return False  # cancelled
+    return False  # cancelled (upstream_failed and corrupt_input never reach here: the scheduler handles them)
 
 
 class ProgressSink:
@@ -169,8 +169,8 @@ class Scheduler:
         self.dag, self.backend, self.run_id = dag, backend, run_id
         self.levels = levels
         self.barrier, self.fail_fast = barrier, fail_fast
-        self.speculative = getattr(backend, "speculative", False) and not barrier
-        self.worker_timeouts = getattr(backend, "worker_timeouts", False)
+        self.speculative = backend.speculative and not barrier
+        self.worker_timeouts = backend.worker_timeouts
         self.rng = rng or random.Random()
         self.progress = progress or ProgressSink()
         self.checkpoint = checkpoint
@@ -417,7 +417,7 @@ class Scheduler:
             att = rec.attempt_history[-1]
             att.bytes_written, att.confirmed = outcome.bytes_written, True
             if outcome.error is not None:  # computed (its consumers used it) but never checkpointed: not done
-                kind = "storage" if isinstance(outcome.error, StorageError) else "object_lost"
+                kind = ErrorKind.STORAGE if isinstance(outcome.error, StorageError) else ErrorKind.OBJECT_LOST
                 att.error = rec.error = error_info(_unconfirmed(name, outcome.error), kind=kind)
                 self._live.pop(name, None)
                 self._move(name, _State.FAILED)
@@ -488,34 +488,34 @@ class Scheduler:
             att.ended_at = time.time()
             exc = NodeTimeoutError(f"node {name!r} attempt {att.number} exceeded timeout_s="
                                    f"{self._nodes[name].timeout_s} and was cancelled")
-            self._attempt_failed(name, att, error_info(exc, kind="timeout", traceback_text=str(exc)))
+            self._attempt_failed(name, att, error_info(exc, kind=ErrorKind.TIMEOUT, traceback_text=str(exc)))
 
     # --- outcomes -------------------------------------------------------------------------------
 
-    def _finish_attempt(self, handle: Hashable, meta: Any) -> None:
+    def _finish_attempt(self, handle: Hashable, meta: AttemptMeta) -> None:
         flight = self._inflight.pop(handle, None)
         if flight is None:
             return  # timed out, cancelled or discarded already
         name = flight.node
-        started, ended, node_id, pid, error, io, *tail = meta  # tail: the attempt's output, when it wrote some
+        error = meta.error
         if not self._inputs_still_valid(name, flight.inputs) or (
-                error is not None and error.kind == "upstream_failed"):
+                error is not None and error.kind is ErrorKind.UPSTREAM_FAILED):
             self._discard(name)  # ran (or not) on an input attempt that failed: not an attempt of its own
             return
         att = flight.attempt
-        att.started_at, att.ended_at, att.worker_node_id, att.worker_pid = started, ended, node_id, pid
-        att.bytes_written, att.bytes_read, att.storage_s = io
-        if tail and tail[0]:
-            att.output_tail = tail[0]
-        if error is not None and error.kind == "object_lost" and self._recompute_lost_inputs(name):
+        att.started_at, att.ended_at = meta.started_at, meta.ended_at
+        att.worker_node_id, att.worker_pid = meta.worker_node_id, meta.pid
+        att.bytes_written, att.bytes_read, att.storage_s = meta.io
+        att.output_tail = meta.output_tail  # "" when the node printed nothing
+        if error is not None and error.kind is ErrorKind.OBJECT_LOST and self._recompute_lost_inputs(name):
             return
-        if error is not None and error.kind == "corrupt_input" and self._recompute_stored_input(name, error):
+        if error is not None and error.kind is ErrorKind.CORRUPT_INPUT and self._recompute_stored_input(name, error):
             return
         if error is not None:
-            if error.kind == "worker_died" and self.worker_timeouts and self._overran(name, att):
+            if error.kind is ErrorKind.WORKER_DIED and self.worker_timeouts and self._overran(name, att):
                 error = error_info(NodeTimeoutError(
                     f"node {name!r} attempt {att.number} ignored its timeout_s={self._nodes[name].timeout_s}; "
-                    "its worker process was killed"), kind="timeout", traceback_text=error.traceback)
+                    "its worker process was killed"), kind=ErrorKind.TIMEOUT, traceback_text=error.traceback)
             self._attempt_failed(name, att, error)
             return
         self.records[name].attempt_history.append(att)
@@ -638,7 +638,7 @@ class Scheduler:
                 continue  # queued behind its inputs: it never started, so it is no attempt
             att = flight.attempt
             att.ended_at = time.time()
-            att.error = ErrorInfo("odibi_ray.errors.ExecutionError", reason, "", kind="cancelled")
+            att.error = ErrorInfo("odibi_ray.errors.ExecutionError", reason, "", kind=ErrorKind.CANCELLED)
             self.records[flight.node].attempt_history.append(att)
         self._inflight.clear()
         self._ready.clear()

@@ -20,7 +20,6 @@ from odibi_ray.backends.base import Backend
 from odibi_ray.backends.local import LocalBackend
 from odibi_ray.backends.ray_tasks import RayBackend, TaskSpec
 from odibi_ray.context import NodeContext
-from odibi_ray.policy import SYSTEM_FAILURE_KINDS
 from odibi_ray.result import AttemptRecord, NodeRecord, NodeStatus, RunResult
 
 ALL_KINDS = {"application", "timeout", "cancelled", "upstream_failed", "corrupt_input", "storage", "worker_died",
@@ -39,7 +38,6 @@ def test_is_system_is_the_retry_system_failures_set():
     assert {k.value for k in ErrorKind if k.is_system} == SYSTEM_KINDS
     assert not ErrorKind.APPLICATION.is_system and not ErrorKind.TIMEOUT.is_system
     assert not ErrorKind.CANCELLED.is_system and not ErrorKind.CORRUPT_INPUT.is_system
-    assert SYSTEM_FAILURE_KINDS == SYSTEM_KINDS  # the deprecated alias still matches plain strings
 
 
 def test_every_member_is_commented():
