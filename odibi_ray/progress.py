@@ -6,7 +6,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .result import NodeStatus
-from .scheduler import ProgressSink
+
+
+class ProgressSink:
+    """Receives progress events from the scheduler; the default does nothing."""
+
+    def start(self, levels: list[list[str]]) -> None: ...
+
+    def node_done(self, name: str, level: int, status: NodeStatus) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 class RichProgress(ProgressSink):

@@ -14,7 +14,7 @@ from .backends.local import LocalBackend
 from .backends.ray_tasks import RayBackend
 from .dag import DAG
 from .policy import RetryPolicy
-from .progress import RichProgress
+from .progress import ProgressSink, RichProgress
 from .result import RunResult
 from .checkpoint.plan import plan_checkpoints
 from .checkpoint.liveness import HEARTBEAT_S, DriverLease
@@ -23,7 +23,7 @@ from .checkpoint.runs import node_entries, open_new_run, open_resumed_run
 from .checkpoint.trust import trust_from
 from .checkpoint.writeback import stored_now
 from .run_metrics import metrics_actor, metrics_from_result
-from .scheduler import ProgressSink, Scheduler, new_run_id
+from .scheduler import Scheduler, new_run_id
 from .storage.base import Storage
 from .storage.uri import open_storage, redact_uri, scheme_of
 

@@ -54,8 +54,9 @@ from .checkpoint.codecs import CodecError
 from .errors import CorruptObjectError, NodeTimeoutError, NotFoundError, OutputUnavailableError, StorageError
 from .policy import RetryPolicy, compute_delay
 from .checkpoint.plan import CheckpointPlan
-from .checkpoint.store import Provenance, StoredRef
+from .checkpoint.store import Provenance, StoredHandle, StoredRef, discard_unusable
 from .checkpoint.writeback import Confirmed, confirm_writes
+from .progress import ProgressSink
 from .result import AttemptRecord, ErrorInfo, ErrorKind, NodeRecord, NodeStatus, RunResult
 
 log = logging.getLogger(__name__)
@@ -144,16 +145,6 @@ def should_retry(policy: RetryPolicy, error: ErrorInfo, attempt: int) -> bool:
     if error.kind.is_system:
         return policy.retry_system_failures
     return False  # cancelled (upstream_failed and corrupt_input never reach here: the scheduler handles them)
-
-
-class ProgressSink:
-    """Receives progress events from the scheduler; the default does nothing."""
-
-    def start(self, levels: list[list[str]]) -> None: ...
-
-    def node_done(self, name: str, level: int, status: NodeStatus) -> None: ...
-
-    def stop(self) -> None: ...
 
 
 class Scheduler:
@@ -320,13 +311,8 @@ class Scheduler:
         try:
             return ref.load()
         except (CorruptObjectError, NotFoundError, CodecError) as exc:
-            problem = f"{type(exc).__name__}: {exc}"
+            problem = discard_unusable(ref, exc)
         self.stats["corrupt_objects"] += 1
-        log.warning("stored output of node %r is unusable (%s); computing it again", name, problem)
-        try:
-            ref.storage.delete(ref.key)
-        except StorageError:
-            pass
         self._reopen(name, "stored output was unusable when the result read it; recomputed")
         self._loop()
         self._confirm_writes()
@@ -669,26 +655,6 @@ def _unconfirmed(name: str, exc: Exception) -> Exception:
         return type(exc)(f"the checkpoint of node {name!r} could not be confirmed stored: {exc}", key=exc.key)
     except Exception:  # noqa: BLE001 - an adapter's own subclass with another signature: keep it as it is
         return exc
-
-
-class StoredHandle:
-    """The 'handle' of a node reused from storage: consumers get the :class:`StoredRef` and read it themselves.
-
-    Works as an input for both backends: Ray passes ``.value`` as a task argument, the local backend
-    takes ``.result()[1]``.
-    """
-
-    __slots__ = ("ref",)
-
-    def __init__(self, ref: StoredRef) -> None:
-        self.ref = ref
-
-    @property
-    def value(self) -> StoredRef:
-        return self.ref
-
-    def result(self) -> tuple[None, StoredRef]:
-        return None, self.ref
 
 
 def new_run_id() -> str:

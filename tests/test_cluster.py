@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from odibi_ray import DAG, Node, NodeStatus, RetryPolicy, current_context, run
-from odibi_ray.scheduler import ProgressSink
+from odibi_ray.progress import ProgressSink
 
 from .nodes import wait_for
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import (AlreadyExistsError, CorruptObjectError, NotFoundError, PreconditionFailedError, RunTakenOverError,
-                      UntrustedObjectError)
+                      StorageError, UntrustedObjectError)
 from ..storage.base import ObjectInfo, Storage
 from . import layout
 from .codecs import decode, encode
@@ -34,6 +34,38 @@ class StoredRef:
 
     def load(self) -> Any:
         return read_output(self.storage, self.key, self.trust)
+
+
+class StoredHandle:
+    """The 'handle' of a node reused from storage: consumers get the :class:`StoredRef` and read it themselves.
+
+    Works as an input for both backends: Ray passes ``.value`` as a task argument, the local backend
+    takes ``.result()[1]``.
+    """
+
+    __slots__ = ("ref",)
+
+    def __init__(self, ref: StoredRef) -> None:
+        self.ref = ref
+
+    @property
+    def value(self) -> StoredRef:
+        return self.ref
+
+    def result(self) -> tuple[None, StoredRef]:
+        return None, self.ref
+
+
+def discard_unusable(ref: StoredRef, exc: Exception) -> str:
+    """A stored output that could not be read (``exc``: corrupt, gone, no longer decodable) is never trusted
+    again: log it, delete it (best effort) so its producer writes it anew, and say what was wrong."""
+    problem = f"{type(exc).__name__}: {exc}"
+    log.warning("stored output of node %r is unusable (%s); computing it again", ref.node, problem)
+    try:
+        ref.storage.delete(ref.key)
+    except StorageError:
+        pass
+    return problem
 
 
 @dataclass(frozen=True)
