@@ -67,9 +67,9 @@ from odibi_ray.checkpoint import layout
 from odibi_ray.checkpoint.codecs import encode
 from odibi_ray.checkpoint.objectmeta import CheckpointMeta
 from odibi_ray.checkpoint.store import OutputTarget, Provenance, read_output, write_output
-from odibi_ray.result import NodeStatus, RunResult
+from odibi_ray.execution.result import NodeStatus, RunResult
 from odibi_ray.storage.base import Storage
-from odibi_ray.runner import open_checkpoint_storage
+from odibi_ray.execution.runner import open_checkpoint_storage
 
 log = logging.getLogger("bench_cache")
 

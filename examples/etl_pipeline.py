@@ -94,8 +94,8 @@ def configure(dag: DAG, *, rows: int, customers: int, seed: int, out: str) -> DA
 
 
 def load_yaml(path: str) -> DAG:
-    """The pipeline from its YAML definition (needs odibi_ray.spec)."""
-    from odibi_ray.spec import load_pipeline  # type: ignore[import-not-found]
+    """The pipeline from its YAML definition (needs odibi_ray.definition.spec)."""
+    from odibi_ray.definition.spec import load_pipeline  # type: ignore[import-not-found]
 
     return load_pipeline(path).to_dag()
 

@@ -55,7 +55,7 @@ from odibi_ray import (
     DistributedCheckpointManager,
 )
 from odibi_ray.errors import NotFoundError
-from odibi_ray.metrics import MetricsManager, MetricType
+from odibi_ray.observe.metrics import MetricsManager, MetricType
 
 PIPELINE = "cloud_demo"
 log = logging.getLogger(__name__)

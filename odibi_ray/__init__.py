@@ -1,28 +1,35 @@
-"""odibi_ray: run data-pipeline DAGs of Python functions on Ray, with retries per node."""
+"""odibi_ray: run data-pipeline DAGs of Python functions on Ray, with retries, checkpoints and caching per node.
 
-from .checkpoint import Checkpoint, CheckpointCorruptError, CloudCacheManager, DistributedCheckpointManager
-from .cloud import CloudAdapter
-from .context import NodeContext, current_context
-from .dag import DAG
-from .errors import (AlreadyExistsError, CorruptObjectError, CycleError, DAGValidationError, DuplicateNodeError, ExecutionError, InvalidNodeError,
-                     InvalidPolicyError, NodeFailedError, NodeTimeoutError, OdibiError, OutputUnavailableError,
-                     RunFailedError, SignatureMismatchError, SystemFailureError, UnknownInputError,
-                     UnpicklableNodeError, UnschedulableNodeError, StorageError, NotFoundError,
-                     PreconditionFailedError, StorageUnavailableError, StorageAuthError, InvalidURIError,
-                     RunStillRunningError, RunTakenOverError, UnserialisableOutputError, UntrustedObjectError)
-from .executor import DistributedExecutor, ExecutionBackend
-from .node import Node
-from .policy import CachePolicy, RetryPolicy, compute_delay
-from .result import AttemptRecord, ErrorInfo, ErrorKind, NodeRecord, NodeStatus, RunResult, RunStatus
-from .runner import run
+The package's folders follow a run from left to right: ``definition/`` (DAG, Node, policies, YAML) ->
+``execution/`` (``run``, the scheduler, the backends, the worker side, results) -> ``checkpoint/`` and
+``storage/`` (what a run stores, and where) -> ``observe/`` (metrics, progress, report). ``compat/`` holds the
+seed faces: the API of ``odibi_core`` this project grew from, kept so that code written for it runs unchanged.
+"""
+
+# The native API.
+from .definition.dag import DAG
+from .definition.node import Node
+from .definition.policy import CachePolicy, RetryPolicy, compute_delay
+from .execution.context import NodeContext, current_context
+from .execution.result import AttemptRecord, ErrorInfo, ErrorKind, NodeRecord, NodeStatus, RunResult, RunStatus
+from .execution.runner import ExecutionBackend, run
+from .errors import (AlreadyExistsError, CorruptObjectError, CycleError, DAGValidationError, DuplicateNodeError,
+                     ExecutionError, InvalidNodeError, InvalidPolicyError, InvalidURIError, NodeFailedError,
+                     NodeTimeoutError, NotFoundError, OdibiError, OutputUnavailableError, PreconditionFailedError,
+                     RunFailedError, RunStillRunningError, RunTakenOverError, SignatureMismatchError, StorageAuthError,
+                     StorageError, StorageUnavailableError, SystemFailureError, UnknownInputError,
+                     UnpicklableNodeError, UnschedulableNodeError, UnserialisableOutputError, UntrustedObjectError)
+# The seed faces (see odibi_ray.compat).
+from .compat import (Checkpoint, CheckpointCorruptError, CloudAdapter, CloudCacheManager, DistributedCheckpointManager,
+                     DistributedExecutor)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DAG", "Node", "RetryPolicy", "CachePolicy", "compute_delay", "run", "current_context", "NodeContext",
-    "DistributedExecutor", "ExecutionBackend", "CloudAdapter", "CloudCacheManager", "DistributedCheckpointManager",
-    "Checkpoint", "CheckpointCorruptError",
-    "RunResult", "RunStatus", "NodeRecord", "NodeStatus", "AttemptRecord", "ErrorInfo", "ErrorKind",
+    # the native API
+    "DAG", "Node", "RetryPolicy", "CachePolicy", "compute_delay", "run", "ExecutionBackend", "current_context",
+    "NodeContext", "RunResult", "RunStatus", "NodeRecord", "NodeStatus", "AttemptRecord", "ErrorInfo", "ErrorKind",
+    # errors
     "OdibiError", "DAGValidationError", "CycleError", "UnknownInputError", "DuplicateNodeError",
     "SignatureMismatchError", "InvalidPolicyError", "UnpicklableNodeError", "InvalidNodeError",
     "ExecutionError", "NodeFailedError", "NodeTimeoutError", "SystemFailureError", "RunFailedError",
@@ -30,4 +37,7 @@ __all__ = [
     "StorageError", "NotFoundError", "AlreadyExistsError", "PreconditionFailedError", "StorageUnavailableError",
     "StorageAuthError", "InvalidURIError", "CorruptObjectError", "RunStillRunningError", "RunTakenOverError",
     "UnserialisableOutputError", "UntrustedObjectError",
+    # the seed faces (odibi_ray.compat)
+    "CloudAdapter", "CloudCacheManager", "DistributedCheckpointManager", "Checkpoint", "CheckpointCorruptError",
+    "DistributedExecutor",
 ]

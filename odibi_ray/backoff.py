@@ -1,4 +1,4 @@
-"""The one exponential-backoff formula, shared by node retries (:func:`odibi_ray.policy.compute_delay`) and
+"""The one exponential-backoff formula, shared by node retries (:func:`odibi_ray.definition.policy.compute_delay`) and
 storage call retries (:class:`odibi_ray.storage.retry.Backoff`): each keeps its own parameters and defaults."""
 
 from __future__ import annotations

@@ -38,12 +38,12 @@ from .checkpoint.objectmeta import CheckpointMeta
 from .checkpoint.runs import node_statuses
 from .checkpoint.liveness import HEARTBEAT_S
 from .checkpoint.store import RunManifest, effective_status, list_runs
-from .dag import DAG
+from .definition.dag import DAG
 from .errors import NotFoundError, OdibiError, RunFailedError
-from .metrics import MetricsManager
-from .result import ErrorKind, NodeStatus, RunResult
-from .runner import ExecutionBackend, open_checkpoint_storage, run as run_dag
-from .spec import SpecError, default_storage, load_dag_target, load_pipeline
+from .observe.metrics import MetricsManager
+from .execution.result import ErrorKind, NodeStatus, RunResult
+from .execution.runner import ExecutionBackend, open_checkpoint_storage, run as run_dag
+from .definition.spec import SpecError, default_storage, load_dag_target, load_pipeline
 from .storage.base import Storage
 from .storage.uri import redact_uri
 
@@ -144,7 +144,7 @@ class _RunPrinting:
 
     def __enter__(self) -> None:
         self.filter, self.plain = _NodeFailuresPrintedHere(), None
-        logging.getLogger("odibi_ray.scheduler").addFilter(self.filter)
+        logging.getLogger("odibi_ray.execution.scheduler").addFilter(self.filter)
         if not (_isatty(sys.stdout) and _isatty(sys.stderr)):
             if "RAY_COLOR_PREFIX" not in os.environ:
                 # read by Ray's log printer in this process at every line; left set, for lines that come after the run
@@ -153,7 +153,7 @@ class _RunPrinting:
             logging.getLogger(self._RAY_START).addFilter(self.plain)
 
     def __exit__(self, *exc: Any) -> None:
-        logging.getLogger("odibi_ray.scheduler").removeFilter(self.filter)
+        logging.getLogger("odibi_ray.execution.scheduler").removeFilter(self.filter)
         if self.plain is not None:
             logging.getLogger(self._RAY_START).removeFilter(self.plain)
 

@@ -85,7 +85,7 @@ class NodeTimeoutError(ExecutionError, TimeoutError):
 class SystemFailureError(ExecutionError):
     """The process or machine running an attempt failed (worker died, node lost, out of memory).
 
-    ``kind`` is the :class:`~odibi_ray.result.ErrorKind` of the failure (``worker_died``, ``node_lost``, ``oom``,
+    ``kind`` is the :class:`~odibi_ray.execution.result.ErrorKind` of the failure (``worker_died``, ``node_lost``, ``oom``,
     ``object_lost``, ``cancelled``, ``system``; an ``ErrorKind`` is a ``str``).
     """
 

@@ -92,7 +92,7 @@ def _loopback_only():
 @pytest.fixture(autouse=True, scope="session")
 def _scheduler_checks_its_invariants():
     """Every run in the tests checks the scheduler's state invariants after each batch of outcomes."""
-    from odibi_ray.scheduler import Scheduler
+    from odibi_ray.execution.scheduler import Scheduler
 
     Scheduler.check_each_step = True
     yield

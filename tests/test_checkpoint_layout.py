@@ -76,7 +76,7 @@ def test_remote_plan_lists_the_pipeline_prefix_then_falls_back_to_lookups(azurit
 
 
 def test_the_manifest_shows_node_states_while_the_run_goes(local_storage, marks, tmp_path, monkeypatch):
-    from odibi_ray import scheduler
+    from odibi_ray.execution import scheduler
 
     monkeypatch.setattr(scheduler, "HEARTBEAT_POLL_S", 0.02)
     started, release = tmp_path / "started", tmp_path / "go"

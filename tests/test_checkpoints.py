@@ -265,7 +265,7 @@ def test_pandas_and_bytes_outputs_round_trip_through_the_cache(local_storage, ma
 def test_a_checkpoint_folder_given_as_a_path_is_written_without_fsync_unless_asked(marks, tmp_path, monkeypatch):
     """Checkpoints are verified by SHA-256 on every read, so run(storage="folder") skips the per-write fsync
     (a write lost to a power cut is a miss); storage_options={"fsync": True} restores it."""
-    from odibi_ray.runner import open_checkpoint_storage
+    from odibi_ray.execution.runner import open_checkpoint_storage
 
     assert open_checkpoint_storage(str(tmp_path / "a")).fsync is False
     assert open_checkpoint_storage(str(tmp_path / "a"), {"fsync": True}).fsync is True

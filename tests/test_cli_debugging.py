@@ -18,12 +18,12 @@ from typer.testing import CliRunner
 
 import odibi_ray
 from odibi_ray import DAG
-from odibi_ray.attempt import TAIL_CHARS, TAIL_LINES, OutputTail
+from odibi_ray.execution.attempt import TAIL_CHARS, TAIL_LINES, OutputTail
 from odibi_ray.checkpoint import layout
 from odibi_ray.checkpoint.store import list_runs
 from odibi_ray.cli import RESULT_FILE, app
-from odibi_ray.result import RunResult, user_traceback
-from odibi_ray.spec import load_pipeline
+from odibi_ray.execution.result import RunResult, user_traceback
+from odibi_ray.definition.spec import load_pipeline
 from odibi_ray.storage.uri import open_storage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,7 +85,7 @@ def test_failed_node_shows_its_exception_with_the_users_frames_only(backend, sto
 def test_debug_shows_the_whole_traceback(store):
     r = cli("--debug", "run", NOISY, "--backend", "local", "--storage", store, "--select", "explode")
     assert r.exit_code == 1, (r.stdout, r.stderr)
-    assert 'odibi_ray/attempt.py", line' in r.stderr and "in run_attempt" in r.stderr  # the engine's frame too
+    assert 'odibi_ray/execution/attempt.py", line' in r.stderr and "in run_attempt" in r.stderr  # the engine's frame too
     assert ", in explode" in r.stderr and "ValueError: bad row 2: 'x'" in r.stderr
     assert "frame(s) not shown" not in r.stderr
 
@@ -119,7 +119,7 @@ def test_a_retried_node_that_succeeded_says_why_it_was_retried(backend, store, t
 
 def test_user_traceback_drops_engine_frames_and_keeps_the_last_ones():
     text = ('Traceback (most recent call last):\n'
-            '  File "/x/site-packages/odibi_ray/attempt.py", line 1, in run_attempt\n'
+            '  File "/x/site-packages/odibi_ray/execution/attempt.py", line 1, in run_attempt\n'
             '    value = fn(**kwargs)\n'
             '            ^^^^^^^^^^^^\n'
             '  File "python/ray/_raylet.pyx", line 2, in ray._raylet.execute_task\n'

@@ -9,7 +9,7 @@ import sys
 import pyarrow as pa
 import pytest
 
-from odibi_ray.cloud import CloudAdapter
+from odibi_ray.compat.cloud import CloudAdapter
 from odibi_ray.errors import InvalidURIError, NotFoundError
 
 TABLE = pa.table({"id": [1, 2, 3], "name": ["a", None, "c"], "amount": [1.5, 2.0, None]})
@@ -64,7 +64,7 @@ def test_bad_input(tmp_path):
 def test_simulation_keeps_state_across_processes(sim_dir):
     """What one process writes in simulation, another reads back (the seed's simulation kept nothing)."""
     code = (
-        "from odibi_ray.cloud import CloudAdapter; import pyarrow as pa; "
+        "from odibi_ray.compat.cloud import CloudAdapter; import pyarrow as pa; "
         "a = CloudAdapter.create('azure', account_name='myaccount', simulate=True).connect(); "
         "a.write(pa.table({'v': [7, 8]}), 'container/path/file.parquet')"
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from odibi_ray import DAG, Node, NodeStatus, RetryPolicy, current_context, run
-from odibi_ray.progress import ProgressSink
+from odibi_ray.observe.progress import ProgressSink
 
 from .nodes import wait_for
 
@@ -97,7 +97,7 @@ def test_node_removed_mid_task_and_the_run_completes(cluster, tmp_path):
     assert rec.worker_node_id == result["victim"]
     assert result.nodes["bystander"].status is NodeStatus.SUCCEEDED
     # metrics count the lost attempt once: as many attempts as the records hold
-    from odibi_ray.metrics import MetricType
+    from odibi_ray.observe.metrics import MetricType
 
     attempts = sum(v for k, v in result.metrics.get_all_metrics(MetricType.NODE_ATTEMPT).items()
                    if k.startswith("victim{"))

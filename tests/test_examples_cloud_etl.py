@@ -181,7 +181,7 @@ def test_etl_on_ray(etl, tmp_path, capsys, ray_local):
 
 
 def test_etl_yaml_is_the_same_pipeline(etl, tmp_path, capsys):
-    spec = pytest.importorskip("odibi_ray.spec", reason="odibi_ray/spec.py (YAML pipelines) is not in the tree")
+    spec = pytest.importorskip("odibi_ray.definition.spec", reason="odibi_ray/spec.py (YAML pipelines) is not in the tree")
     from odibi_ray.checkpoint.keys import cache_keys
 
     python_dag, yaml_dag = etl.build_dag(), spec.load_pipeline(REPO / "examples" / "etl_pipeline.yaml").to_dag()

@@ -36,7 +36,7 @@ def test_outputs_flow_along_edges(backend):
 
 
 def test_outputs_are_fetched_lazily(backend):
-    from odibi_ray.runner import make_backend
+    from odibi_ray.execution.runner import make_backend
 
     class Counting(type(make_backend(backend))):
         fetched: list = []

@@ -185,7 +185,7 @@ def test_with_storage_an_unserialisable_output_is_a_codec_error_of_its_node(back
 def test_an_output_the_backend_cannot_fetch_is_an_odibi_error_naming_its_node():
     """E.g. an output lost with its Ray node after the node succeeded: never the backend's bare error."""
     from odibi_ray import RunResult
-    from odibi_ray.result import NodeRecord
+    from odibi_ray.execution.result import NodeRecord
 
     class LostObject(Exception):  # stands for Ray's ObjectLostError
         pass

@@ -138,7 +138,7 @@ def test_a_fully_cached_run_on_the_ray_backend_does_not_start_ray(tmp_path, mark
 
 
 def test_token_auth_notice_is_dropped_only_for_a_local_ray_odibi_ray_starts(caplog):
-    from odibi_ray.backends.ray_tasks import _quiet_token_notice
+    from odibi_ray.execution.backends.ray_tasks import _quiet_token_notice
 
     logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
     notice = "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out."

@@ -22,9 +22,10 @@ import pytest
 from typer.testing import CliRunner
 
 from odibi_ray import DAG, DAGValidationError, InvalidNodeError, Node, run
-from odibi_ray.checkpoint import CloudCacheManager, keep_last_n, purge, purge_runs
+from odibi_ray.cache import CloudCacheManager  # the seed's import path
+from odibi_ray.checkpoint import keep_last_n, purge, purge_runs
 from odibi_ray.checkpoint import layout
-from odibi_ray.checkpoint.checkpoint_manager import Checkpoint
+from odibi_ray.compat.checkpoint_manager import Checkpoint
 from odibi_ray.checkpoint.housekeeping import TEMP_MAX_AGE_S
 from odibi_ray.cli import app
 from odibi_ray.errors import InvalidURIError, NotFoundError, StorageError
@@ -262,7 +263,7 @@ def test_seed_managers_and_metadata_names_are_matched_whole(tmp_path) -> None:
 
 
 def test_spec_names_are_matched_whole(tmp_path) -> None:
-    from odibi_ray.spec import SpecError, load_pipeline
+    from odibi_ray.definition.spec import SpecError, load_pipeline
 
     for text in ['name: "p\\n"\nnodes: {a: {fn: "tests.nodes:attempt"}}\n',
                  'name: p\nnodes: {"a\\n": {fn: "tests.nodes:attempt"}}\n',

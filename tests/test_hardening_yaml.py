@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 from odibi_ray import CachePolicy, RetryPolicy
 from odibi_ray.cli import app
 from odibi_ray.errors import InvalidPolicyError
-from odibi_ray.node import Node
-from odibi_ray.spec import SpecError, apply_overrides, load_pipeline, parse_memory, parse_spec
+from odibi_ray.definition.node import Node
+from odibi_ray.definition.spec import SpecError, apply_overrides, load_pipeline, parse_memory, parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 SALES = str(ROOT / "tests" / "fixtures" / "sales.yaml")
@@ -155,7 +155,7 @@ def test_secret_option_values_are_never_quoted(option, value):
 
 
 def test_every_storage_adapters_secret_option_counts_as_secret():
-    from odibi_ray.spec import _is_secret
+    from odibi_ray.definition.spec import _is_secret
     from odibi_ray.storage import adls, arrowfs
 
     for name in (*adls._SECRET_OPTIONS, *arrowfs._SECRET_OPTIONS, "signing_key"):

@@ -4,7 +4,7 @@ before must still hit (native keys) and seed cache entries must still be found (
 import hashlib
 
 from odibi_ray import CachePolicy, DAG, Node
-from odibi_ray.checkpoint.cache_manager import CloudCacheManager
+from odibi_ray.compat.cache_manager import CloudCacheManager
 from odibi_ray.checkpoint.keys import cache_keys, canonical
 
 

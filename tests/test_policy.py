@@ -5,8 +5,8 @@ import random
 import pytest
 
 from odibi_ray import ErrorInfo, InvalidPolicyError, RetryPolicy, compute_delay
-from odibi_ray.attempt import error_info
-from odibi_ray.scheduler import should_retry
+from odibi_ray.execution.attempt import error_info
+from odibi_ray.execution.scheduler import should_retry
 
 
 def test_delay_grows_exponentially_without_jitter():

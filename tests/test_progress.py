@@ -8,7 +8,7 @@ import logging
 from rich.console import Console
 
 from odibi_ray import DAG, Node, run
-from odibi_ray.progress import RichProgress
+from odibi_ray.observe.progress import RichProgress
 
 
 def small_dag():

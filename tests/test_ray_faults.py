@@ -140,7 +140,7 @@ def test_address_of_another_cluster_is_an_error_when_ray_is_connected(ray_local)
 
 
 def test_large_function_travels_through_the_object_store_once(ray_local, monkeypatch):
-    from odibi_ray.backends.ray_tasks import INLINE_FN_BYTES
+    from odibi_ray.execution.backends.ray_tasks import INLINE_FN_BYTES
 
     puts = []
     real_put = ray_local.put

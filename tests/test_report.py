@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from odibi_ray import DAG, Node, NodeStatus, RetryPolicy, RunResult, run
-from odibi_ray.report import _LABEL_W, _PLOT_W, STATUS_COLOURS, render_report, write_report
+from odibi_ray.observe.report import _LABEL_W, _PLOT_W, STATUS_COLOURS, render_report, write_report
 
 from .nodes import FlakyError, fail_until, wait_for
 

@@ -10,8 +10,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from odibi_ray import DAG, Node, NodeStatus, RetryPolicy, current_context, run
 from odibi_ray.checkpoint import layout
-from odibi_ray.metrics import MetricsManager, MetricType
-from odibi_ray.run_metrics import actor_metrics
+from odibi_ray.observe.metrics import MetricsManager, MetricType
+from odibi_ray.observe.run_metrics import actor_metrics
 
 from .nodes import fail_until
 
@@ -94,7 +94,7 @@ def test_metrics_can_be_turned_off():
 
 
 def test_seed_api_against_the_actor(ray_local):
-    from odibi_ray.run_metrics import ActorMetricsManager
+    from odibi_ray.observe.run_metrics import ActorMetricsManager
 
     remote = ActorMetricsManager("test_seed_api")
     remote.reset()

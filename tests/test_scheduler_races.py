@@ -15,9 +15,9 @@ import time
 import pytest
 
 from odibi_ray import DAG, Node, NodeStatus
-from odibi_ray.attempt import NO_IO, AttemptMeta, error_info
+from odibi_ray.execution.attempt import NO_IO, AttemptMeta, error_info
 from odibi_ray.errors import SystemFailureError
-from odibi_ray.scheduler import Scheduler
+from odibi_ray.execution.scheduler import Scheduler
 
 
 class Handle:

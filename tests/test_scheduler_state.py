@@ -12,7 +12,7 @@ import itertools
 import pytest
 
 from odibi_ray import DAG, Node, NodeStatus, RetryPolicy
-from odibi_ray.scheduler import _MOVES, _STATUS, Scheduler, SchedulerStateError, _State
+from odibi_ray.execution.scheduler import _MOVES, _STATUS, Scheduler, SchedulerStateError, _State
 from tests.test_scheduler_races import ScriptedBackend
 
 

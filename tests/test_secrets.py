@@ -24,7 +24,7 @@ import pytest
 from azure.core.credentials import AccessToken
 
 from odibi_ray.errors import OdibiError
-from odibi_ray.secrets import (DEFAULT_CLIENT_OPTIONS, InvalidSecretReferenceError, SecretAccessDeniedError,
+from odibi_ray.storage.secrets import (DEFAULT_CLIENT_OPTIONS, InvalidSecretReferenceError, SecretAccessDeniedError,
                                SecretError, SecretNotFoundError, SecretRef, SecretResolver,
                                SecretUnavailableError, SecretValue, clear_cache, default_resolver,
                                resolve_secret, set_default_credential, vault_url_for)
@@ -347,7 +347,7 @@ def test_no_secret_or_token_in_logs(kv_standin, kv_options, caplog):
             r.resolve("kv://standin/logged-missing")
     names = {rec.name for rec in caplog.records}
     assert "azure.core.pipeline.policies.http_logging_policy" in names  # the SDK's HTTP logging was on
-    assert any(rec.name == "odibi_ray.secrets" and "kv://standin/logged" in rec.getMessage()
+    assert any(rec.name == "odibi_ray.storage.secrets" and "kv://standin/logged" in rec.getMessage()
                for rec in caplog.records)
     assert "Authorization" in caplog.text  # the header is logged ... redacted
     for rec in caplog.records:

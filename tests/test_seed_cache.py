@@ -21,8 +21,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from odibi_ray.checkpoint.cache_manager import CloudCacheManager
-from odibi_ray.cloud import CloudAdapter
+from odibi_ray.compat.cache_manager import CloudCacheManager
+from odibi_ray.compat.cloud import CloudAdapter
 from odibi_ray.errors import InvalidURIError
 from odibi_ray.storage.base import Storage
 from odibi_ray.storage.local import LocalStorage
@@ -123,7 +123,7 @@ def test_compute_key_distinguishes_look_alikes():
 def test_compute_key_is_equal_in_another_process():
     """Another interpreter (other hash seed) computes the same keys, for sets, tables, frames and bytes too."""
     code = ("import pyarrow as pa, sys\n"
-            "from odibi_ray.checkpoint.cache_manager import CloudCacheManager as C\n"
+            "from odibi_ray.compat.cache_manager import CloudCacheManager as C\n"
             "t = pa.table({'id': [1, 2, 3], 'name': ['a', None, 'c']})\n"
             "for v in ({'s': {'x', 'y', 'z'}}, t, t.to_pandas(), b'raw', {'n': [1, {'k': 2.5}]}):\n"
             "    print(C.compute_key('ns', v, version=3))\n")
@@ -252,7 +252,7 @@ def test_a_failing_metrics_object_does_not_break_reads(place, caplog):
 
     cache = manager(place, metrics=Broken())
     cache.put("a", 1)
-    with caplog.at_level(logging.WARNING, logger="odibi_ray.checkpoint.cache_manager"):
+    with caplog.at_level(logging.WARNING, logger="odibi_ray.compat.cache_manager"):
         assert cache.get("a") == 1
     assert "metrics.increment" in caplog.text
 
@@ -273,7 +273,7 @@ def test_corrupt_entry_is_a_miss_and_is_recomputed(place, damage, caplog):
     else:
         bad, md = good, {}
     place.raw.put(key, bad, md)
-    with caplog.at_level(logging.WARNING, logger="odibi_ray.checkpoint.cache_manager"):
+    with caplog.at_level(logging.WARNING, logger="odibi_ray.compat.cache_manager"):
         assert cache.get("k", default="miss") == "miss"
     assert "corrupt" in caplog.text
     assert cache.stats["corruptions"] == 1 and metrics.counts[("cache_corruption", place.prefix)] == 1

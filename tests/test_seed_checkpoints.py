@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pytest
 
-from odibi_ray.checkpoint import SyncReport
-from odibi_ray.checkpoint.checkpoint_manager import Checkpoint, CheckpointCorruptError, DistributedCheckpointManager
-from odibi_ray.cloud import CloudAdapter
+from odibi_ray.checkpoint.distributed_checkpoint_manager import SyncReport  # the seed's import path
+from odibi_ray.compat.checkpoint_manager import Checkpoint, CheckpointCorruptError, DistributedCheckpointManager
+from odibi_ray.compat.cloud import CloudAdapter
 from odibi_ray.errors import NotFoundError, StorageUnavailableError
 from odibi_ray.storage.base import Storage
 from odibi_ray.storage.local import LocalStorage

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from odibi_ray import DAG, Node, NodeStatus, run
-from odibi_ray.checkpoint import CloudCacheManager, layout
-from odibi_ray.checkpoint.checkpoint_manager import Checkpoint, CheckpointCorruptError, DistributedCheckpointManager
+from odibi_ray.cache import CloudCacheManager
+from odibi_ray.checkpoint import layout
+from odibi_ray.compat.checkpoint_manager import Checkpoint, CheckpointCorruptError, DistributedCheckpointManager
 from odibi_ray.checkpoint.codecs import CodecError
 from odibi_ray.checkpoint.trust import Signer
 from odibi_ray.storage.local import LocalStorage

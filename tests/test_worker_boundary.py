@@ -14,13 +14,13 @@ import pytest
 
 import odibi_ray
 from odibi_ray import DAG, ErrorInfo, ErrorKind, Node, RetryPolicy, run
-from odibi_ray.attempt import FAILED, NO_IO, AttemptMeta, IOCounts, error_info, run_attempt
-from odibi_ray.backends import ray_tasks
-from odibi_ray.backends.base import Backend
-from odibi_ray.backends.local import LocalBackend
-from odibi_ray.backends.ray_tasks import RayBackend, TaskSpec
-from odibi_ray.context import NodeContext
-from odibi_ray.result import AttemptRecord, NodeRecord, NodeStatus, RunResult
+from odibi_ray.execution.attempt import FAILED, NO_IO, AttemptMeta, IOCounts, error_info, run_attempt
+from odibi_ray.execution.backends import ray_tasks
+from odibi_ray.execution.backends.base import Backend
+from odibi_ray.execution.backends.local import LocalBackend
+from odibi_ray.execution.backends.ray_tasks import RayBackend, TaskSpec
+from odibi_ray.execution.context import NodeContext
+from odibi_ray.execution.result import AttemptRecord, NodeRecord, NodeStatus, RunResult
 
 ALL_KINDS = {"application", "timeout", "cancelled", "upstream_failed", "corrupt_input", "storage", "worker_died",
              "node_lost", "oom", "object_lost", "system"}

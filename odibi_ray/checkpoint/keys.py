@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import cloudpickle
 
-from ..dag import DAG
+from ..definition.dag import DAG
 from .canonical import Form, canonical_form, canonical_json
 
 log = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from ..dag import DAG
-from ..policy import CachePolicy
-from ..result import NodeStatus
+from ..definition.dag import DAG
+from ..definition.policy import CachePolicy
+from ..execution.result import NodeStatus
 from ..storage.base import ObjectInfo, Storage
 from . import layout
 from .keys import cache_keys

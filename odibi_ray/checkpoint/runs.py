@@ -7,9 +7,9 @@ import logging
 import time
 from typing import Any, Mapping, NamedTuple
 
-from ..dag import DAG
+from ..definition.dag import DAG
 from ..errors import ExecutionError, NotFoundError, PreconditionFailedError, RunStillRunningError
-from ..result import NodeRecord
+from ..execution.result import NodeRecord
 from ..storage.base import Storage
 from . import layout
 from .legacy import legacy_records

@@ -25,7 +25,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from ..secrets import SecretRef, SecretValue, resolve_secret
+from ..storage.secrets import SecretRef, SecretValue, resolve_secret
 
 log = logging.getLogger(__name__)
 

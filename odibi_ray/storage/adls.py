@@ -13,7 +13,7 @@ fallbacks. The hierarchical-namespace path is thin and untested here (Azurite ha
 Auth, exactly one of: ``connection_string``, ``account_key``, ``sas_token``, a service principal
 (``tenant_id`` + ``client_id`` + ``client_secret``), ``managed_identity=True`` (optional ``client_id``),
 ``credential="default"`` (DefaultAzureCredential: production only) or ``credential=<TokenCredential>``.
-Secret options accept a literal, a :class:`~odibi_ray.secrets.SecretValue` or a reference
+Secret options accept a literal, a :class:`~odibi_ray.storage.secrets.SecretValue` or a reference
 (``env://NAME``, ``kv://<vault>/<name>``), resolved in the process that opens the client.
 
 Failures: the SDK's own retries are off; transient faults (connection errors, timeouts, 408/429/5xx) are

@@ -59,7 +59,7 @@ def resolve_secret_option(uri: str, name: str, value: object) -> str | None:
     this process; resolution failures become storage errors naming the option, never its value."""
     if value is None:
         return None
-    from ..secrets import SecretError, SecretUnavailableError, resolve_secret
+    from .secrets import SecretError, SecretUnavailableError, resolve_secret
 
     try:
         return resolve_secret(value).get_secret_value()  # type: ignore[arg-type]

@@ -742,7 +742,7 @@ def test_outage_puts_succeed_or_are_unavailable_and_acknowledged_ones_survive(tm
 def test_account_key_fetched_from_key_vault(azurite: AzuriteServer, container: str, monkeypatch) -> None:
     """`account_key="kv://vault/name"`: the key comes from Key Vault (the TLS stand-in of tests/kv_standin.py,
     speaking the Key Vault REST protocol on 127.0.0.1), resolved in the process that opens the client."""
-    from odibi_ray import secrets
+    from odibi_ray.storage import secrets
     from tests.kv_standin import KeyVaultStandIn
     from tests.test_secrets import TOKEN, StaticTokenCredential
 

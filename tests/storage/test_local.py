@@ -352,7 +352,7 @@ def test_parquet_written_through_the_cloud_adapter_is_a_plain_parquet_file(tmp_p
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from odibi_ray.cloud import CloudAdapter
+    from odibi_ray.compat.cloud import CloudAdapter
 
     table = pa.table({"id": [1, 2, 3], "name": ["a", None, "c"]})
     adapter = CloudAdapter.create("local", root=str(tmp_path)).connect()

@@ -21,10 +21,10 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from ..errors import InvalidURIError, NotFoundError
 from ..storage.base import ObjectInfo, Storage
-from . import layout
-from .canonical import Form, canonical_form, canonical_json
-from .objectmeta import CheckpointMeta
-from .trust import trust_from
+from ..checkpoint import layout
+from ..checkpoint.canonical import Form, canonical_form, canonical_json
+from ..checkpoint.objectmeta import CheckpointMeta
+from ..checkpoint.trust import trust_from
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def storage_at(adapter: Any, prefix: str, what: str) -> tuple[Storage, str]:
     """The storage and the key prefix (``""`` or ending in ``/``) that ``prefix`` names on ``adapter``.
 
     ``adapter`` is a :class:`~odibi_ray.storage.base.Storage` (``prefix`` is a key prefix in it) or a
-    :class:`~odibi_ray.cloud.CloudAdapter` (``prefix`` is one of its paths: ``<container>/...`` for Azure/S3).
+    :class:`~odibi_ray.compat.cloud.CloudAdapter` (``prefix`` is one of its paths: ``<container>/...`` for Azure/S3).
     """
     if not isinstance(prefix, str):
         raise TypeError(f"{what} must be a string, got {type(prefix).__name__}")
@@ -130,7 +130,7 @@ class CloudCacheManager:
 
     def put(self, key: str, value: Any, ttl_s: float | None = None) -> None:
         """Store ``value`` under ``key`` (replacing any entry) for ``ttl_s`` seconds (None: the default TTL)."""
-        from .codecs import encode
+        from ..checkpoint.codecs import encode
 
         skey = self._key(key)
         ttl = self.default_ttl_s if ttl_s is None else _check_ttl(ttl_s, "ttl_s")
@@ -209,7 +209,7 @@ class CloudCacheManager:
     def _decoded(self, skey: str, payload: bytes, info: ObjectInfo, meta: CheckpointMeta) -> tuple[Any, str | None]:
         """The value of an entry whose metadata reads, or None and why it must not be used (not trusted, bytes
         other than the ones its metadata describes, or a payload that does not decode)."""
-        from .codecs import decode
+        from ..checkpoint.codecs import decode
 
         refused = self._trust.refusal(skey, info.metadata)
         if refused is not None:  # never decoded

@@ -20,10 +20,10 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import cloudpickle
 
 from . import context
-from .checkpoint.codecs import CodecError
-from .checkpoint.store import OutputTarget, Provenance, StoredRef, read_output_sized, write_output
-from .checkpoint.writeback import write_behind
-from .errors import CorruptObjectError, NodeTimeoutError, NotFoundError, StorageError
+from ..checkpoint.codecs import CodecError
+from ..checkpoint.store import OutputTarget, Provenance, StoredRef, read_output_sized, write_output
+from ..checkpoint.writeback import write_behind
+from ..errors import CorruptObjectError, NodeTimeoutError, NotFoundError, StorageError
 from .result import ErrorInfo, ErrorKind
 
 
@@ -86,7 +86,7 @@ def error_info(exc: BaseException, kind: ErrorKind = ErrorKind.APPLICATION,
 
 
 _TIMEOUT_TYPE = f"{NodeTimeoutError.__module__}.{NodeTimeoutError.__qualname__}"
-_UPSTREAM_FAILED = ErrorInfo("odibi_ray.attempt.UpstreamFailed", "an input's attempt failed", "",
+_UPSTREAM_FAILED = ErrorInfo("odibi_ray.execution.attempt.UpstreamFailed", "an input's attempt failed", "",
                              kind=ErrorKind.UPSTREAM_FAILED)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from .errors import NodeFailedError, OdibiError, OutputUnavailableError, RunFailedError
+from ..errors import NodeFailedError, OdibiError, OutputUnavailableError, RunFailedError
 
 log = logging.getLogger(__name__)
 
@@ -387,7 +387,7 @@ class RunResult:
 
     def report(self, path: str | os.PathLike[str], dag: Any = None, *, inputs: Any = None) -> Path:
         """Write this run's self-contained HTML report (DAG by level, worker timeline, table); return its path."""
-        from .report import write_report
+        from ..observe.report import write_report
 
         if dag is None and inputs is None:
             inputs = self.inputs or None  # the edges this run had

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .result import NodeStatus
+from ..execution.result import NodeStatus
 
 
 class ProgressSink:

@@ -22,16 +22,16 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 import cloudpickle
 
 from ..attempt import NO_IO, AttemptMeta, IOCounts, error_info, run_attempt
-from ..checkpoint.store import OutputTarget
+from ...checkpoint.store import OutputTarget
 from ..context import NodeContext
-from ..errors import (
+from ...errors import (
     ExecutionError,
     SystemFailureError,
     UnpicklableNodeError,
     UnschedulableNodeError,
     UnserialisableOutputError,
 )
-from ..node import Node
+from ...definition.node import Node
 from ..result import ErrorInfo, ErrorKind
 
 log = logging.getLogger(__name__)

@@ -41,7 +41,7 @@ from ..errors import CorruptObjectError, NotFoundError, StorageError, StorageUna
 from ..storage.base import Storage
 from ..storage.local import LocalStorage
 from .cache_manager import storage_at
-from .trust import trust_from
+from ..checkpoint.trust import trust_from
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def _pending_key(cid: str) -> str:
 
 def _encode(cp: Checkpoint, allow_pickle: bool = True) -> tuple[dict[str, Any], bytes]:
     """The marker document and the data object of ``cp``; a new data object name per save (see ``_write``)."""
-    from .codecs import encode
+    from ..checkpoint.codecs import encode
 
     chunks, entries, offset = [], [], 0
     for name, value in cp.state.items():
@@ -433,7 +433,7 @@ class DistributedCheckpointManager:
 
     def _decode(self, store: Storage, cid: str, marker: dict[str, Any], data: bytes) -> Checkpoint:
         """The checkpoint a verified marker and data object hold, every state value checked by its SHA-256."""
-        from .codecs import decode
+        from ..checkpoint.codecs import decode
 
         state: dict[str, Any] = {}
         try:

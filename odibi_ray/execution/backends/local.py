@@ -12,8 +12,8 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 from ..attempt import NO_IO, AttemptMeta, error_info, run_attempt
 from ..context import NodeContext
-from ..errors import SystemFailureError
-from ..node import Node
+from ...errors import SystemFailureError
+from ...definition.node import Node
 from ..result import ErrorKind
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from .checkpoint.layout import check_name
-from .errors import CycleError, DAGValidationError, DuplicateNodeError, InvalidNodeError, UnknownInputError
+from .names import check_name
+from ..errors import CycleError, DAGValidationError, DuplicateNodeError, InvalidNodeError, UnknownInputError
 from .node import Node
 from .policy import CachePolicy, RetryPolicy
 

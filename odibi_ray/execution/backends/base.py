@@ -6,7 +6,7 @@ from typing import Any, Hashable, Protocol, Sequence
 
 from ..attempt import AttemptMeta
 from ..context import NodeContext
-from ..node import Node
+from ...definition.node import Node
 
 
 class Backend(Protocol):

@@ -8,8 +8,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from .checkpoint.layout import MAX_NAME_LEN
-from .errors import InvalidNodeError, InvalidPolicyError, SignatureMismatchError
+from .names import MAX_NAME_LEN
+from ..errors import InvalidNodeError, InvalidPolicyError, SignatureMismatchError
 from .policy import CachePolicy, RetryPolicy, _short
 
 #: Upper bounds of a node's numbers (``num_cpus: 1e300`` or ``memory: 999999999999TiB`` is a typo, not a request).
@@ -18,7 +18,7 @@ MAX_MEMORY = 2**50  # bytes: 1 PiB
 MAX_TIMEOUT_S = 365 * 86400.0  # one attempt: 365 days
 
 #: A node name: matched whole (``fullmatch``; a ``$`` would let a trailing newline through), at most
-#: :data:`~odibi_ray.checkpoint.layout.MAX_NAME_LEN` characters.
+#: :data:`~odibi_ray.definition.names.MAX_NAME_LEN` characters.
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 
 

@@ -7,8 +7,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from .backoff import backoff_delay
-from .errors import InvalidPolicyError
+from ..backoff import backoff_delay
+from ..errors import InvalidPolicyError
 
 #: Upper bounds of the policies' numbers (a typo like ``max_attempts: 99999999999999999999999`` is an error,
 #: not a run that never gives up).

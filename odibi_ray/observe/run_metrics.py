@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from .metrics import MetricsManager, MetricType
-from .result import NodeStatus, RunResult
+from ..execution.result import NodeStatus, RunResult
 
 log = logging.getLogger(__name__)
 

@@ -12,20 +12,20 @@ from typing import Any, Callable, Iterable
 from .backends.base import Backend
 from .backends.local import LocalBackend
 from .backends.ray_tasks import RayBackend
-from .dag import DAG
-from .policy import RetryPolicy
-from .progress import ProgressSink, RichProgress
+from ..definition.dag import DAG
+from ..definition.policy import RetryPolicy
+from ..observe.progress import ProgressSink, RichProgress
 from .result import RunResult
-from .checkpoint.plan import plan_checkpoints
-from .checkpoint.liveness import HEARTBEAT_S, DriverLease
-from .checkpoint.manifest_writer import Confirmer, ManifestWriter
-from .checkpoint.runs import node_entries, open_new_run, open_resumed_run
-from .checkpoint.trust import trust_from
-from .checkpoint.writeback import stored_now
-from .run_metrics import metrics_actor, metrics_from_result
+from ..checkpoint.plan import plan_checkpoints
+from ..checkpoint.liveness import HEARTBEAT_S, DriverLease
+from ..checkpoint.manifest_writer import Confirmer, ManifestWriter
+from ..checkpoint.runs import node_entries, open_new_run, open_resumed_run
+from ..checkpoint.trust import trust_from
+from ..checkpoint.writeback import stored_now
+from ..observe.run_metrics import metrics_actor, metrics_from_result
 from .scheduler import Scheduler, new_run_id
-from .storage.base import Storage
-from .storage.uri import open_storage, redact_uri, scheme_of
+from ..storage.base import Storage
+from ..storage.uri import open_storage, redact_uri, scheme_of
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .errors import OdibiError
+from ..errors import OdibiError
 
 log = logging.getLogger(__name__)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .dag import DAG
-from .policy import RetryPolicy
-from .result import RunResult
-from .runner import ExecutionBackend, run
+from ..definition.dag import DAG
+from ..definition.policy import RetryPolicy
+from ..execution.result import RunResult
+from ..execution.runner import ExecutionBackend, run
 
 
 class DistributedExecutor:

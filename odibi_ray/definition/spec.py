@@ -23,7 +23,7 @@ A pipeline file (every field but ``name`` and ``nodes`` optional; unknown fields
         timeout_s: 60
         version: "3"
 
-:meth:`PipelineSpec.to_dag` builds the same :class:`~odibi_ray.dag.DAG` (equal :class:`Node` objects) as the
+:meth:`PipelineSpec.to_dag` builds the same :class:`~odibi_ray.definition.dag.DAG` (equal :class:`Node` objects) as the
 Python API would. Every error is a :class:`SpecError` naming the file, the field path and what was expected.
 A key given twice in a mapping, aliases that expand past :data:`MAX_ALIAS_NODES` values, nesting deeper than
 :data:`MAX_YAML_DEPTH` and numbers past their bounds (``max_attempts``, delays, ``timeout_s``, ``ttl_s``,
@@ -44,7 +44,7 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, 
                       model_validator)
 
 from .dag import DAG
-from .errors import DAGValidationError, OdibiError
+from ..errors import DAGValidationError, OdibiError
 from .node import MAX_MEMORY, MAX_RESOURCE, MAX_TIMEOUT_S, Node
 from .policy import MAX_ATTEMPTS, MAX_BACKOFF, MAX_DELAY_S, MAX_TTL_S, CachePolicy, RetryPolicy, _short
 

@@ -2,7 +2,7 @@
 
 Backend-independent: the same loop drives Ray tasks and local threads, so both give the same records.
 Retries live here and only here: a task runs one attempt, and on failure :func:`should_retry` and
-:func:`~odibi_ray.policy.compute_delay` decide; the wait is a timer, never a sleep that blocks others.
+:func:`~odibi_ray.definition.policy.compute_delay` decide; the wait is a timer, never a sleep that blocks others.
 
 On a *speculative* backend (Ray) a node is submitted as soon as its inputs are *submitted*, with their
 output refs as arguments: Ray starts it when they are done, without a round trip through this loop.
@@ -49,14 +49,14 @@ from typing import Any, Hashable, Mapping, NamedTuple
 from .attempt import HARD_KILL_GRACE_S, AttemptMeta, error_info
 from .backends.base import Backend
 from .context import NodeContext
-from .dag import DAG
-from .checkpoint.codecs import CodecError
-from .errors import CorruptObjectError, NodeTimeoutError, NotFoundError, OutputUnavailableError, StorageError
-from .policy import RetryPolicy, compute_delay
-from .checkpoint.plan import CheckpointPlan
-from .checkpoint.store import Provenance, StoredHandle, StoredRef, discard_unusable
-from .checkpoint.writeback import Confirmed, confirm_writes
-from .progress import ProgressSink
+from ..definition.dag import DAG
+from ..checkpoint.codecs import CodecError
+from ..errors import CorruptObjectError, NodeTimeoutError, NotFoundError, OutputUnavailableError, StorageError
+from ..definition.policy import RetryPolicy, compute_delay
+from ..checkpoint.plan import CheckpointPlan
+from ..checkpoint.store import Provenance, StoredHandle, StoredRef, discard_unusable
+from ..checkpoint.writeback import Confirmed, confirm_writes
+from ..observe.progress import ProgressSink
 from .result import AttemptRecord, ErrorInfo, ErrorKind, NodeRecord, NodeStatus, RunResult
 
 log = logging.getLogger(__name__)

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .result import AttemptRecord, ErrorKind, NodeRecord, NodeStatus, RunResult
+from ..execution.result import AttemptRecord, ErrorKind, NodeRecord, NodeStatus, RunResult
 
 if TYPE_CHECKING:
-    from .dag import DAG
+    from ..definition.dag import DAG
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def _edges(result: RunResult, dag: DAG | None, inputs: Mapping[str, Any] | None)
     if dag is not None and inputs is not None:
         raise ValueError("write_report takes dag= or inputs=, not both")
     if dag is not None:
-        from .dag import DAG
+        from ..definition.dag import DAG
 
         if not isinstance(dag, DAG):
             raise TypeError(f"dag= must be a DAG, got {type(dag).__name__}")

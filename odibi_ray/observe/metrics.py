@@ -1,0 +1,594 @@
+"""``MetricsManager``: the seed's in-process metrics face (counters, gauges, histograms) and its exports.
+
+One manager holds *series*: a metric (:class:`MetricType`) plus a label set. The seed's ``name`` argument is
+just the label ``name``; extra keyword arguments are more labels (``pipeline=``, ``run=``, ``node=``,
+``level=``). Everything is exact and mergeable, so a Ray actor can add up snapshots sent in batches:
+
+* counters and histogram bucket counts are Python ints; sums of float values are kept as exact
+  :class:`fractions.Fraction` (every float is a binary fraction), so merging batches gives the very same
+  numbers as one manager that saw every event, whatever the order or the split;
+* gauges are last-write-wins by wall-clock time (``set_at``), so merging them is order-independent too.
+
+``snapshot()`` is plain JSON-able data (format ``odibi-metrics/1``), ``from_snapshot``/``merge`` read it back,
+``export_json`` is that snapshot as text and ``export_prometheus`` the text exposition format 0.0.4.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import json
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from enum import Enum
+from fractions import Fraction
+from typing import Any
+
+from ..errors import OdibiError
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_FORMAT = "odibi-metrics/1"
+
+#: Upper bounds (seconds) of the buckets of every duration histogram: 0.5 ms .. 1 h.
+SECONDS_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+)
+#: Upper bounds (bytes) of the buckets of every size histogram: 1 KiB .. 4 GiB in powers of 4.
+BYTES_BUCKETS: tuple[float, ...] = tuple(float(1024 * 4 ** i) for i in range(12))
+
+_LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+_RESERVED_LABELS = frozenset({"le", "quantile"})
+
+Number = int | Fraction
+LabelKey = tuple[tuple[str, str], ...]
+
+
+class MetricError(OdibiError, ValueError):
+    """A metric call or a snapshot is invalid: unknown metric, wrong kind, bad label or value."""
+
+
+class MetricKind(str, Enum):
+    """How a metric aggregates: a counter only goes up, a gauge is set, a histogram buckets observations."""
+
+    COUNTER = "counter"
+    GAUGE = "gauge"
+    HISTOGRAM = "histogram"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class MetricType(str, Enum):
+    """Every metric odibi_ray knows, with its kind, Prometheus name, help text and (histograms) buckets."""
+
+    kind: MetricKind
+    prometheus_name: str
+    help: str
+    buckets: tuple[float, ...]
+
+    def __new__(cls, value: str, kind: MetricKind, prometheus_name: str, help_text: str,
+                buckets: tuple[float, ...] = ()) -> MetricType:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.kind = kind
+        member.prometheus_name = prometheus_name
+        member.help = help_text
+        member.buckets = buckets
+        return member
+
+    def __str__(self) -> str:
+        return self.value
+
+    CACHE_HIT = ("cache_hit", MetricKind.COUNTER, "odibi_ray_cache_hits_total",
+                 "Cache reads that found a valid entry.")
+    CACHE_MISS = ("cache_miss", MetricKind.COUNTER, "odibi_ray_cache_misses_total",
+                  "Cache reads that found no usable entry (absent, expired or corrupt).")
+    CACHE_EVICTION = ("cache_eviction", MetricKind.COUNTER, "odibi_ray_cache_evictions_total",
+                      "Cache entries removed because they had expired.")
+    CACHE_CORRUPTION = ("cache_corruption", MetricKind.COUNTER, "odibi_ray_cache_corruptions_total",
+                        "Cache entries whose payload failed its integrity check.")
+    EXECUTION_TIME = ("execution_time", MetricKind.HISTOGRAM, "odibi_ray_node_duration_seconds",
+                      "Duration of one node attempt, in seconds.", SECONDS_BUCKETS)
+    NODE_ATTEMPT = ("node_attempt", MetricKind.COUNTER, "odibi_ray_node_attempts_total",
+                    "Node attempts started.")
+    NODE_RETRY = ("node_retry", MetricKind.COUNTER, "odibi_ray_node_retries_total",
+                  "Node attempts that were retries of a failed attempt.")
+    NODE_SUCCESS = ("node_success", MetricKind.COUNTER, "odibi_ray_node_successes_total",
+                    "Nodes that succeeded.")
+    NODE_FAILURE = ("node_failure", MetricKind.COUNTER, "odibi_ray_node_failures_total",
+                    "Nodes that failed for good.")
+    NODE_SKIP = ("node_skip", MetricKind.COUNTER, "odibi_ray_node_skips_total",
+                 "Nodes not run because an upstream node failed.")
+    BYTES_READ = ("bytes_read", MetricKind.COUNTER, "odibi_ray_bytes_read_total",
+                  "Bytes read from storage.")
+    BYTES_WRITTEN = ("bytes_written", MetricKind.COUNTER, "odibi_ray_bytes_written_total",
+                     "Bytes written to storage.")
+    STORAGE_LATENCY = ("storage_latency", MetricKind.HISTOGRAM, "odibi_ray_storage_latency_seconds",
+                       "Duration of one storage call, in seconds.", SECONDS_BUCKETS)
+    QUEUE_WAIT = ("queue_wait", MetricKind.HISTOGRAM, "odibi_ray_queue_wait_seconds",
+                  "Time from a node being ready to it running, in seconds.", SECONDS_BUCKETS)
+    OUTPUT_SIZE = ("output_size", MetricKind.HISTOGRAM, "odibi_ray_node_output_bytes",
+                   "Size of one stored node output, in bytes.", BYTES_BUCKETS)
+    NODES_RUNNING = ("nodes_running", MetricKind.GAUGE, "odibi_ray_nodes_running",
+                     "Node attempts running now.")
+    NODES_PENDING = ("nodes_pending", MetricKind.GAUGE, "odibi_ray_nodes_pending",
+                     "Nodes ready to run and waiting for a worker.")
+
+
+MetricLike = MetricType | str
+
+
+def metric_type(metric: MetricLike) -> MetricType:
+    """The :class:`MetricType` a member or its plain string value (``"cache_hit"``) names."""
+    if isinstance(metric, MetricType):
+        return metric
+    if not isinstance(metric, str):
+        raise TypeError(f"metric must be a MetricType or a string, got {type(metric).__name__}")
+    try:
+        return MetricType(metric)
+    except ValueError:
+        known = ", ".join(m.value for m in MetricType)
+        raise MetricError(f"unknown metric {metric!r}; known metrics: {known}") from None
+
+
+# --- one series of each kind -------------------------------------------------------------------
+
+
+class _Histogram:
+    """Per-bucket (not cumulative) counts, the +Inf overflow last, and the exact sum of observations."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self, nbuckets: int) -> None:
+        self.counts = [0] * (nbuckets + 1)
+        self.total: Number = 0
+
+    def count(self) -> int:
+        return sum(self.counts)
+
+
+class _Gauge:
+    __slots__ = ("set_at", "value")
+
+    def __init__(self, value: Number, set_at: float) -> None:
+        self.value, self.set_at = value, set_at
+
+
+# --- the manager -------------------------------------------------------------------------------
+
+
+class MetricsManager:
+    """In-process, thread-safe metrics: counters, gauges and histograms with labels, exact to merge."""
+
+    def __init__(self) -> None:
+        """An empty manager (no series yet)."""
+        self._lock = threading.Lock()
+        self._series: dict[MetricType, dict[LabelKey, Any]] = {}
+
+    # pickling: a copy of the data and a fresh lock (a pickled manager is a snapshot, not a live link)
+    def __getstate__(self) -> dict[str, Any]:
+        return {"snapshot": self.snapshot()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+        self.merge(state["snapshot"])
+
+    def __repr__(self) -> str:
+        with self._lock:
+            n = sum(len(s) for s in self._series.values())
+        return f"MetricsManager({n} series)"
+
+    # --- recording ---------------------------------------------------------------------------------
+
+    def increment(self, metric: MetricLike, name: str = "", value: float = 1, **labels: Any) -> None:
+        """Add ``value`` (>= 0) to a counter series: the seed's ``increment(MetricType.CACHE_HIT, name)``."""
+        m = self._checked(metric, MetricKind.COUNTER, "increment")
+        amount = _number(value, m, allow_negative=False)
+        key = _label_key(name, labels)
+        with self._lock:
+            series = self._series.setdefault(m, {})
+            series[key] = series.get(key, 0) + amount
+
+    def record(self, metric: MetricLike, name: str = "", value: float | None = None, **labels: Any) -> None:
+        """Observe ``value`` in a histogram series (seconds or bytes): ``record(EXECUTION_TIME, n, value=1.2)``."""
+        m = self._checked(metric, MetricKind.HISTOGRAM, "record")
+        if value is None:
+            raise TypeError(f"record({m.value!r}) needs a value")
+        amount = _number(value, m, allow_negative=False)
+        key = _label_key(name, labels)
+        index = bisect.bisect_left(m.buckets, value)  # first bound >= value: buckets are "le", inclusive
+        with self._lock:
+            series = self._series.setdefault(m, {})
+            hist = series.get(key)
+            if hist is None:
+                hist = series[key] = _Histogram(len(m.buckets))
+            hist.counts[index] += 1
+            hist.total += amount
+
+    def set_gauge(self, metric: MetricLike, name: str, value: float, **labels: Any) -> None:
+        """Set a gauge series to ``value`` (last write wins, also across merged snapshots)."""
+        m = self._checked(metric, MetricKind.GAUGE, "set_gauge")
+        amount = _number(value, m, allow_negative=True)
+        key = _label_key(name, labels)
+        now = time.time()
+        with self._lock:
+            self._series.setdefault(m, {})[key] = _Gauge(amount, now)
+
+    @contextlib.contextmanager
+    def timer(self, metric: MetricLike, name: str = "", **labels: Any) -> Iterator[None]:
+        """Record the seconds the ``with`` block took in a histogram series (also when it raises)."""
+        m = self._checked(metric, MetricKind.HISTOGRAM, "timer")
+        _label_key(name, labels)  # fail before the block runs, not after
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.record(m, name, max(0.0, time.perf_counter() - start), **labels)
+
+    # --- reading -----------------------------------------------------------------------------------
+
+    def get_metric_value(self, metric: MetricLike, name: str = "", **labels: Any) -> Any:
+        """One series' value: a counter's total (0 if never incremented), a gauge's value (None if never set),
+        or for a histogram a dict ``{"count", "sum", "buckets"}`` with cumulative counts keyed by upper bound."""
+        m = metric_type(metric)
+        key = _label_key(name, labels)
+        with self._lock:
+            entry = self._series.get(m, {}).get(key)
+            return _public_value(m, entry)
+
+    def get_all_metrics(self, metric: MetricLike | None = None) -> dict[str, Any]:
+        """Every series of ``metric`` as ``{series id: value}``, or of every metric with data as
+        ``{metric value: {series id: value}}``. The series id is the ``name`` label alone when the series has
+        no other label, else ``name{label="value",...}``."""
+        with self._lock:
+            if metric is not None:
+                m = metric_type(metric)
+                return {_series_id(k): _public_value(m, v) for k, v in sorted(self._series.get(m, {}).items())}
+            return {m.value: {_series_id(k): _public_value(m, v) for k, v in sorted(series.items())}
+                    for m, series in self._ordered() if series}
+
+    def hit_rate(self, name: str = "", **labels: Any) -> float | None:
+        """Cache hits / (hits + misses) of one series, or None before the first read."""
+        hits = self.get_metric_value(MetricType.CACHE_HIT, name, **labels)
+        misses = self.get_metric_value(MetricType.CACHE_MISS, name, **labels)
+        total = hits + misses
+        return None if total == 0 else hits / total
+
+    def reset(self) -> None:
+        """Forget every series."""
+        with self._lock:
+            self._series.clear()
+
+    # --- snapshots and merging ------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything as plain JSON-able data (format ``odibi-metrics/1``) that ``merge`` adds exactly."""
+        with self._lock:
+            metrics: dict[str, Any] = {}
+            for m, series in self._ordered():
+                if not series:
+                    continue
+                family: dict[str, Any] = {"kind": m.kind.value, "prometheus_name": m.prometheus_name,
+                                          "help": m.help}
+                if m.kind is MetricKind.HISTOGRAM:
+                    family["buckets"] = list(m.buckets)
+                family["series"] = [_encode_series(m, k, v) for k, v in sorted(series.items())]
+                metrics[m.value] = family
+        return {"format": SNAPSHOT_FORMAT, "metrics": metrics}
+
+    @classmethod
+    def from_snapshot(cls, snapshot: Mapping[str, Any]) -> MetricsManager:
+        """A new manager holding exactly what ``snapshot`` holds."""
+        manager = cls()
+        manager.merge(snapshot)
+        return manager
+
+    def merge(self, snapshot: Mapping[str, Any] | MetricsManager) -> None:
+        """Add a snapshot (or another manager) into this one: counters and histograms add up exactly,
+        gauges keep the latest write. The snapshot is checked whole first: a bad one changes nothing."""
+        if isinstance(snapshot, MetricsManager):
+            snapshot = snapshot.snapshot()
+        decoded = _decode_snapshot(snapshot)
+        with self._lock:
+            for m, entries in decoded:
+                series = self._series.setdefault(m, {})
+                for key, entry in entries:
+                    old = series.get(key)
+                    if m.kind is MetricKind.COUNTER:
+                        series[key] = (old or 0) + entry
+                    elif m.kind is MetricKind.GAUGE:
+                        if old is None or (entry.set_at, entry.value) > (old.set_at, old.value):
+                            series[key] = entry
+                    else:
+                        if old is None:
+                            series[key] = entry
+                        else:
+                            old.counts = [a + b for a, b in zip(old.counts, entry.counts, strict=True)]
+                            old.total += entry.total
+        log.debug("merged %d metric families", len(decoded))
+
+    # --- exports ---------------------------------------------------------------------------------------
+
+    def export_json(self, indent: int | None = None) -> str:
+        """The snapshot as JSON text (what ``from_snapshot(json.loads(...))`` reads back)."""
+        return json.dumps(self.snapshot(), indent=indent, sort_keys=False)
+
+    def export_prometheus(self) -> str:
+        """Prometheus text exposition format 0.0.4: one HELP and TYPE per family, labels kept (``name`` is a
+        label), histograms as cumulative ``_bucket{le=...}`` lines up to ``+Inf`` plus ``_sum`` and ``_count``."""
+        lines: list[str] = []
+        with self._lock:
+            for m, series in self._ordered():
+                if not series:
+                    continue
+                base = m.prometheus_name
+                lines.append(f"# HELP {base} {_escape_help(m.help)}")
+                lines.append(f"# TYPE {base} {m.kind.value}")
+                for key, entry in sorted(series.items()):
+                    if m.kind is MetricKind.HISTOGRAM:
+                        cumulative = 0
+                        for bound, n in zip((*m.buckets, math.inf), entry.counts, strict=True):
+                            cumulative += n
+                            lines.append(f"{base}_bucket{_label_text(key, ('le', _format_bound(bound)))} "
+                                         f"{cumulative}")
+                        lines.append(f"{base}_sum{_label_text(key)} {_format_number(entry.total)}")
+                        lines.append(f"{base}_count{_label_text(key)} {cumulative}")
+                    else:
+                        value = entry if m.kind is MetricKind.COUNTER else entry.value
+                        lines.append(f"{base}{_label_text(key)} {_format_number(value)}")
+        return "\n".join(lines) + "\n" if lines else ""
+
+    def print_summary(self, console: Any = None) -> Any:
+        """Show every series (and the cache hit rate per cache) as a ``rich`` table on ``console``
+        (default: a new stdout Console); returns the table."""
+        from rich.console import Console
+        from rich.table import Table
+
+        console = console if console is not None else Console()
+        table = Table(title="odibi_ray metrics")
+        for column in ("metric", "series", "kind", "value"):
+            table.add_column(column, justify="right" if column == "value" else "left")
+        with self._lock:
+            rows = [(m, k, v) for m, series in self._ordered() for k, v in sorted(series.items())]
+            caches = sorted({k for m in (MetricType.CACHE_HIT, MetricType.CACHE_MISS)
+                             for k in self._series.get(m, {})})
+        for m, key, entry in rows:
+            table.add_row(m.value, _series_id(key) or "-", m.kind.value, _summary_text(m, entry))
+        for key in caches:
+            labels = dict(key)
+            name = labels.pop("name", "")
+            rate = self.hit_rate(name, **labels)
+            table.add_row("cache_hit_rate", _series_id(key) or "-", "ratio",
+                          "-" if rate is None else f"{rate:.1%}")
+        if not rows:
+            table.add_row("-", "-", "-", "no metrics recorded")
+        console.print(table)
+        return table
+
+    # --- helpers -----------------------------------------------------------------------------------
+
+    def _checked(self, metric: MetricLike, kind: MetricKind, method: str) -> MetricType:
+        m = metric_type(metric)
+        if m.kind is not kind:
+            hint = {MetricKind.COUNTER: "increment()", MetricKind.GAUGE: "set_gauge()",
+                    MetricKind.HISTOGRAM: "record()"}[m.kind]
+            raise MetricError(f"{method}() cannot be used on {m.value!r}: it is a {m.kind.value}; use {hint}")
+        return m
+
+    def _ordered(self) -> list[tuple[MetricType, dict[LabelKey, Any]]]:
+        return [(m, self._series[m]) for m in MetricType if m in self._series]
+
+
+# --- module helpers ----------------------------------------------------------------------------------
+
+
+def _number(value: Any, metric: MetricType, *, allow_negative: bool) -> Number:
+    """An exact int or Fraction from an int/float value; bools, NaN, infinities (and negatives) refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"value of {metric.value!r} must be an int or a float, got {type(value).__name__}")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise MetricError(f"value of {metric.value!r} must be finite, got {value!r}")
+        exact: Number = Fraction(value)
+        if exact.denominator == 1:
+            exact = int(exact)
+    else:
+        exact = value
+    if value < 0 and not allow_negative:
+        raise MetricError(f"value of {metric.value!r} must be >= 0 (a {metric.kind.value}), got {value!r}")
+    return exact
+
+
+def _label_key(name: Any, labels: Mapping[str, Any]) -> LabelKey:
+    """The canonical, sorted label tuple of a series; ``name`` is the label ``name`` (left out when empty)."""
+    if not isinstance(name, str):
+        raise TypeError(f"metric name must be a string, got {type(name).__name__}")
+    pairs = [("name", name)] if name else []
+    for label, value in labels.items():
+        if label not in _CHECKED_LABELS:
+            _check_label_name(label)
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise TypeError(f"label {label!r} must be a string or an int, got {type(value).__name__}")
+        pairs.append((label, str(value)))
+    pairs.sort()
+    return tuple(pairs)
+
+
+#: Label names already checked (a run labels thousands of series with the same few names).
+_CHECKED_LABELS: set[str] = set()
+
+
+def _check_label_name(label: str) -> None:
+    if not _LABEL_NAME.match(label) or label.startswith("__") or label in _RESERVED_LABELS:
+        raise MetricError(f"invalid label name {label!r}: it must match [A-Za-z_][A-Za-z0-9_]*, "
+                          f"not start with '__' and not be one of {sorted(_RESERVED_LABELS)}")
+    _CHECKED_LABELS.add(label)
+
+
+def _plain(value: Number) -> int | float:
+    if isinstance(value, Fraction):
+        return int(value) if value.denominator == 1 else float(value)
+    return value
+
+
+def _public_value(m: MetricType, entry: Any) -> Any:
+    if m.kind is MetricKind.COUNTER:
+        return _plain(entry) if entry is not None else 0
+    if m.kind is MetricKind.GAUGE:
+        return None if entry is None else _plain(entry.value)
+    hist = entry if entry is not None else _Histogram(len(m.buckets))
+    buckets: dict[float, int] = {}
+    cumulative = 0
+    for bound, n in zip((*m.buckets, math.inf), hist.counts, strict=True):
+        cumulative += n
+        buckets[bound] = cumulative
+    return {"count": cumulative, "sum": float(hist.total), "buckets": buckets}
+
+
+def _series_id(key: LabelKey) -> str:
+    labels = dict(key)
+    name = labels.pop("name", "")
+    if not labels:
+        return name
+    inner = ",".join(f'{k}="{_escape_label_value(v)}"' for k, v in labels.items())
+    return f"{name}{{{inner}}}"
+
+
+def _escape_label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _label_text(key: LabelKey, extra: tuple[str, str] | None = None) -> str:
+    pairs = list(key) + ([extra] if extra else [])
+    if not pairs:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape_label_value(v)}"' for k, v in pairs) + "}"
+
+
+def _format_bound(bound: float) -> str:
+    return "+Inf" if bound == math.inf else repr(float(bound))
+
+
+def _format_number(value: Number) -> str:
+    plain = _plain(value)
+    return str(plain) if isinstance(plain, int) else repr(plain)
+
+
+def _summary_text(m: MetricType, entry: Any) -> str:
+    if m.kind is MetricKind.COUNTER:
+        return _format_number(entry)
+    if m.kind is MetricKind.GAUGE:
+        return _format_number(entry.value)
+    n = entry.count()
+    if n == 0:
+        return "count 0"
+    unit = "s" if m.buckets is SECONDS_BUCKETS else " B"
+    total, mean = float(entry.total), float(entry.total / n)
+    return f"count {n}, sum {total:.6g}{unit}, mean {mean:.6g}{unit}"
+
+
+# --- snapshot encoding ---------------------------------------------------------------------------------
+
+
+def _encode_exact(value: Number, into: dict[str, Any], field: str) -> None:
+    """``field`` gets the plain number; a non-integral one also gets ``<field>_exact`` = "num/den"."""
+    into[field] = _plain(value)
+    if isinstance(value, Fraction) and value.denominator != 1:
+        into[f"{field}_exact"] = f"{value.numerator}/{value.denominator}"
+
+
+def _encode_series(m: MetricType, key: LabelKey, entry: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"labels": dict(key)}
+    if m.kind is MetricKind.COUNTER:
+        _encode_exact(entry, out, "value")
+    elif m.kind is MetricKind.GAUGE:
+        _encode_exact(entry.value, out, "value")
+        out["set_at"] = entry.set_at
+    else:
+        out["count"] = entry.count()
+        _encode_exact(entry.total, out, "sum")
+        out["bucket_counts"] = list(entry.counts)
+    return out
+
+
+def _decode_exact(series: Mapping[str, Any], field: str, where: str) -> Number:
+    exact = series.get(f"{field}_exact")
+    if exact is not None:
+        try:
+            value = Fraction(exact)
+        except (TypeError, ValueError, ZeroDivisionError):
+            raise MetricError(f"{where}: {field}_exact {exact!r} is not a fraction 'num/den'") from None
+        return int(value) if value.denominator == 1 else value
+    raw = series.get(field)
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+        raise MetricError(f"{where}: {field} must be a finite number, got {raw!r}")
+    if isinstance(raw, float):
+        value = Fraction(raw)
+        return int(value) if value.denominator == 1 else value
+    return raw
+
+
+def _decode_snapshot(snapshot: Any) -> list[tuple[MetricType, list[tuple[LabelKey, Any]]]]:
+    """Check a whole snapshot and turn it into internal entries; raises MetricError on the first fault."""
+    if not isinstance(snapshot, Mapping):
+        raise TypeError(f"a metrics snapshot must be a mapping, got {type(snapshot).__name__}")
+    if snapshot.get("format") != SNAPSHOT_FORMAT:
+        raise MetricError(f"not a metrics snapshot: format is {snapshot.get('format')!r}, "
+                          f"expected {SNAPSHOT_FORMAT!r}")
+    families = snapshot.get("metrics")
+    if not isinstance(families, Mapping):
+        raise MetricError("metrics snapshot has no 'metrics' mapping")
+    decoded = []
+    for metric_name, family in families.items():
+        m = metric_type(metric_name)
+        where = f"snapshot metric {m.value!r}"
+        if not isinstance(family, Mapping) or family.get("kind") != m.kind.value:
+            raise MetricError(f"{where}: kind is {family.get('kind') if isinstance(family, Mapping) else family!r}, "
+                              f"expected {m.kind.value!r}")
+        if m.kind is MetricKind.HISTOGRAM and list(family.get("buckets") or ()) != list(m.buckets):
+            raise MetricError(f"{where}: bucket bounds {family.get('buckets')!r} differ from this version's "
+                              f"{list(m.buckets)!r}; snapshots with other buckets cannot be merged exactly")
+        series_list = family.get("series")
+        if not isinstance(series_list, list):
+            raise MetricError(f"{where}: 'series' must be a list")
+        entries: list[tuple[LabelKey, Any]] = []
+        for series in series_list:
+            if not isinstance(series, Mapping) or not isinstance(series.get("labels"), Mapping):
+                raise MetricError(f"{where}: every series needs a 'labels' mapping")
+            labels = dict(series["labels"])
+            if not all(isinstance(v, str) for v in labels.values()):
+                raise MetricError(f"{where}: label values must be strings")
+            key = _label_key(labels.pop("name", ""), labels)
+            if m.kind is MetricKind.COUNTER:
+                value = _decode_exact(series, "value", where)
+                if value < 0:
+                    raise MetricError(f"{where}: counter value {series.get('value')!r} is negative")
+                entries.append((key, value))
+            elif m.kind is MetricKind.GAUGE:
+                set_at = series.get("set_at")
+                if isinstance(set_at, bool) or not isinstance(set_at, (int, float)):
+                    raise MetricError(f"{where}: gauge needs a numeric 'set_at', got {set_at!r}")
+                entries.append((key, _Gauge(_decode_exact(series, "value", where), float(set_at))))
+            else:
+                counts = series.get("bucket_counts")
+                if (not isinstance(counts, list) or len(counts) != len(m.buckets) + 1
+                        or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts)):
+                    raise MetricError(f"{where}: bucket_counts must be {len(m.buckets) + 1} non-negative ints")
+                if series.get("count", sum(counts)) != sum(counts):
+                    raise MetricError(f"{where}: count {series.get('count')!r} is not the sum of bucket_counts")
+                hist = _Histogram(len(m.buckets))
+                hist.counts = list(counts)
+                hist.total = _decode_exact(series, "sum", where)
+                entries.append((key, hist))
+        decoded.append((m, entries))
+    return decoded
