@@ -3,9 +3,11 @@
 Scenario 1 ("cache"): the seeded 1000-node DAG of ``bench_overhead`` (20 levels x 50, two inputs per node),
 every node doing 20 ms of work as ``time.sleep(0.02)`` (a stand-in for I/O-bound work: a busy loop would
 measure the 2-core machine's CPU, not the engine, since 8 Ray workers share 2 cores), checkpointing to a
-fresh checkpoint folder (opened as ``run(storage="folder")`` opens it: LocalStorage without a per-write fsync): the cold run vs the fully cached re-run of the same DAG on the same folder.
+fresh checkpoint folder (opened as ``run(storage="folder")`` opens it: LocalStorage without a per-write
+fsync): the cold run vs the fully cached re-run of the same DAG on the same folder.
 The script asserts that every node of the re-run is ``cached`` with 0 attempts and that the re-run left no
-checkpoint object written by the re-run (objects are written only by workers, so no node ran). Target: re-run <= 0.05 x cold.
+checkpoint object written by the re-run (objects are written only by workers, so no node ran).
+Target: re-run <= 0.05 x cold.
 
 Scenario 2 ("noop"): the same shape with no-op nodes; ``odibi_ray.run(dag, storage=<fresh
 folder>)`` (a cold, fully checkpointed run every repeat) vs raw Ray tasks chained by object refs (the
@@ -415,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed, "repeats": args.repeats, "quick": args.quick, "ray_num_cpus": NUM_CPUS,
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "ray": ray.__version__},
         "elapsed_s": round(elapsed, 1),
-        "cache": {"work_ms_per_node": WORK_MS, "work": "time.sleep", "storage": "checkpoint folder (no per-write fsync)",
+        "cache": {"work_ms_per_node": WORK_MS, "work": "time.sleep",
+                  "storage": "checkpoint folder (no per-write fsync)",
                   "cold_s": cs["cold"]["median"], "cached_s": cs["cached"]["median"],
                   "cold_min_s": cs["cold"]["min"], "cached_min_s": cs["cached"]["min"],
                   "ratio": cache_ratio, "ratio_min": cache_ratio_min, "target": CACHE_TARGET,

@@ -76,7 +76,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import Any, Callable, Iterator, Mapping, Protocol
+from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Mapping
 
 import ray
 
@@ -548,7 +549,7 @@ FLAT_STYLE = ForeignStyle(False, {"sha256": "", "size": "", "codec": "pickle", "
 
 def foreign_object(rng: random.Random, style: ForeignStyle) -> tuple[str, bytes, dict[str, str]]:
     """One object of another pipeline (one of 20), keyed and described as ``style`` says."""
-    key = "%064x" % rng.getrandbits(256)
+    key = f"{rng.getrandbits(256):064x}"
     pipeline = f"other_{rng.randrange(20):02d}"
     data = rng.randbytes(rng.randrange(8, 64))
     meta = dict(style.metadata, sha256=hashlib.sha256(data).hexdigest(), size=str(len(data)),
@@ -762,8 +763,9 @@ def print_layered(rec: dict[str, Any]) -> None:
 
 def print_resume(where: str, rec: dict[str, Any], nodes: int) -> None:
     r = rec["resume"]
-    print(f"  {where:<8} resume {r['median_s']:.3f} s median (min {r['min_s']:.3f}; {verdict(r['median_s'], RESUME_TARGET_S)}"
-          f"), the failed run before it {rec['failed_run']['median_s']:.3f} s; {nodes} nodes: {rec['statuses']}")
+    print(f"  {where:<8} resume {r['median_s']:.3f} s median (min {r['min_s']:.3f}; "
+          f"{verdict(r['median_s'], RESUME_TARGET_S)}), the failed run before it "
+          f"{rec['failed_run']['median_s']:.3f} s; {nodes} nodes: {rec['statuses']}")
 
 
 def print_plan(where: str, rec: dict[str, Any]) -> None:

@@ -29,7 +29,8 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from benchmarks import engines as E
 

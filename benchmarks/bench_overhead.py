@@ -27,7 +27,8 @@ import random
 import statistics
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 # Before ray is imported (network safety: no usage stats, local cluster only).
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
@@ -255,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         return round(a[key] / b[key], 3)
 
     noop_ratio, noop_ratio_min = ratio(ns["odibi_ray"], ns["raw_ray"]), ratio(ns["odibi_ray"], ns["raw_ray"], "min_s")
-    sl_ratio, sl_ratio_min = ratio(ss["odibi_ray"], ss["raw_ray_deps"]), ratio(ss["odibi_ray"], ss["raw_ray_deps"], "min_s")
+    sl_ratio, sl_ratio_min = (ratio(ss["odibi_ray"], ss["raw_ray_deps"]),
+                              ratio(ss["odibi_ray"], ss["raw_ray_deps"], "min_s"))
     met_ratio, met_ratio_min = (ratio(ns["odibi_ray"], ns["odibi_ray_metrics_off"]),
                                 ratio(ns["odibi_ray"], ns["odibi_ray_metrics_off"], "min_s"))
     bar_ratio, bar_ratio_min = (ratio(ss["raw_ray_barrier"], ss["raw_ray_deps"]),

@@ -21,7 +21,8 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 # Before ray / distributed are imported (network safety: no usage stats, local cluster only, no proxy).
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
@@ -294,7 +295,8 @@ def time_cases(engine: str, cases: list[dict[str, Any]], workers: int, repeats: 
 
 
 def main() -> int:
-    """Read ``{"engine", "cases", "workers", "repeats", "seed", "budget_s"}`` as JSON on stdin; print the result JSON."""
+    """Read ``{"engine", "cases", "workers", "repeats", "seed", "budget_s"}`` as JSON on stdin; print the result
+    JSON."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     req = json.load(sys.stdin)
     res = time_cases(req["engine"], req["cases"], int(req["workers"]), int(req["repeats"]), int(req["seed"]),

@@ -210,8 +210,8 @@ def driver_markdown(d: dict[str, Any]) -> str:
             ("raw Ray, same DAG: wall / driver peak RSS above its start",
              f"{d['raw_ray_s']:.2f} s / {d['raw_ray_peak_rss_mib']:.0f} MiB"),
             ("cold run with local checkpoints", f"{d['cold_ckpt_s']:.2f} s"),
-            ("fully cached re-run (every node `cached`, 0 tasks)", f"{d['cached_rerun_s']:.3f} s "
-                                                                   f"({d['cached_rerun_s'] / d['cold_ckpt_s']:.3f} x cold)")]
+            ("fully cached re-run (every node `cached`, 0 tasks)",
+             f"{d['cached_rerun_s']:.3f} s ({d['cached_rerun_s'] / d['cold_ckpt_s']:.3f} x cold)")]
     return ("\n### Driver (10,000-node layered DAG, no-op bodies)\n\n| measurement | value |\n|---|---|\n"
             + "\n".join(f"| {a} | {b} |" for a, b in rows) + "\n")
 

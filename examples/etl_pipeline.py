@@ -1,6 +1,7 @@
 """ETL example: ingest orders and customers, clean, join, aggregate, write partitioned Parquet, on Ray.
 
-    python examples/etl_pipeline.py                        # about a million orders, local Ray, checkpoints in .odibi/etl
+    python examples/etl_pipeline.py                        # about a million orders, local Ray,
+                                                           # checkpoints in .odibi/etl
     python examples/etl_pipeline.py                        # again: every node is `cached`, no task runs
     python examples/etl_pipeline.py --rows 200000 --fail-at join     # the run fails at `join` ...
     python examples/etl_pipeline.py --rows 200000 --resume latest    # ... and resume finishes it
@@ -49,11 +50,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python examples/etl_pipeline.py` from anywhere: examples.etl_steps importable
     sys.path.insert(0, str(REPO))
 
-from rich.console import Console
-from rich.table import Table
+from rich.console import Console  # noqa: E402 - after the sys.path setup above
+from rich.table import Table  # noqa: E402 - after the sys.path setup above
 
-from examples import etl_steps
-from odibi_ray import DAG, NodeStatus, RetryPolicy, RunResult, RunStatus, run
+from examples import etl_steps  # noqa: E402 - after the sys.path setup above
+from odibi_ray import DAG, NodeStatus, RetryPolicy, RunResult, RunStatus, run  # noqa: E402 - after the sys.path setup above
 
 PIPELINE = "etl_sales"
 NODES = ("ingest_orders", "ingest_customers", "clean_orders", "clean_customers", "join", "aggregate",
@@ -73,8 +74,8 @@ def build_dag(rows: int = 1_000_000, customers: int = 50_000, seed: int = 7, out
                  retry=RetryPolicy(max_attempts=3, delay_s=0.2, backoff=2.0, jitter=0.1, retry_on=(ConnectionError,)))
     dag.add_node(name="clean_customers", fn=etl_steps.clean_customers, inputs={"customers": "ingest_customers"},
                  timeout_s=t)
-    dag.add_node(name="join", fn=etl_steps.join_orders, inputs={"orders": "clean_orders", "customers": "clean_customers"},
-                 num_cpus=1, timeout_s=t)
+    dag.add_node(name="join", fn=etl_steps.join_orders,
+                 inputs={"orders": "clean_orders", "customers": "clean_customers"}, num_cpus=1, timeout_s=t)
     dag.add_node(name="aggregate", fn=etl_steps.aggregate_sales, inputs={"enriched": "join"}, timeout_s=t)
     dag.add_node(name="write_orders", fn=etl_steps.write_parquet, inputs={"table": "join"}, timeout_s=t,
                  params={"out": f"{out}/orders", "partition_by": ["country"]})

@@ -43,19 +43,15 @@ def is_loopback_endpoint(endpoint: str | None) -> bool:
     host = urlparse(endpoint or "").hostname or ""
     return host == "localhost" or host.startswith("127.") or host == "::1"
 
-import pyarrow as pa
-import pyarrow.compute as pc
-from rich.console import Console
-from rich.table import Table
+# The imports follow the Ray environment set above (Ray reads it when it is imported).
+import pyarrow as pa  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
 
-from odibi_ray import (
-    Checkpoint,
-    CloudAdapter,
-    CloudCacheManager,
-    DistributedCheckpointManager,
-)
-from odibi_ray.errors import NotFoundError
-from odibi_ray.observe.metrics import MetricsManager, MetricType
+from odibi_ray import Checkpoint, CloudAdapter, CloudCacheManager, DistributedCheckpointManager  # noqa: E402
+from odibi_ray.errors import NotFoundError  # noqa: E402
+from odibi_ray.observe.metrics import MetricsManager, MetricType  # noqa: E402
 
 PIPELINE = "cloud_demo"
 log = logging.getLogger(__name__)

@@ -22,11 +22,12 @@ import sys
 import urllib.parse
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Optional, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
+from collections.abc import Callable
 
 import typer
 from rich.box import HEAVY_HEAD
-from rich.console import Console, ConsoleOptions, RenderResult
+from rich.console import Console, ConsoleOptions, JustifyMethod, RenderResult
 from rich.table import Table
 from rich.text import Text
 
@@ -91,7 +92,7 @@ def _user_errors(fn: F) -> F:
             typer.echo(f"error: {_one_line(exc)}", err=True)
             raise typer.Exit(EXIT_USER_ERROR) from None
 
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)  # functools.wraps keeps fn's signature
 
 
 def _one_line(exc: BaseException) -> str:
@@ -284,19 +285,19 @@ _STORE_MARKS = (layout.MARKER_KEY, layout.RUNS, layout.OBJECTS)  # what a checkp
 class _Scope(NamedTuple):
     """Where an inspection command looks: the pipeline (None: every one) and the storages, in words for errors."""
 
-    pipeline: Optional[str]
+    pipeline: str | None
     stores: list[Storage]
     where: str
 
 
-def _pipeline_arg(positional: Optional[str], option: Optional[str]) -> Optional[str]:
+def _pipeline_arg(positional: str | None, option: str | None) -> str | None:
     """The pipeline given as an argument or as ``--pipeline`` (the same thing; not two different ones)."""
     if positional and option and positional != option:
         raise typer.BadParameter(f"two pipelines given ({positional!r} and --pipeline {option!r}): give one")
     return positional or option
 
 
-def _scope(pipeline: Optional[str], storage: Optional[str]) -> _Scope:
+def _scope(pipeline: str | None, storage: str | None) -> _Scope:
     """``--storage URI`` if given; else the storage of a pipeline file or module:dag (its ``storage:``, default
     .odibi/<name>); else every checkpoint storage under ./.odibi/, only those holding the pipeline if one is
     named (so a pipeline kept elsewhere than .odibi/<name>, like the demo's .odibi/demo, is found too)."""
@@ -400,7 +401,7 @@ def _runs(scope: _Scope, *, required: bool = True) -> list[_Runs]:
     return found
 
 
-def _find_run(pipeline: Optional[str], storage: Optional[str], run_id: Optional[str]) -> tuple[Storage, str, str]:
+def _find_run(pipeline: str | None, storage: str | None, run_id: str | None) -> tuple[Storage, str, str]:
     """Storage, pipeline and run id of a run: ``run_id`` (found in whichever pipeline of the scope holds it) or,
     for None / 'latest', the newest run of the pipeline (of any pipeline in the scope when none is named)."""
     scope = _scope(pipeline, storage)
@@ -417,7 +418,7 @@ def _find_run(pipeline: Optional[str], storage: Optional[str], run_id: Optional[
         f"pipeline {r.pipeline} in {_display(r.store)}" for r in hits) + "): give --pipeline or --storage")
 
 
-def _open(pipeline: Optional[str], storage: Optional[str], *, need_pipeline: bool = True) -> tuple[Optional[str], Storage]:
+def _open(pipeline: str | None, storage: str | None, *, need_pipeline: bool = True) -> tuple[str | None, Storage]:
     """Pipeline name and one storage (see _scope); with several, the pipeline and storage of the newest run.
     Commands about one run should use _find_run, which also finds the pipeline of a run id."""
     scope = _scope(pipeline, storage)
@@ -435,7 +436,7 @@ def _ts(value: Any) -> str:
     return _dt.datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds") if t > 0 else ""
 
 
-def _run_id(storage: Storage, pipeline: str, run_id: Optional[str]) -> str:
+def _run_id(storage: Storage, pipeline: str, run_id: str | None) -> str:
     if run_id in (None, "latest"):
         runs = list_runs(storage, pipeline)
         if not runs:
@@ -486,7 +487,7 @@ class Col(NamedTuple):
     header: str
     whole: bool = False
     drop: int = 0
-    justify: str = "left"
+    justify: JustifyMethod = "left"
 
 
 class Grid:
@@ -524,7 +525,7 @@ class Grid:
         for i, w in zip(shown, widths):
             col = self.columns[i]
             table.add_column(col.header, width=w, no_wrap=col.whole and not folded, overflow="fold",
-                             justify=col.justify)  # type: ignore[arg-type]
+                             justify=col.justify)
         for row in self.rows:
             table.add_row(*(row[i] for i in shown))
         yield table
@@ -598,10 +599,10 @@ def _result_table(result: RunResult) -> Grid:
 @_user_errors
 def run_cmd(
     target: str = typer.Argument(..., help="A pipeline file (PIPELINE.yaml) or a Python DAG (package.module:dag)."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address ('auto': the cluster of this machine)."),
-    storage: Optional[str] = typer.Option(None, help="Checkpoint storage URI (overrides the pipeline's; "
+    address: str | None = typer.Option(None, help="Ray cluster address ('auto': the cluster of this machine)."),
+    storage: str | None = typer.Option(None, help="Checkpoint storage URI (overrides the pipeline's; "
                                           "default .odibi/<name>)."),
-    resume: Optional[str] = typer.Option(None, help="Resume a run: 'latest' or a run id."),
+    resume: str | None = typer.Option(None, help="Resume a run: 'latest' or a run id."),
     force: bool = typer.Option(False, "--force", help="With --resume: take the run over even if its driver "
                                "still looks alive (you know it is dead); exactly one resumer still wins."),
     heartbeat: float = typer.Option(HEARTBEAT_S, help="Seconds between the driver's manifest heartbeats; "
@@ -612,8 +613,8 @@ def run_cmd(
                                       "its output is cached, writing over the stored one; repeatable."),
     select: list[str] = typer.Option([], "--select", help="Run only node, node+ (and descendants) or +node "
                                      "(and ancestors); repeatable."),
-    max_workers: Optional[int] = typer.Option(None, help="Threads of the local backend."),
-    seed: Optional[int] = typer.Option(None, help="Seed of the retry jitter (repeatable runs)."),
+    max_workers: int | None = typer.Option(None, help="Threads of the local backend."),
+    seed: int | None = typer.Option(None, help="Seed of the retry jitter (repeatable runs)."),
 ) -> None:
     """Run a pipeline; print a per-node table. Exit 0 when every node succeeded, 1 when some failed."""
     dag, uri, options = _load_target(target, set_)
@@ -680,10 +681,10 @@ def _status_of(store: Storage, pipeline: str, meta: dict[str, str]) -> str:
 @app.command("runs")
 @_user_errors
 def runs_cmd(
-    pipeline_arg: Optional[str] = typer.Argument(None, metavar="PIPELINE", show_default=False,
+    pipeline_arg: str | None = typer.Argument(None, metavar="PIPELINE", show_default=False,
                                                  help=_ALL_PIPELINES_HELP),
-    pipeline: Optional[str] = typer.Option(None, "--pipeline", help="The same as PIPELINE."),
-    storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
+    pipeline: str | None = typer.Option(None, "--pipeline", help="The same as PIPELINE."),
+    storage: str | None = typer.Option(None, help=_STORAGE_HELP),
 ) -> None:
     """List the runs of a pipeline, or of every pipeline found (in ./.odibi/ by default), newest first."""
     scope = _scope(_pipeline_arg(pipeline_arg, pipeline), storage)
@@ -724,9 +725,9 @@ def _output_of(store: Storage, pipeline: str, run_id: str, key: str) -> str:
 @app.command("status")
 @_user_errors
 def status_cmd(
-    run_id: Optional[str] = typer.Argument(None, help="Run id (default: the latest run)."),
-    pipeline: Optional[str] = typer.Option(None, help=_ONE_RUN_PIPELINE_HELP),
-    storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
+    run_id: str | None = typer.Argument(None, help="Run id (default: the latest run)."),
+    pipeline: str | None = typer.Option(None, help=_ONE_RUN_PIPELINE_HELP),
+    storage: str | None = typer.Option(None, help=_STORAGE_HELP),
 ) -> None:
     """Show a run's status from its manifest (running, succeeded, failed or abandoned), its nodes, and where
     each node's output is stored (cached and resumed nodes: the object an earlier run wrote)."""
@@ -795,8 +796,8 @@ def to_dot(dag: DAG) -> str:
 @_user_errors
 def metrics_cmd(
     run_id: str = typer.Argument("latest", help="Run id (or 'latest')."),
-    pipeline: Optional[str] = typer.Option(None, help=_ONE_RUN_PIPELINE_HELP),
-    storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
+    pipeline: str | None = typer.Option(None, help=_ONE_RUN_PIPELINE_HELP),
+    storage: str | None = typer.Option(None, help=_STORAGE_HELP),
     format: MetricsFormat = typer.Option(MetricsFormat.prometheus, "--format", help="prometheus or json."),
 ) -> None:
     """Print a finished run's metrics (stored in its manifest) as Prometheus text or JSON."""
@@ -812,8 +813,8 @@ def metrics_cmd(
 @_user_errors
 def report_cmd(
     run_id: str = typer.Argument("latest", help="Run id (or 'latest')."),
-    pipeline: Optional[str] = typer.Option(None, help=_ONE_RUN_PIPELINE_HELP),
-    storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
+    pipeline: str | None = typer.Option(None, help=_ONE_RUN_PIPELINE_HELP),
+    storage: str | None = typer.Option(None, help=_STORAGE_HELP),
     output: Path = typer.Option(Path("run.html"), "--output", "-o", help="The HTML file to write."),
 ) -> None:
     """Write the self-contained HTML report of a run made with `odibi-ray run`."""
@@ -833,9 +834,9 @@ def report_cmd(
 @_user_errors
 def logs_cmd(
     run_id: str = typer.Argument(..., help="Run id (or 'latest')."),
-    node: Optional[str] = typer.Argument(None, help="Only this node (default: every node that ran)."),
-    pipeline: Optional[str] = typer.Option(None, help=_ONE_RUN_PIPELINE_HELP),
-    storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
+    node: str | None = typer.Argument(None, help="Only this node (default: every node that ran)."),
+    pipeline: str | None = typer.Option(None, help=_ONE_RUN_PIPELINE_HELP),
+    storage: str | None = typer.Option(None, help=_STORAGE_HELP),
 ) -> None:
     """Print what each attempt of a run's nodes wrote to stdout and stderr (the last 200 lines of each), as kept by
     `odibi-ray run`."""
@@ -871,10 +872,10 @@ def logs_cmd(
 @cache_app.command("ls")
 @_user_errors
 def cache_ls(
-    storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
-    pipeline: Optional[str] = typer.Option(None, help="Only outputs of this pipeline: a name, a YAML file or "
+    storage: str | None = typer.Option(None, help=_STORAGE_HELP),
+    pipeline: str | None = typer.Option(None, help="Only outputs of this pipeline: a name, a YAML file or "
                                            "module:dag (a file or module:dag also gives its storage)."),
-    node: Optional[str] = typer.Option(None, help="Only outputs written for this node name."),
+    node: str | None = typer.Option(None, help="Only outputs written for this node name."),
 ) -> None:
     """List the stored node outputs (key, pipeline, node, run, size, codec, created, expires), in ./.odibi/ by
     default. The key is the node's cache key: the object's name in the storage."""
@@ -931,11 +932,11 @@ def parse_duration(text: str) -> float:
 @cache_app.command("purge")
 @_user_errors
 def cache_purge(
-    storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
+    storage: str | None = typer.Option(None, help=_STORAGE_HELP),
     expired: bool = typer.Option(False, "--expired", help="Outputs whose TTL has passed."),
-    older_than: Optional[str] = typer.Option(None, help="Outputs created longer ago than this (90s, 15m, 12h, 7d)."),
-    node: Optional[str] = typer.Option(None, help="Outputs of this node name."),
-    pipeline: Optional[str] = typer.Option(None, help="Outputs referenced only by runs of this pipeline (a name, "
+    older_than: str | None = typer.Option(None, help="Outputs created longer ago than this (90s, 15m, 12h, 7d)."),
+    node: str | None = typer.Option(None, help="Outputs of this node name."),
+    pipeline: str | None = typer.Option(None, help="Outputs referenced only by runs of this pipeline (a name, "
                                            "a YAML file or module:dag)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would go; remove nothing."),
 ) -> None:
@@ -955,8 +956,8 @@ def cache_purge(
 @checkpoints_app.command("ls")
 @_user_errors
 def checkpoints_ls(
-    pipeline: Optional[str] = typer.Option(None, help=_ALL_PIPELINES_HELP),
-    storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
+    pipeline: str | None = typer.Option(None, help=_ALL_PIPELINES_HELP),
+    storage: str | None = typer.Option(None, help=_STORAGE_HELP),
 ) -> None:
     """List the runs of a pipeline (of every pipeline found, in ./.odibi/ by default) with how many node
     checkpoints each wrote (nodes that ran and succeeded)."""
@@ -979,8 +980,8 @@ def checkpoints_ls(
 @_user_errors
 def checkpoints_clean(
     keep: int = typer.Option(..., "--keep", min=1, help="How many of the newest runs to keep."),
-    pipeline: Optional[str] = typer.Option(None, help=_ALL_PIPELINES_HELP),
-    storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
+    pipeline: str | None = typer.Option(None, help=_ALL_PIPELINES_HELP),
+    storage: str | None = typer.Option(None, help=_STORAGE_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would go; remove nothing."),
 ) -> None:
     """Keep the N newest runs of a pipeline (of each pipeline found, in ./.odibi/ by default; and any running
@@ -995,9 +996,9 @@ def checkpoints_clean(
 @checkpoints_app.command("migrate")
 @_user_errors
 def checkpoints_migrate(
-    pipeline: Optional[str] = typer.Option(None, help="A pipeline file or module:dag: migrate its storage (a name: "
+    pipeline: str | None = typer.Option(None, help="A pipeline file or module:dag: migrate its storage (a name: "
                                            "the storages under ./.odibi/ that hold it)."),
-    storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
+    storage: str | None = typer.Option(None, help=_STORAGE_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would move; move nothing."),
 ) -> None:
     """Move a layout-1 store's outputs into layout 2 (objects/<pipeline>/...), checked, old copies removed; every

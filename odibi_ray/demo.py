@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-storage", action="store_true", help="run without checkpoints")
     args = parser.parse_args(argv)
     _loopback_only()
-    dag["extract"].params["rows"] = args.rows
+    dag["extract"].params = {**dag["extract"].params, "rows": args.rows}
     console = Console()
     console.print(f"[bold]{dag.name}[/]: {len(dag)} nodes in levels {dag.levels()}")
     init = dict(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 * 1024)

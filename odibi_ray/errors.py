@@ -6,7 +6,7 @@ the whole family, or one precise fault (a cycle, an unknown input, ...) by its o
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 class OdibiError(Exception):
@@ -85,8 +85,8 @@ class NodeTimeoutError(ExecutionError, TimeoutError):
 class SystemFailureError(ExecutionError):
     """The process or machine running an attempt failed (worker died, node lost, out of memory).
 
-    ``kind`` is the :class:`~odibi_ray.execution.result.ErrorKind` of the failure (``worker_died``, ``node_lost``, ``oom``,
-    ``object_lost``, ``cancelled``, ``system``; an ``ErrorKind`` is a ``str``).
+    ``kind`` is the :class:`~odibi_ray.execution.result.ErrorKind` of the failure (``worker_died``,
+    ``node_lost``, ``oom``, ``object_lost``, ``cancelled``, ``system``; an ``ErrorKind`` is a ``str``).
     """
 
     def __init__(self, kind: str, message: str) -> None:

@@ -33,7 +33,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterable
+from collections.abc import Iterable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import trustme
@@ -76,7 +76,7 @@ class KeyVaultStandIn:
 
     # --- lifecycle ------------------------------------------------------------------------------
 
-    def start(self) -> "KeyVaultStandIn":
+    def start(self) -> KeyVaultStandIn:
         """Serve in the background thread; returns self."""
         self._thread.start()
         return self
@@ -88,7 +88,7 @@ class KeyVaultStandIn:
         self._thread.join(timeout=5)
         self._tmp.cleanup()
 
-    def __enter__(self) -> "KeyVaultStandIn":
+    def __enter__(self) -> KeyVaultStandIn:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -69,7 +69,8 @@ def test_remote_plan_lists_the_pipeline_prefix_then_falls_back_to_lookups(azurit
     monkeypatch.setattr(lookup, "LIST_FLOOR", 1)
     monkeypatch.setattr(lookup, "LIST_FACTOR", 0)  # the pipeline "has too many objects": look each key up
     found = lookup.find_objects(azurite_storage, "lay", dict(keys, ghost=layout.object_key("lay", "ab" * 32)))
-    assert set(found) == set(keys) and sorted(heads) == sorted(list(keys.values()) + [layout.object_key("lay", "ab" * 32)])
+    assert set(found) == set(keys)
+    assert sorted(heads) == sorted(list(keys.values()) + [layout.object_key("lay", "ab" * 32)])
 
 
 # --- the manifest records what the run did ------------------------------------------------------------------
@@ -276,4 +277,5 @@ def test_layout_keys_parse_back():
     assert layout.parse_legacy_record_key(layout.manifest_key("etl", "r1")) is None
     assert layout.is_legacy_object_key(layout.legacy_object_key(key))
     assert not layout.is_legacy_object_key(layout.object_key("etl", key))
-    assert layout.cache_key_of(layout.object_key("etl", key)) == layout.cache_key_of(layout.legacy_object_key(key)) == key
+    assert (layout.cache_key_of(layout.object_key("etl", key))
+            == layout.cache_key_of(layout.legacy_object_key(key)) == key)

@@ -51,7 +51,8 @@ def test_rerun_of_unchanged_pipeline_runs_nothing_and_loads_equal_outputs(store,
     assert all(r.attempts == 0 for r in second.nodes.values())  # zero tasks submitted
     assert ran(marks) == {"source": 1, "double": 1, "total": 1, "as_bytes": 1}
     for name in ("source", "double", "total", "as_bytes"):
-        assert second[name] == first[name] if not isinstance(first[name], pa.Table) else second[name].equals(first[name])
+        assert (second[name] == first[name] if not isinstance(first[name], pa.Table)
+                else second[name].equals(first[name]))
     assert second["as_bytes"] == b"6" and second["total"] == {"sum": 6, "rows": 3}
     assert second.nodes["total"].cache_key == first.nodes["total"].cache_key
 
@@ -187,7 +188,8 @@ def test_resume_reuses_an_intact_object_the_manifest_never_heard_of(local_storag
     manifest.update(nodes=body["nodes"])
     switch.write_text("1")
     resumed = run(dag, backend="local", storage=local_storage, resume=failed.run_id, progress=False)
-    assert resumed.nodes["flaky"].status is NodeStatus.SUCCEEDED and resumed.nodes["double"].status is NodeStatus.RESUMED
+    assert resumed.nodes["flaky"].status is NodeStatus.SUCCEEDED
+    assert resumed.nodes["double"].status is NodeStatus.RESUMED
     assert ran(marks)["double"] == 1  # its object (this run's, by its key) was enough
 
 
@@ -210,7 +212,7 @@ def test_two_runs_at_once_both_succeed_and_share_objects(store, marks):
     objects = [i.key for i in store.list("objects/")]
     assert len(objects) == 4  # one object per node, whoever wrote it
     for r in results:
-        for name, rec in r.nodes.items():
+        for rec in r.nodes.values():
             assert layout.object_key("sales", rec.cache_key) in objects
 
 

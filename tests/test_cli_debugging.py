@@ -85,7 +85,8 @@ def test_failed_node_shows_its_exception_with_the_users_frames_only(backend, sto
 def test_debug_shows_the_whole_traceback(store):
     r = cli("--debug", "run", NOISY, "--backend", "local", "--storage", store, "--select", "explode")
     assert r.exit_code == 1, (r.stdout, r.stderr)
-    assert 'odibi_ray/execution/attempt.py", line' in r.stderr and "in run_attempt" in r.stderr  # the engine's frame too
+    # the engine's frame too
+    assert 'odibi_ray/execution/attempt.py", line' in r.stderr and "in run_attempt" in r.stderr
     assert ", in explode" in r.stderr and "ValueError: bad row 2: 'x'" in r.stderr
     assert "frame(s) not shown" not in r.stderr
 

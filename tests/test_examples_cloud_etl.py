@@ -139,7 +139,8 @@ def check_outputs(out_dir: Path) -> None:
 
 
 def test_etl_runs_retries_then_rerun_is_fully_cached(etl, tmp_path, capsys):
-    args = ["--rows", str(ROWS), "--backend", "local", "--storage", str(tmp_path / "cp"), "--out", str(tmp_path / "out")]
+    args = ["--rows", str(ROWS), "--backend", "local", "--storage", str(tmp_path / "cp"),
+            "--out", str(tmp_path / "out")]
     assert etl.main(args) == 0
     out = capsys.readouterr().out
     assert "level 0: ingest_orders, ingest_customers" in out and "level 4: write_summary" in out
@@ -156,7 +157,8 @@ def test_etl_runs_retries_then_rerun_is_fully_cached(etl, tmp_path, capsys):
 
 
 def test_etl_fail_at_then_resume_latest(etl, tmp_path, capsys):
-    base = ["--rows", str(ROWS), "--backend", "local", "--storage", str(tmp_path / "cp"), "--out", str(tmp_path / "out")]
+    base = ["--rows", str(ROWS), "--backend", "local", "--storage", str(tmp_path / "cp"),
+            "--out", str(tmp_path / "out")]
     assert etl.main(base + ["--fail-at", "join"]) == 1
     out = capsys.readouterr().out
     st = statuses(out)
@@ -181,7 +183,8 @@ def test_etl_on_ray(etl, tmp_path, capsys, ray_local):
 
 
 def test_etl_yaml_is_the_same_pipeline(etl, tmp_path, capsys):
-    spec = pytest.importorskip("odibi_ray.definition.spec", reason="odibi_ray/spec.py (YAML pipelines) is not in the tree")
+    spec = pytest.importorskip("odibi_ray.definition.spec",
+                               reason="odibi_ray/spec.py (YAML pipelines) is not in the tree")
     from odibi_ray.checkpoint.keys import cache_keys
 
     python_dag, yaml_dag = etl.build_dag(), spec.load_pipeline(REPO / "examples" / "etl_pipeline.yaml").to_dag()
@@ -191,7 +194,8 @@ def test_etl_yaml_is_the_same_pipeline(etl, tmp_path, capsys):
     order = [n for level in python_dag.levels() for n in level]
     assert cache_keys(yaml_dag, order) == cache_keys(python_dag, order)
     # run from Python, then from YAML on the same storage: the YAML run reuses every checkpoint
-    args = ["--rows", str(ROWS), "--backend", "local", "--storage", str(tmp_path / "cp"), "--out", str(tmp_path / "out")]
+    args = ["--rows", str(ROWS), "--backend", "local", "--storage", str(tmp_path / "cp"),
+            "--out", str(tmp_path / "out")]
     assert etl.main(args) == 0
     capsys.readouterr()
     assert etl.main(args + ["--yaml", str(REPO / "examples" / "etl_pipeline.yaml")]) == 0

@@ -77,7 +77,8 @@ def test_application_error_retried_then_passing(backend):
 
 def test_non_matching_exception_is_not_retried(backend):
     dag = DAG("noretry")
-    dag.add_node(Node("n", fail_until(5, KeyError), retry=RetryPolicy(max_attempts=5, delay_s=0.01, retry_on=(IOError,))))
+    dag.add_node(Node("n", fail_until(5, KeyError),
+                      retry=RetryPolicy(max_attempts=5, delay_s=0.01, retry_on=(IOError,))))
     result = go(dag, backend)
     rec = result.nodes["n"]
     assert rec.status is NodeStatus.FAILED and rec.attempts == 1

@@ -18,7 +18,8 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -122,7 +123,8 @@ def outcome(proc: subprocess.Popen, timeout_s: float = 120.0) -> dict[str, Any]:
 
 def can_unshare_uts() -> bool:
     try:
-        return subprocess.run(["unshare", "--uts", "true"], capture_output=True, timeout=10, check=False).returncode == 0
+        probe = subprocess.run(["unshare", "--uts", "true"], capture_output=True, timeout=10, check=False)
+        return probe.returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 

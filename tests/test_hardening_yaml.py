@@ -219,9 +219,10 @@ def test_python_api_numbers_have_bounds(make, fragment):
 
 def test_nan_and_inf_are_refused_everywhere():
     for bad in (math.nan, math.inf, -math.inf):
-        for make in (lambda: RetryPolicy(delay_s=bad), lambda: RetryPolicy(backoff=bad),
-                     lambda: CachePolicy(ttl_s=bad), lambda: Node("n", len, num_cpus=bad),
-                     lambda: Node("n", len, timeout_s=bad), lambda: Node("n", len, resources={"x": bad})):
+        for make in (lambda bad=bad: RetryPolicy(delay_s=bad), lambda bad=bad: RetryPolicy(backoff=bad),
+                     lambda bad=bad: CachePolicy(ttl_s=bad), lambda bad=bad: Node("n", len, num_cpus=bad),
+                     lambda bad=bad: Node("n", len, timeout_s=bad),
+                     lambda bad=bad: Node("n", len, resources={"x": bad})):
             with pytest.raises(InvalidPolicyError):
                 make()
     for text in ("nodes.clean.resources.num_cpus=.nan", "nodes.clean.retry.jitter=.nan",

@@ -179,6 +179,7 @@ def dev(tmp_path):
         return calls.read_text().splitlines()[len(before):], proc.stderr
 
     run.proj = proj  # type: ignore[attr-defined]
+    run.env = env  # type: ignore[attr-defined]
     return run
 
 
@@ -196,12 +197,15 @@ def test_dev_demo_installs_the_core_only_and_test_adds_the_test_extras(dev):
     calls, err = dev("demo")  # set up already: straight to the demo
     assert pip_installs(calls) == [] and "[setup" not in err
 
-    calls, _ = dev("test", "-k", "retry")  # the core is there, the test tools are not: installed now
+    calls, err = dev("test", "-k", "retry")  # the core is there, the test tools are not: installed now
     assert pip_installs(calls) == ["-e .[test]"]
     assert calls[-1].endswith("-m pytest -rs -k retry")
+    assert not [c for c in calls if "-m ruff" in c or "-m mypy" in c] and "[lint]" not in err  # a targeted run
 
-    calls, _ = dev("test")
+    calls, err = dev("test", "-q")  # the whole suite: the linters first
     assert pip_installs(calls) == []
+    assert calls[-3:-1] == ["-m ruff check .", "-m mypy"] and calls[-1].endswith("-m pytest -rs -q")
+    assert "[lint] ruff and mypy clean" in err
     calls, _ = dev("demo")  # the test install holds the core too
     assert pip_installs(calls) == []
 
@@ -209,3 +213,14 @@ def test_dev_demo_installs_the_core_only_and_test_adds_the_test_extras(dev):
     os.utime(dev.proj / "pyproject.toml", (later, later))  # the dependencies changed: install again
     calls, _ = dev("demo")
     assert pip_installs(calls) == ["-e ."]
+
+
+def test_dev_test_stops_before_the_suite_when_a_linter_fails(dev):
+    dev("test", "tests/test_dag.py")  # set up (a targeted run: no lint)
+    python = dev.proj / ".venv" / "bin" / "python"
+    python.write_text(python.read_text().replace(
+        'case "$*" in', 'case "$*" in *"-m mypy"*) echo "odibi_ray/x.py:1: error: wrong"; exit 1;; esac\ncase "$*" in'))
+    proc = subprocess.run([str(dev.proj / "dev"), "test"], env=dev.env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "odibi_ray/x.py:1: error: wrong" in proc.stderr and "[lint] mypy failed" in proc.stderr
+    assert (dev.proj / "calls.log").read_text().splitlines()[-1] == "-m mypy"  # and no pytest after it

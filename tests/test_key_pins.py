@@ -31,7 +31,8 @@ def test_native_canonical_form_is_pinned():
         '["{\\"tuple\\": [1, \\"k\\"]}",[1.5,null,true]]]}')
     assert hashlib.sha256(text.encode()).hexdigest() == \
         "2370ce9934481ee60d0cc815c87be99ed3222737dc8494ab2bb22c11676ee14f"
-    assert canonical({"a": 1, "b": (1, 2), "c": {"z"}}) == '{"dict":{"a":1,"b":{"tuple":[1,2]},"c":{"set":["\\"z\\""]}}}'
+    assert (canonical({"a": 1, "b": (1, 2), "c": {"z"}})
+            == '{"dict":{"a":1,"b":{"tuple":[1,2]},"c":{"set":["\\"z\\""]}}}')
 
 
 def test_native_cache_keys_are_pinned():

@@ -21,7 +21,9 @@ from rich.console import Console
 
 from odibi_ray.compat.cache_manager import CloudCacheManager
 from odibi_ray.errors import OdibiError
-from odibi_ray.observe.metrics import BYTES_BUCKETS, SECONDS_BUCKETS, MetricError, MetricKind, MetricsManager, MetricType
+from odibi_ray.observe.metrics import (
+    BYTES_BUCKETS, SECONDS_BUCKETS, MetricError, MetricKind, MetricsManager, MetricType,
+)
 from odibi_ray.storage.local import LocalStorage
 
 NASTY = 'say "hi"\\path\nline2'  # a double quote, a backslash and a newline: all three must be escaped

@@ -25,7 +25,8 @@ SCRIPT = Path(__file__).parent / "multinode" / "two_node_cluster.sh"
 
 
 def _why_not_possible() -> str | None:
-    return namespace_unavailable("needs root to create network/PID namespaces (unshare -n -p), and this test is not root")
+    return namespace_unavailable(
+        "needs root to create network/PID namespaces (unshare -n -p), and this test is not root")
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,8 @@ def _why_not_possible() -> str | None:
     absent = [mod for mod in ("aiohttp", "aiohttp_cors") if importlib.util.find_spec(mod) is None]
     if absent:
         return f"needs ray[default] for the job server (missing {', '.join(absent)}): pip install -e '.[cluster]'"
-    return namespace_unavailable("needs root to create network/PID namespaces (unshare -n -p), and this test is not root")
+    return namespace_unavailable(
+        "needs root to create network/PID namespaces (unshare -n -p), and this test is not root")
 
 
 @pytest.fixture(scope="module")

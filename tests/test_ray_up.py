@@ -54,7 +54,8 @@ def _install_ssh_tools() -> str | None:
 
 
 def _why_not_possible() -> str | None:
-    reason = namespace_unavailable("needs root (network/PID/mount namespaces, sshd for root), and this test is not root")
+    reason = namespace_unavailable(
+        "needs root (network/PID/mount namespaces, sshd for root), and this test is not root")
     if reason:
         return reason
     if _ssh_tools_missing():

@@ -119,7 +119,8 @@ def check_report(result: RunResult, text: str, edges: set[str]) -> Doc:
         assert int(box["attrs"]["data-attempts"]) == rec.attempts
         rect = next(e for e in doc.elements if e["parent"] is box and e["tag"] == "rect")
         assert rect["attrs"]["fill"] == STATUS_COLOURS[rec.status.value]
-        assert box["title"].startswith(f"{rec.name}: {rec.status.value}") and f"{rec.attempts} attempt(s)" in box["title"]
+        assert box["title"].startswith(f"{rec.name}: {rec.status.value}")
+        assert f"{rec.attempts} attempt(s)" in box["title"]
     assert {e["attrs"]["data-edge"] for e in doc.having("data-edge", cls="edge")} == edges
 
     bars = doc.having("data-attempt", cls="attempt", tag="rect")
@@ -135,7 +136,8 @@ def check_report(result: RunResult, text: str, edges: set[str]) -> Doc:
         assert f"{rec.name}: attempt {att.number} of {rec.attempts}" in bar["title"]
         if att.error is not None:
             assert bar["attrs"]["data-error-type"] == att.error.type_name and att.error.type_name in bar["title"]
-    rows = {(w["attrs"]["data-worker-node"], w["attrs"]["data-worker-pid"]) for w in doc.having("data-worker-pid", tag="g")}
+    rows = {(w["attrs"]["data-worker-node"], w["attrs"]["data-worker-pid"])
+            for w in doc.having("data-worker-pid", tag="g")}
     assert rows == {(b["attrs"]["data-worker-node"], b["attrs"]["data-worker-pid"]) for b in bars}
 
     table = doc.having("data-node", tag="tr")
@@ -163,7 +165,8 @@ def test_report_of_a_run_with_retry_failure_and_skip(tmp_path):
     assert "failed" in classes(flaky[1]) and "failed" in classes(flaky[2]) and "ok" in classes(flaky[3])
     assert "FlakyError" in flaky[1]["title"] and "attempt 1 failed on purpose" in flaky[1]["title"]
     links = doc.having("data-from-attempt", cls="retry-link")
-    assert sorted((e["attrs"]["data-node"], e["attrs"]["data-from-attempt"]) for e in links) == [("flaky", "1"), ("flaky", "2")]
+    assert (sorted((e["attrs"]["data-node"], e["attrs"]["data-from-attempt"]) for e in links)
+            == [("flaky", "1"), ("flaky", "2")])
     # bars sit left to right in time
     xs = [float(flaky[i]["attrs"]["x"]) for i in (1, 2, 3)]
     assert xs == sorted(xs) and xs[0] < xs[2]

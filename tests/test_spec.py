@@ -1,4 +1,5 @@
-"""YAML pipelines (odibi_ray.definition.spec): the YAML builds the same DAG as Python; every error names file and field path."""
+"""YAML pipelines (odibi_ray.definition.spec): the YAML builds the same DAG as Python; every error names file and
+field path."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import pytest
 
 from odibi_ray import CachePolicy, RetryPolicy
 from odibi_ray.errors import SignatureMismatchError
-from odibi_ray.definition.spec import SpecError, SpecFileNotFoundError, apply_overrides, load_pipeline, parse_memory, parse_spec
+from odibi_ray.definition.spec import (
+    SpecError, SpecFileNotFoundError, apply_overrides, load_pipeline, parse_memory, parse_spec,
+)
 from tests import pipelines_for_tests as pft
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -18,7 +18,7 @@ from .writeback_storage import RefusingStorage
 def test_written_behind_checkpoints_are_all_confirmed_before_the_run_ends(ray_local, tmp_path, marks):
     store = RefusingStorage(tmp_path / "s", delay_s=0.05, fsync=False)  # slow: the writes outlive their tasks
     result = run(pipeline(marks), storage=store, progress=False).raise_for_status()
-    for name, rec in result.nodes.items():  # every object is there when run() returns, with exact bytes
+    for rec in result.nodes.values():  # every object is there when run() returns, with exact bytes
         info = store.head(layout.object_key("lay", rec.cache_key))
         meta = CheckpointMeta.from_info(info)
         assert meta.run_id == result.run_id and meta.pid == rec.attempt_history[-1].worker_pid

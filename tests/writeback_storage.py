@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from odibi_ray.errors import StorageUnavailableError
 from odibi_ray.storage.local import LocalStorage

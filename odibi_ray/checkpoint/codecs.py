@@ -109,7 +109,7 @@ def decode(codec: str, payload: bytes | bytearray | memoryview) -> Any:
         raise CodecError(f"unknown codec {codec!r}: expected one of {', '.join(CODECS)}")
     try:
         if codec == "json":
-            return _JSON_DECODER.decode(payload.decode("utf-8"))
+            return _JSON_DECODER.decode(str(payload, "utf-8"))
         if codec == "pickle":
             return pickle.loads(payload)
         if codec == "arrow":
@@ -339,7 +339,7 @@ def _encode_pandas(value: Any) -> bytearray | None:
     return _write_parquet(table, _same_pandas_schema)
 
 
-def _decode_pandas(payload: bytes) -> Any:
+def _decode_pandas(payload: bytes | bytearray | memoryview) -> Any:
     """The DataFrame stored by the pandas codec, ``object`` string columns restored as ``object``."""
     try:
         import pandas  # noqa: F401 - to_pandas needs it; say so clearly if it is missing
@@ -365,7 +365,7 @@ def _restore_object_text(frame: Any, table: pa.Table, meta: dict[str, Any]) -> N
         if col_meta["numpy_type"] != "object" or not _is_text(field.type):
             continue
         current = frame.dtypes.iloc[pos] if pos < n_data else levels[pos - n_data].dtype
-        if current == object:
+        if current == object:  # noqa: E721 - a numpy dtype against object (dtype('O') == object), no type check
             continue
         values = table.column(pos).to_numpy(zero_copy_only=False)  # object array, None for nulls
         if pos < n_data:

@@ -28,6 +28,7 @@ import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import overload
 
 from ..errors import NotFoundError
 from ..storage.base import ObjectInfo, Storage
@@ -345,7 +346,7 @@ def _sweep_temp(storage: Storage, prefixes: list[str], older_than_s: float | Non
 
 def _float(value: object) -> float | None:
     try:
-        out = float(value)  # type: ignore[arg-type]
+        out = float(value)  # type: ignore[arg-type]  # any object: what float() refuses gives None below
     except (TypeError, ValueError):
         return None
     return out if math.isfinite(out) else None
@@ -357,6 +358,10 @@ def _check_storage(storage: object) -> None:
                         f"got {type(storage).__name__}")
 
 
+@overload
+def _check_seconds(value: float, name: str) -> float: ...
+@overload
+def _check_seconds(value: float | None, name: str) -> float | None: ...
 def _check_seconds(value: float | None, name: str) -> float | None:
     if value is None:
         return None

@@ -8,7 +8,8 @@ import json
 import logging
 import textwrap
 import types
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import cloudpickle
 
@@ -82,7 +83,7 @@ def cache_keys(dag: DAG, order: list[str], namespace: str | None = None, run_id:
             "node": name,
             "code": code,
             "params": canonical(node.params),
-            "inputs": [[param, keys[up]] for param, up in node.inputs.items()],
+            "inputs": [[param, keys[up]] for param, up in node.input_map.items()],
         }
         if policy.key_fn is not None:
             parts["key_fn"] = str(policy.key_fn(dict(node.params)))

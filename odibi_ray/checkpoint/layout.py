@@ -1,4 +1,5 @@
-"""Where checkpoints live in a storage root (one layout for cache and resume, see DESIGN.md). Layout 2:
+"""Where checkpoints live in a storage root: one layout for cache and resume (the README's "Checkpoints, cache
+and resume" explains it). Layout 2:
 
 ```
 objects/<pipeline>/<key[:2]>/<key>   node output, written once (create-only) by the worker that computed it,

@@ -21,7 +21,7 @@ from . import layout
 
 log = logging.getLogger(__name__)
 
-_SEEN: dict[str, "StoreLayout"] = {}  # per process: the marker is read once per store
+_SEEN: dict[str, StoreLayout] = {}  # per process: the marker is read once per store
 _SEEN_LOCK = threading.Lock()
 
 

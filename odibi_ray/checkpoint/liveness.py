@@ -21,7 +21,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Mapping
+from collections.abc import Mapping
 
 from ..errors import NotFoundError
 from ..storage.base import ObjectInfo, Storage

@@ -17,7 +17,8 @@ import math
 import re
 import urllib.parse
 from dataclasses import dataclass
-from typing import Callable, Mapping, Protocol, TypeVar
+from typing import Protocol, TypeVar
+from collections.abc import Callable, Mapping
 
 from ..storage.base import ObjectInfo
 
@@ -65,7 +66,7 @@ class CheckpointMeta:
     # --- reading -----------------------------------------------------------------------------------
 
     @classmethod
-    def read(cls, info: ObjectInfo) -> tuple["CheckpointMeta | None", str | None]:
+    def read(cls, info: ObjectInfo) -> tuple[CheckpointMeta | None, str | None]:
         """The metadata of a stored object and None, or None and why it cannot be trusted to describe the bytes
         (missing or malformed sha256/size/codec or another field, or a size that is not the object's:
         truncated, or not ours)."""
@@ -84,18 +85,18 @@ class CheckpointMeta:
         return meta, None
 
     @classmethod
-    def from_info(cls, info: ObjectInfo) -> "CheckpointMeta | None":
+    def from_info(cls, info: ObjectInfo) -> CheckpointMeta | None:
         """The metadata of a stored object, or None when it cannot be trusted (see :meth:`read`)."""
         return cls.read(info)[0]
 
     @classmethod
-    def salvage(cls, info: ObjectInfo) -> "CheckpointMeta":
+    def salvage(cls, info: ObjectInfo) -> CheckpointMeta:
         """Whatever reads of an object's metadata, trusted or not (a field that does not parse reads as unset):
         for listing and filtering damaged objects too, never for trusting their bytes."""
         return cls._parse(info.metadata, _lenient)
 
     @classmethod
-    def _parse(cls, md: Mapping[str, str], field: "_FieldReader") -> "CheckpointMeta":
+    def _parse(cls, md: Mapping[str, str], field: _FieldReader) -> CheckpointMeta:
         return cls(sha256=md.get("sha256", ""), size=field(md, "size", _count, 0), codec=md.get("codec", ""),
                    created=field(md, "created", _finite, 0.0), expires_at=field(md, "expires_at", _expiry, None),
                    node=_unquote(md.get("node", "")), pipeline=_unquote(md.get("pipeline", "")),

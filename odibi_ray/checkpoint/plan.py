@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from ..definition.dag import DAG
 from ..definition.policy import CachePolicy
@@ -108,9 +108,10 @@ _DONE = frozenset({NodeStatus.SUCCEEDED.value, NodeStatus.CACHED.value, NodeStat
 def _trusted(resumed: Mapping[str, PriorNode] | None, policies: Mapping[str, CachePolicy],
              keys: Mapping[str, str]) -> set[str]:
     """Nodes a resume reuses without a look-up: the run being resumed finished them (its manifest says so) under
-    the key they have now, and no TTL can have expired their object. Resume then costs requests for the unfinished nodes only; an object
-    gone since (purged) or damaged is found when a worker or the result reads it (SHA-256 checked there) and
-    its node is computed again (scheduler: ``_recompute_stored_input``, ``_load_stored``)."""
+    the key they have now, and no TTL can have expired their object. Resume then costs requests for the
+    unfinished nodes only; an object gone since (purged) or damaged is found when a worker or the result reads
+    it (SHA-256 checked there) and its node is computed again (scheduler: ``_recompute_stored_input``,
+    ``_load_stored``)."""
     if resumed is None:
         return set()
     return {n for n, prior in resumed.items() if prior.status in _DONE and prior.key == keys.get(n)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
+from collections.abc import Mapping
 
 from ..definition.dag import DAG
 from ..errors import ExecutionError, NotFoundError, PreconditionFailedError, RunStillRunningError
@@ -61,15 +62,17 @@ def open_resumed_run(storage: Storage, dag: DAG, resume: str, lease: DriverLease
         try:
             body, checked = manifest.read()
         except NotFoundError:
-            raise ExecutionError(f"cannot resume: no run {run_id!r} of pipeline {dag.name!r} in {storage.uri}") from None
+            raise ExecutionError(
+                f"cannot resume: no run {run_id!r} of pipeline {dag.name!r} in {storage.uri}") from None
         status = effective_status(body)
         if attempt == 0:
             forced_out = body.get("driver")
         if status == "running" and not (force and body.get("driver") == forced_out):
             age = time.time() - float(body.get("updated_at") or 0)
             raise RunStillRunningError(
-                f"run {run_id!r} of {dag.name!r} is still running (driver {who_drives(body)}, last write {age:.0f} s ago); "
-                f"resume it once it has stopped, or with force=True (--force) if that driver is known dead")
+                f"run {run_id!r} of {dag.name!r} is still running (driver {who_drives(body)}, "
+                f"last write {age:.0f} s ago); resume it once it has stopped, "
+                f"or with force=True (--force) if that driver is known dead")
         if status == "running":
             log.warning("run %s of %r: taking it over from a driver said to be dead (%s), by force", run_id,
                         dag.name, who_drives(body))
@@ -119,7 +122,8 @@ def node_statuses(storage: Storage, pipeline: str, run_id: str, body: Mapping[st
         nodes = body.get("nodes") or {}
         return {n: PriorNode(str(e.get("status", "")), str(e.get("key") or ""))
                 for n, e in nodes.items() if isinstance(e, dict)}
-    return {n: PriorNode("succeeded", r.get("cache_key", "")) for n, r in legacy_records(storage, pipeline, run_id).items()}
+    return {n: PriorNode("succeeded", r.get("cache_key", ""))
+            for n, r in legacy_records(storage, pipeline, run_id).items()}
 
 
 def run_checkpoints(storage: Storage, pipeline: str, run_id: str) -> dict[str, CheckpointMeta]:

@@ -23,7 +23,8 @@ import hashlib
 import hmac
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 from ..storage.secrets import SecretRef, SecretValue, resolve_secret
 

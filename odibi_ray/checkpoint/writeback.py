@@ -23,7 +23,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 from ..errors import StorageError, StorageUnavailableError
 from .lookup import find_objects, head_each
@@ -60,7 +61,7 @@ def write_behind(target: OutputTarget, value: Any, made: Provenance) -> None:
     _pool.submit(_store, target, payload, md)
 
 
-def _store(target: OutputTarget, payload: bytes, md: dict[str, str]) -> None:
+def _store(target: OutputTarget, payload: bytes | bytearray, md: dict[str, str]) -> None:
     try:
         store_encoded(target, payload, md)
     except Exception as exc:  # the driver finds the object missing and writes it itself

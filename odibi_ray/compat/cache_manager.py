@@ -17,7 +17,8 @@ import math
 import re
 import threading
 import time
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
 
 from ..errors import InvalidURIError, NotFoundError
 from ..storage.base import ObjectInfo, Storage
@@ -103,6 +104,7 @@ class CloudCacheManager:
                 "allow_pickle": self.allow_pickle}
 
     def __setstate__(self, state: Mapping[str, Any]) -> None:
+        # mypy refuses a call of __init__ (misc); it rebuilds the store, trust and counters from the configuration
         self.__init__(state["adapter"], state["prefix"], state["default_ttl_s"], state["metrics"],  # type: ignore[misc]
                       clock=state["clock"], signing_key=state.get("signing_key"),
                       allow_pickle=state.get("allow_pickle", True))

@@ -33,7 +33,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,7 +102,7 @@ class _Listed:
     created_at: float
 
 
-def _newest_first(items: Iterator[_Listed] | list[_Listed]) -> list[_Listed]:
+def _newest_first(items: Iterable[_Listed]) -> list[_Listed]:
     """Newest first by created_at; equal times ordered by checkpoint_id, the greater first (deterministic)."""
     return sorted(items, key=lambda c: (c.created_at, c.checkpoint_id), reverse=True)
 
@@ -185,7 +185,7 @@ class DistributedCheckpointManager:
                 "signing_key": self._trust.signer, "allow_pickle": self.allow_pickle}
 
     def __setstate__(self, state: Mapping[str, Any]) -> None:
-        self.__init__(**state)  # type: ignore[misc]
+        self.__init__(**state)  # type: ignore[misc]  # mypy refuses a call of __init__; it rebuilds the clients
 
     def _stores(self) -> list[tuple[str, Storage, str]]:
         """(label, storage, key prefix) of every copy, the cloud first."""

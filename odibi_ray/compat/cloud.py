@@ -49,7 +49,7 @@ class CloudAdapter:
         self.connected = False
 
     @classmethod
-    def create(cls, kind: str, **options: Any) -> "CloudAdapter":
+    def create(cls, kind: str, **options: Any) -> CloudAdapter:
         """The adapter for ``kind`` ("azure", "local", "s3", "hdfs"); ``simulate=True`` for a local stand-in."""
         return cls(kind, **options)
 
@@ -59,7 +59,7 @@ class CloudAdapter:
 
     # --- connection -----------------------------------------------------------------------------
 
-    def connect(self) -> "CloudAdapter":
+    def connect(self) -> CloudAdapter:
         """Check the configuration and open what can be opened up front (clients are opened lazily)."""
         if self.kind == "azure" and not self.simulate and not self.account_name:
             raise InvalidURIError("CloudAdapter('azure') needs account_name= (or AZURE_STORAGE_ACCOUNT)")

@@ -5,7 +5,8 @@ Imports nothing from Ray or storage: a DAG is plain definition.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from .names import check_name
 from ..errors import CycleError, DAGValidationError, DuplicateNodeError, InvalidNodeError, UnknownInputError
@@ -56,7 +57,7 @@ class DAG:
         if callable(name):  # used bare: @dag.node
             fn, name = name, None
             self.add_node(Node(name=fn.__name__, fn=fn, inputs=inputs or {}, **options))
-            return fn  # type: ignore[return-value]
+            return fn
 
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
             self.add_node(Node(name=name or fn.__name__, fn=fn, inputs=inputs or {}, **options))
@@ -107,7 +108,7 @@ class DAG:
         _check_pipeline_name(self.name)  # it may have been changed since the DAG was built
         for node in self._nodes.values():
             node._check_values()  # fields may have been changed since the node was built
-            for param, upstream in node.inputs.items():
+            for param, upstream in node.input_map.items():
                 if upstream not in self._nodes:
                     raise UnknownInputError(node.name, param, upstream)
         cycle = self._find_cycle()

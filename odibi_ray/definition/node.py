@@ -6,7 +6,8 @@ import inspect
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, cast
+from collections.abc import Callable, Mapping, Sequence
 
 from .names import MAX_NAME_LEN
 from ..errors import InvalidNodeError, InvalidPolicyError, SignatureMismatchError
@@ -51,7 +52,8 @@ class Node:
     def __post_init__(self) -> None:
         _check_name(self.name)
         if not callable(self.fn):
-            raise InvalidNodeError(f"node {self.name!r}: fn must be callable, got {type(self.fn).__name__}", (self.name,))
+            raise InvalidNodeError(f"node {self.name!r}: fn must be callable, got {type(self.fn).__name__}",
+                                   (self.name,))
         if isinstance(self.inputs, str):
             self.inputs = [self.inputs]
         if not isinstance(self.inputs, Mapping):
@@ -83,7 +85,7 @@ class Node:
             elif not _number(amount) or not 0 <= amount <= MAX_RESOURCE:
                 problems.append(f"resource {_short(res)} must be a finite number from 0 to {MAX_RESOURCE:g}, "
                                 f"got {_short(amount)}")
-        for param, upstream in self.inputs.items():
+        for param, upstream in self.input_map.items():
             if not isinstance(upstream, str):
                 problems.append(f"input {param!r} must name a node, got {upstream!r}")
         overlap = sorted(set(self.inputs) & set(self.params))
@@ -95,9 +97,15 @@ class Node:
             raise InvalidPolicyError(f"node {self.name!r}: " + "; ".join(problems), nodes=(self.name,))
 
     @property
+    def input_map(self) -> dict[str, str]:
+        """``inputs`` as the constructor normalised it (a list of names becomes ``{name: name}``): parameter of
+        ``fn`` -> upstream node."""
+        return cast("dict[str, str]", self.inputs)  # __post_init__ made it a dict; the field's type is the input's
+
+    @property
     def upstream(self) -> list[str]:
         """Names of the nodes this node reads from (each once, in parameter order)."""
-        return list(dict.fromkeys(self.inputs.values()))
+        return list(dict.fromkeys(self.input_map.values()))
 
     def check_signature(self) -> None:
         """Raise :class:`SignatureMismatchError` if ``fn`` cannot be called with the inputs and params."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from ..backoff import backoff_delay
 from ..errors import InvalidPolicyError
@@ -53,7 +53,8 @@ class RetryPolicy:
         problems = []
         if not isinstance(self.max_attempts, int) or isinstance(self.max_attempts, bool) \
                 or not 1 <= self.max_attempts <= MAX_ATTEMPTS:
-            problems.append(f"max_attempts must be an integer from 1 to {MAX_ATTEMPTS}, got {_short(self.max_attempts)}")
+            problems.append(f"max_attempts must be an integer from 1 to {MAX_ATTEMPTS}, "
+                            f"got {_short(self.max_attempts)}")
         for name in ("delay_s", "max_delay_s"):
             value = getattr(self, name)
             if not _finite_number(value) or not 0 <= value <= MAX_DELAY_S:
@@ -71,7 +72,7 @@ class RetryPolicy:
         object.__setattr__(self, "_retry_on_paths", frozenset(_type_path(t) for t in retry_on))
 
     @classmethod
-    def none(cls) -> "RetryPolicy":
+    def none(cls) -> RetryPolicy:
         """One attempt, no retry."""
         return cls(max_attempts=1)
 

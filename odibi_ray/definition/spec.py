@@ -37,7 +37,8 @@ import logging
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Sequence, Union
+from typing import Annotated, Any
+from collections.abc import Sequence
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError, field_validator,
@@ -116,7 +117,8 @@ class RetrySpec(_Strict):
     backoff: float = Field(2.0, ge=1, le=MAX_BACKOFF, allow_inf_nan=False)
     max_delay_s: float = Field(60.0, ge=0, le=MAX_DELAY_S, allow_inf_nan=False)
     jitter: float = Field(0.0, ge=0, le=1, allow_inf_nan=False)
-    retry_on: list[Annotated[str, Field(pattern=r"^[A-Za-z_][\w.:]*$")]] = Field(default_factory=lambda: ["builtins.Exception"])
+    retry_on: list[Annotated[str, Field(pattern=r"^[A-Za-z_][\w.:]*$")]] = Field(
+        default_factory=lambda: ["builtins.Exception"])
     retry_system_failures: bool = True
     retry_on_timeout: bool = True
 
@@ -138,9 +140,9 @@ def _inputs_tag(value: Any) -> str:
     return "<list>" if isinstance(value, (list, tuple)) else "<map>"
 
 
-CacheField = Annotated[Union[Annotated[bool, Tag("<flag>")], Annotated[CacheSpec, Tag("<policy>")]],
+CacheField = Annotated[Annotated[bool, Tag("<flag>")] | Annotated[CacheSpec, Tag("<policy>")],
                        Discriminator(_cache_tag)]
-InputsField = Annotated[Union[Annotated[list[str], Tag("<list>")], Annotated[dict[str, str], Tag("<map>")]],
+InputsField = Annotated[Annotated[list[str], Tag("<list>")] | Annotated[dict[str, str], Tag("<map>")],
                         Discriminator(_inputs_tag)]
 
 
@@ -306,10 +308,11 @@ class PipelineSpec(_Strict):
             raise self._error(path, str(exc)) from exc
 
     @model_validator(mode="after")
-    def _inputs_name_nodes(self) -> "PipelineSpec":
+    def _inputs_name_nodes(self) -> PipelineSpec:
         """Check that every input names a node of the pipeline (the path names the input)."""
         for name, spec in self.nodes.items():
-            pairs = ((i, v) for i, v in enumerate(spec.inputs)) if isinstance(spec.inputs, list) else spec.inputs.items()
+            pairs = (((i, v) for i, v in enumerate(spec.inputs)) if isinstance(spec.inputs, list)
+                     else spec.inputs.items())
             for param, upstream in pairs:
                 if upstream not in self.nodes:
                     raise ValueError(f"nodes.{name}.inputs.{_cut(str(param))}: names {_short(upstream)}, which is "
@@ -492,10 +495,10 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], source: str 
         try:
             value = _load_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:  # never PyYAML's str(exc): it quotes the value
-            raise SpecError(f"{source}: --set {path}: value is not valid YAML ({_yaml_problem(exc, _is_secret(parts))})",
-                            file=source, path=path) from None
+            raise SpecError(f"{source}: --set {path}: value is not valid YAML "
+                            f"({_yaml_problem(exc, _is_secret(parts))})", file=source, path=path) from None
         node: Any = out
-        i, done = 0, []
+        i, done = 0, list[str]()
         while True:
             if not isinstance(node, dict):
                 raise SpecError(f"{source}: --set {path}: {'.'.join(done) or 'the pipeline'} is not a mapping",

@@ -15,7 +15,8 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping, Sequence
 
 import cloudpickle
 
@@ -36,6 +37,20 @@ class IOCounts(NamedTuple):
 
 
 NO_IO = IOCounts(0, 0, 0.0)
+
+
+class _IOTally:
+    """The :class:`IOCounts` of an attempt while it runs."""
+
+    __slots__ = ("bytes_written", "bytes_read", "storage_s")
+
+    def __init__(self) -> None:
+        self.bytes_written = 0
+        self.bytes_read = 0
+        self.storage_s = 0.0
+
+    def counts(self) -> IOCounts:
+        return IOCounts(self.bytes_written, self.bytes_read, self.storage_s)
 
 
 class AttemptMeta(NamedTuple):
@@ -109,11 +124,11 @@ def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: 
     for v in input_values:
         if v.__class__ is UpstreamFailed:
             return AttemptMeta(started, started, worker_node_id, os.getpid(), _UPSTREAM_FAILED, NO_IO), FAILED
-    io = [0, 0, 0.0]  # bytes written, bytes read, seconds spent in storage calls
+    io = _IOTally()
     if any(v.__class__ is StoredRef for v in input_values):
         input_values, error = _load_stored(input_values, io)
         if error is not None:
-            return AttemptMeta(started, time.time(), worker_node_id, os.getpid(), error, IOCounts(*io)), FAILED
+            return AttemptMeta(started, time.time(), worker_node_id, os.getpid(), error, io.counts()), FAILED
     kwargs = dict(params)
     kwargs.update(zip(input_names, input_values))
     token = context._set(ctx)
@@ -152,15 +167,15 @@ def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: 
             if target.write_behind:  # encoded now, queued on this process's writer threads; the driver confirms it
                 write_behind(target, value, made)
             else:
-                io[0] = write_output(target, value, made)
+                io.bytes_written = write_output(target, value, made)
         except StorageError as exc:
             value, error = FAILED, error_info(exc, kind=ErrorKind.STORAGE)
         except Exception as exc:  # noqa: BLE001 - not encodable (CodecError): the node's failure, any backend
             value, error = FAILED, error_info(_naming_node(ctx.node, exc))
         if not target.write_behind:
-            io[2] += time.perf_counter() - t0
+            io.storage_s += time.perf_counter() - t0
     text = tail.text() if tail.size else ""
-    return AttemptMeta(started, ended, worker_node_id, os.getpid(), error, IOCounts(*io), text), value
+    return AttemptMeta(started, ended, worker_node_id, os.getpid(), error, io.counts(), text), value
 
 
 def _naming_node(node: str, exc: Exception) -> Exception:
@@ -173,17 +188,17 @@ def _naming_node(node: str, exc: Exception) -> Exception:
     return named
 
 
-def _load_stored(values: Sequence[Any], io: list) -> tuple[list[Any], ErrorInfo | None]:
+def _load_stored(values: Sequence[Any], io: _IOTally) -> tuple[list[Any], ErrorInfo | None]:
     """Replace stored inputs (outputs of cached or resumed nodes) by their values, read here in the worker;
-    ``io[1]``/``io[2]`` gain the bytes read and the seconds it took."""
+    ``io`` gains the bytes read and the seconds it took."""
     out = []
     for v in values:
         if v.__class__ is StoredRef:
             t0 = time.perf_counter()
             try:
                 v, nbytes = read_output_sized(v.storage, v.key, v.trust)
-                io[1] += nbytes
-                io[2] += time.perf_counter() - t0
+                io.bytes_read += nbytes
+                io.storage_s += time.perf_counter() - t0
             except (CorruptObjectError, CodecError) as exc:  # altered, truncated, or no longer decodable
                 try:
                     v.storage.delete(v.key)  # never trusted again: the producer runs and writes it anew
@@ -204,7 +219,7 @@ TAIL_LINES = 200
 TAIL_CHARS = 64 * 1024
 
 #: The output tail of the attempt running in this thread (context), if any.
-_CAPTURE: contextvars.ContextVar["OutputTail | None"] = contextvars.ContextVar("odibi_ray_output", default=None)
+_CAPTURE: contextvars.ContextVar[OutputTail | None] = contextvars.ContextVar("odibi_ray_output", default=None)
 _INSTALL_LOCK = threading.Lock()
 
 

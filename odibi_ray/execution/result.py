@@ -11,7 +11,8 @@ import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterable, Iterator
 
 from ..errors import NodeFailedError, OdibiError, OutputUnavailableError, RunFailedError
 
@@ -293,6 +294,8 @@ class RunResult:
     nodes: dict[str, NodeRecord]
     started_at: float
     ended_at: float
+    # Always given (the scheduler's fetch, or no_outputs for a result read back); the None default only lets this
+    # field follow the required ones.
     _fetch: Callable[[list[str]], list[Any]] = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
     _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     stats: dict[str, int] = field(default_factory=dict)  # e.g. corrupt_objects found and recomputed
@@ -326,7 +329,7 @@ class RunResult:
         """Node records grouped by topological level."""
         return [[self.nodes[n] for n in level] for level in self.levels]
 
-    def raise_for_status(self) -> "RunResult":
+    def raise_for_status(self) -> RunResult:
         """Raise :class:`RunFailedError` if any node did not succeed; return self otherwise."""
         if self.succeeded:
             return self
@@ -411,7 +414,7 @@ class RunResult:
         return json.dumps(body, default=str).encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> "RunResult":
+    def from_json(cls, data: bytes) -> RunResult:
         """A RunResult (records only: no outputs) from :meth:`to_json`."""
         body = json.loads(data)
 

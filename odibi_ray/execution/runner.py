@@ -7,7 +7,8 @@ import functools
 import gc
 import logging
 import random
-from typing import Any, Callable, Iterable
+from typing import Any
+from collections.abc import Callable, Iterable
 
 from .backends.base import Backend
 from .backends.local import LocalBackend
@@ -68,7 +69,7 @@ class ExecutionBackend(str, enum.Enum):
     THREAD_POOL = "local"  # the seed's name for LOCAL (an alias: the same member)
 
     @classmethod
-    def parse(cls, value: "str | ExecutionBackend") -> "ExecutionBackend":
+    def parse(cls, value: str | ExecutionBackend) -> ExecutionBackend:
         """A member from its value or name, any case (``"ray"``, ``"local"``, ``"thread_pool"``, ``"threads"``)."""
         if isinstance(value, cls):
             return value
@@ -114,8 +115,9 @@ def _collector_frozen(fn: Callable[..., RunResult]) -> Callable[..., RunResult]:
 
 
 @_collector_frozen
-def run(dag: DAG, *, backend: str | ExecutionBackend | Backend = "ray", address: str | None = None, retry: RetryPolicy | None = None,
-        storage: str | Storage | None = None, storage_options: dict[str, Any] | None = None,
+def run(dag: DAG, *, backend: str | ExecutionBackend | Backend = "ray", address: str | None = None,
+        retry: RetryPolicy | None = None, storage: str | Storage | None = None,
+        storage_options: dict[str, Any] | None = None,
         resume: str | None = None, barrier: bool = False,
         fail_fast: bool = False, seed: int | None = None, progress: bool | ProgressSink | None = None,
         max_workers: int | None = None, ray_init_kwargs: dict[str, Any] | None = None,
@@ -188,10 +190,11 @@ def run(dag: DAG, *, backend: str | ExecutionBackend | Backend = "ray", address:
     else:
         sink = progress
     manifest = plan = writer = None
-    lease = DriverLease() if store is not None else None
+    lease: DriverLease | None = None
     if store is None:
         rid = run_id or new_run_id()
     else:
+        lease = DriverLease()
         order = [n for names in levels for n in names]
         records = None
         try:
@@ -232,7 +235,7 @@ def run(dag: DAG, *, backend: str | ExecutionBackend | Backend = "ray", address:
         if plan is not None:  # the manifest is closed below: a recomputation on result[name] must not beat into it
             plan.heartbeat = lambda: None
     snapshot = _publish_metrics(result, be, metrics_namespace) if metrics else None
-    if writer is not None:
+    if writer is not None and manifest is not None:  # (a writer is made only with a manifest)
         counts: dict[str, int] = {}
         for rec in result.nodes.values():
             counts[rec.status.value] = counts.get(rec.status.value, 0) + 1
@@ -240,7 +243,8 @@ def run(dag: DAG, *, backend: str | ExecutionBackend | Backend = "ray", address:
         if snapshot is not None:  # past runs' metrics stay readable after the actor is gone
             summary["metrics"] = snapshot
         # a store the run just found unavailable: do not make the caller wait one more retry budget for the close
-        down = any(r.error is not None and r.error.type_name == "StorageUnavailableError" for r in result.nodes.values())
+        down = any(r.error is not None and r.error.type_name == "StorageUnavailableError"
+                   for r in result.nodes.values())
         result.resumed_from = manifest.resumed_from
         result.manifest_error = writer.close(result.status.value, summary, node_entries(result.nodes),
                                              storage_down=down)

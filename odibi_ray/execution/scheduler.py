@@ -44,7 +44,8 @@ import itertools
 import logging
 import random
 import time
-from typing import Any, Hashable, Mapping, NamedTuple
+from typing import Any, NamedTuple
+from collections.abc import Hashable, Mapping
 
 from .attempt import HARD_KILL_GRACE_S, AttemptMeta, error_info
 from .backends.base import Backend
@@ -168,7 +169,7 @@ class Scheduler:
         self.stats = {"corrupt_objects": 0}
         # The DAG, read only.
         self._nodes = dag.nodes
-        self._inputs = {n: list(node.inputs.values()) for n, node in self._nodes.items()}
+        self._inputs = {n: list(node.input_map.values()) for n, node in self._nodes.items()}
         self._children = dag.downstream_map()
         self._level_of = {n: i for i, names in enumerate(levels) for n in names}
         self._rank = {n: i for i, n in enumerate(itertools.chain.from_iterable(levels))}
@@ -464,7 +465,9 @@ class Scheduler:
                 continue  # finished in time, or discarded
             name = flight.node
             started = self.backend.started(handle)
-            due = (now + QUEUED_RECHECK_S) if started is None else started + self._nodes[name].timeout_s
+            timeout_s = self._nodes[name].timeout_s
+            assert timeout_s is not None  # only an attempt of a node with a timeout has a deadline
+            due = (now + QUEUED_RECHECK_S) if started is None else started + timeout_s
             if due > now:  # the clock starts when the attempt starts, not when it was queued
                 heapq.heappush(self._deadlines, (due, next(self._seq), handle))
                 continue

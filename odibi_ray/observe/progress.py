@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from ..execution.result import NodeStatus
 
@@ -26,8 +26,8 @@ class RichProgress(ProgressSink):
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
         self._progress: Progress | None = None
-        self._tasks: list = []
-        self._total = None
+        self._tasks: list[TaskID] = []
+        self._total: TaskID | None = None  # set by start(), with _progress
         self._failed = 0
 
     @property
@@ -46,7 +46,7 @@ class RichProgress(ProgressSink):
         self._progress.start()
 
     def node_done(self, name: str, level: int, status: NodeStatus) -> None:
-        if self._progress is None:
+        if self._progress is None or self._total is None:
             return
         if self._tasks:
             self._progress.advance(self._tasks[level])

@@ -420,7 +420,8 @@ def _timeline_svg(result: RunResult) -> str:
     while k * step <= span + 1e-12:
         x = x_of(t0 + k * step)
         out.append(f'<line class="axis" x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" y2="{height - _PAD}"/>'
-                   f'<text class="tick" x="{x + 2:.1f}" y="{top - 10}">{_e("+" + _fmt_s(k * step) if k else "0")}</text>')
+                   f'<text class="tick" x="{x + 2:.1f}" y="{top - 10}">'
+                   f'{_e("+" + _fmt_s(k * step) if k else "0")}</text>')
         k += 1
     y = top
     ends: dict[tuple[str, int], tuple[float, float]] = {}  # (node, attempt) -> (x_end, y_mid) of its bar
@@ -454,7 +455,8 @@ def _timeline_svg(result: RunResult) -> str:
         nxt = starts.get((node, number + 1))
         if nxt is not None and result.nodes[node].attempt_history[number - 1].error is not None:
             out.append(f'<path class="retry-link" data-node="{_e(node)}" data-from-attempt="{number}" '
-                       f'd="M{x1:.1f} {y1:.1f}Q{(x1 + nxt[0]) / 2:.1f} {min(y1, nxt[1]) - 12:.1f} {nxt[0]:.1f} {nxt[1]:.1f}"/>')
+                       f'd="M{x1:.1f} {y1:.1f}Q{(x1 + nxt[0]) / 2:.1f} {min(y1, nxt[1]) - 12:.1f} '
+                       f'{nxt[0]:.1f} {nxt[1]:.1f}"/>')
     out.append("</svg>")
     return "".join(out)
 

@@ -26,13 +26,13 @@ def metrics_from_result(result: RunResult, inputs: dict[str, list[str]] | None =
     base = {"pipeline": result.pipeline, "run": result.run_id}
     checkpointed = any(r.cache_key for r in result.nodes.values())
     for rec in result.nodes.values():
-        labels = dict(base, level=str(rec.level))
+        labels = dict(base, level=str(rec.level))  # value= goes by name before **labels (str values)
         ready_at = None
         if inputs is not None:
             ends = [result.nodes[u].ended_at for u in inputs.get(rec.name, ())]
             ready_at = max([e for e in ends if e is not None], default=None)
         for att in rec.attempt_history:
-            m.increment(MetricType.NODE_ATTEMPT, rec.name, worker=att.worker_node_id or "unknown", **labels)
+            m.increment(MetricType.NODE_ATTEMPT, rec.name, worker=att.worker_node_id or "unknown", value=1, **labels)
             if att.duration_s is not None:
                 m.record(MetricType.EXECUTION_TIME, rec.name, value=att.duration_s, **labels)
             if att.started_at is not None:  # time from ready (submitted, and inputs done) to running
@@ -48,15 +48,15 @@ def metrics_from_result(result: RunResult, inputs: dict[str, list[str]] | None =
             m.increment(MetricType.NODE_RETRY, rec.name, value=rec.attempts - 1, **labels)
         status = rec.status
         if status is NodeStatus.SUCCEEDED:
-            m.increment(MetricType.NODE_SUCCESS, rec.name, **labels)
+            m.increment(MetricType.NODE_SUCCESS, rec.name, value=1, **labels)
             if checkpointed:
-                m.increment(MetricType.CACHE_MISS, rec.name, **labels)
+                m.increment(MetricType.CACHE_MISS, rec.name, value=1, **labels)
         elif status is NodeStatus.FAILED:
-            m.increment(MetricType.NODE_FAILURE, rec.name, **labels)
+            m.increment(MetricType.NODE_FAILURE, rec.name, value=1, **labels)
         elif status in (NodeStatus.SKIPPED, NodeStatus.CANCELLED):
-            m.increment(MetricType.NODE_SKIP, rec.name, reason=status.value, **labels)
+            m.increment(MetricType.NODE_SKIP, rec.name, reason=status.value, value=1, **labels)
         elif status in (NodeStatus.CACHED, NodeStatus.RESUMED):
-            m.increment(MetricType.CACHE_HIT, rec.name, source=status.value, **labels)
+            m.increment(MetricType.CACHE_HIT, rec.name, source=status.value, value=1, **labels)
     evicted = result.stats.get("cache_evictions", 0)
     if evicted:
         m.increment(MetricType.CACHE_EVICTION, result.pipeline, value=evicted, **base)
@@ -149,7 +149,7 @@ class ActorMetricsManager(MetricsManager):
     def set_gauge(self, *args: Any, **kwargs: Any) -> None:
         self._send("set_gauge", *args, **kwargs)
 
-    def refresh(self) -> "ActorMetricsManager":
+    def refresh(self) -> ActorMetricsManager:
         """Replace the local copy by the actor's current state."""
         import ray
 

@@ -31,11 +31,12 @@ import os
 import re
 import ssl
 import threading
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Callable, Iterator, Mapping
 
 from ..errors import (AlreadyExistsError, InvalidURIError, NotFoundError, PreconditionFailedError,
                       StorageAuthError, StorageError, StorageUnavailableError)
-from .base import ObjectInfo, Storage, check_key, check_metadata, resolve_secret_option
+from .base import BytesLike, ObjectInfo, Storage, check_key, check_metadata, resolve_secret_option
 from .retry import Backoff, RetriesExhausted, call_with_retry
 from .uri import redact_uri
 
@@ -175,7 +176,7 @@ class ADLSStorage(Storage):
     # --- construction -------------------------------------------------------------------------
 
     @classmethod
-    def from_uri(cls, uri: str, **options: Any) -> "ADLSStorage":
+    def from_uri(cls, uri: str, **options: Any) -> ADLSStorage:
         """Parse an ``abfss://``, ``abfs://`` or ``az://`` URI; ``options`` are ``__init__``'s keywords."""
         if not isinstance(uri, str):
             raise InvalidURIError(f"storage URI must be a string, got {type(uri).__name__}")
@@ -280,6 +281,12 @@ class ADLSStorage(Storage):
         """The value of a secret option, resolved here (``env://``, ``kv://``, SecretValue or literal)."""
         return resolve_secret_option(self.uri, name, self._secrets[name])
 
+    def _mode_secret(self, name: str) -> str:
+        """A secret option the auth mode is made of (set: ``_choose_auth`` chose the mode for it), resolved."""
+        value = self._secret(name)
+        assert value is not None, name
+        return value
+
     def _sdk_options(self) -> dict[str, Any]:
         return dict(self.client_options, retry_total=0, connection_timeout=self.connect_timeout_s,
                     read_timeout=self.timeout_s, connection_verify=self.connection_verify)
@@ -291,11 +298,12 @@ class ADLSStorage(Storage):
         if self.auth == "sas_token":
             from azure.core.credentials import AzureSasCredential
 
-            return AzureSasCredential(self._secret("sas_token").lstrip("?"))
+            return AzureSasCredential(self._mode_secret("sas_token").lstrip("?"))
         if self.auth == "service_principal":
             from azure.identity import ClientSecretCredential
 
-            return ClientSecretCredential(self.tenant_id, self.client_id, self._secret("client_secret"))
+            assert self.tenant_id is not None and self.client_id is not None  # _choose_auth checked both
+            return ClientSecretCredential(self.tenant_id, self.client_id, self._mode_secret("client_secret"))
         if self.auth == "managed_identity":
             from azure.identity import ManagedIdentityCredential
 
@@ -326,7 +334,7 @@ class ADLSStorage(Storage):
                 _install_log_redaction()
                 if self.auth == "connection_string":
                     try:
-                        service = BlobServiceClient.from_connection_string(self._secret("connection_string"),
+                        service = BlobServiceClient.from_connection_string(self._mode_secret("connection_string"),
                                                                            **self._sdk_options())
                     except ValueError:
                         raise StorageAuthError(f"{self.uri}: connection_string is malformed") from None
@@ -346,7 +354,7 @@ class ADLSStorage(Storage):
         from azure.storage.filedatalake import DataLakeServiceClient
 
         if self.auth == "connection_string":
-            service = DataLakeServiceClient.from_connection_string(self._secret("connection_string"),
+            service = DataLakeServiceClient.from_connection_string(self._mode_secret("connection_string"),
                                                                    **self._sdk_options())
         else:
             url = re.sub(r"^(https?://[^/.]+)\.blob\.", r"\1.dfs.", self.account_url)
@@ -437,7 +445,7 @@ class ADLSStorage(Storage):
 
     # --- Storage ------------------------------------------------------------------------------
 
-    def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None, *,
+    def put(self, key: str, data: BytesLike, metadata: Mapping[str, str] | None = None, *,
             if_none_match: bool = False, if_match: str | None = None) -> ObjectInfo:
         """Upload ``data`` (Put Blob, or staged blocks + an atomic commit for large data)."""
         name = self._name(key)

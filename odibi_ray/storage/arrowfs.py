@@ -49,11 +49,12 @@ import threading
 import urllib.parse
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Callable, Iterator, Mapping
 
 from ..errors import (AlreadyExistsError, InvalidURIError, NotFoundError, PreconditionFailedError,
                       StorageAuthError, StorageError, StorageUnavailableError)
-from .base import ObjectInfo, Storage, check_key, check_metadata, resolve_secret_option
+from .base import BytesLike, ObjectInfo, Storage, check_key, check_metadata, resolve_secret_option
 from .retry import Backoff, RetriesExhausted, call_with_retry
 from .uri import redact_uri
 
@@ -128,7 +129,7 @@ class ArrowFSStorage(Storage):
     # --- construction -------------------------------------------------------------------------
 
     @classmethod
-    def from_uri(cls, uri: str, **options: Any) -> "ArrowFSStorage":
+    def from_uri(cls, uri: str, **options: Any) -> ArrowFSStorage:
         """An adapter for ``s3://bucket/prefix`` (an :class:`S3Storage`) or ``hdfs://host[:port]/path``."""
         scheme, authority, path = _split_uri(uri)
         if scheme == "s3":
@@ -260,7 +261,7 @@ class ArrowFSStorage(Storage):
                             "object metadata or conditional writes); use s3://, abfss:// or a local folder",
                             key=key)
 
-    def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None, *,
+    def put(self, key: str, data: BytesLike, metadata: Mapping[str, str] | None = None, *,
             if_none_match: bool = False, if_match: str | None = None) -> ObjectInfo:
         """Write a hidden temp file beside the key, then rename it over the key."""
         path = self._path(key)
@@ -416,7 +417,7 @@ class S3Storage(ArrowFSStorage):
             _import_boto3(self.uri)
 
     @classmethod
-    def from_uri(cls, uri: str, **options: Any) -> "S3Storage":
+    def from_uri(cls, uri: str, **options: Any) -> S3Storage:
         """Parse ``s3://<bucket>[/<prefix>]``; ``options`` are the keyword arguments of ``__init__``."""
         scheme, authority, path = _split_uri(uri)
         shown = redact_uri(uri)
@@ -515,7 +516,7 @@ class S3Storage(ArrowFSStorage):
 
     # --- Storage ------------------------------------------------------------------------------
 
-    def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None, *,
+    def put(self, key: str, data: BytesLike, metadata: Mapping[str, str] | None = None, *,
             if_none_match: bool = False, if_match: str | None = None) -> ObjectInfo:
         """One PutObject (If-None-Match ``*`` for create-only, If-Match for compare-and-swap)."""
         name = self._name(key)
@@ -597,7 +598,8 @@ class S3Storage(ArrowFSStorage):
         root = f"{self.prefix}/" if self.prefix else ""
         request: dict[str, Any] = {"Bucket": self.bucket, "Prefix": root + prefix}
         while True:
-            answer = self._call("list", prefix or None, lambda r=dict(request): self._client().list_objects_v2(**r))
+            # _call runs the lambda (and its retries) before the loop sets the next page's token in request
+            answer = self._call("list", prefix or None, lambda: self._client().list_objects_v2(**request))
             yield [(entry["Key"][len(root):], entry) for entry in answer.get("Contents", ())
                    if not entry["Key"].endswith("/")]  # "folder" markers made by other tools are no objects
             token = answer.get("NextContinuationToken")

@@ -15,7 +15,8 @@ import pickle
 import re
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import IO, TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
 
 from ..errors import InvalidURIError, NotFoundError, StorageAuthError, StorageUnavailableError
 
@@ -62,11 +63,17 @@ def resolve_secret_option(uri: str, name: str, value: object) -> str | None:
     from .secrets import SecretError, SecretUnavailableError, resolve_secret
 
     try:
+        # any object goes in: resolve_secret raises TypeError for a wrong type, mapped just below
         return resolve_secret(value).get_secret_value()  # type: ignore[arg-type]
     except SecretUnavailableError as exc:
         raise StorageUnavailableError(f"{uri}: could not resolve option {name}: {exc}") from None
     except (SecretError, TypeError) as exc:
         raise StorageAuthError(f"{uri}: could not resolve option {name}: {exc}") from None
+
+
+#: What :meth:`Storage.put` takes: any bytes-like object (a ``bytearray`` or ``memoryview`` is written without
+#: a copy where the adapter can).
+BytesLike = bytes | bytearray | memoryview
 
 
 class Storage(abc.ABC):
@@ -83,8 +90,15 @@ class Storage(abc.ABC):
     #: than list a prefix; remote adapters (a request per call) leave it False.
     local_lookups: bool = False
 
+    if TYPE_CHECKING:
+        # Every adapter defines these (its configuration, without an open client): __reduce__ and _restore use
+        # them. Declared for the type checker only, so a subclass keeps whatever Python's object provides.
+        def __getstate__(self) -> dict[str, Any]: ...
+
+        def __setstate__(self, state: dict[str, Any]) -> None: ...
+
     @abc.abstractmethod
-    def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None, *,
+    def put(self, key: str, data: BytesLike, metadata: Mapping[str, str] | None = None, *,
             if_none_match: bool = False, if_match: str | None = None) -> ObjectInfo:
         """Write ``data`` under ``key`` atomically (a reader sees the old object or the whole new one).
 
@@ -120,13 +134,15 @@ class Storage(abc.ABC):
 
     # --- streaming (optional: an adapter that can stream overrides these) -------------------------------
 
-    def put_stream(self, key: str, source: object, metadata: Mapping[str, str] | None = None, *,
+    def put_stream(self, key: str, source: BytesLike | IO[bytes], metadata: Mapping[str, str] | None = None, *,
                    if_none_match: bool = False, if_match: str | None = None) -> ObjectInfo:
         """:meth:`put` of ``source`` without copying it whole where the adapter can: a bytes-like object
         (``bytearray``, ``memoryview``) or a readable binary file (from its position to its end). This default
         passes a bytes-like object to :meth:`put` as it is, and reads a file into memory first."""
-        is_bytes = isinstance(source, (bytes, bytearray, memoryview))
-        data = source if is_bytes else source.read()  # type: ignore[attr-defined]
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            data = source
+        else:
+            data = source.read()
         return self.put(key, data, metadata, if_none_match=if_none_match, if_match=if_match)
 
     def get_into(self, key: str, open_sink: Callable[[ObjectInfo], Any]) -> ObjectInfo:
@@ -158,7 +174,7 @@ _INSTANCES: dict[tuple[type, bytes], Storage] = {}
 _INSTANCES_LOCK = threading.Lock()
 
 
-def _restore(cls: type, state: bytes) -> Storage:
+def _restore(cls: type[Storage], state: bytes) -> Storage:
     """This process's adapter for a pickled configuration (one per configuration, created on first use).
 
     Built outside the lock: an adapter that wraps another (a test or benchmark wrapper) unpickles its inner

@@ -48,6 +48,7 @@ sidecar name (at most 238 bytes on a filesystem with 255-byte names).
 
 from __future__ import annotations
 
+import builtins
 import errno
 import fcntl
 import hashlib
@@ -64,11 +65,12 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
 
 from ..errors import (AlreadyExistsError, InvalidURIError, NotFoundError, PreconditionFailedError, StorageAuthError,
                       StorageError, StorageUnavailableError)
-from .base import ObjectInfo, Storage, check_key, check_metadata
+from .base import BytesLike, ObjectInfo, Storage, check_key, check_metadata
 from .uri import redact_uri
 
 logger = logging.getLogger(__name__)
@@ -190,7 +192,7 @@ class LocalStorage(Storage):
         self.uri = Path(self.root).as_uri()
 
     @classmethod
-    def from_uri(cls, uri: str, **options: Any) -> "LocalStorage":
+    def from_uri(cls, uri: str, **options: Any) -> LocalStorage:
         """A LocalStorage from a plain path (relative ones against the cwd) or a ``file:///abs/path`` URI."""
         if not isinstance(uri, str) or not uri.strip():
             raise InvalidURIError(f"local storage URI must be a non-empty string, got {uri!r}")
@@ -216,6 +218,7 @@ class LocalStorage(Storage):
         return {"root": self.root, "fsync": self.fsync, "create_root": self.create_root, "xattrs": self.xattrs}
 
     def __setstate__(self, state: Mapping[str, Any]) -> None:
+        # mypy refuses a call of __init__ (misc); it checks the root and opens what the adapter holds again
         self.__init__(state["root"], fsync=state["fsync"], create_root=state["create_root"],  # type: ignore[misc]
                       xattrs=state.get("xattrs", True))
 
@@ -227,7 +230,7 @@ class LocalStorage(Storage):
 
     # --- interface ----------------------------------------------------------------------------------
 
-    def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None, *,
+    def put(self, key: str, data: BytesLike, metadata: Mapping[str, str] | None = None, *,
             if_none_match: bool = False, if_match: str | None = None) -> ObjectInfo:
         """Write ``data`` under ``key`` atomically; create-only or compare-and-swap on request."""
         self._path(key)
@@ -446,7 +449,7 @@ class LocalStorage(Storage):
 
     # --- temp files of puts that never finished -----------------------------------------------------
 
-    def temp_files(self, prefix: str = "") -> list[TempFile]:
+    def temp_files(self, prefix: str = "") -> builtins.list[TempFile]:
         """The temp files (``.odibi-tmp-*``) in the folders under ``prefix``, in key order: those of writers
         killed mid-put, and those of puts running now. ``prefix`` selects folders (a temp file's name says
         nothing of the key it was for): those whose key starts with it, and the folder ``prefix`` ends in."""
@@ -471,7 +474,7 @@ class LocalStorage(Storage):
                         older_than_s, prefix, self.uri)
         return len(swept), sum(t.size for t in swept)
 
-    def _sweep(self, prefix: str, cutoff: float | None, out: list[TempFile], dry_run: bool) -> None:
+    def _sweep(self, prefix: str, cutoff: float | None, out: builtins.list[TempFile], dry_run: bool) -> None:
         """Collect (and unless ``dry_run`` remove) the temp files under ``prefix`` last changed at or before
         ``cutoff`` (None: all of them, never removed). Folders are opened from the root without following links."""
         self._check_prefix(prefix)
@@ -487,7 +490,7 @@ class LocalStorage(Storage):
             os.close(dfd)
 
     def _sweep_folder(self, dfd: int, folder: str, prefix: str, base: str, cutoff: float | None,
-                      out: list[TempFile], dry_run: bool) -> bool:
+                      out: builtins.list[TempFile], dry_run: bool) -> bool:
         """Sweep the open folder ``dfd`` (key ``folder``, '' or ending in '/') and below (``base``: the folder
         ``prefix`` ends in); True if it removed something here or below (the folder may be empty now)."""
         removed = False
@@ -825,7 +828,7 @@ class LocalStorage(Storage):
 
     # --- writing ------------------------------------------------------------------------------------
 
-    def _write_temp(self, key: str, folder: list[str], data: bytes | memoryview,
+    def _write_temp(self, key: str, folder: builtins.list[str], data: bytes | memoryview,
                     attr: tuple[str, dict[str, str]] | None = None,
                     dfd: int | None = None) -> tuple[int, str, os.stat_result, bool]:
         """Write ``data`` to a fresh temp file in the key's folder (``dfd`` if open, else opened, made if missing,
@@ -852,6 +855,7 @@ class LocalStorage(Storage):
                 if own:
                     os.close(dfd)
                 raise self._map(exc, key, "put") from None
+        assert dfd is not None  # the loop leaves only once the temp file is open in it
         try:
             try:
                 _write_all(fd, data)
@@ -971,7 +975,7 @@ class LocalStorage(Storage):
                     pass
             raise self._map(exc, key, "delete") from None
 
-    def _prune(self, segments: list[str]) -> None:
+    def _prune(self, segments: builtins.list[str]) -> None:
         """Remove the folder ``segments`` and its parents while they are empty, never the root (each removed
         from its parent's fd, opened without following links: never anything outside the root)."""
         while segments:
@@ -1113,7 +1117,7 @@ def _copy_out(fd: int, size: int, sink: Any) -> None:
         try:
             got = os.preadv(fd, [want], offset) if hasattr(os, "preadv") else _pread_into(fd, want, offset)
         except OSError as exc:
-            exc.odibi_read = True  # type: ignore[attr-defined]
+            exc.odibi_read = True  # type: ignore[attr-defined]  # a mark on the exception, read with getattr
             raise
         if not got:
             return

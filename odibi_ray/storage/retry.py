@@ -11,7 +11,8 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
+from collections.abc import Callable
 
 from ..backoff import backoff_delay
 

@@ -28,7 +28,8 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from ..errors import OdibiError
 
@@ -162,7 +163,7 @@ class SecretRef:
     def is_reference(text: object) -> bool:
         """True if ``text`` is a string starting with ``env://`` or ``kv://`` (well-formed or not)."""
         m = _REF.match(text) if isinstance(text, str) else None
-        return bool(m) and m.group("scheme").lower() in _REF_SCHEMES
+        return m is not None and m.group("scheme").lower() in _REF_SCHEMES
 
     def resolve(self, **kwargs: Any) -> SecretValue:
         """Resolve in this process (``kwargs`` as for :func:`resolve_secret`)."""
@@ -346,8 +347,8 @@ def _fetch(client: Any, ref: str, name: str, version: str | None) -> SecretValue
     except ResourceNotFoundError:
         raise SecretNotFoundError(f"secret {ref} not found in its vault", ref=ref) from None
     except ClientAuthenticationError as exc:  # 401, or the credential could not get a token
-        status = f"HTTP {exc.status_code}" if exc.status_code else "no token"
-        raise SecretAccessDeniedError(f"access to secret {ref} denied ({status}): check the credential",
+        why = f"HTTP {exc.status_code}" if exc.status_code else "no token"
+        raise SecretAccessDeniedError(f"access to secret {ref} denied ({why}): check the credential",
                                       ref=ref) from None
     except HttpResponseError as exc:
         status, code = exc.status_code, _error_code(exc)

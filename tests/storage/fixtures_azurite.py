@@ -20,7 +20,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -68,7 +68,7 @@ class AzuriteServer:
         return (f"DefaultEndpointsProtocol={'https' if self.cert else 'http'};AccountName={ACCOUNT};"
                 f"AccountKey={ACCOUNT_KEY};BlobEndpoint={self.endpoint};")
 
-    def start(self, timeout_s: float = 30.0) -> "AzuriteServer":
+    def start(self, timeout_s: float = 30.0) -> AzuriteServer:
         """Start the process and return once 127.0.0.1:port accepts connections."""
         if not AZURITE_BLOB.exists():
             raise RuntimeError(f"{AZURITE_BLOB} is missing: run `npm ci` in {REPO} (./dev test does it)")

@@ -25,7 +25,8 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
@@ -75,7 +76,7 @@ class MotoServer:
     def endpoint(self) -> str:
         return f"{'https' if self.cert else 'http'}://127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 30.0) -> "MotoServer":
+    def start(self, timeout_s: float = 30.0) -> MotoServer:
         """Start the process (retrying on another port if the chosen one was taken meanwhile)."""
         env = dict(os.environ, AWS_EC2_METADATA_DISABLED="true")
         for _ in range(3):
@@ -135,7 +136,7 @@ class MotoServer:
             config=Config(retries={"total_max_attempts": 1}, s3={"addressing_style": "path"}),
             verify=getattr(self, "ca_file", None) or None, **kwargs)
 
-    def setup_iam(self) -> "MotoServer":
+    def setup_iam(self) -> MotoServer:
         """Make the bucket and an IAM user allowed s3:*, then switch IAM authentication on for every request."""
         iam = self.client("iam")
         iam.create_user(UserName="odibi")

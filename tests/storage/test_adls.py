@@ -23,7 +23,7 @@ import threading
 import time
 import traceback
 from datetime import datetime, timedelta, timezone
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -617,10 +617,10 @@ def test_hierarchical_namespace_routes_to_datalake(azurite: AzuriteServer, conta
         def __init__(self, *path: str) -> None:
             self.path = path
 
-        def get_directory_client(self, name: str) -> "Recorder":
+        def get_directory_client(self, name: str) -> Recorder:
             return Recorder("directory", name)
 
-        def get_file_client(self, name: str) -> "Recorder":
+        def get_file_client(self, name: str) -> Recorder:
             return Recorder("file", name)
 
         def delete_directory(self, **kw) -> None:
@@ -659,8 +659,9 @@ def test_no_key_or_sas_in_repr_errors_tracebacks_or_logs(azurite: AzuriteServer,
     ]
     errors: list[BaseException] = []
     for s in adapters:
-        for call in (lambda: s.put("k", b"v", {"m": "1"}), lambda: s.get("k"), lambda: s.head("missing"),
-                     lambda: list(s.list())):
+        # each lambda is called at once, in this iteration; the default binds s anyway (ruff B023)
+        for call in (lambda s=s: s.put("k", b"v", {"m": "1"}), lambda s=s: s.get("k"), lambda s=s: s.head("missing"),
+                     lambda s=s: list(s.list())):
             try:
                 call()
             except StorageError as exc:

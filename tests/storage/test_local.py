@@ -422,7 +422,7 @@ def test_a_crashed_create_leaves_a_sidecar_without_data_which_is_no_object(sidec
         crash_between_renames(root, key, "create")
         assert sidecar(root, key).is_file() and not (root / key).exists()
         assert not local_storage.exists(key)
-        for call in (lambda: local_storage.get(key), lambda: local_storage.get_with_info(key)):
+        for call in (lambda key=key: local_storage.get(key), lambda key=key: local_storage.get_with_info(key)):
             with pytest.raises(NotFoundError):
                 call()
     assert [i.key for i in local_storage.list(with_metadata=True)] == ["n/keep"]

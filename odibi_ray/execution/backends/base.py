@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Protocol, Sequence
+from typing import Any, Protocol, TypeVar
+from collections.abc import Hashable, Sequence
 
 from ..attempt import AttemptMeta
 from ..context import NodeContext
 from ...definition.node import Node
 
 
-class Backend(Protocol):
-    """Runs node attempts somewhere (Ray tasks, local threads). Handles are opaque and hashable."""
+#: A backend's handle of one attempt: opaque to the scheduler, hashable (a Ray backend's pair of object refs, a
+#: local backend's Future).
+H = TypeVar("H", bound=Hashable)
+
+
+class Backend(Protocol[H]):
+    """Runs node attempts somewhere (Ray tasks, local threads). Handles (``H``) are opaque and hashable; the
+    scheduler only passes back the handles the backend gave it."""
 
     name: str
 
@@ -27,30 +34,31 @@ class Backend(Protocol):
         """Called once per run before any submit: connect, serialise functions, check picklability.
         ``targets``: node -> where its worker checkpoints its output (an ``OutputTarget``), if anywhere."""
 
-    def submit(self, node: Node, ctx: NodeContext, inputs: Sequence[Hashable]) -> Hashable:
+    def submit(self, node: Node, ctx: NodeContext, inputs: Sequence[H]) -> H:
         """Start one attempt; ``inputs`` are the handles of the upstream attempts, in parameter order."""
 
-    def wait(self, handles: Sequence[Hashable], timeout: float | None, all_of: bool = False) -> list[Hashable]:
+    def wait(self, handles: Sequence[H], timeout: float | None, all_of: bool = False) -> list[H]:
         """Block until at least one handle (``all_of``: every handle) is done or ``timeout`` passes;
         return every done handle."""
 
-    def outcomes(self, handles: Sequence[Hashable]) -> list[AttemptMeta]:
+    def outcomes(self, handles: Sequence[H]) -> list[AttemptMeta]:
         """The attempt metadata of done handles, in their order; a system failure comes back as an ErrorInfo in
         it (``AttemptMeta.error``), never raised."""
 
-    def started(self, handle: Hashable) -> float | None:
-        """When an attempt began (``time.monotonic``), None while queued; used for driver-side timeouts."""
+    def started(self, handle: H) -> float | None:
+        """When an attempt began (``time.monotonic``), None while queued (or not known to the driver); used for
+        driver-side timeouts only, so a backend with ``worker_timeouts`` may always answer None."""
 
-    def cancel(self, handle: Hashable) -> None:
+    def cancel(self, handle: H) -> None:
         """Stop an attempt (best effort on the local backend)."""
 
-    def forget(self, handle: Hashable) -> None:
+    def forget(self, handle: H) -> None:
         """The scheduler discarded this attempt (its input failed); its outcome will not be read."""
 
-    def fetch(self, handle: Hashable) -> Any:
+    def fetch(self, handle: H) -> Any:
         """The output value of a successful attempt."""
 
-    def fetch_many(self, handles: Sequence[Hashable]) -> list[Any]:
+    def fetch_many(self, handles: Sequence[H]) -> list[Any]:
         """The output values of several successful attempts, in one round trip."""
 
     def alive_nodes(self) -> set[str]:

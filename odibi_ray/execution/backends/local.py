@@ -8,7 +8,8 @@ import functools
 import os
 import threading
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
 
 from ..attempt import NO_IO, AttemptMeta, error_info, run_attempt
 from ..context import NodeContext
@@ -61,7 +62,7 @@ class LocalBackend:
         fut: cf.Future = cf.Future()
         call = functools.partial(run_attempt, node.fn, node.params, list(node.inputs), values, ctx, "local",
                                  target=self._targets.get(node.name),
-                                 still_wanted=lambda f=fut: f not in self._abandoned)
+                                 still_wanted=lambda: fut not in self._abandoned)
         with self._lock:
             self._queue.append(_Queued(fut, node.name, call))
             self._pump()

@@ -17,7 +17,8 @@ import logging
 import os
 import struct
 import time
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator, Sequence
 
 import cloudpickle
 
@@ -168,11 +169,11 @@ def _spec(spec: bytes) -> TaskSpec:
 _META = struct.Struct("<ddIQQd")  # started_at, ended_at, pid, bytes written, bytes read, storage seconds; node id
 
 
-def _wire_meta(meta: AttemptMeta) -> bytes | tuple:
+def _wire_meta(meta: AttemptMeta) -> bytes | tuple[Any, ...]:
     """An attempt's metadata as a task returns it: a success without output as a packed record (cheaper for Ray
     than any tuple), anything else as a plain tuple of the :class:`AttemptMeta` fields (io a plain tuple too):
     a round trip through Ray's cloudpickle took 2-4x as long for a NamedTuple (measured on 1000 metas)."""
-    if meta.error is None and not meta.output_tail:
+    if meta.error is None and not meta.output_tail and meta.worker_node_id is not None:
         return _META.pack(meta.started_at, meta.ended_at, meta.pid, *meta.io) + _node_id_bytes(meta.worker_node_id)
     return meta[:5] + (tuple(meta.io), meta.output_tail)
 
@@ -184,9 +185,9 @@ def _node_id_bytes(hex_id: str) -> bytes:
         return hex_id.encode()
 
 
-def _unpack_meta(meta: bytes | tuple) -> AttemptMeta:
+def _unpack_meta(meta: bytes | tuple[Any, ...]) -> AttemptMeta:
     """A worker's metadata (see :func:`_wire_meta`) back as an :class:`AttemptMeta`."""
-    if type(meta) is not bytes:
+    if not isinstance(meta, bytes):
         started, ended, node_id, pid, error, io, tail = meta
         return AttemptMeta(started, ended, node_id, pid, error, IOCounts._make(io), tail)
     started, ended, pid, written, read, storage_s = _META.unpack_from(meta)
@@ -370,6 +371,11 @@ class RayBackend:
                 out.append(AttemptMeta(None, time.time(), None, None, classify_ray_error(exc), NO_IO))
                 _read_later(h.value)  # holds the same error: read it, or Ray logs it as unhandled
         return out
+
+    def started(self, handle: _Handle) -> None:
+        """Not known on the driver, and not needed: Ray times attempts in the worker (``worker_timeouts``), so the
+        scheduler never asks."""
+        return None
 
     def forget(self, handle: _Handle) -> None:
         """An attempt the scheduler discarded (an input of it failed): its refs may end in errors that nobody
