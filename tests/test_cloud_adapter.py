@@ -94,3 +94,16 @@ def test_azure_on_azurite(azurite):
     assert adapter.delete(f"{container}/sales/2026/part-0.parquet")
     assert not adapter.exists(f"{container}/sales/2026/part-0.parquet")
     adapter.disconnect()
+
+
+def test_locate_gives_the_store_and_key_that_the_native_api_reads(tmp_path):
+    """The public way from the seed face to a Storage (the seed cache uses it; so can users mixing both APIs)."""
+    from odibi_ray.storage.base import Storage
+
+    adapter = CloudAdapter.create("local", root=str(tmp_path)).connect()
+    adapter.write(b"payload", "box/blob.bin", format="bytes")
+    store, key = adapter.locate("box/blob.bin")
+    assert isinstance(store, Storage) and key == "box/blob.bin"
+    assert store.get(key) == b"payload"
+    with pytest.raises(InvalidURIError, match="<container>/<key>"):
+        CloudAdapter.create("s3").locate("no-key")

@@ -70,3 +70,16 @@ def test_node_grouping_by_level(backend):
 def test_executor_rejects_unknown_backend():
     with pytest.raises(ValueError):
         DistributedExecutor(backend="spark")
+
+
+def test_one_backend_name_type_for_run_the_cli_and_the_seed():
+    from odibi_ray.execution.runner import make_backend
+
+    assert ExecutionBackend.THREAD_POOL is ExecutionBackend.LOCAL  # the seed's name is an alias
+    assert [m.value for m in ExecutionBackend] == ["ray", "local"]  # what the CLI offers for --backend
+    for text in ("local", "LOCAL", "thread_pool", "threads", ExecutionBackend.THREAD_POOL):
+        assert ExecutionBackend.parse(text) is ExecutionBackend.LOCAL
+        assert make_backend(text).name == "local"
+    assert ExecutionBackend.parse(" Ray ") is ExecutionBackend.RAY
+    with pytest.raises(ValueError, match="unknown backend 'dask': use 'ray' or 'local'"):
+        ExecutionBackend.parse("dask")
