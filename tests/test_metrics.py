@@ -16,13 +16,14 @@ import threading
 from collections import Counter
 
 import pytest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
 from odibi_ray.compat.cache_manager import CloudCacheManager
 from odibi_ray.errors import OdibiError
 from odibi_ray.observe.metrics import (
-    BYTES_BUCKETS, SECONDS_BUCKETS, MetricError, MetricKind, MetricsManager, MetricType,
+    BYTES_BUCKETS, SECONDS_BUCKETS, MetricError, MetricKind, MetricsCollector, MetricsManager, MetricType,
 )
 from odibi_ray.storage.local import LocalStorage
 
@@ -167,7 +168,7 @@ def test_labels_are_kept_separate_and_escaped_in_the_exposition():
 def test_a_series_without_name_or_labels_has_no_label_braces():
     metrics = MetricsManager()
     metrics.set_gauge(MetricType.NODES_PENDING, "", 7)
-    assert "odibi_ray_nodes_pending 7\n" in metrics.export_prometheus()
+    assert "odibi_ray_nodes_pending 7.0\n" in metrics.export_prometheus()  # prometheus_client writes floats
     assert metrics.get_all_metrics(MetricType.NODES_PENDING) == {"": 7}
 
 
@@ -385,6 +386,100 @@ def test_prometheus_text_parses_back_to_the_same_values():
                 assert le is None and sample.value == manager.get_metric_value(m, name, **labels)
     assert families["odibi_ray_nodes_running"].samples[0].labels == {"name": "pool", "node": NASTY}
     assert families["odibi_ray_bytes_read"].samples[0].labels == {}
+
+
+# --- the prometheus_client collector ----------------------------------------------------------------------
+
+HUGE = 2 ** 53 + 1  # the first int a float64 cannot hold
+
+
+def every_kind() -> MetricsManager:
+    """A manager with every metric kind: label values with quotes, backslashes and newlines, a huge int
+    counter, a fractional counter, a negative gauge and histograms of both bucket sets."""
+    manager = apply(MetricsManager(), EVENTS)
+    manager.increment(MetricType.CACHE_HIT, "huge", HUGE, node=NASTY)
+    manager.increment(MetricType.BYTES_READ, "", 12345678)  # no labels at all
+    manager.set_gauge(MetricType.NODES_RUNNING, "pool", -2.5, node=NASTY)
+    manager.set_gauge(MetricType.NODES_PENDING, NASTY, 7)
+    for value in (0.1, 0.2, 3600.5):
+        manager.record(MetricType.STORAGE_LATENCY, "blob", value=value, op=NASTY)
+    manager.record(MetricType.OUTPUT_SIZE, NASTY, value=5 * 1024 ** 3)
+    return manager
+
+
+def test_the_collector_in_a_fresh_registry_yields_the_figures_of_get_all_metrics(monkeypatch):
+    monkeypatch.setattr(MetricType.CACHE_MISS, "help", 'Help with a \\ backslash, a "quote" and a\nnewline.')
+    manager = every_kind()
+    registry = CollectorRegistry()
+    registry.register(manager.collector())
+    families = {f.name: f for f in registry.collect()}
+    with_data = [m for m in MetricType if manager.get_all_metrics(m)]
+    assert list(families) == [family_name(m) for m in with_data]  # one family per metric, in MetricType order
+    assert {m.kind for m in with_data} == set(MetricKind)
+    for m in with_data:
+        family = families[family_name(m)]
+        assert family.type == m.kind.value and family.documentation == m.help
+        expected = manager.get_all_metrics(m)
+        seen = set()
+        for sample in family.samples:
+            labels = dict(sample.labels)
+            le = labels.pop("le", None)
+            name = labels.pop("name", "")
+            series = manager.get_metric_value(m, name, **labels)
+            seen.add((name, tuple(sorted(labels.items()))))
+            if m.kind is MetricKind.HISTOGRAM:
+                suffix = sample.name[len(m.prometheus_name):]
+                figure = series["buckets"][float(le)] if suffix == "_bucket" else series[suffix[1:]]
+                assert suffix in ("_bucket", "_sum", "_count")
+            else:
+                assert sample.name == m.prometheus_name and le is None  # counters keep their _total
+                figure = series
+            assert sample.value == figure and type(sample.value) is type(figure), (m, sample)
+        assert len(seen) == len(expected)  # every series, none twice
+    huge = [s for s in families["odibi_ray_cache_hits"].samples if s.labels.get("name") == "huge"]
+    assert [(s.value, s.labels["node"]) for s in huge] == [(HUGE, NASTY)]  # exact int, raw label value
+    assert isinstance(MetricsCollector(manager).collect().__next__().samples[0].value, int)
+
+
+def test_export_prometheus_is_generate_latest_of_the_collector_on_a_private_registry():
+    manager = every_kind()
+    registry = CollectorRegistry()
+    registry.register(manager.collector())
+    text = manager.export_prometheus()
+    assert text == generate_latest(registry).decode()
+    assert "odibi_ray" not in generate_latest(REGISTRY).decode()  # the global registry is left alone
+    names = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if not line.startswith("#")}
+    expected = set()
+    for m in MetricType:
+        if manager.get_all_metrics(m):
+            base = m.prometheus_name
+            expected |= {f"{base}_bucket", f"{base}_sum", f"{base}_count"} if m.kind is MetricKind.HISTOGRAM else {base}
+    assert names == expected  # sample names exactly as before: odibi_ray_cache_hits_total, ..._bucket
+    assert "# TYPE odibi_ray_cache_hits_total counter\n" in text
+    assert 'le="4294967296.0"' in text and 'le="+Inf"' in text  # the le values as always (not 4.294967296e+09)
+    assert 'node="say \\"hi\\"\\\\path\\nline2"' in text
+    # the text holds floats: an int above 2**53 is written as its nearest float64, the value any reader
+    # of the exposition (Prometheus included) would have read from the exact digits
+    huge = [s for s in parse(text)["odibi_ray_cache_hits"].samples if s.labels.get("name") == "huge"]
+    assert [s.value for s in huge] == [float(HUGE)] and float(HUGE) != HUGE
+    assert "odibi_ray_bytes_read_total 1.2345678e+07\n" in text
+
+
+def test_a_value_beyond_the_float_range_is_exported_as_inf():
+    manager = MetricsManager()
+    manager.increment(MetricType.CACHE_HIT, "c", 10 ** 400)
+    manager.set_gauge(MetricType.NODES_RUNNING, "g", -(10 ** 400))
+    assert manager.get_metric_value(MetricType.CACHE_HIT, "c") == 10 ** 400  # still exact in the manager
+    text = manager.export_prometheus()
+    assert 'odibi_ray_cache_hits_total{name="c"} +Inf\n' in text
+    assert 'odibi_ray_nodes_running{name="g"} -Inf\n' in text
+
+
+def test_an_empty_manager_exports_nothing_and_the_collector_yields_nothing():
+    manager = MetricsManager()
+    assert manager.export_prometheus() == ""
+    assert list(manager.collector().collect()) == []
+    assert "MetricsCollector(MetricsManager(0 series))" == repr(manager.collector())
 
 
 # --- the rich summary -------------------------------------------------------------------------------------

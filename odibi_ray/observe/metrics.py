@@ -10,7 +10,8 @@ just the label ``name``; extra keyword arguments are more labels (``pipeline=``,
 * gauges are last-write-wins by wall-clock time (``set_at``), so merging them is order-independent too.
 
 ``snapshot()`` is plain JSON-able data (format ``odibi-metrics/1``), ``from_snapshot``/``merge`` read it back,
-``export_json`` is that snapshot as text and ``export_prometheus`` the text exposition format 0.0.4.
+``export_json`` is that snapshot as text and ``export_prometheus`` the text exposition format 0.0.4, written by
+``prometheus_client`` from :class:`MetricsCollector` (a collector you can also register in your own registry).
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ import time
 from collections.abc import Iterator, Mapping
 from enum import Enum
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import OdibiError
+
+if TYPE_CHECKING:  # prometheus_client is imported when first used: it costs ~50 ms, most processes never export
+    from prometheus_client.metrics_core import Metric
 
 log = logging.getLogger(__name__)
 
@@ -321,29 +325,23 @@ class MetricsManager:
         return json.dumps(self.snapshot(), indent=indent, sort_keys=False)
 
     def export_prometheus(self) -> str:
-        """Prometheus text exposition format 0.0.4: one HELP and TYPE per family, labels kept (``name`` is a
-        label), histograms as cumulative ``_bucket{le=...}`` lines up to ``+Inf`` plus ``_sum`` and ``_count``."""
-        lines: list[str] = []
-        with self._lock:
-            for m, series in self._ordered():
-                if not series:
-                    continue
-                base = m.prometheus_name
-                lines.append(f"# HELP {base} {_escape_help(m.help)}")
-                lines.append(f"# TYPE {base} {m.kind.value}")
-                for key, entry in sorted(series.items()):
-                    if m.kind is MetricKind.HISTOGRAM:
-                        cumulative = 0
-                        for bound, n in zip((*m.buckets, math.inf), entry.counts, strict=True):
-                            cumulative += n
-                            lines.append(f"{base}_bucket{_label_text(key, ('le', _format_bound(bound)))} "
-                                         f"{cumulative}")
-                        lines.append(f"{base}_sum{_label_text(key)} {_format_number(entry.total)}")
-                        lines.append(f"{base}_count{_label_text(key)} {cumulative}")
-                    else:
-                        value = entry if m.kind is MetricKind.COUNTER else entry.value
-                        lines.append(f"{base}{_label_text(key)} {_format_number(value)}")
-        return "\n".join(lines) + "\n" if lines else ""
+        """Prometheus text exposition format 0.0.4, as ``prometheus_client.generate_latest`` writes it from
+        :meth:`collector` on a private registry: one HELP and TYPE per family, labels kept (``name`` is a label),
+        histograms as cumulative ``_bucket{le=...}`` samples up to ``+Inf`` plus ``_sum`` and ``_count``.
+
+        Every value is written as a float (``7.0``, ``1.2345678e+07``): an integer counter above 2**53 is
+        rounded to the nearest float64, as any Prometheus reader would read it anyway; the exact int stays in
+        ``get_all_metrics``, ``snapshot``/``export_json`` and the collector's samples."""
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        registry = CollectorRegistry()  # private: never prometheus_client's global REGISTRY
+        registry.register(self.collector())
+        return generate_latest(registry).decode()
+
+    def collector(self) -> MetricsCollector:
+        """A ``prometheus_client`` collector over this manager (see :class:`MetricsCollector`), to register in
+        your own registry: ``registry.register(manager.collector())``."""
+        return MetricsCollector(self)
 
     def print_summary(self, console: Any = None) -> Any:
         """Show every series (and the cache hit rate per cache) as a ``rich`` table on ``console``
@@ -384,6 +382,64 @@ class MetricsManager:
 
     def _ordered(self) -> list[tuple[MetricType, dict[LabelKey, Any]]]:
         return [(m, self._series[m]) for m in MetricType if m in self._series]
+
+
+# --- the prometheus_client collector -------------------------------------------------------------------
+
+
+class MetricsCollector:
+    """A ``prometheus_client`` custom collector (it implements ``prometheus_client.registry.Collector``) that
+    reads a :class:`MetricsManager` at every ``collect()``: one ``CounterMetricFamily``, ``GaugeMetricFamily``
+    or ``HistogramMetricFamily`` per metric with data, one sample per series (histograms: cumulative
+    ``_bucket`` samples up to ``le="+Inf"``, then ``_sum`` and ``_count``). Serve a manager's metrics::
+
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        registry = CollectorRegistry()
+        registry.register(MetricsCollector(manager))  # or manager.collector()
+        start_http_server(9100, registry=registry)
+
+    Sample names are the metrics' ``prometheus_name`` (``odibi_ray_cache_hits_total``); a counter family's
+    ``name`` is that without ``_total``, as prometheus_client names counter families. Sample values are the
+    figures of ``get_all_metrics``: a counter or gauge int stays an exact int, an exact fraction and a histogram's
+    sum become the nearest float (a value beyond the float range, only possible for a gigantic int, becomes
+    +-inf, so that the exposition can write it). The collector reads the manager's local state: for an
+    ``ActorMetricsManager`` call its ``refresh()`` first, or collect from ``actor_metrics(namespace)``."""
+
+    def __init__(self, manager: MetricsManager) -> None:
+        self.manager = manager
+
+    def __repr__(self) -> str:
+        return f"MetricsCollector({self.manager!r})"
+
+    def collect(self) -> Iterator[Metric]:
+        """The families of every metric with data, built from one consistent read of the manager."""
+        from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        family_class = {MetricKind.COUNTER: CounterMetricFamily, MetricKind.GAUGE: GaugeMetricFamily,
+                        MetricKind.HISTOGRAM: HistogramMetricFamily}
+        families: list[Metric] = []
+        manager = self.manager
+        with manager._lock:  # built whole under the lock: a histogram's buckets, sum and count agree
+            for m, series in manager._ordered():
+                if not series:
+                    continue
+                base = m.prometheus_name
+                family = family_class[m.kind](base, m.help)
+                for key, entry in sorted(series.items()):
+                    labels = dict(key)
+                    if m.kind is MetricKind.HISTOGRAM:
+                        cumulative = 0
+                        for bound, n in zip((*m.buckets, math.inf), entry.counts, strict=True):
+                            cumulative += n
+                            family.add_sample(f"{base}_bucket", {**labels, "le": _format_bound(bound)}, cumulative)
+                        family.add_sample(f"{base}_sum", labels, float(_sample_value(entry.total)))
+                        family.add_sample(f"{base}_count", labels, cumulative)
+                    else:
+                        value = entry if m.kind is MetricKind.COUNTER else entry.value
+                        family.add_sample(base, labels, _sample_value(value))
+                families.append(family)
+        return iter(families)
 
 
 # --- module helpers ----------------------------------------------------------------------------------
@@ -465,19 +521,20 @@ def _escape_label_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _label_text(key: LabelKey, extra: tuple[str, str] | None = None) -> str:
-    pairs = list(key) + ([extra] if extra else [])
-    if not pairs:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape_label_value(v)}"' for k, v in pairs) + "}"
-
-
 def _format_bound(bound: float) -> str:
+    """The ``le`` label of a bucket, as this module has always written it: ``repr`` of the bound (``"1048576.0"``,
+    not prometheus_client's Go-style ``"1.048576e+06"``, which would be another label value) or ``"+Inf"``."""
     return "+Inf" if bound == math.inf else repr(float(bound))
+
+
+def _sample_value(value: Number) -> int | float:
+    """A sample's value for prometheus_client: an int stays exact, a Fraction is its nearest float; a value
+    too large for a float (which ``generate_latest`` could not write) is +-inf."""
+    try:
+        float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+    return _plain(value)
 
 
 def _format_number(value: Number) -> str:
