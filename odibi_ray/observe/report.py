@@ -49,6 +49,10 @@ ATTEMPT_CLASSES = ("ok", "failed", "cancelled", "unfinished")
 _COL_W, _BOX_W, _BOX_H, _ROW_H, _PAD, _HEAD = 210, 170, 40, 54, 16, 28
 _LABEL_W, _PLOT_W, _LANE_H, _BAR_H, _AXIS_H, _NOTE_H = 230, 960, 22, 16, 26, 20
 _NAME_CHARS = 24
+# A DAG with a level of more than _COMPACT_AFTER nodes is drawn compact: one line per box (the name, and the
+# number of attempts when it was retried), so that 8 levels of 25 nodes fit a 1400 x 1000 window at 12 px.
+_COMPACT_AFTER = 12
+_C_COL_W, _C_BOX_W, _C_BOX_H, _C_ROW_H, _C_NAME_CHARS = 164, 138, 22, 28, 16
 _TICK_W = 80  # right of the plot: room for the last tick's label ("+1 min 20.0 s" at 10 px)
 
 _CSS = """
@@ -61,7 +65,7 @@ dl.meta dt{color:#57606a} dl.meta dd{margin:0}
  margin:0 4px 0 12px}
 .scroll{overflow:auto;border:1px solid #d0d7de;border-radius:6px;padding:4px;max-height:80vh}
 svg text{font:12px system-ui,sans-serif} svg .sub{font-size:10px;fill:#fff}
-svg .node text.name{fill:#fff;font-weight:600}
+svg .node text.name{fill:#fff;font-weight:600} svg .node text.tries{fill:#fff;font-size:11px;font-weight:700}
 svg .node.status-skipped text,svg .node.status-pending text{fill:#1f2328}
 svg .edge{fill:none;stroke:#8c959f;stroke-width:1.3}
 svg .node:hover rect{stroke:#1f2328;stroke-width:2}
@@ -288,21 +292,24 @@ def _node_tooltip(rec: NodeRecord) -> str:
 
 def _dag_svg(result: RunResult, edges: list[tuple[str, str]]) -> str:
     cols = _columns(result)
+    compact = max([len(c) for c in cols] + [0]) > _COMPACT_AFTER
+    col_w, box_w, box_h, row_h = ((_C_COL_W, _C_BOX_W, _C_BOX_H, _C_ROW_H) if compact
+                                  else (_COL_W, _BOX_W, _BOX_H, _ROW_H))
     pos: dict[str, tuple[float, float]] = {}
     for i, col in enumerate(cols):
         for j, name in enumerate(col):
-            pos[name] = (_PAD + i * _COL_W, _HEAD + _PAD + j * _ROW_H)
-    width = _PAD * 2 + max(1, len(cols)) * _COL_W
-    height = _HEAD + _PAD * 2 + max([len(c) for c in cols] + [1]) * _ROW_H
-    out = [f'<svg class="dag" width="{width}" height="{height}" '
+            pos[name] = (_PAD + i * col_w, _HEAD + _PAD + j * row_h)
+    width = _PAD * 2 + (max(1, len(cols)) - 1) * col_w + box_w
+    height = _HEAD + _PAD * 2 + max([len(c) for c in cols] + [1]) * row_h - (row_h - box_h)
+    out = [f'<svg class="dag{" compact" if compact else ""}" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" role="img" aria-label="DAG by level">',
            '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
            'orient="auto-start-reverse"><path d="M0 0L10 5L0 10z" fill="#8c959f"/></marker></defs>']
     for i in range(len(cols)):
-        out.append(f'<text class="tick" x="{_PAD + i * _COL_W}" y="{_PAD + 6}">level {i}</text>')
+        out.append(f'<text class="tick" x="{_PAD + i * col_w}" y="{_PAD + 6}">level {i}</text>')
     for up, down in edges:
         (x1, y1), (x2, y2) = pos[up], pos[down]
-        x1, y1, x2, y2 = x1 + _BOX_W, y1 + _BOX_H / 2, x2, y2 + _BOX_H / 2
+        x1, y1, x2, y2 = x1 + box_w, y1 + box_h / 2, x2, y2 + box_h / 2
         mid = (x1 + x2) / 2
         out.append(f'<path class="edge" data-edge="{_e(up)}-&gt;{_e(down)}" data-from="{_e(up)}" '
                    f'data-to="{_e(down)}" d="M{x1:.1f} {y1:.1f}C{mid:.1f} {y1:.1f} {mid:.1f} {y2:.1f} '
@@ -310,15 +317,23 @@ def _dag_svg(result: RunResult, edges: list[tuple[str, str]]) -> str:
     for name, (x, y) in pos.items():
         rec = result.nodes[name]
         status = rec.status.value
-        sub = f"{status} · {rec.attempts}× · {_fmt_s(rec.duration_s)}"
+        if compact:  # one line: the name; "3×" at the right when it took more than one attempt
+            retried = rec.attempts > 1
+            label = (f'<text class="name" x="{x + 7}" y="{y + 15}">'
+                     f"{_e(_short(name, _C_NAME_CHARS - (3 if retried else 0)))}</text>")
+            if retried:
+                label += (f'<text class="tries" x="{x + box_w - 6}" y="{y + 15}" text-anchor="end">'
+                          f"{rec.attempts}×</text>")
+        else:
+            sub = f"{status} · {rec.attempts}× · {_fmt_s(rec.duration_s)}"
+            label = (f'<text class="name" x="{x + 8}" y="{y + 16}">{_e(_short(name))}</text>'
+                     f'<text class="sub" x="{x + 8}" y="{y + 32}">{_e(sub)}</text>')
         out.append(
             f'<g class="node status-{status}" data-node="{_e(name)}" data-status="{status}" '
             f'data-level="{rec.level}" data-attempts="{rec.attempts}">'
             f"<title>{_e(_node_tooltip(rec))}</title>"
-            f'<rect x="{x}" y="{y}" width="{_BOX_W}" height="{_BOX_H}" rx="6" '
-            f'fill="{STATUS_COLOURS.get(status, "#57606a")}"/>'
-            f'<text class="name" x="{x + 8}" y="{y + 16}">{_e(_short(name))}</text>'
-            f'<text class="sub" x="{x + 8}" y="{y + 32}">{_e(sub)}</text></g>')
+            f'<rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="{4 if compact else 6}" '
+            f'fill="{STATUS_COLOURS.get(status, "#57606a")}"/>{label}</g>')
     out.append("</svg>")
     return "".join(out)
 
