@@ -45,7 +45,8 @@ from odibi_ray import DAG, Node  # noqa: E402
 NUM_CPUS = 8
 NOOP_TARGET = 1.3
 SLEEP_TARGET = 1.05
-METRICS_TARGET = 1.10  # odibi_ray with metrics on vs off
+METRICS_TARGET = 1.10  # odibi_ray with metrics on vs off, up to 300 nodes (issue 16)
+METRICS_TARGET_LARGE = 1.05  # from 1000 nodes
 MAX_SLEEP_MS = 20.0
 
 
@@ -216,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--levels", type=int, default=None, help="default 20 (5 with --quick)")
     ap.add_argument("--repeats", type=int, default=None, help="timed runs per engine, default 3 (medians need >= 3)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ray-cpus", type=int, default=NUM_CPUS, help=f"CPUs of the Ray instance, default {NUM_CPUS}")
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     ap.add_argument("--profile", action="store_true",
                     help="also run odibi_ray once (no-op DAG) under cProfile; top 25 cumulative to stderr")
@@ -228,10 +230,11 @@ def main(argv: list[str] | None = None) -> int:
 
     shape = make_shape(n_levels, per_level, args.seed)
     n_nodes = n_levels * per_level
+    metrics_target = METRICS_TARGET_LARGE if n_nodes >= 1000 else METRICS_TARGET
     noop_dag, sleep_dag = build_dag(shape, sleep=False), build_dag(shape, sleep=True)
     total_sleep_s = sum(shape["sleep_ms"].values()) / 1000.0
 
-    ray.init(num_cpus=NUM_CPUS, include_dashboard=False, object_store_memory=200 * 1024**2,
+    ray.init(num_cpus=args.ray_cpus, include_dashboard=False, object_store_memory=200 * 1024**2,
              logging_level="warning")
     try:
         noop = time_engines({
@@ -267,28 +270,28 @@ def main(argv: list[str] | None = None) -> int:
         ("noop", "raw_ray (refs chained)", ns["raw_ray"], "1.000"),
         ("noop", "odibi_ray", ns["odibi_ray"], f"{noop_ratio:.3f} / {noop_ratio_min:.3f}  (target <= {NOOP_TARGET})"),
         ("noop", "odibi_ray, metrics off", ns["odibi_ray_metrics_off"],
-         f"metrics on/off: {met_ratio:.3f} / {met_ratio_min:.3f}  (target <= {METRICS_TARGET})"),
+         f"metrics on/off: {met_ratio:.3f} / {met_ratio_min:.3f}  (target <= {metrics_target})"),
         ("sleep", "raw_ray_deps", ss["raw_ray_deps"], "1.000"),
         ("sleep", "raw_ray_barrier", ss["raw_ray_barrier"], f"{bar_ratio:.3f} / {bar_ratio_min:.3f}"),
         ("sleep", "odibi_ray", ss["odibi_ray"], f"{sl_ratio:.3f} / {sl_ratio_min:.3f}  (target <= {SLEEP_TARGET})"),
     ]
     print(f"bench_overhead: {n_nodes} nodes = {n_levels} levels x {per_level}, seed {args.seed}; "
           f"{repeats} interleaved repeats per engine after 1 warm-up each")
-    print(f"one Ray instance (num_cpus={NUM_CPUS}) for both scenarios, on a machine with {os.cpu_count()} cores; "
-          f"sleep scenario: {total_sleep_s:.2f} s of sleeps in all (>= {total_sleep_s / NUM_CPUS:.2f} s on "
-          f"{NUM_CPUS} CPUs)")
+    print(f"one Ray instance (num_cpus={args.ray_cpus}) for both scenarios, on a machine with {os.cpu_count()} cores; "
+          f"sleep scenario: {total_sleep_s:.2f} s of sleeps in all (>= {total_sleep_s / args.ray_cpus:.2f} s on "
+          f"{args.ray_cpus} CPUs)")
     print_table(rows, "odibi_ray vs raw Ray (seconds; ratio = engine / raw_ray deps)")
 
     out = {
         "benchmark": "bench_overhead", "nodes": n_nodes, "levels": n_levels, "nodes_per_level": per_level,
-        "seed": args.seed, "repeats": repeats, "ray_num_cpus": NUM_CPUS, "machine_cpus": os.cpu_count(),
+        "seed": args.seed, "repeats": repeats, "ray_num_cpus": args.ray_cpus, "machine_cpus": os.cpu_count(),
         "noop": {"raw_ray_s": ns["raw_ray"]["median_s"], "odibi_ray_s": ns["odibi_ray"]["median_s"],
                  "raw_ray_min_s": ns["raw_ray"]["min_s"], "odibi_ray_min_s": ns["odibi_ray"]["min_s"],
                  "ratio": noop_ratio, "ratio_min": noop_ratio_min, "target": NOOP_TARGET,
                  "meets_target": noop_ratio <= NOOP_TARGET, "runs": {k: v["all_s"] for k, v in ns.items()},
                  "metrics_off_s": ns["odibi_ray_metrics_off"]["median_s"], "metrics_on_off_ratio": met_ratio,
-                 "metrics_on_off_ratio_min": met_ratio_min, "metrics_target": METRICS_TARGET,
-                 "metrics_meets_target": met_ratio <= METRICS_TARGET},
+                 "metrics_on_off_ratio_min": met_ratio_min, "metrics_target": metrics_target,
+                 "metrics_meets_target": met_ratio <= metrics_target},
         "sleep": {"raw_ray_deps_s": ss["raw_ray_deps"]["median_s"],
                   "raw_ray_barrier_s": ss["raw_ray_barrier"]["median_s"],
                   "odibi_ray_s": ss["odibi_ray"]["median_s"],

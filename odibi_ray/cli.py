@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import json
 import logging
 import os
 import re
@@ -728,9 +729,20 @@ def status_cmd(
     run_id: str | None = typer.Argument(None, help="Run id (default: the latest run)."),
     pipeline: str | None = typer.Option(None, help=_ONE_RUN_PIPELINE_HELP),
     storage: str | None = typer.Option(None, help=_STORAGE_HELP),
+    watch: bool = typer.Option(False, "--watch", help="Follow the run until it ends: per-level bars, counts by "
+                               "state, the slowest running nodes, refreshed every --interval seconds."),
+    address: str | None = typer.Option(None, help="--watch: the Ray cluster the run uses ('auto': this "
+                                       "machine's); read the live status from its metrics actor."),
+    namespace: str = typer.Option("default", help="--watch: the run's metrics namespace."),
+    interval: float = typer.Option(1.0, help="--watch: seconds between refreshes."),
 ) -> None:
     """Show a run's status from its manifest (running, succeeded, failed or abandoned), its nodes, and where
-    each node's output is stored (cached and resumed nodes: the object an earlier run wrote)."""
+    each node's output is stored (cached and resumed nodes: the object an earlier run wrote). With --watch,
+    follow it while it runs: from the metrics actor when a Ray is reachable (--address, RAY_ADDRESS, or this
+    process's), about once a second, else from the manifest the driver rewrites on each heartbeat."""
+    if watch:
+        _watch_run(run_id, pipeline, storage, address, namespace, interval)
+        return
     store, name, rid = _find_run(pipeline, storage, run_id)
     body = _manifest(store, name, rid)
     statuses = node_statuses(store, name, rid, body)
@@ -756,6 +768,37 @@ def status_cmd(
         width = max(len(node) for node, _ in outputs)
         for node, where in outputs:
             typer.echo(f"  {node.ljust(width)}  {where}")
+
+
+def _watch_run(run_id: str | None, pipeline: str | None, storage: str | None, address: str | None,
+               namespace: str, interval: float) -> None:
+    """``status --watch``: the actor's live status when a Ray is reachable and the actor has heard of the run,
+    else the manifest's (when the run can be found in storage)."""
+    import ray
+
+    from .observe.watch import actor_source, first_of, manifest_status, watch
+
+    rid = None if run_id in (None, "latest") else run_id
+    sources = []
+    if address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
+        try:
+            sources.append(actor_source(rid, pipeline, namespace, address))
+        except (ValueError, ConnectionError) as exc:
+            typer.echo(f"note: {exc}; following the run's manifest instead", err=True)
+    try:
+        store, name, found = _find_run(pipeline, storage, run_id)
+    except OdibiError:
+        if not sources:
+            raise
+    else:
+        def from_manifest() -> dict[str, Any]:
+            body = _manifest(store, name, found)
+            statuses = {n: p.status for n, p in node_statuses(store, name, found, body).items()}
+            return manifest_status(body, statuses, effective_status(body))
+        sources.append(from_manifest)
+    final = watch(first_of(sources), interval_s=interval)
+    if final is not None and final.get("status") not in (None, "succeeded"):
+        raise typer.Exit(EXIT_RUN_FAILED)
 
 
 @app.command("graph")
@@ -806,7 +849,10 @@ def metrics_cmd(
     if not snapshot:
         raise OdibiError(f"run {rid!r} of {name!r} has no stored metrics (still running, or run with metrics off)")
     manager = MetricsManager.from_snapshot(snapshot)
-    typer.echo(manager.export_prometheus() if format is MetricsFormat.prometheus else manager.export_json(indent=2))
+    if format is MetricsFormat.json:  # the run id is not a label (see RUN_LABELS): it goes around the snapshot
+        typer.echo(json.dumps({"pipeline": name, "run_id": rid, "metrics": manager.snapshot()}, indent=2))
+    else:  # a comment line (ignored by Prometheus parsers) says which run the series are of
+        typer.echo(f"# odibi_ray run {rid} of pipeline {name}\n" + manager.export_prometheus())
 
 
 @app.command("report")

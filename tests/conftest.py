@@ -33,8 +33,18 @@ pytest_plugins = [
     "tests.storage.fixtures_s3",
 ]
 
+def _free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+#: The session's Ray serves its Prometheus metrics endpoint here (127.0.0.1), reporting every second, so that the
+#: tests can scrape what odibi_ray publishes through ray.util.metrics (tests/test_live_metrics.py).
+RAY_METRICS_PORT = _free_loopback_port()
 RAY_LOCAL_ARGS = dict(address="local", num_cpus=2, include_dashboard=False,
-                      object_store_memory=200 * 1024 * 1024, log_to_driver=True)
+                      object_store_memory=200 * 1024 * 1024, log_to_driver=True,
+                      _metrics_export_port=RAY_METRICS_PORT, _system_config={"metrics_report_interval_ms": 1000})
 
 
 # --- network guard ---------------------------------------------------------------------------------

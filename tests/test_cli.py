@@ -65,9 +65,12 @@ def test_run_then_rerun_is_cached_and_inspection_commands(store, tmp_path):
     assert f"run {runs[1]['run_id']}: succeeded" in r.stdout and "nodes: 3 succeeded" in r.stdout
 
     r = ok("metrics", runs[0]["run_id"], "--pipeline", "sales_yaml", "--storage", store)
-    assert f'run="{runs[0]["run_id"]}"' in r.stdout and "# TYPE " in r.stdout and "cache_hits" in r.stdout
+    assert f"# odibi_ray run {runs[0]['run_id']} of pipeline sales_yaml" in r.stdout  # a comment, not a label
+    assert 'run="' not in r.stdout and "# TYPE " in r.stdout and "cache_hits" in r.stdout
     r = ok("metrics", "latest", "--pipeline", "sales_yaml", "--storage", store, "--format", "json")
-    assert runs[0]["run_id"] in json.dumps(json.loads(r.stdout))
+    body = json.loads(r.stdout)
+    assert body["run_id"] == runs[0]["run_id"] and body["pipeline"] == "sales_yaml"
+    assert body["metrics"]["format"] == "odibi-metrics/1"
 
     out = tmp_path / "run.html"
     ok("report", runs[1]["run_id"], "--pipeline", "sales_yaml", "--storage", store, "-o", str(out))

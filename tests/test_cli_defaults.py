@@ -95,8 +95,8 @@ def test_inspection_commands_need_no_options_after_a_run(here):
     sales = run_ids(".odibi/sales_yaml", "sales_yaml")
     r = ok("status", sales[1])  # a run id alone: the pipeline holding it is found
     assert f"pipeline sales_yaml run {sales[1]}: succeeded" in r.stdout and "nodes: 3 succeeded" in r.stdout
-    assert f'run="{newest}"' in ok("metrics").stdout
-    assert f'run="{sales[0]}"' in ok("metrics", sales[0]).stdout
+    assert f"# odibi_ray run {newest} of pipeline third" in ok("metrics").stdout
+    assert f"# odibi_ray run {sales[0]} of pipeline sales_yaml" in ok("metrics", sales[0]).stdout
     assert f"report of sales_yaml run {sales[0]} written to" in ok("report", sales[0], "-o", "r.html").stdout
     r = ok("cache", "ls")
     assert "9 object(s)" in r.stdout  # 3 per pipeline

@@ -102,7 +102,7 @@ def test_node_removed_mid_task_and_the_run_completes(cluster, tmp_path):
     attempts = sum(v for k, v in result.metrics.get_all_metrics(MetricType.NODE_ATTEMPT).items()
                    if k.startswith("victim{"))
     assert attempts == 2 and result.metrics.get_metric_value(MetricType.NODE_RETRY, "victim", pipeline="node_loss",
-                                                             run=result.run_id, level="0") == 1
+                                                             level="0") == 1
 
 
 def big_output(marker_dir: str):

@@ -168,7 +168,7 @@ def dev(tmp_path):
          f'#!/bin/sh\necho "$*" >> {calls}\ncase "$*" in *"pip install"*) echo "Collecting something";; esac\n')
     tools = tmp_path / "bin"  # stand-ins, so that ./dev test neither runs npm nor apt-get
     tools.mkdir()
-    for name in ("npm", "sshd", "rsync"):
+    for name in ("npm", "sshd", "rsync", "chromium"):
         _exe(tools / name, "#!/bin/sh\nexit 0\n")
     env = dict(os.environ, PYTHON=sys.executable, PATH=f"{tools}{os.pathsep}{os.environ['PATH']}")
 

@@ -36,10 +36,11 @@ def faulty_dag(name):
     return dag
 
 
-def totals(m: MetricsManager, metric: MetricType, run_id: str) -> dict[str, float]:
+def totals(m: MetricsManager, metric: MetricType, pipeline: str) -> dict[str, float]:
+    """node -> the series' sum for one pipeline (runs of a pipeline share its series: no run label)."""
     out: dict[str, float] = {}
     for series, value in m.get_all_metrics(metric).items():
-        if f'run="{run_id}"' in series:
+        if f'pipeline="{pipeline}"' in series:
             node = series.split("{", 1)[0]
             out[node] = out.get(node, 0) + value
     return out
@@ -48,17 +49,16 @@ def totals(m: MetricsManager, metric: MetricType, run_id: str) -> dict[str, floa
 def test_actor_counts_equal_the_records_after_retries_and_a_crashed_worker(ray_local):
     result = run(faulty_dag("metrics_faults"), progress=False, metrics_namespace="test_faults")
     held = actor_metrics("test_faults")  # the actor: the push is fire-and-forget, this read comes after it
-    attempts = totals(held, MetricType.NODE_ATTEMPT, result.run_id)
+    attempts = totals(held, MetricType.NODE_ATTEMPT, "metrics_faults")
     assert attempts == {n: r.attempts for n, r in result.nodes.items() if r.attempts}
     assert attempts["flaky"] == 3 and attempts["crashy"] == 2 and "after_bad" not in attempts
-    assert totals(held, MetricType.NODE_RETRY, result.run_id) == {"flaky": 2, "crashy": 1}
-    assert set(totals(held, MetricType.NODE_SUCCESS, result.run_id)) == {"flaky", "crashy", "join"}
-    assert totals(held, MetricType.NODE_FAILURE, result.run_id) == {"bad": 1}
-    assert totals(held, MetricType.NODE_SKIP, result.run_id) == {"after_bad": 1}
+    assert totals(held, MetricType.NODE_RETRY, "metrics_faults") == {"flaky": 2, "crashy": 1}
+    assert set(totals(held, MetricType.NODE_SUCCESS, "metrics_faults")) == {"flaky", "crashy", "join"}
+    assert totals(held, MetricType.NODE_FAILURE, "metrics_faults") == {"bad": 1}
+    assert totals(held, MetricType.NODE_SKIP, "metrics_faults") == {"after_bad": 1}
     # the run's own copy says the same
-    assert totals(result.metrics, MetricType.NODE_ATTEMPT, result.run_id) == attempts
-    durations = held.get_metric_value(MetricType.EXECUTION_TIME, "flaky", pipeline="metrics_faults",
-                                      run=result.run_id, level="0")
+    assert totals(result.metrics, MetricType.NODE_ATTEMPT, "metrics_faults") == attempts
+    durations = held.get_metric_value(MetricType.EXECUTION_TIME, "flaky", pipeline="metrics_faults", level="0")
     assert durations["count"] == 3
 
 
@@ -76,12 +76,12 @@ def test_cache_hits_misses_bytes_and_the_manifest_keeps_the_metrics(local_storag
     dag.add_node(Node("a", lambda: b"x" * 1000, version="1"))
     dag.add_node(Node("b", lambda a: len(a), inputs=["a"], version="1"))
     first = run(dag, backend="local", storage=local_storage, progress=False)
-    assert totals(first.metrics, MetricType.CACHE_MISS, first.run_id) == {"a": 1, "b": 1}
-    assert totals(first.metrics, MetricType.BYTES_WRITTEN, first.run_id)["a"] >= 1000
+    assert totals(first.metrics, MetricType.CACHE_MISS, "metrics_cache") == {"a": 1, "b": 1}
+    assert totals(first.metrics, MetricType.BYTES_WRITTEN, "metrics_cache")["a"] >= 1000
     dag["b"].version = "2"
     second = run(dag, backend="local", storage=local_storage, progress=False)
-    assert totals(second.metrics, MetricType.CACHE_HIT, second.run_id) == {"a": 1}
-    assert totals(second.metrics, MetricType.BYTES_READ, second.run_id)["b"] >= 1000  # read a from storage
+    assert totals(second.metrics, MetricType.CACHE_HIT, "metrics_cache") == {"a": 1}
+    assert totals(second.metrics, MetricType.BYTES_READ, "metrics_cache")["b"] >= 1000  # read a from storage
     body = json.loads(local_storage.get(layout.manifest_key("metrics_cache", second.run_id)))
     kept = MetricsManager.from_snapshot(body["summary"]["metrics"])
     assert kept.snapshot() == second.metrics.snapshot()
@@ -119,8 +119,7 @@ def test_expired_entries_count_as_evictions(local_storage):
     time.sleep(0.3)
     again = run(dag, backend="local", storage=local_storage, progress=False)
     assert again.nodes["a"].status is NodeStatus.SUCCEEDED
-    assert again.metrics.get_metric_value(MetricType.CACHE_EVICTION, "evict", pipeline="evict",
-                                          run=again.run_id) == 1
+    assert again.metrics.get_metric_value(MetricType.CACHE_EVICTION, "evict", pipeline="evict") == 1
 
 
 def test_report_draws_the_runs_edges_without_a_dag(tmp_path):
@@ -145,6 +144,23 @@ def test_the_actor_keeps_every_runs_metrics_when_nobody_holds_a_handle(ray_local
     gc.collect()
     time.sleep(1.0)
     held = actor_metrics("test_keep")
-    for result in (first, second):
-        assert totals(held, MetricType.NODE_ATTEMPT, result.run_id) == {
-            n: r.attempts for n, r in result.nodes.items() if r.attempts}
+    # both runs reached the actor: the pipeline's series hold the sum of the two (runs share series)
+    assert totals(held, MetricType.NODE_ATTEMPT, "metrics_keep") == {
+        n: first.nodes[n].attempts + second.nodes[n].attempts for n in first.nodes if first.nodes[n].attempts}
+
+
+def test_series_carry_bounded_labels_only(ray_local):
+    """No run id in any series (each run would add new series without bound): two runs of one pipeline land
+    in the same series, whose labels are among RUN_LABELS."""
+    from odibi_ray.observe.run_metrics import RUN_LABELS
+
+    for _ in range(2):
+        run(faulty_dag("metrics_bounded"), progress=False, metrics_namespace="test_bounded")
+    text = actor_metrics("test_bounded").export_prometheus()
+    labels = {label for family in text_string_to_metric_families(text) for s in family.samples
+              for label in s.labels if label != "le"}
+    assert labels <= set(RUN_LABELS) and "run" not in labels
+    attempts = [s for f in text_string_to_metric_families(text) if f.name == "odibi_ray_node_attempts"
+                for s in f.samples if s.labels["name"] == "flaky" and s.name.endswith("_total")]
+    assert len({tuple(sorted(s.labels.items())) for s in attempts}) == len(attempts)  # one series per label set
+    assert sum(s.value for s in attempts) == 6  # 3 attempts in each of the two runs

@@ -23,6 +23,7 @@ from ..checkpoint.manifest_writer import Confirmer, ManifestWriter
 from ..checkpoint.runs import node_entries, open_new_run, open_resumed_run
 from ..checkpoint.trust import trust_from
 from ..checkpoint.writeback import stored_now
+from ..observe.live import LivePublisher
 from ..observe.run_metrics import metrics_actor, metrics_from_result
 from .scheduler import Scheduler, new_run_id
 from ..storage.base import Storage
@@ -31,17 +32,23 @@ from ..storage.uri import open_storage, redact_uri, scheme_of
 log = logging.getLogger(__name__)
 
 
-def _publish_metrics(result: RunResult, backend: Backend, namespace: str) -> dict[str, Any]:
-    """Derive the run's metrics from its records; send them to the metrics actor on Ray (fire-and-forget).
-    Returns their snapshot (the run manifest keeps a copy)."""
+def _publish_metrics(result: RunResult, backend: Backend, live: LivePublisher | None,
+                     status: dict[str, Any]) -> dict[str, Any]:
+    """Derive the run's metrics from its records; send the actor what it has not had yet (the whole run, or the
+    rest after the live batches), fire-and-forget. Returns their snapshot (the run manifest keeps a copy)."""
     result.metrics = metrics_from_result(result, result.inputs)
     snapshot = result.metrics.snapshot()
-    if backend.name == "ray" and _ray_connected():  # a fully cached run never started Ray: nothing to tell it
-        try:
-            metrics_actor(namespace).push.remote(snapshot)
-        except Exception as exc:  # metrics must never fail a run
-            log.warning("could not send metrics to the metrics actor: %s", exc)
+    if live is not None and backend.name == "ray" and _ray_connected():  # a fully cached run never started Ray
+        live.finish(result.metrics, dict(status, finished=True, status=result.status.value,
+                                         duration_s=round(result.duration_s, 3)))
     return snapshot
+
+
+def _live_sender(namespace: str) -> Callable[[dict[str, Any], dict[str, Any]], None]:
+    """Sends one live batch to the metrics actor of ``namespace`` (found on first use), fire-and-forget."""
+    def send(snapshot: dict[str, Any], status: dict[str, Any]) -> None:
+        metrics_actor(namespace).push.remote(snapshot, status)
+    return send
 
 
 def _ray_connected() -> bool:
@@ -213,8 +220,11 @@ def run(dag: DAG, *, backend: str | ExecutionBackend | Backend = "ray", address:
             lease.release()  # nothing ran: this process drives nothing
             raise
     log.info("run %s of %r: %d nodes in %d levels on %s", rid, dag.name, len(dag), len(levels), be.name)
+    live = (LivePublisher(dag.name, rid, {n: list(dict.fromkeys(node.input_map.values())) for n, node in
+                                          dag.nodes.items()}, _live_sender(metrics_namespace))
+            if metrics and be.name == "ray" else None)
     scheduler = Scheduler(dag, be, run_id=rid, levels=levels, barrier=barrier, fail_fast=fail_fast,
-                          rng=random.Random(seed), progress=sink, default_retry=retry, checkpoint=plan)
+                          rng=random.Random(seed), progress=sink, default_retry=retry, checkpoint=plan, observer=live)
     if manifest is not None and plan is not None and lease is not None:
         # the manifest keeps what the run did (statuses, attempts, errors) on every heartbeat, written off the loop
         targets = plan.targets
@@ -234,7 +244,7 @@ def run(dag: DAG, *, backend: str | ExecutionBackend | Backend = "ray", address:
         be.close()
         if plan is not None:  # the manifest is closed below: a recomputation on result[name] must not beat into it
             plan.heartbeat = lambda: None
-    snapshot = _publish_metrics(result, be, metrics_namespace) if metrics else None
+    snapshot = _publish_metrics(result, be, live, scheduler.live_status()) if metrics else None
     if writer is not None and manifest is not None:  # (a writer is made only with a manifest)
         counts: dict[str, int] = {}
         for rec in result.nodes.values():

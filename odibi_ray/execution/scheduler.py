@@ -44,7 +44,7 @@ import itertools
 import logging
 import random
 import time
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 from collections.abc import Hashable, Mapping
 
 from .attempt import HARD_KILL_GRACE_S, AttemptMeta, error_info
@@ -73,6 +73,8 @@ QUEUED_RECHECK_S = 0.05
 HEARTBEAT_POLL_S = 1.0
 #: How long to wait for the cluster to declare dead the machine that held a lost input.
 LOST_NODE_WAIT_S = 5.0
+#: How many of the longest in-flight nodes the live status names.
+SLOWEST_SHOWN = 5
 
 
 class _State(enum.Enum):
@@ -127,6 +129,17 @@ class SchedulerStateError(RuntimeError):
     The message lists which nodes are in which state."""
 
 
+class LiveObserver(Protocol):
+    """Looks at the run while it goes (the live metrics, observe/live.py): asked on every pass of the loop
+    whether it is due (a clock read), then given the scheduler (see :meth:`Scheduler.live_status`)."""
+
+    period_s: float
+
+    def due(self, now: float) -> bool: ...
+
+    def publish(self, view: Scheduler) -> None: ...
+
+
 class _InFlight(NamedTuple):
     """A submitted attempt, by its backend handle."""
 
@@ -157,7 +170,7 @@ class Scheduler:
     def __init__(self, dag: DAG, backend: Backend, *, run_id: str, levels: list[list[str]], barrier: bool = False,
                  fail_fast: bool = False, rng: random.Random | None = None,
                  progress: ProgressSink | None = None, default_retry: RetryPolicy | None = None,
-                 checkpoint: CheckpointPlan | None = None) -> None:
+                 checkpoint: CheckpointPlan | None = None, observer: LiveObserver | None = None) -> None:
         self.dag, self.backend, self.run_id = dag, backend, run_id
         self.levels = levels
         self.barrier, self.fail_fast = barrier, fail_fast
@@ -166,6 +179,7 @@ class Scheduler:
         self.rng = rng or random.Random()
         self.progress = progress or ProgressSink()
         self.checkpoint = checkpoint
+        self.observer = observer
         self.stats = {"corrupt_objects": 0}
         # The DAG, read only.
         self._nodes = dag.nodes
@@ -183,6 +197,7 @@ class Scheduler:
         self._left_in_level = [len(names) for names in levels]
         self._current_level = 0
         self._reported: set[str] = set()
+        self._changed: set[str] | None = set() if observer is not None else None  # for the live metrics
         # What the open states hold.
         self._ready: list[tuple[int, str]] = []  # candidates (rank, name): level order, then insertion order
         self._timers: list[tuple[float, int, str]] = []  # (due, seq, name): WAITING_RETRY nodes
@@ -205,6 +220,8 @@ class Scheduler:
         self._state[name] = new
         rec = self.records[name]
         rec.status = _STATUS[new]
+        if self._changed is not None:
+            self._changed.add(name)
         if old.open == new.open:
             return
         if new.open:  # reopened
@@ -258,6 +275,33 @@ class Scheduler:
                 problems.append(f"level {level}: open count {self._left_in_level[level]} is wrong")
         if problems:
             raise SchedulerStateError("; ".join(problems) + "\n" + self.describe())
+
+    # --- what the live metrics read -----------------------------------------------------------------
+
+    def take_changed(self) -> set[str]:
+        """Nodes whose record changed since the last call (their state, or a checkpoint confirmed)."""
+        changed, self._changed = self._changed or set(), set()
+        return changed
+
+    def live_status(self) -> dict[str, Any]:
+        """The run now, for ``odibi-ray status --watch``: nodes by state (``running``: in flight with its inputs
+        done, running or queued for a worker; ``waiting``: in flight behind inputs not done yet, on Ray;
+        ``ready``: pending with its inputs done, not submitted yet; ``pending``: the other pending ones), each
+        level's ``[done, total]``, and the :data:`SLOWEST_SHOWN` in-flight nodes longest in flight since ready."""
+        counts = {state.value: len(names) for state, names in self._in.items() if names}
+        ok = _WITH_OUTPUT
+        running = [f for f in self._inflight.values() if all(self._state[u] in ok for u in self._inputs[f.node])]
+        ready = sum(1 for n in self._in[_State.PENDING] if all(self._state[u] in ok for u in self._inputs[n]))
+        counts.pop(_State.IN_FLIGHT.value, None)
+        counts.update(running=len(running), waiting=len(self._inflight) - len(running), ready=ready,
+                      pending=len(self._in[_State.PENDING]) - ready)
+        now = time.time()
+        since = sorted(((now - max([f.attempt.submitted_at] + [self.records[u].ended_at or 0.0
+                                                              for u in self._inputs[f.node]]), f.node)
+                        for f in running), reverse=True)[:SLOWEST_SHOWN]
+        return {"counts": counts, "open": self._open,
+                "levels": [[len(names) - self._left_in_level[i], len(names)] for i, names in enumerate(self.levels)],
+                "slowest": [[name, round(seconds, 3)] for seconds, name in since]}
 
     # --- main loop ------------------------------------------------------------------------------
 
@@ -326,6 +370,7 @@ class Scheduler:
 
     def _loop(self) -> None:
         heartbeat = self.checkpoint.heartbeat if self.checkpoint else None
+        observer = self.observer
         while self._open:
             now = time.monotonic()
             if heartbeat is not None:
@@ -333,6 +378,8 @@ class Scheduler:
                 if stop is not None:  # another driver took the run over: it runs what is left
                     self._abort(f"driver stopped: {stop}")
                     break
+            if observer is not None and observer.due(now):
+                observer.publish(self)
             while self._timers and self._timers[0][0] <= now:
                 _, _, name = heapq.heappop(self._timers)
                 if self._state[name] is _State.WAITING_RETRY:  # else skipped or cancelled meanwhile
@@ -346,6 +393,8 @@ class Scheduler:
             timeout = max(0.0, min(wake) - time.monotonic()) if wake else None
             if heartbeat is not None:  # look at the manifest's heartbeat (and takeovers) while long nodes run
                 timeout = HEARTBEAT_POLL_S if timeout is None else min(timeout, HEARTBEAT_POLL_S)
+            if observer is not None:  # and send the live metrics on time
+                timeout = observer.period_s if timeout is None else min(timeout, observer.period_s)
             if not self._inflight:
                 if timeout is None:  # a bug, not a user error: say where every node is
                     raise SchedulerStateError(f"scheduler stalled with {self._open} open node(s) and nothing in "
@@ -391,6 +440,8 @@ class Scheduler:
             att = rec.attempt_history[-1] if rec.attempt_history else None
             if self._state[name] is _State.SUCCEEDED and att is not None and att.number == pending[name].attempt:
                 att.bytes_written, att.confirmed = outcome.bytes_written, True
+                if self._changed is not None:
+                    self._changed.add(name)
 
     def _confirm_writes(self) -> None:
         """Wait for the checkpoints workers wrote behind (see checkpoint/writeback.py): a node counts as

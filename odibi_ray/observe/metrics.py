@@ -1,7 +1,7 @@
 """``MetricsManager``: the seed's in-process metrics face (counters, gauges, histograms) and its exports.
 
 One manager holds *series*: a metric (:class:`MetricType`) plus a label set. The seed's ``name`` argument is
-just the label ``name``; extra keyword arguments are more labels (``pipeline=``, ``run=``, ``node=``,
+just the label ``name``; extra keyword arguments are more labels (``pipeline=``, ``node=``,
 ``level=``). Everything is exact and mergeable, so a Ray actor can add up snapshots sent in batches:
 
 * counters and histogram bucket counts are Python ints; sums of float values are kept as exact
@@ -120,9 +120,13 @@ class MetricType(str, Enum):
     OUTPUT_SIZE = ("output_size", MetricKind.HISTOGRAM, "odibi_ray_node_output_bytes",
                    "Size of one stored node output, in bytes.", BYTES_BUCKETS)
     NODES_RUNNING = ("nodes_running", MetricKind.GAUGE, "odibi_ray_nodes_running",
-                     "Node attempts running now.")
+                     "Node attempts in flight whose inputs are done (running, or queued for a worker).")
     NODES_PENDING = ("nodes_pending", MetricKind.GAUGE, "odibi_ray_nodes_pending",
-                     "Nodes ready to run and waiting for a worker.")
+                     "Nodes ready to run (their inputs are done) and not submitted yet.")
+    NODES_WAITING_RETRY = ("nodes_waiting_retry", MetricKind.GAUGE, "odibi_ray_nodes_waiting_retry",
+                           "Nodes whose attempt failed, waiting for their retry's delay.")
+    NODES_DONE = ("nodes_done", MetricKind.GAUGE, "odibi_ray_nodes_done",
+                  "Nodes of a level that are finished (succeeded, cached, resumed, failed, skipped or cancelled).")
 
 
 MetricLike = MetricType | str
@@ -171,10 +175,12 @@ class _Gauge:
 class MetricsManager:
     """In-process, thread-safe metrics: counters, gauges and histograms with labels, exact to merge."""
 
-    def __init__(self) -> None:
-        """An empty manager (no series yet)."""
+    def __init__(self, *, signed: bool = False) -> None:
+        """An empty manager (no series yet). ``signed``: a *delta* whose counters and buckets may be negative
+        (see :meth:`difference`); its snapshot says so, and only such a snapshot may take a figure down."""
         self._lock = threading.Lock()
         self._series: dict[MetricType, dict[LabelKey, Any]] = {}
+        self._signed = signed
 
     # pickling: a copy of the data and a fresh lock (a pickled manager is a snapshot, not a live link)
     def __getstate__(self) -> dict[str, Any]:
@@ -285,7 +291,10 @@ class MetricsManager:
                     family["buckets"] = list(m.buckets)
                 family["series"] = [_encode_series(m, k, v) for k, v in sorted(series.items())]
                 metrics[m.value] = family
-        return {"format": SNAPSHOT_FORMAT, "metrics": metrics}
+        out: dict[str, Any] = {"format": SNAPSHOT_FORMAT, "metrics": metrics}
+        if self._signed:  # a delta from difference(): its counters may go down (see there)
+            out["signed"] = True
+        return out
 
     @classmethod
     def from_snapshot(cls, snapshot: Mapping[str, Any]) -> MetricsManager:
@@ -317,6 +326,58 @@ class MetricsManager:
                             old.counts = [a + b for a, b in zip(old.counts, entry.counts, strict=True)]
                             old.total += entry.total
         log.debug("merged %d metric families", len(decoded))
+
+    def difference(self, other: MetricsManager | None) -> MetricsManager:
+        """What must be merged into ``other`` to make it equal this manager: counters and histogram buckets and
+        sums subtracted exactly (a component may be negative when a figure went down, e.g. a node counted as
+        succeeded whose output was lost and that then failed), gauges as set here. How the live metrics of a run
+        send deltas and, at its end, the exact remainder (observe/live.py)."""
+        out = MetricsManager(signed=True)
+        theirs = other._copy_series() if other is not None else {}
+        for m, series in self._copy_series().items():
+            old_series = theirs.get(m, {})
+            target = out._series.setdefault(m, {})
+            for key, entry in series.items():
+                old = old_series.get(key)
+                if m.kind is MetricKind.COUNTER:
+                    if entry != (old or 0):
+                        target[key] = entry - (old or 0)
+                elif m.kind is MetricKind.GAUGE:
+                    target[key] = entry
+                else:
+                    hist = _Histogram(len(m.buckets))
+                    hist.counts = [a - b for a, b in zip(entry.counts, old.counts, strict=True)] if old else \
+                        list(entry.counts)
+                    hist.total = entry.total - (old.total if old else 0)
+                    if any(hist.counts) or hist.total:
+                        target[key] = hist
+        for m, old_series in theirs.items():  # series only the other has: taken back whole
+            for key, old in old_series.items():
+                if key in self._series.get(m, {}) or m.kind is MetricKind.GAUGE:
+                    continue
+                if m.kind is MetricKind.COUNTER:
+                    out._series.setdefault(m, {})[key] = -old
+                else:
+                    hist = _Histogram(len(m.buckets))
+                    hist.counts, hist.total = [-c for c in old.counts], -old.total
+                    out._series.setdefault(m, {})[key] = hist
+        return out
+
+    def _copy_series(self) -> dict[MetricType, dict[LabelKey, Any]]:
+        """A consistent copy of every series (histogram entries copied), taken under the lock."""
+        with self._lock:
+            out: dict[MetricType, dict[LabelKey, Any]] = {}
+            for m, series in self._series.items():
+                if m.kind is MetricKind.HISTOGRAM:
+                    copied = {}
+                    for key, hist in series.items():
+                        h = _Histogram(len(m.buckets))
+                        h.counts, h.total = list(hist.counts), hist.total
+                        copied[key] = h
+                    out[m] = copied
+                else:
+                    out[m] = dict(series)
+            return out
 
     # --- exports ---------------------------------------------------------------------------------------
 
@@ -606,6 +667,7 @@ def _decode_snapshot(snapshot: Any) -> list[tuple[MetricType, list[tuple[LabelKe
     families = snapshot.get("metrics")
     if not isinstance(families, Mapping):
         raise MetricError("metrics snapshot has no 'metrics' mapping")
+    signed = snapshot.get("signed") is True  # a delta (MetricsManager.difference): values may be negative
     decoded = []
     for metric_name, family in families.items():
         m = metric_type(metric_name)
@@ -629,7 +691,7 @@ def _decode_snapshot(snapshot: Any) -> list[tuple[MetricType, list[tuple[LabelKe
             key = _label_key(labels.pop("name", ""), labels)
             if m.kind is MetricKind.COUNTER:
                 value = _decode_exact(series, "value", where)
-                if value < 0:
+                if value < 0 and not signed:
                     raise MetricError(f"{where}: counter value {series.get('value')!r} is negative")
                 entries.append((key, value))
             elif m.kind is MetricKind.GAUGE:
@@ -640,7 +702,8 @@ def _decode_snapshot(snapshot: Any) -> list[tuple[MetricType, list[tuple[LabelKe
             else:
                 counts = series.get("bucket_counts")
                 if (not isinstance(counts, list) or len(counts) != len(m.buckets) + 1
-                        or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts)):
+                        or not all(isinstance(c, int) and not isinstance(c, bool) and (c >= 0 or signed)
+                                   for c in counts)):
                     raise MetricError(f"{where}: bucket_counts must be {len(m.buckets) + 1} non-negative ints")
                 if series.get("count", sum(counts)) != sum(counts):
                     raise MetricError(f"{where}: count {series.get('count')!r} is not the sum of bucket_counts")

@@ -9,10 +9,11 @@ each attempt's metadata. The batch goes to the :class:`MetricsActor` fire-and-fo
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from .metrics import MetricsManager, MetricType
-from ..execution.result import NodeStatus, RunResult
+from ..execution.result import NodeRecord, NodeStatus, RunResult
 
 log = logging.getLogger(__name__)
 
@@ -20,43 +21,22 @@ log = logging.getLogger(__name__)
 RAY_NAMESPACE = "odibi_ray"
 
 
+#: The labels a run's series carry, every one with a bounded set of values, so that a pipeline run every
+#: hour for a year still has the same series (Prometheus keeps one time series per label set): ``pipeline``,
+#: ``name`` (the node), ``level``, ``worker`` (the Ray node id an attempt ran on; attempts only), ``reason``
+#: (skipped or cancelled; skips only) and ``source`` (cached or resumed; cache hits only). The run id is not a
+#: label: it is in the run's result, manifest, JSON export and report.
+RUN_LABELS = ("pipeline", "name", "level", "worker", "reason", "source")
+
+
 def metrics_from_result(result: RunResult, inputs: dict[str, list[str]] | None = None) -> MetricsManager:
-    """Counters and histograms of one run, labelled by pipeline, run, node and level (``name`` = node)."""
+    """Counters and histograms of one run, labelled by pipeline, node (``name``) and level (see
+    :data:`RUN_LABELS`: no run id, so that runs of one pipeline add up in the same series)."""
     m = MetricsManager()
-    base = {"pipeline": result.pipeline, "run": result.run_id}
     checkpointed = any(r.cache_key for r in result.nodes.values())
     for rec in result.nodes.values():
-        labels = dict(base, level=str(rec.level))  # value= goes by name before **labels (str values)
-        ready_at = None
-        if inputs is not None:
-            ends = [result.nodes[u].ended_at for u in inputs.get(rec.name, ())]
-            ready_at = max([e for e in ends if e is not None], default=None)
-        for att in rec.attempt_history:
-            m.increment(MetricType.NODE_ATTEMPT, rec.name, worker=att.worker_node_id or "unknown", value=1, **labels)
-            if att.duration_s is not None:
-                m.record(MetricType.EXECUTION_TIME, rec.name, value=att.duration_s, **labels)
-            if att.started_at is not None:  # time from ready (submitted, and inputs done) to running
-                ready = max(att.submitted_at, ready_at or 0.0)
-                m.record(MetricType.QUEUE_WAIT, rec.name, value=max(0.0, att.started_at - ready), **labels)
-            if att.bytes_written:
-                m.increment(MetricType.BYTES_WRITTEN, rec.name, value=att.bytes_written, **labels)
-            if att.bytes_read:
-                m.increment(MetricType.BYTES_READ, rec.name, value=att.bytes_read, **labels)
-            if att.storage_s:
-                m.record(MetricType.STORAGE_LATENCY, rec.name, value=att.storage_s, **labels)
-        if rec.attempts > 1:
-            m.increment(MetricType.NODE_RETRY, rec.name, value=rec.attempts - 1, **labels)
-        status = rec.status
-        if status is NodeStatus.SUCCEEDED:
-            m.increment(MetricType.NODE_SUCCESS, rec.name, value=1, **labels)
-            if checkpointed:
-                m.increment(MetricType.CACHE_MISS, rec.name, value=1, **labels)
-        elif status is NodeStatus.FAILED:
-            m.increment(MetricType.NODE_FAILURE, rec.name, value=1, **labels)
-        elif status in (NodeStatus.SKIPPED, NodeStatus.CANCELLED):
-            m.increment(MetricType.NODE_SKIP, rec.name, reason=status.value, value=1, **labels)
-        elif status in (NodeStatus.CACHED, NodeStatus.RESUMED):
-            m.increment(MetricType.CACHE_HIT, rec.name, source=status.value, value=1, **labels)
+        add_node_metrics(m, result.pipeline, rec, result.nodes, inputs, checkpointed)
+    base = {"pipeline": result.pipeline}
     evicted = result.stats.get("cache_evictions", 0)
     if evicted:
         m.increment(MetricType.CACHE_EVICTION, result.pipeline, value=evicted, **base)
@@ -66,14 +46,79 @@ def metrics_from_result(result: RunResult, inputs: dict[str, list[str]] | None =
     return m
 
 
+def add_node_metrics(m: MetricsManager, pipeline: str, rec: NodeRecord, records: Mapping[str, NodeRecord],
+                     inputs: Mapping[str, list[str]] | None, checkpointed: bool) -> None:
+    """Add one node's figures to ``m``: its attempts (as recorded so far) and, once it is closed, its outcome.
+    The one derivation of a node's metrics: the run's final figures and its live deltas (observe/live.py) both
+    come from here."""
+    labels = {"pipeline": pipeline, "level": str(rec.level)}
+    ready_at = None
+    if inputs is not None:
+        ends = [records[u].ended_at for u in inputs.get(rec.name, ())]
+        ready_at = max([e for e in ends if e is not None], default=None)
+    for att in rec.attempt_history:
+        m.increment(MetricType.NODE_ATTEMPT, rec.name, value=1, worker=att.worker_node_id or "unknown", **labels)
+        if att.duration_s is not None:
+            m.record(MetricType.EXECUTION_TIME, rec.name, value=att.duration_s, **labels)
+        if att.started_at is not None:  # time from ready (submitted, and inputs done) to running
+            ready = max(att.submitted_at, ready_at or 0.0)
+            m.record(MetricType.QUEUE_WAIT, rec.name, value=max(0.0, att.started_at - ready), **labels)
+        if att.bytes_written:
+            m.increment(MetricType.BYTES_WRITTEN, rec.name, value=att.bytes_written, **labels)
+        if att.bytes_read:
+            m.increment(MetricType.BYTES_READ, rec.name, value=att.bytes_read, **labels)
+        if att.storage_s:
+            m.record(MetricType.STORAGE_LATENCY, rec.name, value=att.storage_s, **labels)
+    if rec.attempts > 1:
+        m.increment(MetricType.NODE_RETRY, rec.name, value=rec.attempts - 1, **labels)
+    status = rec.status
+    if status is NodeStatus.SUCCEEDED:
+        m.increment(MetricType.NODE_SUCCESS, rec.name, value=1, **labels)
+        if checkpointed:
+            m.increment(MetricType.CACHE_MISS, rec.name, value=1, **labels)
+    elif status is NodeStatus.FAILED:
+        m.increment(MetricType.NODE_FAILURE, rec.name, value=1, **labels)
+    elif status in (NodeStatus.SKIPPED, NodeStatus.CANCELLED):
+        m.increment(MetricType.NODE_SKIP, rec.name, value=1, reason=status.value, **labels)
+    elif status in (NodeStatus.CACHED, NodeStatus.RESUMED):
+        m.increment(MetricType.CACHE_HIT, rec.name, value=1, source=status.value, **labels)
+
+
+#: How many runs' status documents the actor keeps (the newest; older runs are in their manifests).
+STATUS_KEPT = 200
+
+
 class MetricsActor:
-    """Holds a :class:`MetricsManager` in a Ray actor; batches are merged exactly (see ``merge``)."""
+    """Holds a :class:`MetricsManager` in a Ray actor; batches are merged exactly (see ``merge``). A running run
+    also sends its status document with each batch (observe/live.py); the actor keeps the newest per run."""
 
     def __init__(self) -> None:
-        self.metrics = MetricsManager()
+        from .ray_export import RayExport  # here: ray_export reads this module's RUN_LABELS
 
-    def push(self, snapshot: dict[str, Any]) -> None:
+        self.metrics = MetricsManager()
+        self.runs: dict[str, dict[str, Any]] = {}  # run id -> its newest status document, oldest run first
+        self.export = RayExport()  # the same counters and gauges on Ray's own metrics endpoint
+
+    def push(self, snapshot: dict[str, Any], status: dict[str, Any] | None = None) -> None:
         self.metrics.merge(snapshot)
+        self.export.apply(snapshot)
+        if status is not None:
+            rid = str(status.get("run_id"))
+            self.runs.pop(rid, None)
+            self.runs[rid] = status
+            while len(self.runs) > STATUS_KEPT:
+                self.runs.pop(next(iter(self.runs)))
+
+    def run_status(self, run_id: str) -> dict[str, Any] | None:
+        """The newest status document of ``run_id`` (None if this actor never heard of it)."""
+        return self.runs.get(run_id)
+
+    def latest_run(self, pipeline: str | None = None) -> dict[str, Any] | None:
+        """The status document of the run (of ``pipeline``) that reported last."""
+        for status in reversed(list(self.runs.values())):
+            if pipeline is None or status.get("pipeline") == pipeline:
+                return status
+        return None
 
     def snapshot(self) -> dict[str, Any]:
         return self.metrics.snapshot()

@@ -1,0 +1,183 @@
+"""Live metrics (issue 16): the metrics actor sees a run while it runs (deltas at most once a second), and when
+it ends holds exactly the record-derived figures. On real Ray; a gate node holds the run open while the test
+looks at the actor from the outside, as another driver or `odibi-ray status --watch` would."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import ray
+
+from odibi_ray import DAG, Node, RetryPolicy, run
+from odibi_ray.observe.metrics import MetricsManager, MetricType
+from odibi_ray.observe.run_metrics import actor_metrics, metrics_actor, metrics_from_result
+
+from .nodes import fail_until, wait_for
+
+
+def live_dag(name: str, gate: str) -> DAG:
+    dag = DAG(name)
+    for i in range(3):
+        dag.add_node(Node(f"quick{i}", lambda: 1))
+    dag.add_node(Node("flaky", fail_until(2), retry=RetryPolicy(max_attempts=2, delay_s=0)))
+    dag.add_node(Node("gate", lambda path: wait_for(path, timeout=60), params={"path": gate}))
+    dag.add_node(Node("after", lambda g, q: q, inputs={"g": "gate", "q": "quick0"}))
+    return dag
+
+
+def figures(m: MetricsManager) -> dict[str, dict[str, object]]:
+    """Every counter and histogram series with a value (a series corrected to 0 counts as absent)."""
+    out: dict[str, dict[str, object]] = {}
+    for metric, series in m.get_all_metrics().items():
+        if MetricType(metric).kind.value == "gauge":
+            continue
+        kept = {k: v for k, v in series.items() if v != 0 and not (isinstance(v, dict) and v["count"] == 0)}
+        if kept:
+            out[metric] = kept
+    return out
+
+
+def poll(check, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("not seen in time")
+
+
+def test_the_actor_sees_a_run_while_it_runs_and_ends_exact(ray_local, tmp_path):
+    gate = tmp_path / "gate"
+    ns, rid = "test_live", "live-run-1"
+    out: dict[str, object] = {}
+    worker = threading.Thread(target=lambda: out.update(result=run(live_dag("live_p", str(gate)), progress=False,
+                                                                   metrics_namespace=ns, run_id=rid)))
+    worker.start()
+    try:
+        actor = metrics_actor(ns)
+        # while the gate holds the run open: the finished nodes' attempts, the retry, the gauges, the status
+        held = poll(lambda: (lambda m: m if m.get_metric_value(MetricType.NODE_SUCCESS, "flaky", pipeline="live_p",
+                                                               level="0") == 1 else None)(actor_metrics(ns)))
+        assert held.get_metric_value(MetricType.NODE_ATTEMPT, "flaky", pipeline="live_p", level="0",
+                                     worker=_only_worker(held, "flaky")) == 2
+        assert held.get_metric_value(MetricType.NODE_RETRY, "flaky", pipeline="live_p", level="0") == 1
+        assert held.get_metric_value(MetricType.NODES_RUNNING, "live_p", pipeline="live_p") == 1  # the gate
+        assert held.get_metric_value(MetricType.NODES_DONE, "live_p", pipeline="live_p", level="0") == 4
+        status = ray.get(actor.run_status.remote(rid))
+        assert status["pipeline"] == "live_p" and not status.get("finished")
+        assert status["levels"] == [[4, 5], [0, 1]] and status["counts"]["running"] == 1
+        assert status["slowest"][0][0] == "gate"
+        assert "result" not in out  # all of this was seen while the run was still going
+    finally:
+        gate.touch()
+        worker.join(60)
+    result = out["result"]
+    # the end: exactly the record-derived figures, the gauges of a finished run, a finished status
+    end = poll(lambda: (lambda s: s if s and s.get("finished") else None)(ray.get(metrics_actor(ns).run_status
+                                                                                  .remote(rid))))
+    assert end["status"] == "succeeded" and end["levels"] == [[5, 5], [1, 1]]
+    held = actor_metrics(ns)
+    assert figures(held) == figures(metrics_from_result(result, result.inputs))
+    assert held.get_metric_value(MetricType.NODES_RUNNING, "live_p", pipeline="live_p") == 0
+
+
+def _only_worker(m: MetricsManager, node: str) -> str:
+    workers = {series.split('worker="', 1)[1].split('"', 1)[0]
+               for series in m.get_all_metrics(MetricType.NODE_ATTEMPT) if series.startswith(node + "{")}
+    assert len(workers) == 1, workers
+    return workers.pop()
+
+
+def _watch(args: list[str], out: dict[str, object]) -> threading.Thread:
+    from typer.testing import CliRunner
+
+    from odibi_ray.cli import app
+
+    def go() -> None:
+        out["cli"] = CliRunner().invoke(app, ["status", *args])
+    thread = threading.Thread(target=go)
+    thread.start()
+    return thread
+
+
+def test_status_watch_follows_a_ray_run_from_the_actor_until_it_ends(ray_local, tmp_path):
+    gate = tmp_path / "gate"
+    out: dict[str, object] = {}
+    runner = threading.Thread(target=lambda: out.update(result=run(live_dag("watch_p", str(gate)), progress=False,
+                                                                   metrics_namespace="test_watch",
+                                                                   run_id="watch-run-1")))
+    runner.start()
+    try:
+        poll(lambda: ray.get(metrics_actor("test_watch").run_status.remote("watch-run-1")))
+        watcher = _watch(["watch-run-1", "--watch", "--namespace", "test_watch", "--interval", "0.2"], out)
+        time.sleep(1.5)
+        assert watcher.is_alive()  # still following: the run is not over
+    finally:
+        gate.touch()
+        runner.join(60)
+    watcher.join(30)
+    cli = out["cli"]
+    assert cli.exit_code == 0, cli.output
+    text = cli.output
+    assert "run watch-run-1 of watch_p: running" in text and "level 0   [" in text and "slowest: gate" in text
+    assert "running 1" in text and text.rstrip().splitlines()[-4].startswith("run watch-run-1 of watch_p: succeeded")
+    assert "5/5" in text and "1/1" in text
+
+
+def test_status_watch_falls_back_to_the_manifest(ray_local, tmp_path, local_storage):
+    gate = tmp_path / "gate"
+    out: dict[str, object] = {}
+    runner = threading.Thread(target=lambda: out.update(result=run(
+        live_dag("watch_m", str(gate)), backend="local", storage=local_storage, progress=False, heartbeat_s=0.2,
+        run_id="watch-run-2")))
+    runner.start()
+    try:
+        from odibi_ray.checkpoint import layout
+
+        poll(lambda: local_storage.exists(layout.manifest_key("watch_m", "watch-run-2")))  # the run has started
+        watcher = _watch(["watch-run-2", "--watch", "--storage", local_storage.uri, "--pipeline", "watch_m",
+                          "--namespace", "nobody_here", "--interval", "0.2"], out)
+        time.sleep(2.0)
+        assert watcher.is_alive()
+    finally:
+        gate.touch()
+        runner.join(60)
+    watcher.join(30)
+    cli = out["cli"]
+    assert cli.exit_code == 0, cli.output
+    assert "following the run's manifest instead" in cli.output
+    assert "run watch-run-2 of watch_m: running" in cli.output and "run watch-run-2 of watch_m: succeeded" in cli.output
+
+
+def test_rays_own_metrics_endpoint_shows_the_counts(ray_local):
+    """The same counters and gauges through ray.util.metrics: scraped over HTTP from the Prometheus endpoint of
+    the session's Ray node (127.0.0.1, its metrics export port), parsed with prometheus_client."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from .conftest import RAY_METRICS_PORT
+
+    result = run(faulty_ray_dag("ray_export_p"), progress=False, metrics_namespace="test_ray_export")
+
+    def scraped() -> dict[str, float] | None:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{RAY_METRICS_PORT}/metrics", timeout=5).read().decode()
+        attempts: dict[str, float] = {}
+        for family in text_string_to_metric_families(body):
+            if family.name == "ray_odibi_ray_node_attempts":
+                for s in family.samples:
+                    if s.labels.get("pipeline") == "ray_export_p" and s.name.endswith("_total"):
+                        attempts[s.labels["name"]] = attempts.get(s.labels["name"], 0) + s.value
+        want = {n: r.attempts for n, r in result.nodes.items() if r.attempts}
+        return attempts if attempts == want else None
+
+    assert poll(scraped, timeout=30)
+
+
+def faulty_ray_dag(name: str) -> DAG:
+    dag = DAG(name)
+    dag.add_node(Node("flaky", fail_until(3), retry=RetryPolicy(max_attempts=3, delay_s=0)))
+    dag.add_node(Node("after", lambda x: x, inputs={"x": "flaky"}))
+    return dag
