@@ -181,3 +181,33 @@ def faulty_ray_dag(name: str) -> DAG:
     dag.add_node(Node("flaky", fail_until(3), retry=RetryPolicy(max_attempts=3, delay_s=0)))
     dag.add_node(Node("after", lambda x: x, inputs={"x": "flaky"}))
     return dag
+
+
+def test_status_watch_from_another_process_joins_the_cluster_by_address(ray_local, tmp_path):
+    """`odibi-ray status --watch --address ...` in its own process (another terminal), connected to the run's Ray by
+    address, follows the run from the metrics actor and ends when the run ends."""
+    import os
+    import subprocess
+    import sys
+
+    gate = tmp_path / "gate"
+    out: dict[str, object] = {}
+    runner = threading.Thread(target=lambda: out.update(result=run(live_dag("watch_x", str(gate)), progress=False,
+                                                                   metrics_namespace="test_watch_x",
+                                                                   run_id="watch-run-3")))
+    runner.start()
+    try:
+        poll(lambda: ray.get(metrics_actor("test_watch_x").run_status.remote("watch-run-3")))
+        address = ray.get_runtime_context().gcs_address
+        proc = subprocess.Popen([sys.executable, "-m", "odibi_ray.cli", "status", "watch-run-3", "--watch",
+                                 "--address", address, "--namespace", "test_watch_x", "--interval", "0.3"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                                env=dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0"))
+        first = proc.stdout.readline()  # the first frame: the watcher is connected and the run still goes
+        assert first.startswith("run watch-run-3 of watch_x: running"), first + proc.stderr.read()
+    finally:
+        gate.touch()
+        runner.join(60)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stdout + stderr
+    assert "run watch-run-3 of watch_x: succeeded" in stdout and "5/5" in stdout
