@@ -150,8 +150,14 @@ def metrics_actor(namespace: str = "default", *, detached: bool = False) -> Any:
     handle = _HANDLES.get(key)
     if handle is not None:
         return handle
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     opts: dict[str, Any] = dict(name=actor_name(namespace), namespace=RAY_NAMESPACE, get_if_exists=True,
-                                num_cpus=0)  # one call at a time: a caller's push is seen by its next read
+                                num_cpus=0,  # one call at a time: a caller's push is seen by its next read
+                                # on the driver's machine when it can be: a worker machine lost mid-run (spot,
+                                # preemption) must not take every run's metrics with it
+                                scheduling_strategy=NodeAffinitySchedulingStrategy(
+                                    ray.get_runtime_context().get_node_id(), soft=True))
     if detached:
         opts["lifetime"] = "detached"
     if _ACTOR_CLASS is None:  # made once per process: making it exports the class again (~30 ms a run)
