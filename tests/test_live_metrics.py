@@ -52,9 +52,7 @@ def test_the_actor_sees_a_run_while_it_runs_and_ends_exact(ray_local, tmp_path):
     gate = tmp_path / "gate"
     ns, rid = "test_live", "live-run-1"
     out: dict[str, object] = {}
-    worker = threading.Thread(target=lambda: out.update(result=run(live_dag("live_p", str(gate)), progress=False,
-                                                                   metrics_namespace=ns, run_id=rid)))
-    worker.start()
+    worker = _start_run(out, live_dag("live_p", str(gate)), metrics_namespace=ns, run_id=rid)
     try:
         actor = metrics_actor(ns)
         # while the gate holds the run open: the finished nodes' attempts, the retry, the gauges, the status
@@ -90,6 +88,13 @@ def _only_worker(m: MetricsManager, node: str) -> str:
     return workers.pop()
 
 
+def _start_run(out: dict[str, object], dag: DAG, **options: object) -> threading.Thread:
+    """Run ``dag`` in a thread (its result lands in ``out["result"]``), as another driver would."""
+    thread = threading.Thread(target=lambda: out.update(result=run(dag, progress=False, **options)))
+    thread.start()
+    return thread
+
+
 def _watch(args: list[str], out: dict[str, object]) -> threading.Thread:
     from typer.testing import CliRunner
 
@@ -105,10 +110,7 @@ def _watch(args: list[str], out: dict[str, object]) -> threading.Thread:
 def test_status_watch_follows_a_ray_run_from_the_actor_until_it_ends(ray_local, tmp_path):
     gate = tmp_path / "gate"
     out: dict[str, object] = {}
-    runner = threading.Thread(target=lambda: out.update(result=run(live_dag("watch_p", str(gate)), progress=False,
-                                                                   metrics_namespace="test_watch",
-                                                                   run_id="watch-run-1")))
-    runner.start()
+    runner = _start_run(out, live_dag("watch_p", str(gate)), metrics_namespace="test_watch", run_id="watch-run-1")
     try:
         poll(lambda: ray.get(metrics_actor("test_watch").run_status.remote("watch-run-1")))
         watcher = _watch(["watch-run-1", "--watch", "--namespace", "test_watch", "--interval", "0.2"], out)
@@ -129,10 +131,8 @@ def test_status_watch_follows_a_ray_run_from_the_actor_until_it_ends(ray_local, 
 def test_status_watch_falls_back_to_the_manifest(ray_local, tmp_path, local_storage):
     gate = tmp_path / "gate"
     out: dict[str, object] = {}
-    runner = threading.Thread(target=lambda: out.update(result=run(
-        live_dag("watch_m", str(gate)), backend="local", storage=local_storage, progress=False, heartbeat_s=0.2,
-        run_id="watch-run-2")))
-    runner.start()
+    runner = _start_run(out, live_dag("watch_m", str(gate)), backend="local", storage=local_storage, heartbeat_s=0.2,
+                        run_id="watch-run-2")
     try:
         from odibi_ray.checkpoint import layout
 
@@ -192,10 +192,7 @@ def test_status_watch_from_another_process_joins_the_cluster_by_address(ray_loca
 
     gate = tmp_path / "gate"
     out: dict[str, object] = {}
-    runner = threading.Thread(target=lambda: out.update(result=run(live_dag("watch_x", str(gate)), progress=False,
-                                                                   metrics_namespace="test_watch_x",
-                                                                   run_id="watch-run-3")))
-    runner.start()
+    runner = _start_run(out, live_dag("watch_x", str(gate)), metrics_namespace="test_watch_x", run_id="watch-run-3")
     try:
         poll(lambda: ray.get(metrics_actor("test_watch_x").run_status.remote("watch-run-3")))
         address = ray.get_runtime_context().gcs_address
