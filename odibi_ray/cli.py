@@ -797,6 +797,10 @@ def _watch_run(run_id: str | None, pipeline: str | None, storage: str | None, ad
             return manifest_status(body, statuses, effective_status(body))
         sources.append(from_manifest)
     final = watch(first_of(sources), interval_s=interval)
+    if final is not None and not final.get("finished"):
+        typer.echo("the run stopped reporting (its driver may be gone): see `odibi-ray status` for its manifest",
+                   err=True)
+        raise typer.Exit(EXIT_RUN_FAILED)
     if final is not None and final.get("status") not in (None, "succeeded"):
         raise typer.Exit(EXIT_RUN_FAILED)
 

@@ -208,3 +208,56 @@ def test_status_watch_from_another_process_joins_the_cluster_by_address(ray_loca
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stdout + stderr
     assert "run watch-run-3 of watch_x: succeeded" in stdout and "5/5" in stdout
+
+
+class _View:
+    """A stand-in for the scheduler's view (records changed by hand; no Ray): what LivePublisher reads."""
+
+    def __init__(self, records):
+        self.records, self.changed = records, set(records)
+
+    def take_changed(self):
+        changed, self.changed = self.changed, set()
+        return changed
+
+    def live_status(self):
+        return {"counts": {}, "levels": [], "slowest": []}
+
+
+def test_a_batch_that_could_not_be_sent_is_not_lost_and_the_end_is_exact():
+    from odibi_ray.execution.result import AttemptRecord, NodeRecord, NodeStatus
+    from odibi_ray.observe.live import LivePublisher
+    from odibi_ray.observe.run_metrics import MetricsActor
+
+    actor, calls = MetricsActor(), []
+
+    def send(snapshot, status):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("actor not reachable yet")
+        actor.push(snapshot, status)
+
+    rec = NodeRecord("a", 0, NodeStatus.SUCCEEDED, [AttemptRecord(1, 0.0, 0.0, 0.5, "n1", 1)])
+    records = {"a": rec}
+    live = LivePublisher("p", "r", {"a": []}, send)
+    live.publish(_View(records))  # fails: kept
+    live.publish(_View({}))  # nothing changed; the kept batch goes now
+    assert actor.metrics.get_metric_value(MetricType.NODE_SUCCESS, "a", pipeline="p", level="0") == 1
+    rec.status = NodeStatus.FAILED  # e.g. its output was lost and the recomputation failed
+    from odibi_ray.observe.run_metrics import metrics_from_result
+
+    class Result:
+        pipeline, nodes, stats = "p", records, {}
+    final = metrics_from_result(Result(), {"a": []})  # type: ignore[arg-type]
+    live.finish(final, {"counts": {}, "levels": [], "slowest": []})
+    assert figures(actor.metrics) == figures(final)
+    MetricsManager.from_snapshot(actor.metrics.snapshot())  # readable: no counter below zero
+
+
+def test_watch_ends_when_any_source_says_the_run_is_over():
+    from odibi_ray.observe.watch import first_of, watch
+
+    stale_actor = {"run_id": "r", "pipeline": "p", "counts": {}, "levels": [], "updated_at": time.time()}
+    manifest = dict(stale_actor, finished=True, status="abandoned")
+    final = watch(first_of([lambda: stale_actor, lambda: manifest]), interval_s=0.01, timeout_s=5)
+    assert final["status"] == "abandoned"

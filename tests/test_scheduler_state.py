@@ -155,3 +155,35 @@ def test_fail_fast_cancels_what_is_open_and_records_only_started_attempts():
                         "after": (NodeStatus.CANCELLED, 0)}  # `after` was queued behind `slow`: never started
     assert result.nodes["slow"].attempt_history[0].error.kind == "cancelled"
     s.check_invariants()
+
+
+def test_fail_fast_keeps_the_attempts_that_finished_in_the_same_batch():
+    """A final failure and a success reported in one batch: the success counts (it is not 'cancelled')."""
+    dag = DAG("ff_batch")
+    dag.add_node(Node("bad", lambda: 1, retry=RetryPolicy(max_attempts=1)))
+    dag.add_node(Node("good", lambda: 1))
+    dag.add_node(Node("slow", lambda: 1))
+
+    def script(be, h):
+        if h.name == "slow":
+            return None
+        return ("N1", "system") if h.name == "bad" else ("N1", None)
+
+    s = Scheduler(dag, ScriptedBackend(script), run_id="r", levels=dag.levels(), fail_fast=True)
+    result = s.run()
+    assert {n: r.status for n, r in result.nodes.items()} == {
+        "bad": NodeStatus.FAILED, "good": NodeStatus.SUCCEEDED, "slow": NodeStatus.CANCELLED}
+    s.check_invariants()
+
+
+def test_a_stall_is_reported_even_while_a_heartbeat_or_observer_caps_the_wait():
+    s = scheduler()
+    force(s, "a", _State.CACHED)
+    s._live["a"] = object()
+
+    class Beat:
+        heartbeat = staticmethod(lambda: None)
+
+    s.checkpoint = Beat()  # type: ignore[assignment]  # only .heartbeat is read by the loop
+    with pytest.raises(SchedulerStateError, match="stalled with 2 open node"):
+        s._loop()

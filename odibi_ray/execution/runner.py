@@ -236,6 +236,9 @@ def run(dag: DAG, *, backend: str | ExecutionBackend | Backend = "ray", address:
     try:
         result = scheduler.run()
     except BaseException as exc:
+        if live is not None:  # watchers must learn that the run is over, even without its final figures
+            live.abandon(dict(scheduler.live_status(), finished=True, status="failed",
+                              error=f"driver stopped: {type(exc).__name__}"))
         if writer is not None:
             writer.close("failed", {"error": f"driver stopped: {type(exc).__name__}"},
                          node_entries(scheduler.records, scheduler.unconfirmed()))
@@ -244,6 +247,7 @@ def run(dag: DAG, *, backend: str | ExecutionBackend | Backend = "ray", address:
         be.close()
         if plan is not None:  # the manifest is closed below: a recomputation on result[name] must not beat into it
             plan.heartbeat = lambda: None
+    scheduler.detach_observer()  # the final batch below is the last one, whatever reading the result recomputes
     snapshot = _publish_metrics(result, be, live, scheduler.live_status()) if metrics else None
     if writer is not None and manifest is not None:  # (a writer is made only with a manifest)
         counts: dict[str, int] = {}

@@ -198,6 +198,7 @@ class Scheduler:
         self._current_level = 0
         self._reported: set[str] = set()
         self._changed: set[str] | None = set() if observer is not None else None  # for the live metrics
+        self._fail_fast_reason: str | None = None  # set by a final failure with fail_fast; the loop aborts
         # What the open states hold.
         self._ready: list[tuple[int, str]] = []  # candidates (rank, name): level order, then insertion order
         self._timers: list[tuple[float, int, str]] = []  # (due, seq, name): WAITING_RETRY nodes
@@ -277,6 +278,11 @@ class Scheduler:
             raise SchedulerStateError("; ".join(problems) + "\n" + self.describe())
 
     # --- what the live metrics read -----------------------------------------------------------------
+
+    def detach_observer(self) -> None:
+        """Stop showing the run live (it has ended and sent its final figures): a recomputation when the result
+        is read later must not send a batch after the last one."""
+        self.observer, self._changed = None, None
 
     def take_changed(self) -> set[str]:
         """Nodes whose record changed since the last call (their state, or a checkpoint confirmed)."""
@@ -387,6 +393,8 @@ class Scheduler:
                     heapq.heappush(self._ready, (self._rank[name], name))
             self._submit_ready()
             self._expire_deadlines(now)
+            if self._fail_fast_reason is not None and self._open:  # a timeout failed a node for good
+                self._abort(self._fail_fast_reason)
             if not self._open:
                 break
             wake = [t[0][0] for t in (self._timers, self._deadlines) if t]
@@ -396,10 +404,10 @@ class Scheduler:
             if observer is not None:  # and send the live metrics on time
                 timeout = observer.period_s if timeout is None else min(timeout, observer.period_s)
             if not self._inflight:
-                if timeout is None:  # a bug, not a user error: say where every node is
+                if not self._timers:  # nothing runs and nothing will: a bug, not a user error; say where each node is
                     raise SchedulerStateError(f"scheduler stalled with {self._open} open node(s) and nothing in "
                                               f"flight or waiting:\n{self.describe()}")
-                time.sleep(timeout)
+                time.sleep(timeout if timeout is not None else POLL_S)
                 continue
             if self.speculative:
                 # Ray chains the submitted tasks itself: the loop only has to observe them, in batches, so
@@ -412,6 +420,8 @@ class Scheduler:
                 done.sort(key=lambda h: self._rank[self._inflight[h].node])  # inputs before their consumers
                 for handle, meta in zip(done, self.backend.outcomes(done)):
                     self._finish_attempt(handle, meta)
+                if self._fail_fast_reason is not None:  # after the whole batch: its finished attempts count as such
+                    self._abort(self._fail_fast_reason)
                 if self.check_each_step:
                     self.check_invariants()
 
@@ -666,11 +676,12 @@ class Scheduler:
                 self._discard(d)  # one still in flight downstream of a node that succeeded before: not used
                 self.records[d].reason = f"upstream node {name!r} failed"
                 self._move(d, _State.SKIPPED)
-        if self.fail_fast:
-            self._abort(f"fail_fast: node {name!r} failed")
+        if self.fail_fast and self._fail_fast_reason is None:
+            self._fail_fast_reason = f"fail_fast: node {name!r} failed"
 
     def _abort(self, reason: str) -> None:
         """Cancel every running attempt and every node not yet finished."""
+        self._fail_fast_reason = None  # done: a recomputation after the run (result[name]) is not aborted again
         for handle, flight in list(self._inflight.items()):
             self.backend.cancel(handle)
             self._live.pop(flight.node, None)

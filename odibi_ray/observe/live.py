@@ -57,7 +57,8 @@ class LivePublisher:
         self._send = send
         self._due = time.monotonic() + period_s
         self._by_node: dict[str, MetricsManager] = {}  # each node's figures as last sent
-        self.sent = MetricsManager()  # everything sent so far (the sum of the deltas)
+        self.sent = MetricsManager(signed=True)  # everything sent so far (the sum of the deltas)
+        self._unsent: MetricsManager | None = None  # a batch whose send failed, to go with the next one
         self.batches = 0
 
     def due(self, now: float) -> bool:
@@ -75,6 +76,7 @@ class LivePublisher:
         """The last batch: ``final - sent``, so the actor holds exactly the run's record-derived figures, and the
         gauges of a run that is over (nothing running, pending or waiting to retry)."""
         status = self._status(status)
+        self._unsent = None  # final - sent covers a batch that could not be sent
         delta = final.difference(self.sent)
         self._gauges(delta, status)
         self._ship(delta, status)
@@ -103,11 +105,21 @@ class LivePublisher:
         for level, (done, _total) in enumerate(status.get("levels", [])):
             delta.set_gauge(MetricType.NODES_DONE, p, done, pipeline=p, level=str(level))
 
+    def abandon(self, status: dict[str, Any]) -> None:
+        """The run stopped on an exception: tell watchers it is over (the status only; its figures stay partial)."""
+        self._ship(MetricsManager(signed=True), self._status(status))
+
     def _ship(self, delta: MetricsManager, status: dict[str, Any]) -> None:
+        if self._unsent is not None:  # a batch that could not be sent goes with this one
+            delta.merge(self._unsent.snapshot())
+            self._unsent = None
         snapshot = delta.snapshot()
-        self.sent.merge(snapshot)
-        self.batches += 1
         try:
             self._send(snapshot, status)
         except Exception as exc:  # noqa: BLE001 - metrics must never fail a run
             log.warning("could not send live metrics to the metrics actor: %s", exc)
+            self._unsent = MetricsManager(signed=True)  # not counted as sent: kept for the next batch
+            self._unsent.merge(snapshot)
+            return
+        self.sent.merge(snapshot)
+        self.batches += 1

@@ -19,9 +19,14 @@ from rich.text import Text
 
 from .run_metrics import RAY_NAMESPACE, actor_name
 
+log = logging.getLogger(__name__)
+
 Source = Callable[[], "dict[str, Any] | None"]  # the newest status document, or None if there is none yet
 
 BAR = 30
+#: A running run's status not updated for this long means its driver is gone: the watch ends (the manifest's
+#: own rule, three missed heartbeats, says "abandoned" when the manifest is the source).
+STALE_S = 120.0
 
 
 def actor_source(run_id: str | None, pipeline: str | None, namespace: str = "default",
@@ -40,19 +45,21 @@ def actor_source(run_id: str | None, pipeline: str | None, namespace: str = "def
                          "there?") from None
 
     def read() -> dict[str, Any] | None:
-        call = actor.run_status.remote(run_id) if run_id else actor.latest_run.remote(pipeline)
-        return ray.get(call, timeout=10)
+        try:
+            call = actor.run_status.remote(run_id) if run_id else actor.latest_run.remote(pipeline)
+            return ray.get(call, timeout=10)
+        except Exception as exc:  # noqa: BLE001 - the actor is gone (its driver ended) or slow: try the others
+            log.debug("metrics actor unreachable: %s", exc)
+            return None
     return read
 
 
 def first_of(sources: list[Source]) -> Source:
     """The first source that has a status (the actor's live one before the manifest's, which lags a heartbeat)."""
     def read() -> dict[str, Any] | None:
-        for source in sources:
-            status = source()
-            if status is not None:
-                return status
-        return None
+        found = [status for status in (source() for source in sources) if status is not None]
+        # a source that says the run is over wins (an actor whose run died without its last batch stays "running")
+        return next((s for s in found if s.get("finished")), found[0] if found else None)
     return read
 
 
@@ -125,4 +132,11 @@ def watch(source: Source, *, interval_s: float = 1.0, console: Console | None = 
 
 
 def _over(status: dict[str, Any] | None, deadline: float | None) -> bool:
+    if status and not status.get("finished") and _silent_for(status) > STALE_S:
+        return True  # no report for STALE_S: the driver is gone (the frame shows how long)
     return bool(status and status.get("finished")) or (deadline is not None and time.monotonic() >= deadline)
+
+
+def _silent_for(status: dict[str, Any]) -> float:
+    updated = status.get("updated_at")
+    return time.time() - float(updated) if updated else 0.0
