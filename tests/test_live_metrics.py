@@ -4,6 +4,7 @@ looks at the actor from the outside, as another driver or `odibi-ray status --wa
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -95,6 +96,17 @@ def _start_run(out: dict[str, object], dag: DAG, **options: object) -> threading
     return thread
 
 
+@contextlib.contextmanager
+def _gated_run(out: dict[str, object], gate, dag: DAG, **options: object):
+    """A run in a thread held open by its gate node until the ``with`` block ends (then released and joined)."""
+    runner = _start_run(out, dag, **options)
+    try:
+        yield runner
+    finally:
+        gate.touch()
+        runner.join(60)
+
+
 def _watch(args: list[str], out: dict[str, object]) -> threading.Thread:
     from typer.testing import CliRunner
 
@@ -110,15 +122,11 @@ def _watch(args: list[str], out: dict[str, object]) -> threading.Thread:
 def test_status_watch_follows_a_ray_run_from_the_actor_until_it_ends(ray_local, tmp_path):
     gate = tmp_path / "gate"
     out: dict[str, object] = {}
-    runner = _start_run(out, live_dag("watch_p", str(gate)), metrics_namespace="test_watch", run_id="watch-run-1")
-    try:
+    with _gated_run(out, gate, live_dag("watch_p", str(gate)), metrics_namespace="test_watch", run_id="watch-run-1"):
         poll(lambda: ray.get(metrics_actor("test_watch").run_status.remote("watch-run-1")))
         watcher = _watch(["watch-run-1", "--watch", "--namespace", "test_watch", "--interval", "0.2"], out)
         time.sleep(1.5)
         assert watcher.is_alive()  # still following: the run is not over
-    finally:
-        gate.touch()
-        runner.join(60)
     watcher.join(30)
     cli = out["cli"]
     assert cli.exit_code == 0, cli.output
@@ -131,9 +139,8 @@ def test_status_watch_follows_a_ray_run_from_the_actor_until_it_ends(ray_local, 
 def test_status_watch_falls_back_to_the_manifest(ray_local, tmp_path, local_storage):
     gate = tmp_path / "gate"
     out: dict[str, object] = {}
-    runner = _start_run(out, live_dag("watch_m", str(gate)), backend="local", storage=local_storage, heartbeat_s=0.2,
-                        run_id="watch-run-2")
-    try:
+    with _gated_run(out, gate, live_dag("watch_m", str(gate)), backend="local", storage=local_storage,
+                    heartbeat_s=0.2, run_id="watch-run-2"):
         from odibi_ray.checkpoint import layout
 
         poll(lambda: local_storage.exists(layout.manifest_key("watch_m", "watch-run-2")))  # the run has started
@@ -141,9 +148,6 @@ def test_status_watch_falls_back_to_the_manifest(ray_local, tmp_path, local_stor
                           "--namespace", "nobody_here", "--interval", "0.2"], out)
         time.sleep(2.0)
         assert watcher.is_alive()
-    finally:
-        gate.touch()
-        runner.join(60)
     watcher.join(30)
     cli = out["cli"]
     assert cli.exit_code == 0, cli.output
@@ -192,8 +196,8 @@ def test_status_watch_from_another_process_joins_the_cluster_by_address(ray_loca
 
     gate = tmp_path / "gate"
     out: dict[str, object] = {}
-    runner = _start_run(out, live_dag("watch_x", str(gate)), metrics_namespace="test_watch_x", run_id="watch-run-3")
-    try:
+    with _gated_run(out, gate, live_dag("watch_x", str(gate)), metrics_namespace="test_watch_x",
+                    run_id="watch-run-3"):
         poll(lambda: ray.get(metrics_actor("test_watch_x").run_status.remote("watch-run-3")))
         address = ray.get_runtime_context().gcs_address
         proc = subprocess.Popen([sys.executable, "-m", "odibi_ray.cli", "status", "watch-run-3", "--watch",
@@ -202,9 +206,6 @@ def test_status_watch_from_another_process_joins_the_cluster_by_address(ray_loca
                                 env=dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0"))
         first = proc.stdout.readline()  # the first frame: the watcher is connected and the run still goes
         assert first.startswith("run watch-run-3 of watch_x: running"), first + proc.stderr.read()
-    finally:
-        gate.touch()
-        runner.join(60)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stdout + stderr
     assert "run watch-run-3 of watch_x: succeeded" in stdout and "5/5" in stdout
@@ -215,6 +216,7 @@ class _View:
 
     def __init__(self, records):
         self.records, self.changed = records, set(records)
+        self.inputs = {n: [] for n in records}
 
     def take_changed(self):
         changed, self.changed = self.changed, set()
@@ -239,7 +241,7 @@ def test_a_batch_that_could_not_be_sent_is_not_lost_and_the_end_is_exact():
 
     rec = NodeRecord("a", 0, NodeStatus.SUCCEEDED, [AttemptRecord(1, 0.0, 0.0, 0.5, "n1", 1)])
     records = {"a": rec}
-    live = LivePublisher("p", "r", {"a": []}, send)
+    live = LivePublisher("p", "r", send)
     live.publish(_View(records))  # fails: kept
     live.publish(_View({}))  # nothing changed; the kept batch goes now
     assert actor.metrics.get_metric_value(MetricType.NODE_SUCCESS, "a", pipeline="p", level="0") == 1

@@ -32,13 +32,12 @@ from ..storage.uri import open_storage, redact_uri, scheme_of
 log = logging.getLogger(__name__)
 
 
-def _publish_metrics(result: RunResult, backend: Backend, live: LivePublisher | None,
-                     status: dict[str, Any]) -> dict[str, Any]:
+def _publish_metrics(result: RunResult, live: LivePublisher | None, status: dict[str, Any]) -> dict[str, Any]:
     """Derive the run's metrics from its records; send the actor what it has not had yet (the whole run, or the
     rest after the live batches), fire-and-forget. Returns their snapshot (the run manifest keeps a copy)."""
     result.metrics = metrics_from_result(result, result.inputs)
     snapshot = result.metrics.snapshot()
-    if live is not None and backend.name == "ray" and _ray_connected():  # a fully cached run never started Ray
+    if live is not None and _ray_connected():  # (live: a Ray run) a fully cached run never started Ray
         live.finish(result.metrics, dict(status, finished=True, status=result.status.value,
                                          duration_s=round(result.duration_s, 3)))
     return snapshot
@@ -220,9 +219,7 @@ def run(dag: DAG, *, backend: str | ExecutionBackend | Backend = "ray", address:
             lease.release()  # nothing ran: this process drives nothing
             raise
     log.info("run %s of %r: %d nodes in %d levels on %s", rid, dag.name, len(dag), len(levels), be.name)
-    live = (LivePublisher(dag.name, rid, {n: list(dict.fromkeys(node.input_map.values())) for n, node in
-                                          dag.nodes.items()}, _live_sender(metrics_namespace))
-            if metrics and be.name == "ray" else None)
+    live = LivePublisher(dag.name, rid, _live_sender(metrics_namespace)) if metrics and be.name == "ray" else None
     scheduler = Scheduler(dag, be, run_id=rid, levels=levels, barrier=barrier, fail_fast=fail_fast,
                           rng=random.Random(seed), progress=sink, default_retry=retry, checkpoint=plan, observer=live)
     if manifest is not None and plan is not None and lease is not None:
@@ -248,7 +245,7 @@ def run(dag: DAG, *, backend: str | ExecutionBackend | Backend = "ray", address:
         if plan is not None:  # the manifest is closed below: a recomputation on result[name] must not beat into it
             plan.heartbeat = lambda: None
     scheduler.detach_observer()  # the final batch below is the last one, whatever reading the result recomputes
-    snapshot = _publish_metrics(result, be, live, scheduler.live_status()) if metrics else None
+    snapshot = _publish_metrics(result, live, scheduler.live_status()) if metrics else None
     if writer is not None and manifest is not None:  # (a writer is made only with a manifest)
         counts: dict[str, int] = {}
         for rec in result.nodes.values():

@@ -184,6 +184,7 @@ class Scheduler:
         # The DAG, read only.
         self._nodes = dag.nodes
         self._inputs = {n: list(node.input_map.values()) for n, node in self._nodes.items()}
+        self.inputs = {n: list(dict.fromkeys(ups)) for n, ups in self._inputs.items()}  # node -> its upstream nodes
         self._children = dag.downstream_map()
         self._level_of = {n: i for i, names in enumerate(levels) for n in names}
         self._rank = {n: i for i, n in enumerate(itertools.chain.from_iterable(levels))}
@@ -331,7 +332,7 @@ class Scheduler:
             self.progress.stop()
         return RunResult(self.dag.name, self.run_id, self.backend.name, self.levels, self.records, started,
                          time.time(), _fetch=self._fetch, stats=self.stats,  # shared: a fetch may count more
-                         inputs={n: list(dict.fromkeys(ups)) for n, ups in self._inputs.items()})
+                         inputs=self.inputs)
 
     def _reuse_stored(self, cp: CheckpointPlan) -> None:
         """Close the nodes the plan reuses from storage (no task at all); their consumers read them there."""

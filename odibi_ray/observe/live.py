@@ -36,6 +36,7 @@ class LiveView(Protocol):
     """What the publisher reads of a running run (the scheduler provides it)."""
 
     records: dict[str, NodeRecord]
+    inputs: dict[str, list[str]]  # node -> its upstream nodes
 
     def take_changed(self) -> set[str]:
         """Nodes whose records changed since the last call (and forget them)."""
@@ -50,15 +51,15 @@ Send = Callable[[dict[str, Any], dict[str, Any]], None]  # (metrics delta snapsh
 class LivePublisher:
     """Sends a running run's metric deltas and status to the metrics actor, at most once per ``period_s``."""
 
-    def __init__(self, pipeline: str, run_id: str, inputs: Mapping[str, list[str]], send: Send, *,
-                 period_s: float = LIVE_PERIOD_S) -> None:
-        self.pipeline, self.run_id, self.inputs = pipeline, run_id, inputs
+    def __init__(self, pipeline: str, run_id: str, send: Send, *, period_s: float = LIVE_PERIOD_S) -> None:
+        self.pipeline, self.run_id = pipeline, run_id
         self.period_s = period_s
         self._send = send
         self._due = time.monotonic() + period_s
         self._by_node: dict[str, MetricsManager] = {}  # each node's figures as last sent
         self.sent = MetricsManager(signed=True)  # everything sent so far (the sum of the deltas)
         self._unsent: MetricsManager | None = None  # a batch whose send failed, to go with the next one
+        self._checkpointed: bool | None = None  # the run has cache keys (known before its first batch)
         self.batches = 0
 
     def due(self, now: float) -> bool:
@@ -68,7 +69,7 @@ class LivePublisher:
         """Send what changed since the last batch (a metric delta, the gauges, the status document)."""
         self._due = time.monotonic() + self.period_s
         status = self._status(view.live_status())
-        delta = self._node_deltas(view.records, view.take_changed())
+        delta = self._node_deltas(view.records, view.inputs, view.take_changed())
         self._gauges(delta, status)
         self._ship(delta, status)
 
@@ -86,12 +87,14 @@ class LivePublisher:
     def _status(self, status: dict[str, Any]) -> dict[str, Any]:
         return dict(status, pipeline=self.pipeline, run_id=self.run_id, updated_at=time.time())
 
-    def _node_deltas(self, records: Mapping[str, NodeRecord], changed: set[str]) -> MetricsManager:
+    def _node_deltas(self, records: Mapping[str, NodeRecord], inputs: Mapping[str, list[str]],
+                     changed: set[str]) -> MetricsManager:
         delta = MetricsManager(signed=True)
-        checkpointed = any(r.cache_key for r in records.values())
+        if self._checkpointed is None:  # cache keys are set before the loop runs
+            self._checkpointed = any(r.cache_key for r in records.values())
         for name in changed:
             now = MetricsManager()
-            add_node_metrics(now, self.pipeline, records[name], records, self.inputs, checkpointed)
+            add_node_metrics(now, self.pipeline, records[name], records, inputs, self._checkpointed)
             delta.merge(now.difference(self._by_node.get(name)).snapshot())
             self._by_node[name] = now
         return delta
