@@ -8,6 +8,7 @@ seed faces: the API of ``odibi_core`` this project grew from, kept so that code 
 
 # The native API.
 from .definition.dag import DAG
+from .definition.mapping import FailedItem, MapSpec, PartialResults
 from .definition.node import Node
 from .definition.policy import CachePolicy, RetryPolicy, compute_delay
 from .execution.context import NodeContext, current_context
@@ -29,6 +30,7 @@ __all__ = [
     # the native API
     "DAG", "Node", "RetryPolicy", "CachePolicy", "compute_delay", "run", "ExecutionBackend", "current_context",
     "NodeContext", "RunResult", "RunStatus", "NodeRecord", "NodeStatus", "AttemptRecord", "ErrorInfo", "ErrorKind",
+    "MapSpec", "PartialResults", "FailedItem",
     # errors
     "OdibiError", "DAGValidationError", "CycleError", "UnknownInputError", "DuplicateNodeError",
     "SignatureMismatchError", "InvalidPolicyError", "UnpicklableNodeError", "InvalidNodeError",

@@ -78,17 +78,52 @@ def cache_keys(dag: DAG, order: list[str], namespace: str | None = None, run_id:
         code = fingerprints.get(fp_key)
         if code is None:
             code = fingerprints[fp_key] = code_fingerprint(node.fn, version)
-        parts = {
-            "namespace": ns,
-            "node": name,
-            "code": code,
-            "params": canonical(node.params),
-            "inputs": [[param, keys[up]] for param, up in node.input_map.items()],
-        }
-        if policy.key_fn is not None:
-            parts["key_fn"] = str(policy.key_fn(dict(node.params)))
+        parts = _key_parts(ns, name, node, code, policy, keys)
+        if node.mapping is not None:  # what decides its items and how consumers see them (a plain node has none)
+            spec = node.mapping
+            parts["map"] = canonical(spec.split_options())
+            if spec.reduce is not None:
+                parts["reduce"] = code_fingerprint(spec.reduce)
+            parts["partial"] = spec.allow_partial
         key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
         if not policy.enabled:
             key = hashlib.sha256(f"{key}:{run_id}".encode()).hexdigest()
         keys[name] = key
     return keys
+
+
+def _key_parts(ns: str, name: str, node: Any, code: str, policy: Any, keys: dict[str, str],
+               skip_param: str | None = None) -> dict[str, Any]:
+    parts: dict[str, Any] = {
+        "namespace": ns,
+        "node": name,
+        "code": code,
+        "params": canonical(node.params),
+        "inputs": [[param, keys[up]] for param, up in node.input_map.items() if param != skip_param],
+    }
+    if policy.key_fn is not None:
+        parts["key_fn"] = str(policy.key_fn(dict(node.params)))
+    return parts
+
+
+def item_key_base(dag: DAG, name: str, keys: dict[str, str], namespace: str | None = None) -> str:
+    """What every item key of mapped node ``name`` shares: its code, params and its *other* inputs' keys — not the
+    key of the node it maps over, so that an item whose content is unchanged keeps its key when that node reruns
+    (one new file in a folder of 1,000 runs one item)."""
+    node = dag[name]
+    spec = node.mapping
+    assert spec is not None
+    policy = dag.cache_policy_of(name)
+    own = node.cache if isinstance(node.cache, type(policy)) else None
+    version = (own.version if own is not None else None) or node.version or policy.version
+    parts = _key_parts(dag.name if namespace is None else namespace, name, node, code_fingerprint(node.fn, version),
+                       policy, keys, skip_param=spec.param)
+    parts["item_param"] = spec.param
+    return json.dumps(parts, sort_keys=True)
+
+
+def item_key(base: str, digest: str, run_id: str | None = None) -> str:
+    """The cache key of one item: :func:`item_key_base` and the item's content hash (salted with ``run_id`` when
+    the node's cache policy is off, like :func:`cache_keys`)."""
+    key = hashlib.sha256(f"{base}\nitem:{digest}".encode()).hexdigest()
+    return key if run_id is None else hashlib.sha256(f"{key}:{run_id}".encode()).hexdigest()

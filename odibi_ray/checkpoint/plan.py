@@ -9,8 +9,10 @@ object came from: ``resumed`` when the run being resumed made it, ``cached`` whe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from typing import NamedTuple
 from dataclasses import dataclass, field
 from collections.abc import Callable, Mapping
 
@@ -19,7 +21,7 @@ from ..definition.policy import CachePolicy
 from ..execution.result import NodeStatus
 from ..storage.base import ObjectInfo, Storage
 from . import layout
-from .keys import cache_keys
+from .keys import cache_keys, item_key, item_key_base
 from .legacy import store_layout
 from .lookup import find_objects, head_each
 from .objectmeta import CheckpointMeta
@@ -42,6 +44,44 @@ class CheckpointPlan:
     expired: list[str] = field(default_factory=list)  # nodes whose stored output had expired (evicted: rerun)
     #: Called from the driver loop; returns why the driver must stop (the run was taken over), else None.
     heartbeat: Callable[[], str | None] = lambda: None
+    #: What the look-up of a mapped node's items needs (:meth:`plan_items`), set by :func:`plan_checkpoints`.
+    dag: DAG | None = None
+    run_id: str = ""
+    resuming: bool = False
+    refresh: frozenset[str] = frozenset()
+    trust: Trust = TRUST_ALL
+
+    def plan_items(self, name: str, item_names: list[str], digests: list[str]) -> ItemPlan:
+        """The cache keys of mapped node ``name``'s items (named ``item_names``, with content hashes ``digests``),
+        their checkpoint targets (added to :attr:`targets`), and which are reused from storage — with the same
+        rules as a node (trusted, complete, fresh; ``resumed`` when this run made it). One batched look-up."""
+        assert self.dag is not None
+        policy = self.dag.cache_policy_of(name)
+        base = item_key_base(self.dag, name, self.keys)
+        salt = None if policy.enabled else self.run_id
+        keys = [item_key(base, d, salt) for d in digests]
+        template = self.targets[name]
+        refresh = name in self.refresh
+        for item, key in zip(item_names, keys):
+            self.targets[item] = dataclasses.replace(template, node=item, cache_key=key)
+        reuse: dict[str, tuple[NodeStatus, StoredRef]] = {}
+        if refresh or not (policy.enabled or self.resuming):
+            return ItemPlan(keys, reuse)
+        wanted = {item: self.targets[item].object_key for item in item_names}
+        found = find_objects(self.storage, self.dag.name, wanted)
+        now = time.time()
+        for item, info in found.items():
+            status = _decide(self, item, info, policy, now, None)
+            if status is not None:
+                reuse[item] = (status, StoredRef(self.storage, info.key, item, self.trust))
+        return ItemPlan(keys, reuse)
+
+
+class ItemPlan(NamedTuple):
+    """The checkpoint part of a mapped node's items (:meth:`CheckpointPlan.plan_items`)."""
+
+    keys: list[str]  # per item, in item order
+    reuse: dict[str, tuple[NodeStatus, StoredRef]]  # items not run: by item name
 
 
 def plan_checkpoints(dag: DAG, order: list[str], storage: Storage, run_id: str,
@@ -62,37 +102,24 @@ def plan_checkpoints(dag: DAG, order: list[str], storage: Storage, run_id: str,
     policies = {n: dag.cache_policy_of(n) for n in order}
     targets = {n: OutputTarget(storage, dag.name, run_id, n, keys[n], policies[n].ttl_s, write_behind, n in refresh,
                                trust) for n in order}
-    plan = CheckpointPlan(storage, keys, targets)
-    trusted = (_trusted(resumed, policies, keys) if not legacy else set()) - set(refresh)
+    plan = CheckpointPlan(storage, keys, targets, dag=dag, run_id=run_id, resuming=resumed is not None,
+                          refresh=frozenset(refresh), trust=trust)
+    # a mapped node stores nothing under its own key: its items are looked up once it has them (plan_items)
+    mapped = {n for n in order if dag[n].mapping is not None}
+    trusted = (_trusted(resumed, policies, keys) if not legacy else set()) - set(refresh) - mapped
     for n in trusted:  # done in the run being resumed: its object is checked when read (SHA-256), not now
         plan.reuse[n] = (NodeStatus.RESUMED, StoredRef(storage, targets[n].object_key, n, trust))
-    wanted = {n: targets[n].object_key for n in order
-              if n not in trusted and n not in refresh and (policies[n].enabled or resumed is not None)}
+    wanted = {n: targets[n].object_key for n in order if n not in trusted and n not in refresh and n not in mapped
+              and (policies[n].enabled or resumed is not None)}
     found = _lookup(storage, dag.name, wanted, keys, legacy, known_stored=len(trusted))
     now = time.time()
     for n in order:
-        if n not in found:
-            continue
-        info = found[n]
-        meta = CheckpointMeta.from_info(info)
-        if meta is None:
-            plan.damaged.append(n)
-            continue
-        refused = trust.refusal(info.key, info.metadata)
-        if refused is not None:  # never decoded; counted with the damaged ones
-            log.warning("stored output of node %r at %s is not trusted (%s): computing it again", n, info.key, refused)
-            plan.damaged.append(n)
-            continue
-        if not meta.fresh(now, policies[n].ttl_s):  # today's policy counts too, not only the written expiry
-            plan.expired.append(n)
-            continue
-        ref = StoredRef(storage, info.key, n, trust)
-        prior = (resumed or {}).get(n)
-        done_before = prior is not None and prior.status in _DONE and prior.key == keys[n]
-        if resumed is not None and (done_before or meta.run_id == run_id or not policies[n].enabled):
-            plan.reuse[n] = (NodeStatus.RESUMED, ref)
-        elif policies[n].enabled:
-            plan.reuse[n] = (NodeStatus.CACHED, ref)
+        if n in found:
+            prior = (resumed or {}).get(n)
+            status = _decide(plan, n, found[n], policies[n], now, prior is not None and prior.status in _DONE
+                             and prior.key == keys[n])
+            if status is not None:
+                plan.reuse[n] = (status, StoredRef(storage, found[n].key, n, trust))
     if plan.damaged:
         log.warning("stored output(s) of %s are damaged (truncated or altered): computing them again",
                     ", ".join(sorted(plan.damaged)))
@@ -100,6 +127,27 @@ def plan_checkpoints(dag: DAG, order: list[str], storage: Storage, run_id: str,
              sum(1 for s, _ in plan.reuse.values() if s is NodeStatus.CACHED),
              sum(1 for s, _ in plan.reuse.values() if s is NodeStatus.RESUMED))
     return plan
+
+
+def _decide(plan: CheckpointPlan, n: str, info: ObjectInfo, policy: CachePolicy, now: float,
+            done_before: bool | None) -> NodeStatus | None:
+    """Whether the object found for ``n`` is reused, and as what (None: it is not, and the plan says why).
+    ``done_before``: the run being resumed finished ``n`` under this key (None: not known, an item)."""
+    meta = CheckpointMeta.from_info(info)
+    if meta is None:
+        plan.damaged.append(n)
+        return None
+    refused = plan.trust.refusal(info.key, info.metadata)
+    if refused is not None:  # never decoded; counted with the damaged ones
+        log.warning("stored output of node %r at %s is not trusted (%s): computing it again", n, info.key, refused)
+        plan.damaged.append(n)
+        return None
+    if not meta.fresh(now, policy.ttl_s):  # today's policy counts too, not only the written expiry
+        plan.expired.append(n)
+        return None
+    if plan.resuming and (done_before or meta.run_id == plan.run_id or not policy.enabled):
+        return NodeStatus.RESUMED
+    return NodeStatus.CACHED if policy.enabled else None
 
 
 _DONE = frozenset({NodeStatus.SUCCEEDED.value, NodeStatus.CACHED.value, NodeStatus.RESUMED.value})

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from .names import check_name
 from ..errors import CycleError, DAGValidationError, DuplicateNodeError, InvalidNodeError, UnknownInputError
+from .mapping import MapSpec
 from .node import Node
 from .policy import CachePolicy, RetryPolicy
 
@@ -64,6 +65,28 @@ class DAG:
             return fn
 
         return register
+
+    def map(self, over: str, name: str | None = None, /, *, param: str | None = None,
+            max_parallel: int | None = None, allow_partial: bool = False, batch_rows: int | None = None,
+            by: str | None = None, reduce: Callable[[list[Any]], Any] | None = None,
+            inputs: Mapping[str, str] | Sequence[str] | None = None,
+            **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: add the function as a node mapped over the items of node ``over`` (see
+        :class:`~odibi_ray.definition.mapping.MapSpec` for the other arguments); ``inputs`` and ``options`` are as
+        for :meth:`node`. The function receives one item in ``param`` (default: its first parameter given no input
+        or param) and is returned unchanged."""
+        spec = MapSpec(over=over, param=param, max_parallel=max_parallel, allow_partial=allow_partial,
+                       batch_rows=batch_rows, by=by, reduce=reduce)
+
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self.add_node(Node(name=name or fn.__name__, fn=fn, inputs=inputs or {}, map_over=spec, **options))
+            return fn
+
+        return register
+
+    def mapped(self) -> dict[str, MapSpec]:
+        """The mapped nodes and how each fans out."""
+        return {n: node.mapping for n, node in self._nodes.items() if node.mapping is not None}
 
     # --- reading ------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import re
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 from collections.abc import Callable, Mapping, Sequence
 
+from .mapping import MapSpec
 from .names import MAX_NAME_LEN
 from ..errors import InvalidNodeError, InvalidPolicyError, SignatureMismatchError
 from .policy import CachePolicy, RetryPolicy, _short
@@ -33,6 +35,11 @@ class Node:
     the DAG's) whether a stored output is reused (see :class:`CachePolicy`); ``timeout_s``
     bounds one attempt. ``num_cpus``, ``num_gpus``, ``memory`` (bytes) and ``resources`` (custom
     Ray resources) are the resource request of the Ray task.
+
+    ``map_over`` (an upstream node's name, or a :class:`~odibi_ray.definition.mapping.MapSpec`) makes it a
+    *mapped* node: ``fn`` runs once per item of that node's output, each item its own task, cache entry and
+    checkpoint (see :mod:`odibi_ray.definition.mapping`); the parameter receiving the item is added to
+    ``inputs``.
     """
 
     name: str
@@ -48,6 +55,7 @@ class Node:
     resources: Mapping[str, float] = field(default_factory=dict)
     version: str | None = None
     description: str = ""
+    map_over: MapSpec | str | None = None
 
     def __post_init__(self) -> None:
         _check_name(self.name)
@@ -61,7 +69,45 @@ class Node:
         self.inputs = dict(self.inputs)
         self.params = dict(self.params)
         self.resources = dict(self.resources or {})
+        if self.map_over is not None:
+            self.map_over = self._resolve_map(self.map_over)
         self._check_values()
+
+    @property
+    def mapping(self) -> MapSpec | None:
+        """How this node fans out (its ``param`` resolved), or None for a plain node."""
+        return self.map_over if isinstance(self.map_over, MapSpec) else None
+
+    def _resolve_map(self, spec: MapSpec | str) -> MapSpec:
+        """``map_over`` as a :class:`MapSpec` whose ``param`` is known and is an input of ``over``."""
+        if isinstance(spec, str):
+            spec = MapSpec(over=spec)
+        if not isinstance(spec, MapSpec):
+            raise InvalidNodeError(f"node {self.name!r}: map_over must name a node or be a MapSpec, got "
+                                   f"{type(spec).__name__}", (self.name,))
+        problems = spec.problems()
+        if problems:
+            raise InvalidPolicyError(f"node {self.name!r}: " + "; ".join(problems), nodes=(self.name,))
+        inputs = self.input_map
+        param = spec.param
+        if param is None:
+            fed = [p for p, up in inputs.items() if up == spec.over]
+            if len(fed) > 1:
+                raise InvalidNodeError(f"node {self.name!r}: parameters {fed} all read {spec.over!r}; say which one "
+                                       "receives the items (MapSpec(param=...))", (self.name,))
+            param = fed[0] if fed else _first_free_param(self.fn, set(inputs) | set(self.params))
+            if param is None:
+                raise SignatureMismatchError(
+                    f"node {self.name!r}: no parameter of {getattr(self.fn, '__qualname__', self.fn)!s} is left to "
+                    f"receive the items of {spec.over!r} (all are inputs or params)", nodes=(self.name,))
+        elif inputs.get(param, spec.over) != spec.over:
+            raise InvalidNodeError(f"node {self.name!r}: map param {param!r} is already the input of "
+                                   f"{inputs[param]!r}, not of {spec.over!r}", (self.name,))
+        if param in self.params:
+            raise SignatureMismatchError(f"node {self.name!r}: map param {param!r} is also given as a param",
+                                         nodes=(self.name,))
+        inputs[param] = spec.over
+        return dataclasses.replace(spec, param=param)
 
     def _check_values(self) -> None:
         problems = []
@@ -85,6 +131,11 @@ class Node:
             elif not _number(amount) or not 0 <= amount <= MAX_RESOURCE:
                 problems.append(f"resource {_short(res)} must be a finite number from 0 to {MAX_RESOURCE:g}, "
                                 f"got {_short(amount)}")
+        spec = self.mapping
+        if spec is not None:
+            problems.extend(spec.problems())
+            if spec.param is None or self.input_map.get(spec.param) != spec.over:
+                problems.append(f"map param {spec.param!r} must be the input of {spec.over!r}")
         for param, upstream in self.input_map.items():
             if not isinstance(upstream, str):
                 problems.append(f"input {param!r} must name a node, got {upstream!r}")
@@ -153,6 +204,18 @@ class Node:
         if self.resources:
             opts["resources"] = dict(self.resources)
         return opts
+
+
+def _first_free_param(fn: Callable[..., Any], taken: set[str]) -> str | None:
+    """The first parameter of ``fn`` that can be passed by keyword and is not in ``taken``."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    for p in params:
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in taken:
+            return p.name
+    return None
 
 
 def _check_name(name: object) -> None:

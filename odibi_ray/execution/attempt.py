@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 import cloudpickle
 
 from . import context
+from .fanout import Collect, MapItem, regroup
 from ..checkpoint.codecs import CodecError
 from ..checkpoint.store import OutputTarget, Provenance, StoredRef, read_output_sized, write_output
 from ..checkpoint.writeback import write_behind
@@ -109,7 +110,9 @@ def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: 
                 input_values: Sequence[Any], ctx: context.NodeContext, worker_node_id: str,
                 timeout_s: float | None = None, hard_kill: bool = False,
                 target: OutputTarget | None = None,
-                still_wanted: Callable[[], bool] | None = None) -> tuple[AttemptMeta, Any]:
+                still_wanted: Callable[[], bool] | None = None,
+                groups: Sequence[Collect | None] | None = None,
+                item: MapItem | None = None) -> tuple[AttemptMeta, Any]:
     """Call the node function once with its inputs and params; never raises for the function's errors.
 
     With ``timeout_s`` and on the main thread (a Ray worker), an alarm raises
@@ -119,7 +122,11 @@ def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: 
     checkpointed here (one object with its metadata) before the attempt counts as succeeded — unless
     ``still_wanted()`` says the driver gave up on this attempt (a timed-out local thread). What the function
     writes to sys.stdout/sys.stderr still goes there, and its end (:class:`OutputTail`) comes back in the
-    metadata's ``output_tail``."""
+    metadata's ``output_tail``.
+
+    ``groups`` (a consumer of a mapped node): the flat ``input_values`` are regrouped per input
+    (:func:`~odibi_ray.execution.fanout.regroup`; a ``reduce`` that raises fails this attempt). ``item`` (an item of
+    a mapped node): its value is passed as ``item.param``."""
     started = time.time()
     for v in input_values:
         if v.__class__ is UpstreamFailed:
@@ -130,7 +137,10 @@ def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: 
         if error is not None:
             return AttemptMeta(started, time.time(), worker_node_id, os.getpid(), error, io.counts()), FAILED
     kwargs = dict(params)
-    kwargs.update(zip(input_names, input_values))
+    if groups is None:
+        kwargs.update(zip(input_names, input_values))
+    if item is not None:
+        kwargs[item.param] = item.value
     token = context._set(ctx)
     if sys.stdout.__class__ is not _Tee or sys.stderr.__class__ is not _Tee:
         _install_tees()
@@ -141,6 +151,8 @@ def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: 
         try:
             if alarm:
                 alarm.start()
+            if groups is not None:  # here: a reduce that raises is this attempt's failure
+                kwargs.update(zip(input_names, regroup(input_values, groups)))
             value = fn(**kwargs)
             error = None
         finally:  # disarm before anything else: an alarm firing up to here is caught just below
@@ -171,7 +183,7 @@ def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: 
         except StorageError as exc:
             value, error = FAILED, error_info(exc, kind=ErrorKind.STORAGE)
         except Exception as exc:  # noqa: BLE001 - not encodable (CodecError): the node's failure, any backend
-            value, error = FAILED, error_info(_naming_node(ctx.node, exc))
+            value, error = FAILED, error_info(_naming_node(ctx.where, exc))
         if not target.write_behind:
             io.storage_s += time.perf_counter() - t0
     text = tail.text() if tail.size else ""
@@ -323,7 +335,7 @@ class _Alarm:
         self._killer: threading.Timer | None = None
 
     def exception(self) -> NodeTimeoutError:
-        return NodeTimeoutError(f"node {self.ctx.node!r} attempt {self.ctx.attempt} exceeded "
+        return NodeTimeoutError(f"node {self.ctx.where!r} attempt {self.ctx.attempt} exceeded "
                                 f"timeout_s={self.timeout_s} and was cancelled")
 
     def _fire(self, signum: int, frame: Any) -> None:

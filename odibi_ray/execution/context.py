@@ -15,6 +15,12 @@ class NodeContext:
     node: str
     attempt: int  # 1-based
     max_attempts: int
+    item: int | None = None  # an item of a mapped node: its position (0-based); None for a plain node
+
+    @property
+    def where(self) -> str:
+        """The node's name, with ``[item]`` for an item of a mapped node (as in records and logs)."""
+        return self.node if self.item is None else f"{self.node}[{self.item}]"
 
 
 _CURRENT: contextvars.ContextVar[NodeContext | None] = contextvars.ContextVar("odibi_ray_node", default=None)

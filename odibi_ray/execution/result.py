@@ -242,6 +242,16 @@ class NodeRecord:
     error: ErrorInfo | None = None
     reason: str = ""  # why a node was skipped, cancelled, cached, resumed or recomputed
     cache_key: str | None = None  # with checkpoint storage: the key its output is stored under
+    #: A mapped node: one record per item (named ``node[i]``, in item order), once its items are known; None for a
+    #: plain node. The mapped node's own record has no attempts: its items do.
+    items: list[NodeRecord] | None = None
+
+    def item_counts(self) -> dict[str, int]:
+        """A mapped node's items per status (empty for a plain node)."""
+        counts: dict[str, int] = {}
+        for item in self.items or ():
+            counts[item.status.value] = counts.get(item.status.value, 0) + 1
+        return counts
 
     @property
     def attempts(self) -> int:
@@ -400,12 +410,7 @@ class RunResult:
         """The run's records as JSON (no outputs, no pickled exceptions): what `odibi-ray report` re-renders."""
         nodes = {}
         for name, rec in self.nodes.items():
-            d = dataclasses.asdict(rec)
-            for err in [d.get("error")] + [a.get("error") for a in d["attempt_history"]]:
-                if err:
-                    err.pop("exception_bytes", None)
-            d["status"] = rec.status.value
-            nodes[name] = d
+            nodes[name] = _record_json(rec)
         body = {"pipeline": self.pipeline, "run_id": self.run_id, "backend": self.backend,
                 "levels": self.levels, "nodes": nodes, "started_at": self.started_at, "ended_at": self.ended_at,
                 "stats": self.stats, "inputs": self.inputs, "stopped_reason": self.stopped_reason,
@@ -421,12 +426,14 @@ class RunResult:
         def error(d: dict | None) -> ErrorInfo | None:
             return None if not d else ErrorInfo(**{**d, "mro": tuple(d.get("mro") or ())})
 
-        nodes = {}
-        for name, d in body["nodes"].items():
+        def record(d: dict[str, Any]) -> NodeRecord:
             attempts = [AttemptRecord(**{**a, "error": error(a.get("error"))}) for a in d["attempt_history"]]
-            nodes[name] = NodeRecord(name=d["name"], level=d["level"], status=NodeStatus(d["status"]),
-                                     attempt_history=attempts, error=error(d.get("error")),
-                                     reason=d.get("reason", ""), cache_key=d.get("cache_key"))
+            items = d.get("items")
+            return NodeRecord(name=d["name"], level=d["level"], status=NodeStatus(d["status"]),
+                              attempt_history=attempts, error=error(d.get("error")), reason=d.get("reason", ""),
+                              cache_key=d.get("cache_key"), items=None if items is None else [record(i) for i in items])
+
+        nodes = {name: record(d) for name, d in body["nodes"].items()}
 
         def no_outputs(names: list[str]) -> list[Any]:
             raise OdibiError("outputs are not kept in a re-read run result; read them from the checkpoint storage")
@@ -451,3 +458,14 @@ class RunResult:
         if self.manifest_error:
             line += "; its manifest could not be closed (retried in the background; resumable now)"
         return line
+
+
+def _record_json(rec: NodeRecord) -> dict[str, Any]:
+    """A record as JSON-able data (no pickled exceptions); a mapped node's items likewise."""
+    d = dataclasses.asdict(rec)
+    d["items"] = None if rec.items is None else [_record_json(i) for i in rec.items]
+    for err in [d.get("error")] + [a.get("error") for a in d["attempt_history"]]:
+        if err:
+            err.pop("exception_bytes", None)
+    d["status"] = rec.status.value
+    return d

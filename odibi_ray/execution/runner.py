@@ -226,7 +226,7 @@ def run(dag: DAG, *, backend: str | ExecutionBackend | Backend = "ray", address:
         # the manifest keeps what the run did (statuses, attempts, errors) on every heartbeat, written off the loop
         targets = plan.targets
         writer = ManifestWriter(manifest, lease, heartbeat_s,
-                                lambda: node_entries(scheduler.records, scheduler.unconfirmed()),
+                                lambda: node_entries(scheduler.node_records(), scheduler.unconfirmed()),
                                 Confirmer(scheduler.pending_writes, lambda pending: stored_now(targets, pending),
                                           scheduler.accept_confirmed))
         plan.heartbeat = writer.tick
@@ -238,7 +238,7 @@ def run(dag: DAG, *, backend: str | ExecutionBackend | Backend = "ray", address:
                               error=f"driver stopped: {type(exc).__name__}"))
         if writer is not None:
             writer.close("failed", {"error": f"driver stopped: {type(exc).__name__}"},
-                         node_entries(scheduler.records, scheduler.unconfirmed()))
+                         node_entries(scheduler.node_records(), scheduler.unconfirmed()))
         raise
     finally:
         be.close()

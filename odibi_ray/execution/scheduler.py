@@ -19,11 +19,12 @@ refuses a move not in :data:`_MOVES` (like Dagster's ``ActiveExecution`` buckets
                     checked again when popped: a stale entry is dropped).
 - ``WAITING_RETRY`` an attempt failed and the policy grants another: a timer in ``_timers`` makes it PENDING.
 - ``IN_FLIGHT``     one attempt submitted (queued or running): its handle is in ``_inflight`` and ``_live``.
+- ``MAPPING``       a mapped node whose items are made (:meth:`Scheduler._expand`) and not all closed.
 - ``SUCCEEDED``     computed in this run; the backend holds its output (handle in ``_live``).
 - ``CACHED`` / ``RESUMED``  reused from storage; consumers read it there (a :class:`StoredHandle` in ``_live``).
 - ``FAILED`` / ``SKIPPED`` / ``CANCELLED``  closed without an output; terminal.
 
-The first three are *open*; the loop ends when none is. A node with an output can be reopened (PENDING again)
+The first four are *open*; the loop ends when none is. A node with an output can be reopened (PENDING again)
 when that output is lost with its machine or found unusable in storage; a SUCCEEDED node becomes FAILED after
 the loop if its checkpoint, written behind, could not be stored. The public ``NodeRecord.status`` is derived
 from the state (:data:`_STATUS`) and written nowhere else. An attempt enters ``NodeRecord.attempt_history``
@@ -34,22 +35,42 @@ The other containers: ``_inflight`` (handle -> :class:`_InFlight`: node, input h
 ``_live`` (node -> handle of its in-flight or output-holding attempt), ``_deadlines`` (driver-side timeouts,
 local backend), ``_left_in_level`` (open nodes per level, for ``barrier``), ``_reported`` (progress reports
 a node once). :meth:`Scheduler.check_invariants` states how they agree with the states.
+
+Mapped nodes
+------------
+A mapped node (``Node.map_over``) becomes submittable like any node once its inputs have their outputs; then,
+instead of an attempt, :meth:`Scheduler._expand` reads the output it maps over in the driver, splits it into items
+(execution/fanout.py) and adds one *item* per element: a node of this state machine of its own, named
+``node[i]``, with the mapped node's function, policy and timeout, its own record (``NodeRecord.items``), cache key
+and checkpoint; items the store already holds are ``CACHED``/``RESUMED`` at once. The mapped node is ``MAPPING``
+while any item is open (``_MapRun.open``) and closes when the last one does (:meth:`Scheduler._close_map`):
+succeeded (or cached/resumed when every item was), failed when an item failed for good (unless
+``allow_partial``), skipped or cancelled with them. Its output handle (:class:`~.fanout.MapOutput`) holds its
+items' handles: consumers receive the items' values, never through the driver. An item that is reopened (its
+output lost or found unusable) reopens its mapped node (``-> MAPPING``) and discards its consumers' attempts.
+Items count in no level (``_left_in_level``) and have no children; ``max_parallel`` holds items beyond it in
+``_MapRun.backlog`` until one in flight leaves that state.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import enum
 import heapq
 import itertools
 import logging
 import random
 import time
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 from collections.abc import Hashable, Mapping
 
 from .attempt import HARD_KILL_GRACE_S, AttemptMeta, error_info
 from .backends.base import Backend
 from .context import NodeContext
+from .fanout import Collect, MapItem, MapOutput, item_digest, item_name, split_items
+from ..definition.mapping import FailedItem, MapSpec
 from ..definition.dag import DAG
 from ..checkpoint.codecs import CodecError
 from ..errors import CorruptObjectError, NodeTimeoutError, NotFoundError, OutputUnavailableError, StorageError
@@ -83,6 +104,7 @@ class _State(enum.Enum):
     PENDING = "pending"
     WAITING_RETRY = "waiting_retry"
     IN_FLIGHT = "in_flight"
+    MAPPING = "mapping"
     SUCCEEDED = "succeeded"
     CACHED = "cached"
     RESUMED = "resumed"
@@ -95,19 +117,24 @@ class _State(enum.Enum):
         return self in _OPEN
 
 
-_OPEN = frozenset({_State.PENDING, _State.WAITING_RETRY, _State.IN_FLIGHT})
+_OPEN = frozenset({_State.PENDING, _State.WAITING_RETRY, _State.IN_FLIGHT, _State.MAPPING})
 _WITH_OUTPUT = frozenset({_State.SUCCEEDED, _State.CACHED, _State.RESUMED})
 
 #: The legal moves. Anything else is a bug in this module and raises :class:`SchedulerStateError`.
 _MOVES: dict[_State, frozenset[_State]] = {
-    _State.PENDING: frozenset({_State.IN_FLIGHT, _State.CACHED, _State.RESUMED, _State.SKIPPED, _State.CANCELLED}),
+    _State.PENDING: frozenset({_State.IN_FLIGHT, _State.CACHED, _State.RESUMED, _State.SKIPPED, _State.CANCELLED,
+                               _State.MAPPING}),  # a mapped node: its items are made
     _State.WAITING_RETRY: frozenset({_State.PENDING, _State.SKIPPED, _State.CANCELLED}),
     _State.IN_FLIGHT: frozenset({_State.PENDING,  # discarded: an input failed or was lost under it
                                  _State.WAITING_RETRY, _State.SUCCEEDED, _State.FAILED, _State.CANCELLED}),
+    # a mapped node, once its items are closed; it closes as they do (the items' own states say why)
+    _State.MAPPING: frozenset({_State.SUCCEEDED, _State.CACHED, _State.RESUMED, _State.FAILED, _State.SKIPPED,
+                               _State.CANCELLED}),
     _State.SUCCEEDED: frozenset({_State.PENDING,  # its output was lost with its machine
-                                 _State.FAILED}),  # its checkpoint, written behind, could not be stored
-    _State.CACHED: frozenset({_State.PENDING}),  # its stored output was found unusable
-    _State.RESUMED: frozenset({_State.PENDING}),
+                                 _State.FAILED,  # its checkpoint, written behind, could not be stored
+                                 _State.MAPPING}),  # a mapped node: one of its items' outputs was lost
+    _State.CACHED: frozenset({_State.PENDING, _State.MAPPING}),  # its stored output (an item's) was found unusable
+    _State.RESUMED: frozenset({_State.PENDING, _State.MAPPING}),
     _State.FAILED: frozenset(),
     _State.SKIPPED: frozenset(),
     _State.CANCELLED: frozenset(),
@@ -116,12 +143,25 @@ _MOVES: dict[_State, frozenset[_State]] = {
 #: The public status each state shows in ``NodeRecord.status``.
 _STATUS: dict[_State, NodeStatus] = {
     _State.PENDING: NodeStatus.PENDING, _State.WAITING_RETRY: NodeStatus.PENDING,
-    _State.IN_FLIGHT: NodeStatus.RUNNING, _State.SUCCEEDED: NodeStatus.SUCCEEDED,
+    _State.IN_FLIGHT: NodeStatus.RUNNING, _State.MAPPING: NodeStatus.RUNNING, _State.SUCCEEDED: NodeStatus.SUCCEEDED,
     _State.CACHED: NodeStatus.CACHED, _State.RESUMED: NodeStatus.RESUMED, _State.FAILED: NodeStatus.FAILED,
     _State.SKIPPED: NodeStatus.SKIPPED, _State.CANCELLED: NodeStatus.CANCELLED,
 }
 
 _REUSED = {NodeStatus.CACHED: _State.CACHED, NodeStatus.RESUMED: _State.RESUMED}
+
+
+@dataclass
+class _MapRun:
+    """A mapped node's items while the run goes: their names (in item order) and values, how many are still open
+    and in flight, and the items held back by ``max_parallel``."""
+
+    spec: MapSpec
+    items: list[str]
+    values: list[Any]
+    open: int = 0
+    flying: int = 0
+    backlog: collections.deque[str] = field(default_factory=collections.deque)
 
 
 class SchedulerStateError(RuntimeError):
@@ -187,7 +227,8 @@ class Scheduler:
         self.inputs = {n: list(dict.fromkeys(ups)) for n, ups in self._inputs.items()}  # node -> its upstream nodes
         self._children = dag.downstream_map()
         self._level_of = {n: i for i, names in enumerate(levels) for n in names}
-        self._rank = {n: i for i, n in enumerate(itertools.chain.from_iterable(levels))}
+        # level order; a mapped node's items rank between it and the next node, in item order
+        self._rank: dict[str, float] = {n: i for i, n in enumerate(itertools.chain.from_iterable(levels))}
         default = default_retry or dag.retry
         self._policy = {n: self._nodes[n].retry or default for n in self._rank}
         # The state machine: each node's state, the nodes in each state, and the public records derived from it.
@@ -201,13 +242,19 @@ class Scheduler:
         self._changed: set[str] | None = set() if observer is not None else None  # for the live metrics
         self._fail_fast_reason: str | None = None  # set by a final failure with fail_fast; the loop aborts
         # What the open states hold.
-        self._ready: list[tuple[int, str]] = []  # candidates (rank, name): level order, then insertion order
+        self._ready: list[tuple[float, str]] = []  # candidates (rank, name): level order, then insertion order
         self._timers: list[tuple[float, int, str]] = []  # (due, seq, name): WAITING_RETRY nodes
         self._deadlines: list[tuple[float, int, Hashable]] = []  # driver-side timeouts (local backend)
         self._inflight: dict[Hashable, _InFlight] = {}
         self._live: dict[str, Hashable] = {}  # node -> handle of its in-flight or output-holding attempt
         self._rotation = 0
         self._seq = itertools.count()
+        # Mapped nodes (see "Mapped nodes" in the module docstring).
+        self._top = list(self._rank)  # the DAG's own nodes, in level order (items are added to the maps above)
+        self._mapped = {n for n in self._rank if self._nodes[n].mapping is not None}
+        self._maps: dict[str, _MapRun] = {}  # mapped node -> its items, once made
+        self._parent: dict[str, str] = {}  # item -> its mapped node
+        self._index: dict[str, int] = {}  # item -> its position
 
     # --- the state machine ----------------------------------------------------------------------
 
@@ -224,6 +271,10 @@ class Scheduler:
         rec.status = _STATUS[new]
         if self._changed is not None:
             self._changed.add(name)
+        parent = self._parent.get(name)
+        if parent is not None:
+            self._item_moved(parent, name, old, new)
+            return
         if old.open == new.open:
             return
         if new.open:  # reopened
@@ -237,10 +288,33 @@ class Scheduler:
             self._reported.add(name)
             self.progress.node_done(name, rec.level, rec.status)
 
+    def _item_moved(self, parent: str, item: str, old: _State, new: _State) -> None:
+        """Keep a mapped node in step with one of its items: counts, ``max_parallel``, and its own state."""
+        m = self._maps[parent]
+        if new is _State.IN_FLIGHT:
+            m.flying += 1
+        elif old is _State.IN_FLIGHT:
+            m.flying -= 1
+            if m.backlog:  # a slot is free: the next held-back item may go
+                held = m.backlog.popleft()
+                heapq.heappush(self._ready, (self._rank[held], held))
+        if old.open and not new.open:
+            m.open -= 1
+            self.progress.item_done(parent, self.records[item].level, _STATUS[new])
+            if m.open == 0 and self._state[parent] is _State.MAPPING:
+                self._close_map(parent)
+        elif new.open and not old.open:
+            m.open += 1
+            if self._state[parent] in _WITH_OUTPUT:  # its output included this item's: not whole any more
+                self._live.pop(parent, None)
+                self._move(parent, _State.MAPPING)
+                self._discard_consumers(parent)
+
     @property
     def _open(self) -> int:
-        """How many nodes are still open (pending, waiting to retry or in flight)."""
-        return len(self._in[_State.PENDING]) + len(self._in[_State.WAITING_RETRY]) + len(self._in[_State.IN_FLIGHT])
+        """How many nodes (and items) are still open (pending, waiting to retry, in flight or mapping)."""
+        return (len(self._in[_State.PENDING]) + len(self._in[_State.WAITING_RETRY]) + len(self._in[_State.IN_FLIGHT])
+                + len(self._in[_State.MAPPING]))
 
     def describe(self) -> str:
         """Which nodes are in which state (at most 20 names per state), for errors and logs."""
@@ -275,6 +349,14 @@ class Scheduler:
         for level, names in enumerate(self.levels):
             if self._left_in_level[level] != sum(self._state[n].open for n in names):
                 problems.append(f"level {level}: open count {self._left_in_level[level]} is wrong")
+        for parent, m in self._maps.items():
+            states = [self._state[i] for i in m.items]
+            if m.open != sum(s.open for s in states) or m.flying != states.count(_State.IN_FLIGHT):
+                problems.append(f"mapped node {parent!r}: open/in-flight item counts {m.open}/{m.flying} are wrong")
+            if (self._state[parent] is _State.MAPPING) != (m.open > 0) and self._state[parent].open:
+                problems.append(f"mapped node {parent!r} is {self._state[parent].value} with {m.open} open item(s)")
+        if self._in[_State.MAPPING] - set(self._maps):
+            problems.append("a node is mapping without items")
         if problems:
             raise SchedulerStateError("; ".join(problems) + "\n" + self.describe())
 
@@ -306,7 +388,8 @@ class Scheduler:
         since = sorted(((now - max([f.attempt.submitted_at] + [self.records[u].ended_at or 0.0
                                                               for u in self._inputs[f.node]]), f.node)
                         for f in running), reverse=True)[:SLOWEST_SHOWN]
-        return {"counts": counts, "open": self._open,
+        maps = {name: [len(m.items) - m.open, len(m.items)] for name, m in self._maps.items()}
+        return {"counts": counts, "open": self._open, "items": maps,
                 "levels": [[len(names) - self._left_in_level[i], len(names)] for i, names in enumerate(self.levels)],
                 "slowest": [[name, round(seconds, 3)] for seconds, name in since]}
 
@@ -318,7 +401,12 @@ class Scheduler:
         reused = cp.reuse if cp else {}
         # Nodes reused from storage are not prepared (no pickling, no task options) unless they must run after
         # all (a corrupt stored output): the backend prepares such a node on its first submit.
-        self.backend.prepare([self._nodes[n] for n in self._rank if n not in reused], cp.targets if cp else None)
+        # A mapped node alone (everything else reused) is prepared on its first item's submit: a run whose items
+        # are all stored too never starts Ray.
+        to_run = [n for n in self._rank if n not in reused]
+        if all(n in self._mapped for n in to_run):
+            to_run = []
+        self.backend.prepare([self._nodes[n] for n in to_run], cp.targets if cp else None)
         self.progress.start(self.levels)
         try:
             if cp is not None:
@@ -330,7 +418,7 @@ class Scheduler:
             self._confirm_writes()
         finally:
             self.progress.stop()
-        return RunResult(self.dag.name, self.run_id, self.backend.name, self.levels, self.records, started,
+        return RunResult(self.dag.name, self.run_id, self.backend.name, self.levels, self.node_records(), started,
                          time.time(), _fetch=self._fetch, stats=self.stats,  # shared: a fetch may count more
                          inputs=self.inputs)
 
@@ -348,13 +436,27 @@ class Scheduler:
             for child in self._children[name]:
                 heapq.heappush(self._ready, (self._rank[child], child))
 
+    def node_records(self) -> dict[str, NodeRecord]:
+        """The records of the DAG's nodes (a mapped node's items are in its record's ``items``)."""
+        return {n: self.records[n] for n in self._top}
+
     def _fetch(self, names: list[str]) -> list[Any]:
-        """Outputs for the result: stored ones read from storage here, the rest from the backend, in one go."""
+        """Outputs for the result: stored ones read from storage here, the rest from the backend, in one go (a
+        mapped node's: its items', assembled as its consumers get them)."""
         handles = [self._live[n] for n in names]
-        remote = [h for h in handles if not isinstance(h, StoredHandle)]
+        leaves = [pair for n, h in zip(names, handles) for pair in self._leaves(n, h)]
+        remote = [h for _, h in leaves if not isinstance(h, StoredHandle)]
         fetched = iter(self.backend.fetch_many(remote) if remote else [])
-        return [self._load_stored(n, h.ref) if isinstance(h, StoredHandle) else next(fetched)
-                for n, h in zip(names, handles)]
+        values = {n: self._load_stored(n, h.ref) if isinstance(h, StoredHandle) else next(fetched) for n, h in leaves}
+        return [h.collect.assemble([values[i] for i, _ in self._leaves(n, h)]) if h.__class__ is MapOutput
+                else values[n] for n, h in zip(names, handles)]
+
+    @staticmethod
+    def _leaves(name: str, handle: Any) -> list[tuple[str, Any]]:
+        """(name, handle) of what holds a node's output: the node itself, or a mapped node's items."""
+        if handle.__class__ is MapOutput:
+            return list(zip(handle.names, handle.items))
+        return [(name, handle)]
 
     def _load_stored(self, name: str, ref: StoredRef) -> Any:
         """A reused output asked for by the result. One found unusable now (bit rot the plan's size check cannot
@@ -431,8 +533,8 @@ class Scheduler:
         cp = self.checkpoint
         if cp is None:
             return set()
-        return {name for name in self._in[_State.SUCCEEDED]
-                if cp.targets[name].write_behind and not self.records[name].attempt_history[-1].confirmed}
+        return {name for name in self._in[_State.SUCCEEDED] if name not in self._mapped  # (its items write)
+                and cp.targets[name].write_behind and not self.records[name].attempt_history[-1].confirmed}
 
     def pending_writes(self) -> dict[str, Provenance]:
         """The unconfirmed nodes (see :meth:`unconfirmed`) and what their attempts were."""
@@ -471,6 +573,12 @@ class Scheduler:
                 self._live.pop(name, None)
                 self._move(name, _State.FAILED)
                 log.error("node %r: its checkpoint could not be written: %s", name, outcome.error)
+                parent = self._parent.get(name)
+                if (parent is not None and self._state[parent] is _State.SUCCEEDED
+                        and not self._maps[parent].spec.allow_partial):  # the mapped node's output is not whole
+                    self.records[parent].error = dataclasses.replace(att.error, message=f"{name}: {att.error.message}")
+                    self._live.pop(parent, None)
+                    self._move(parent, _State.FAILED)
 
     def _wait_window(self) -> list[Hashable]:
         """The in-flight attempts one wait watches: all of them when few; else the oldest half-window
@@ -492,6 +600,15 @@ class Scheduler:
     def _submittable(self, name: str) -> bool:
         if self._state[name] is not _State.PENDING:
             return False
+        if name in self._mapped:  # its items are made from an input's value: that must be there
+            return all(self._state[u] in _WITH_OUTPUT for u in self._inputs[name])
+        parent = self._parent.get(name)
+        if parent is not None:
+            m = self._maps[parent]
+            cap = m.spec.max_parallel
+            if cap is not None and m.flying >= cap:
+                m.backlog.append(name)  # goes when an item in flight leaves (see _item_moved)
+                return False
         if self.speculative:
             return all(u in self._live for u in self._inputs[name])
         return all(self._state[u] in _WITH_OUTPUT for u in self._inputs[name])
@@ -505,11 +622,23 @@ class Scheduler:
             heapq.heappop(ready)
             if not self._submittable(name):
                 continue  # a stale hint: not pending any more, or an input was discarded meanwhile
+            if name in self._mapped:
+                self._expand(name)
+                continue
             node = self._nodes[name]
             attempt = AttemptRecord(number=self.records[name].attempts + 1, submitted_at=time.time())
-            ctx = NodeContext(self.dag.name, self.run_id, name, attempt.number, self._policy[name].max_attempts)
             inputs = tuple(self._live[u] for u in self._inputs[name])
-            handle = self.backend.submit(node, ctx, inputs)
+            parent = self._parent.get(name)
+            if parent is None:
+                ctx = NodeContext(self.dag.name, self.run_id, name, attempt.number, self._policy[name].max_attempts)
+                handle = self.backend.submit(node, ctx, inputs)
+            else:
+                i = self._index[name]
+                m = self._maps[parent]
+                ctx = NodeContext(self.dag.name, self.run_id, parent, attempt.number, self._policy[name].max_attempts,
+                                  i)
+                item = MapItem(i, m.values[i], m.spec.param or "", self.records[name].cache_key)
+                handle = self.backend.submit(node, ctx, inputs, item)
             self._inflight[handle] = _InFlight(name, inputs, attempt)
             self._live[name] = handle
             self._move(name, _State.IN_FLIGHT)
@@ -518,6 +647,127 @@ class Scheduler:
             if self.speculative:
                 for child in self._children[name]:
                     heapq.heappush(ready, (self._rank[child], child))
+
+    # --- mapped nodes ---------------------------------------------------------------------------------
+
+    def _expand(self, name: str) -> None:
+        """Make the items of mapped node ``name`` from the output it maps over (see "Mapped nodes" above)."""
+        node = self._nodes[name]
+        spec = node.mapping
+        assert spec is not None
+        over = self._over_value(spec.over)
+        if over is _UNAVAILABLE:
+            return  # its stored output was unusable: it runs again, and this node waits for it (still PENDING)
+        self._move(name, _State.MAPPING)
+        rec = self.records[name]
+        try:
+            if isinstance(over, _Failed):
+                raise over.exc
+            values = split_items(over, spec, name)
+            names = [item_name(name, i) for i in range(len(values))]
+            damaged = len(self.checkpoint.damaged) if self.checkpoint is not None else 0
+            plan = (self.checkpoint.plan_items(name, names, [item_digest(v) for v in values])
+                    if self.checkpoint is not None else None)
+        except Exception as exc:  # noqa: BLE001 - a value that cannot be split or hashed fails this node
+            rec.error = error_info(exc)
+            log.warning("mapped node %r failed: %s: %s", name, type(exc).__name__, exc)
+            self._move(name, _State.FAILED)
+            self._skip_descendants(name)
+            return
+        if self.checkpoint is not None:
+            self.stats["corrupt_objects"] += len(self.checkpoint.damaged) - damaged
+        self._maps[name] = _MapRun(spec, names, values, open=len(names))
+        rec.items = []
+        level, rank, n = rec.level, self._rank[name], len(names)
+        inputs = [up for p, up in node.input_map.items() if p != spec.param]
+        policy = self._policy[name]
+        for i, item in enumerate(names):
+            self._parent[item], self._index[item] = name, i
+            self._nodes[item], self._inputs[item], self._children[item] = node, inputs, []
+            self._level_of[item], self._rank[item], self._policy[item] = level, rank + (i + 1) / (n + 1), policy
+            self.records[item] = NodeRecord(item, level, cache_key=plan.keys[i] if plan is not None else None)
+            rec.items.append(self.records[item])
+            self._state[item] = _State.PENDING
+            self._in[_State.PENDING].add(item)
+        for u in dict.fromkeys(inputs):  # an input reopened under its items discards their attempts
+            self._children[u].extend(names)
+        self.progress.items_added(name, level, n)
+        log.info("mapped node %r: %d item(s) of %r%s", name, n, spec.over,
+                 f", {len(plan.reuse)} reused from storage" if plan is not None and plan.reuse else "")
+        if plan is not None:
+            for item, (status, ref) in plan.reuse.items():
+                self.records[item].reason = ("output reused from the cache" if status is NodeStatus.CACHED
+                                             else "output kept from the run being resumed")
+                self._live[item] = StoredHandle(ref)
+                self._move(item, _REUSED[status])  # the last one closes the mapped node
+        if n == 0:
+            self._close_map(name)
+            return
+        for item in names:
+            if self._state[item] is _State.PENDING:
+                heapq.heappush(self._ready, (self._rank[item], item))
+
+    def _over_value(self, name: str) -> Any:
+        """The output of ``name`` here in the driver, to split into items; :data:`_UNAVAILABLE` when a stored
+        output of it was unusable (it is reopened, and runs again), a :class:`_Failed` when it cannot be had."""
+        handle = self._live[name]
+        leaves = self._leaves(name, handle)
+        try:
+            remote = [h for _, h in leaves if not isinstance(h, StoredHandle)]
+            fetched = iter(self.backend.fetch_many(remote) if remote else [])
+            values, unusable = [], False
+            for n, h in leaves:
+                if not isinstance(h, StoredHandle):
+                    values.append(next(fetched))
+                    continue
+                try:
+                    values.append(h.ref.load())
+                except (CorruptObjectError, NotFoundError, CodecError) as exc:
+                    discard_unusable(h.ref, exc)
+                    self.stats["corrupt_objects"] += 1
+                    self._reopen(n, "stored output was unusable when a mapped node read it; recomputed")
+                    unusable = True
+            if unusable:
+                return _UNAVAILABLE
+            return handle.collect.assemble(values) if handle.__class__ is MapOutput else values[0]
+        except Exception as exc:  # noqa: BLE001 - e.g. the object was lost, or a reduce raised: the node fails
+            return _Failed(exc)
+
+    def _close_map(self, name: str) -> None:
+        """Every item of mapped node ``name`` is closed: close it as they did."""
+        m = self._maps[name]
+        rec = self.records[name]
+        states = [self._state[i] for i in m.items]
+        failed = [i for i, s in zip(m.items, states) if s is _State.FAILED]
+        if _State.CANCELLED in states or _State.SKIPPED in states:
+            new = _State.CANCELLED if _State.CANCELLED in states else _State.SKIPPED
+            rec.reason = rec.reason or f"{states.count(new)} of {len(states)} item(s) {new.value}"
+            self._move(name, new)
+            return
+        if failed and not m.spec.allow_partial:
+            first = self.records[failed[0]].error
+            assert first is not None
+            rec.error = dataclasses.replace(first, message=f"{len(failed)} of {len(states)} item(s) failed; "
+                                                           f"{failed[0]}: {first.message}")
+            log.warning("mapped node %r failed: %s", name, rec.error.message)
+            self._move(name, _State.FAILED)
+            self._skip_descendants(name)
+            return
+        ok = [i for i, s in zip(m.items, states) if s in _WITH_OUTPUT]
+        fails = tuple(FailedItem(self._index[i], m.values[self._index[i]], err.type_name if err else "",
+                                 err.message if err else "") for i in failed for err in [self.records[i].error])
+        collect = Collect(len(ok), m.spec.reduce, m.spec.allow_partial, tuple(self._index[i] for i in ok), fails)
+        self._live[name] = MapOutput(tuple(self._live[i] for i in ok), collect, tuple(ok))
+        if failed:
+            rec.reason = f"{len(failed)} of {len(states)} item(s) failed (allow_partial)"
+        reused = {s for s in states if s in (_State.CACHED, _State.RESUMED)}
+        if states and not failed and len(reused) == 1 and all(s in reused for s in states):
+            new = reused.pop()  # every item reused, and from one source: so is the node
+        else:
+            new = _State.SUCCEEDED
+        self._move(name, new)
+        for child in self._children[name]:
+            heapq.heappush(self._ready, (self._rank[child], child))
 
     def _expire_deadlines(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:
@@ -621,7 +871,7 @@ class Scheduler:
         deadline = time.monotonic() + LOST_NODE_WAIT_S
         while True:  # the cluster may take a moment to declare the machine dead
             alive = self.backend.alive_nodes()
-            lost = [u for u in dict.fromkeys(self._inputs[name]) if self._state[u] is _State.SUCCEEDED
+            lost = [u for u in self._producers(name) if self._state[u] is _State.SUCCEEDED
                     and self.records[u].worker_node_id not in alive]
             if lost or time.monotonic() >= deadline:
                 break
@@ -634,6 +884,14 @@ class Scheduler:
                         self.records[u].worker_node_id)
             self._reopen(u)
         return True
+
+    def _producers(self, name: str) -> list[str]:
+        """The nodes whose attempts made ``name``'s inputs: its inputs, a mapped input's items in its place."""
+        out: list[str] = []
+        for u in dict.fromkeys(self._inputs[name]):
+            m = self._maps.get(u)
+            out.extend(m.items if m is not None else [u])
+        return out
 
     def _recompute_stored_input(self, name: str, error: ErrorInfo) -> bool:
         """A reused input's stored object was corrupt (or gone): it is a cache miss, so run its producer."""
@@ -672,6 +930,10 @@ class Scheduler:
         log.warning("node %r failed after %d attempt(s): %s: %s", name, rec.attempts, error.type_name, error.message)
         rec.error = error
         self._move(name, _State.FAILED)
+        self._skip_descendants(name)
+
+    def _skip_descendants(self, name: str) -> None:
+        """``name`` failed for good: skip every open node downstream of it (fail_fast: abort the run)."""
         for d in self._descendants(name):
             if self._state[d].open:
                 self._discard(d)  # one still in flight downstream of a node that succeeded before: not used
@@ -696,10 +958,11 @@ class Scheduler:
         self._ready.clear()
         self._timers.clear()
         self._deadlines.clear()
-        for name in sorted(self._in[_State.PENDING] | self._in[_State.WAITING_RETRY] | self._in[_State.IN_FLIGHT],
-                           key=self._rank.__getitem__):
-            self.records[name].reason = reason
-            self._move(name, _State.CANCELLED)
+        for name in sorted(self._in[_State.PENDING] | self._in[_State.WAITING_RETRY] | self._in[_State.IN_FLIGHT]
+                           | self._in[_State.MAPPING], key=self._rank.__getitem__):
+            if self._state[name].open:  # (a mapped node closes with its last item)
+                self.records[name].reason = reason
+                self._move(name, _State.CANCELLED)
 
     def _descendants(self, name: str) -> list[str]:
         """Every node downstream of ``name``, in level order."""
@@ -728,3 +991,13 @@ def new_run_id() -> str:
     import secrets
 
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+class _Failed(NamedTuple):
+    """The output a mapped node maps over could not be had in the driver (``exc`` says why): the node fails."""
+
+    exc: Exception
+
+
+#: The output a mapped node maps over was stored and found unusable: its producer runs again first.
+_UNAVAILABLE = object()

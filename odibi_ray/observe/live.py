@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from ..execution.result import NodeRecord
 from .metrics import MetricsManager, MetricType
 from .run_metrics import add_node_metrics
+from ..execution.fanout import item_parent
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,8 @@ class LivePublisher:
             self._checkpointed = any(r.cache_key for r in records.values())
         for name in changed:
             now = MetricsManager()
-            add_node_metrics(now, self.pipeline, records[name], records, inputs, self._checkpointed)
+            add_node_metrics(now, self.pipeline, records[name], records, inputs, self._checkpointed,
+                             node=item_parent(name))
             delta.merge(now.difference(self._by_node.get(name)).snapshot())
             self._by_node[name] = now
         return delta

@@ -109,6 +109,8 @@ class MetricType(str, Enum):
                     "Nodes that failed for good.")
     NODE_SKIP = ("node_skip", MetricKind.COUNTER, "odibi_ray_node_skips_total",
                  "Nodes not run because an upstream node failed.")
+    MAP_ITEM = ("map_item", MetricKind.COUNTER, "odibi_ray_map_items_total",
+                "Items of mapped nodes closed, by status (under the mapped node's name).")
     BYTES_READ = ("bytes_read", MetricKind.COUNTER, "odibi_ray_bytes_read_total",
                   "Bytes read from storage.")
     BYTES_WRITTEN = ("bytes_written", MetricKind.COUNTER, "odibi_ray_bytes_written_total",

@@ -15,6 +15,12 @@ class ProgressSink:
 
     def node_done(self, name: str, level: int, status: NodeStatus) -> None: ...
 
+    def items_added(self, name: str, level: int, count: int) -> None:
+        """Mapped node ``name`` has ``count`` items (its output split); each closes with :meth:`item_done`."""
+
+    def item_done(self, name: str, level: int, status: NodeStatus) -> None:
+        """One item of mapped node ``name`` closed (an item reopened and closed again is reported again)."""
+
     def stop(self) -> None: ...
 
 
@@ -29,6 +35,7 @@ class RichProgress(ProgressSink):
         self._tasks: list[TaskID] = []
         self._total: TaskID | None = None  # set by start(), with _progress
         self._failed = 0
+        self._items: dict[str, TaskID] = {}  # mapped node -> its items' bar
 
     @property
     def enabled(self) -> bool:
@@ -54,6 +61,20 @@ class RichProgress(ProgressSink):
         if status is NodeStatus.FAILED:
             self._failed += 1
             self._progress.update(self._total, description=f"[bold]all nodes [red]({self._failed} failed)")
+
+    def items_added(self, name: str, level: int, count: int) -> None:
+        if self._progress is None:
+            return
+        bar = self._items.get(name)
+        if bar is None:
+            self._items[name] = self._progress.add_task(f"  {name} (items)", total=count)
+        else:
+            self._progress.reset(bar, total=count)
+
+    def item_done(self, name: str, level: int, status: NodeStatus) -> None:
+        bar = self._items.get(name)
+        if self._progress is not None and bar is not None:
+            self._progress.advance(bar)
 
     def stop(self) -> None:
         if self._progress is not None:

@@ -24,9 +24,10 @@ RAY_NAMESPACE = "odibi_ray"
 #: The labels a run's series carry, every one with a bounded set of values, so that a pipeline run every
 #: hour for a year still has the same series (Prometheus keeps one time series per label set): ``pipeline``,
 #: ``name`` (the node), ``level``, ``worker`` (the Ray node id an attempt ran on; attempts only), ``reason``
-#: (skipped or cancelled; skips only) and ``source`` (cached or resumed; cache hits only). The run id is not a
+#: (skipped or cancelled; skips only), ``source`` (cached or resumed; cache hits only) and ``status`` (an item's,
+#: map items only). An item of a mapped node counts under its node's name (no item label). The run id is not a
 #: label: it is in the run's result, manifest, JSON export and report.
-RUN_LABELS = ("pipeline", "name", "level", "worker", "reason", "source")
+RUN_LABELS = ("pipeline", "name", "level", "worker", "reason", "source", "status")
 
 
 def metrics_from_result(result: RunResult, inputs: dict[str, list[str]] | None = None) -> MetricsManager:
@@ -36,6 +37,8 @@ def metrics_from_result(result: RunResult, inputs: dict[str, list[str]] | None =
     checkpointed = any(r.cache_key for r in result.nodes.values())
     for rec in result.nodes.values():
         add_node_metrics(m, result.pipeline, rec, result.nodes, inputs, checkpointed)
+        for item in rec.items or ():
+            add_node_metrics(m, result.pipeline, item, result.nodes, inputs, checkpointed, node=rec.name)
     base = {"pipeline": result.pipeline}
     evicted = result.stats.get("cache_evictions", 0)
     if evicted:
@@ -47,41 +50,52 @@ def metrics_from_result(result: RunResult, inputs: dict[str, list[str]] | None =
 
 
 def add_node_metrics(m: MetricsManager, pipeline: str, rec: NodeRecord, records: Mapping[str, NodeRecord],
-                     inputs: Mapping[str, list[str]] | None, checkpointed: bool) -> None:
+                     inputs: Mapping[str, list[str]] | None, checkpointed: bool, node: str | None = None) -> None:
     """Add one node's figures to ``m``: its attempts (as recorded so far) and, once it is closed, its outcome.
     The one derivation of a node's metrics: the run's final figures and its live deltas (observe/live.py) both
-    come from here."""
+    come from here. ``node``: ``rec`` is an item of that mapped node; its figures count under the node's name,
+    its outcome as a :attr:`MetricType.MAP_ITEM` (its cache hit or miss as the node's)."""
+    name = node or rec.name
     labels = {"pipeline": pipeline, "level": str(rec.level)}
     ready_at = None
     if inputs is not None:
-        ends = [records[u].ended_at for u in inputs.get(rec.name, ())]
+        ends = [records[u].ended_at for u in inputs.get(name, ()) if u in records]
         ready_at = max([e for e in ends if e is not None], default=None)
     for att in rec.attempt_history:
-        m.increment(MetricType.NODE_ATTEMPT, rec.name, value=1, worker=att.worker_node_id or "unknown", **labels)
+        m.increment(MetricType.NODE_ATTEMPT, name, value=1, worker=att.worker_node_id or "unknown", **labels)
         if att.duration_s is not None:
-            m.record(MetricType.EXECUTION_TIME, rec.name, value=att.duration_s, **labels)
+            m.record(MetricType.EXECUTION_TIME, name, value=att.duration_s, **labels)
         if att.started_at is not None:  # time from ready (submitted, and inputs done) to running
             ready = max(att.submitted_at, ready_at or 0.0)
-            m.record(MetricType.QUEUE_WAIT, rec.name, value=max(0.0, att.started_at - ready), **labels)
+            m.record(MetricType.QUEUE_WAIT, name, value=max(0.0, att.started_at - ready), **labels)
         if att.bytes_written:
-            m.increment(MetricType.BYTES_WRITTEN, rec.name, value=att.bytes_written, **labels)
+            m.increment(MetricType.BYTES_WRITTEN, name, value=att.bytes_written, **labels)
         if att.bytes_read:
-            m.increment(MetricType.BYTES_READ, rec.name, value=att.bytes_read, **labels)
+            m.increment(MetricType.BYTES_READ, name, value=att.bytes_read, **labels)
         if att.storage_s:
-            m.record(MetricType.STORAGE_LATENCY, rec.name, value=att.storage_s, **labels)
+            m.record(MetricType.STORAGE_LATENCY, name, value=att.storage_s, **labels)
     if rec.attempts > 1:
-        m.increment(MetricType.NODE_RETRY, rec.name, value=rec.attempts - 1, **labels)
+        m.increment(MetricType.NODE_RETRY, name, value=rec.attempts - 1, **labels)
     status = rec.status
+    if node is not None:
+        if status.done:
+            m.increment(MetricType.MAP_ITEM, name, value=1, status=status.value, **labels)
+        if status is NodeStatus.SUCCEEDED and checkpointed:
+            m.increment(MetricType.CACHE_MISS, name, value=1, **labels)
+        elif status in (NodeStatus.CACHED, NodeStatus.RESUMED):
+            m.increment(MetricType.CACHE_HIT, name, value=1, source=status.value, **labels)
+        return
+    mapped = rec.items is not None  # a mapped node: its items count the cache hits and misses
     if status is NodeStatus.SUCCEEDED:
-        m.increment(MetricType.NODE_SUCCESS, rec.name, value=1, **labels)
-        if checkpointed:
-            m.increment(MetricType.CACHE_MISS, rec.name, value=1, **labels)
+        m.increment(MetricType.NODE_SUCCESS, name, value=1, **labels)
+        if checkpointed and not mapped:
+            m.increment(MetricType.CACHE_MISS, name, value=1, **labels)
     elif status is NodeStatus.FAILED:
-        m.increment(MetricType.NODE_FAILURE, rec.name, value=1, **labels)
+        m.increment(MetricType.NODE_FAILURE, name, value=1, **labels)
     elif status in (NodeStatus.SKIPPED, NodeStatus.CANCELLED):
-        m.increment(MetricType.NODE_SKIP, rec.name, value=1, reason=status.value, **labels)
-    elif status in (NodeStatus.CACHED, NodeStatus.RESUMED):
-        m.increment(MetricType.CACHE_HIT, rec.name, value=1, source=status.value, **labels)
+        m.increment(MetricType.NODE_SKIP, name, value=1, reason=status.value, **labels)
+    elif status in (NodeStatus.CACHED, NodeStatus.RESUMED) and not mapped:
+        m.increment(MetricType.CACHE_HIT, name, value=1, source=status.value, **labels)
 
 
 #: How many runs' status documents the actor keeps (the newest; older runs are in their manifests).

@@ -6,6 +6,7 @@ from typing import Any, Protocol, TypeVar
 from collections.abc import Hashable, Sequence
 
 from ..attempt import AttemptMeta
+from ..fanout import MapItem
 from ..context import NodeContext
 from ...definition.node import Node
 
@@ -34,8 +35,10 @@ class Backend(Protocol[H]):
         """Called once per run before any submit: connect, serialise functions, check picklability.
         ``targets``: node -> where its worker checkpoints its output (an ``OutputTarget``), if anywhere."""
 
-    def submit(self, node: Node, ctx: NodeContext, inputs: Sequence[H]) -> H:
-        """Start one attempt; ``inputs`` are the handles of the upstream attempts, in parameter order."""
+    def submit(self, node: Node, ctx: NodeContext, inputs: Sequence[Any], item: MapItem | None = None) -> H:
+        """Start one attempt; ``inputs`` are the handles of the upstream attempts, in parameter order (a mapped
+        input's is a :class:`~odibi_ray.execution.fanout.MapOutput` holding its items' handles); ``item``: the
+        attempt is one item of a mapped node (``ctx.item`` is its index)."""
 
     def wait(self, handles: Sequence[H], timeout: float | None, all_of: bool = False) -> list[H]:
         """Block until at least one handle (``all_of``: every handle) is done or ``timeout`` passes;

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 from collections.abc import Callable, Sequence
 
 from ..attempt import NO_IO, AttemptMeta, error_info, run_attempt
+from ..fanout import MapItem, flatten_inputs, item_target, task_input_names
 from ..context import NodeContext
 from ...errors import SystemFailureError
 from ...definition.node import Node
@@ -57,14 +58,20 @@ class LocalBackend:
     def prepare(self, nodes: Sequence[Node], targets: dict[str, Any] | None = None) -> None:
         self._targets = dict(targets or {})
 
-    def submit(self, node: Node, ctx: NodeContext, inputs: Sequence[cf.Future]) -> cf.Future:
-        values = [f.result()[1] for f in inputs]  # inputs are done: the scheduler waits for them
+    def submit(self, node: Node, ctx: NodeContext, inputs: Sequence[Any], item: MapItem | None = None) -> cf.Future:
+        # inputs are done: the scheduler waits for them; a mapped input gives one value per item, regrouped in the
+        # attempt (its reduce, if any, runs there)
+        values, groups = flatten_inputs(inputs, lambda f: f.result()[1])
+        mapped_input = any(g is not None for g in groups)
+        target = self._targets.get(node.name)
+        if item is not None:
+            target = item_target(target, node.name, item)
         fut: cf.Future = cf.Future()
-        call = functools.partial(run_attempt, node.fn, node.params, list(node.inputs), values, ctx, "local",
-                                 target=self._targets.get(node.name),
-                                 still_wanted=lambda: fut not in self._abandoned)
+        call = functools.partial(run_attempt, node.fn, node.params, list(task_input_names(node)), values, ctx, "local",
+                                 target=target, still_wanted=lambda: fut not in self._abandoned,
+                                 groups=groups if mapped_input else None, item=item)
         with self._lock:
-            self._queue.append(_Queued(fut, node.name, call))
+            self._queue.append(_Queued(fut, ctx.where, call))
             self._pump()
         return fut
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 import cloudpickle
 
 from ..attempt import NO_IO, AttemptMeta, IOCounts, error_info, run_attempt
+from ..fanout import MapItem, MapOutput, flatten_inputs, item_target, task_input_names
 from ...checkpoint.store import OutputTarget
 from ..context import NodeContext
 from ...errors import (
@@ -76,7 +77,7 @@ def _worker_node_id() -> str:
     return _NODE_ID
 
 
-def _execute(spec_bytes: bytes, attempt: int, *input_values: Any) -> tuple[Any, bytes | tuple]:
+def _execute(spec_bytes: bytes, attempt: int | tuple, *input_values: Any) -> tuple[Any, bytes | tuple]:
     """Body of every odibi_ray task: unpickle the node function once per worker process, run one attempt;
     return (output, metadata) — in that order, see the module's docstring. The metadata travels as
     :func:`_wire_meta` makes it; the driver reads it back with :func:`_unpack_meta`.
@@ -84,6 +85,9 @@ def _execute(spec_bytes: bytes, attempt: int, *input_values: Any) -> tuple[Any, 
     ``spec_bytes`` is the node's pickled :class:`TaskSpec`. A large function is not in it (``fn_bytes`` None) but
     in the object store, once per run: its ref comes last, in a list so that Ray does not fetch it for workers
     that have the function already.
+
+    ``attempt`` is the attempt number, or for an item of a mapped node or a consumer of one the tuple
+    ``(attempt, groups, item)`` (see :meth:`RayBackend.submit`).
     """
     global _RETURNING
     _RETURNING = None
@@ -103,10 +107,18 @@ def _execute(spec_bytes: bytes, attempt: int, *input_values: Any) -> tuple[Any, 
             fn_bytes = ray.get(fn_box[0])
         fn = _FN_CACHE[spec.fn_key] = cloudpickle.loads(fn_bytes)
     params = cloudpickle.loads(spec.params_bytes) if spec.params_bytes is not None else {}
-    ctx = NodeContext(spec.pipeline, spec.run_id, spec.node, attempt, spec.max_attempts)
+    groups = item = None
+    target = spec.target
+    if attempt.__class__ is tuple:  # a mapped node's item, or a consumer of a mapped node
+        attempt, groups, item_tuple = attempt
+        if item_tuple is not None:
+            item = MapItem._make(item_tuple)
+            target = item_target(target, spec.node, item)
+    ctx = NodeContext(spec.pipeline, spec.run_id, spec.node, attempt, spec.max_attempts,  # type: ignore[arg-type]
+                      None if item is None else item.position)
     meta, value = run_attempt(fn, params, spec.input_names, input_values, ctx, _worker_node_id(), spec.timeout_s,
-                              hard_kill=True, target=spec.target)
-    _RETURNING = (id(value), spec.node)
+                              hard_kill=True, target=target, groups=groups, item=item)
+    _RETURNING = (id(value), ctx.where)
     return value, _wire_meta(meta)
 
 
@@ -319,12 +331,19 @@ class RayBackend:
             self._remotes[node.name] = remote.options(num_returns=2, max_retries=0, retry_exceptions=False,
                                                       name=node.name, **node.ray_options())
 
-    def submit(self, node: Node, ctx: NodeContext, inputs: Sequence[_Handle]) -> _Handle:
+    def submit(self, node: Node, ctx: NodeContext, inputs: Sequence[Any], item: MapItem | None = None) -> _Handle:
         spec = self._specs.get(node.name)
         if spec is None:  # first submit of this node in this run
             spec = self._specs[node.name] = self._pickle_spec(node, ctx)
-        value, meta = self._remotes[node.name].remote(spec, ctx.attempt, *[h.value for h in inputs],
-                                                      *self._boxes[node.name])
+        if item is None and not any(h.__class__ is MapOutput for h in inputs):
+            value, meta = self._remotes[node.name].remote(spec, ctx.attempt, *[h.value for h in inputs],
+                                                          *self._boxes[node.name])
+            return _Handle(meta, value)
+        # a mapped input passes each of its items' refs (Ray resolves them) and how to regroup them; an item passes
+        # its value (Ray inlines a small one in the task, puts a large one in the object store)
+        args, groups = flatten_inputs(inputs, lambda h: h.value)
+        call = (ctx.attempt, groups, None if item is None else tuple(item))
+        value, meta = self._remotes[node.name].remote(spec, call, *args, *self._boxes[node.name])
         return _Handle(meta, value)
 
     def _pickle_spec(self, node: Node, ctx: NodeContext) -> bytes:
@@ -337,7 +356,7 @@ class RayBackend:
         fn_box = self._fn_refs.get(prepared.fn_key)
         self._boxes[node.name] = (fn_box,) if fn_box else ()
         spec = TaskSpec(prepared.fn_key, None if fn_box else prepared.fn_bytes, prepared.params_bytes,
-                        tuple(node.inputs), ctx.pipeline, ctx.run_id, node.name, ctx.max_attempts, node.timeout_s,
+                        task_input_names(node), ctx.pipeline, ctx.run_id, node.name, ctx.max_attempts, node.timeout_s,
                         self._targets.get(node.name))
         return cloudpickle.dumps(tuple(spec), protocol=5)
 
