@@ -54,9 +54,10 @@ def test_every_legal_move_is_taken_and_every_other_refused(old, new):
         assert s._state["a"] is old and s.records["a"].status is _STATUS[old]
 
 
-def test_closed_without_output_is_terminal_and_open_states_are_the_first_three():
+def test_closed_without_output_is_terminal_and_open_states_are_the_first_four():
     assert {st for st in _State if not _MOVES[st]} == {_State.FAILED, _State.SKIPPED, _State.CANCELLED}
-    assert {st for st in _State if st.open} == {_State.PENDING, _State.WAITING_RETRY, _State.IN_FLIGHT}
+    assert {st for st in _State if st.open} == {_State.PENDING, _State.WAITING_RETRY, _State.IN_FLIGHT,
+                                                 _State.MAPPING}
     assert {_STATUS[st] for st in _State} == set(NodeStatus)  # every public status comes from one state
 
 
