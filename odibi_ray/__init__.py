@@ -15,11 +15,12 @@ from .execution.context import NodeContext, current_context
 from .execution.result import AttemptRecord, ErrorInfo, ErrorKind, NodeRecord, NodeStatus, RunResult, RunStatus
 from .execution.runner import ExecutionBackend, run
 from .errors import (AlreadyExistsError, CorruptObjectError, CycleError, DAGValidationError, DuplicateNodeError,
-                     ExecutionError, InvalidNodeError, InvalidPolicyError, InvalidURIError, NodeFailedError,
-                     NodeTimeoutError, NotFoundError, OdibiError, OutputUnavailableError, PreconditionFailedError,
-                     RunFailedError, RunStillRunningError, RunTakenOverError, SignatureMismatchError, StorageAuthError,
-                     StorageError, StorageUnavailableError, SystemFailureError, UnknownInputError,
-                     UnpicklableNodeError, UnschedulableNodeError, UnserialisableOutputError, UntrustedObjectError)
+                     ExecutionError, InvalidNodeError, InvalidPolicyError, InvalidURIError, MapSplitError,
+                     NodeFailedError, NodeTimeoutError, NotFoundError, OdibiError, OutputUnavailableError,
+                     PreconditionFailedError, RunFailedError, RunStillRunningError, RunTakenOverError,
+                     SignatureMismatchError, StorageAuthError, StorageError, StorageUnavailableError,
+                     SystemFailureError, UnknownInputError, UnpicklableNodeError, UnschedulableNodeError,
+                     UnserialisableOutputError, UntrustedObjectError)
 # The seed faces (see odibi_ray.compat).
 from .compat import (Checkpoint, CheckpointCorruptError, CloudAdapter, CloudCacheManager, DistributedCheckpointManager,
                      DistributedExecutor)
@@ -34,7 +35,7 @@ __all__ = [
     # errors
     "OdibiError", "DAGValidationError", "CycleError", "UnknownInputError", "DuplicateNodeError",
     "SignatureMismatchError", "InvalidPolicyError", "UnpicklableNodeError", "InvalidNodeError",
-    "ExecutionError", "NodeFailedError", "NodeTimeoutError", "SystemFailureError", "RunFailedError",
+    "ExecutionError", "MapSplitError", "NodeFailedError", "NodeTimeoutError", "SystemFailureError", "RunFailedError",
     "OutputUnavailableError", "UnschedulableNodeError",
     "StorageError", "NotFoundError", "AlreadyExistsError", "PreconditionFailedError", "StorageUnavailableError",
     "StorageAuthError", "InvalidURIError", "CorruptObjectError", "RunStillRunningError", "RunTakenOverError",

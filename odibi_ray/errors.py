@@ -78,6 +78,11 @@ class ExecutionError(OdibiError):
     """Something went wrong while running a DAG."""
 
 
+class MapSplitError(ExecutionError, TypeError):
+    """The output a mapped node maps over cannot be split into items (not a list, tuple or Arrow table; no such
+    column); the mapped node fails with it, naming itself and the node it maps over."""
+
+
 class NodeTimeoutError(ExecutionError, TimeoutError):
     """One attempt of a node ran longer than its ``timeout_s``; the attempt was cancelled."""
 

@@ -17,13 +17,10 @@ from typing import Any, NamedTuple
 from ..checkpoint.store import OutputTarget
 from ..definition.mapping import FailedItem, MapSpec, PartialResults
 from ..definition.node import Node
+from ..errors import MapSplitError
 
 #: Rows per item when an Arrow table is mapped over without ``batch_rows`` or ``by``.
 DEFAULT_BATCH_ROWS = 65_536
-
-
-class MapSplitError(TypeError):
-    """The upstream output of a mapped node cannot be split into items."""
 
 
 def item_name(node: str, index: int) -> str:

@@ -295,9 +295,11 @@ class Scheduler:
             m.flying += 1
         elif old is _State.IN_FLIGHT:
             m.flying -= 1
-            if m.backlog:  # a slot is free: the next held-back item may go
+            while m.backlog:  # a slot is free: the next held-back item still pending may go
                 held = m.backlog.popleft()
-                heapq.heappush(self._ready, (self._rank[held], held))
+                if self._state[held] is _State.PENDING:
+                    heapq.heappush(self._ready, (self._rank[held], held))
+                    break
         if old.open and not new.open:
             m.open -= 1
             self.progress.item_done(parent, self.records[item].level, _STATUS[new])
