@@ -389,3 +389,15 @@ def test_items_on_a_remote_store_are_looked_up_in_one_batch_and_written_behind(r
     assert second.raise_for_status()["sizes"] == sum(range(30)) + 3
     assert ran(marks) == {"read-f999": 1}
     assert second.nodes["read"].item_counts() == {"cached": 30, "succeeded": 1}
+
+
+def test_a_corrupt_stored_item_read_by_the_result_is_computed_again(backend, tmp_path, marks):
+    store = tmp_path / "store"
+    run(words_dag(marks, n=3), backend=backend, storage=str(store), progress=False).raise_for_status()
+    cached = run(words_dag(marks, n=3), backend=backend, storage=str(store), progress=False).raise_for_status()
+    assert cached.nodes["shout"].status is NodeStatus.CACHED
+    victim = store / layout.object_key("words", cached.nodes["shout"].items[2].cache_key)
+    victim.write_bytes(b"garbage")
+    assert cached["shout"] == ["W0!", "W1!", "W2!"]
+    assert item_statuses(cached, "shout") == ["cached", "cached", "succeeded"]
+    assert cached.nodes["shout"].status is NodeStatus.SUCCEEDED and ran(marks)["shout-w2"] == 2
