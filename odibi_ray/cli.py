@@ -41,9 +41,10 @@ from .checkpoint.runs import node_statuses
 from .checkpoint.liveness import HEARTBEAT_S
 from .checkpoint.store import RunManifest, effective_status, list_runs
 from .definition.dag import DAG
+from .definition.mapping import MapSpec
 from .errors import NotFoundError, OdibiError, RunFailedError
 from .observe.metrics import MetricsManager
-from .execution.result import ErrorKind, NodeStatus, RunResult
+from .execution.result import ErrorKind, NodeRecord, NodeStatus, RunResult
 from .execution.runner import ExecutionBackend, open_checkpoint_storage, run as run_dag
 from .definition.spec import SpecError, default_storage, load_dag_target, load_pipeline
 from .storage.base import Storage
@@ -70,6 +71,7 @@ _state = {"debug": False}  # set by the global --debug option of each invocation
 class GraphFormat(str, Enum):
     mermaid = "mermaid"
     dot = "dot"
+    text = "text"
 
 
 class MetricsFormat(str, Enum):
@@ -173,30 +175,53 @@ def _last_lines(text: str, n: int | None) -> tuple[str, int]:
     return "\n".join(lines if n is None else lines[-n:]), len(lines)
 
 
+#: How many failed items of one mapped node `run` prints the error of (the others: `odibi-ray logs`).
+FAILED_ITEMS_SHOWN = 3
+
+
 def _print_failures(result: RunResult, debug: bool) -> bool:
     """On stderr, for each failed node: its last attempt's exception (the user's frames of its traceback; all of
-    it with ``debug``) and the end of that attempt's output. True when something was left out."""
+    it with ``debug``) and the end of that attempt's output; for a failed mapped node, those of its first
+    :data:`FAILED_ITEMS_SHOWN` failed items. True when something was left out."""
     cut = False
     for level in result.by_level():
         for rec in level:
             if rec.status is not NodeStatus.FAILED or rec.error is None:
                 continue
-            err = rec.error
-            typer.echo(f"--- node {rec.name!r}, attempt {rec.attempts} of {rec.attempts} ---", err=True)
-            text = err.traceback if debug else err.user_traceback()
-            cut = cut or (not debug and "frame(s) not shown" in text)
-            if err.message not in text or not text.strip():
-                kind = err.type_name if err.type.startswith("builtins.") else err.type
-                text = (text.rstrip("\n") + "\n" if text.strip() else "") + f"{kind}: {err.message}"
-            typer.echo(_plain(text.rstrip("\n"), sys.stderr), err=True)
-            output = rec.attempt_history[-1].output_tail if rec.attempt_history else ""
-            if output:
-                shown, total = _last_lines(output, None if debug else RUN_OUTPUT_LINES)
-                more = total > len(shown.splitlines())
-                cut = cut or more
-                what = f"last {RUN_OUTPUT_LINES} of {total} lines" if more else f"{total} line(s)"
-                typer.echo(f"--- node {rec.name!r}, output of attempt {rec.attempts} ({what}) ---", err=True)
-                typer.echo(_plain(shown, sys.stderr), err=True)
+            if rec.items is None:
+                cut = _print_failure(rec, f"node {rec.name!r}", debug) or cut
+                continue
+            failed = [i for i in rec.items if i.status is NodeStatus.FAILED and i.error is not None]
+            for item in failed[:FAILED_ITEMS_SHOWN]:
+                cut = _print_failure(item, f"node {rec.name!r} item {item.name!r}", debug) or cut
+            if len(failed) > FAILED_ITEMS_SHOWN:
+                cut = True
+                typer.echo(f"--- node {rec.name!r}: {len(failed) - FAILED_ITEMS_SHOWN} more failed item(s) not "
+                           f"shown ({', '.join(i.name for i in failed[FAILED_ITEMS_SHOWN:][:10])}"
+                           f"{', ...' if len(failed) > FAILED_ITEMS_SHOWN + 10 else ''}) ---", err=True)
+    return cut
+
+
+def _print_failure(rec: NodeRecord, who: str, debug: bool) -> bool:
+    """One failed node's (or item's) exception and output, on stderr; True when something was left out."""
+    err = rec.error
+    assert err is not None
+    typer.echo(f"--- {who}, attempt {rec.attempts} of {rec.attempts} ---" if rec.attempts else f"--- {who} ---",
+               err=True)
+    text = err.traceback if debug else err.user_traceback()
+    cut = not debug and "frame(s) not shown" in text
+    if err.message not in text or not text.strip():
+        kind = err.type_name if err.type.startswith("builtins.") else err.type
+        text = (text.rstrip("\n") + "\n" if text.strip() else "") + f"{kind}: {err.message}"
+    typer.echo(_plain(text.rstrip("\n"), sys.stderr), err=True)
+    output = rec.attempt_history[-1].output_tail if rec.attempt_history else ""
+    if output:
+        shown, total = _last_lines(output, None if debug else RUN_OUTPUT_LINES)
+        more = total > len(shown.splitlines())
+        cut = cut or more
+        what = f"last {RUN_OUTPUT_LINES} of {total} lines" if more else f"{total} line(s)"
+        typer.echo(f"--- {who}, output of attempt {rec.attempts} ({what}) ---", err=True)
+        typer.echo(_plain(shown, sys.stderr), err=True)
     return cut
 
 
@@ -208,7 +233,9 @@ def _failure_line(result: RunResult) -> str:
         if not exc.failures:
             return _one_line(exc)
         msg = f"pipeline {exc.pipeline!r} failed: " + "; ".join(
-            f"node {e.node!r} failed after {e.attempts} attempt(s)" for e in exc.failures.values())
+            _failed_items_line(result.nodes[e.node]) if e.node in result.nodes and result.nodes[e.node].items
+            else f"node {e.node!r} failed ({e.error_type})" if not e.attempts and e.error_type  # e.g. a map's split
+            else f"node {e.node!r} failed after {e.attempts} attempt(s)" for e in exc.failures.values())
         if exc.skipped:
             msg += f" ({len(exc.skipped)} node(s) not run: {', '.join(sorted(exc.skipped)[:10])}"
             msg += ", ...)" if len(exc.skipped) > 10 else ")"
@@ -216,13 +243,69 @@ def _failure_line(result: RunResult) -> str:
     return f"pipeline {result.pipeline!r} failed"
 
 
+def _failed_items_line(rec: NodeRecord) -> str:
+    """``node 'clean' failed: 2 of 1000 item(s) failed (clean[3], clean[7])``."""
+    failed = [i.name for i in rec.items or () if i.status is NodeStatus.FAILED]
+    names = ", ".join(failed[:5]) + (", ..." if len(failed) > 5 else "")
+    return f"node {rec.name!r} failed: {len(failed)} of {len(rec.items or ())} item(s) failed ({names})"
+
+
 def _print_retries(result: RunResult) -> None:
-    """A line per node that succeeded after failed attempts: ``node 'x' retried after ConnectionError``."""
+    """A line per node that succeeded after failed attempts: ``node 'x' retried after ConnectionError``; per
+    mapped node, one line for its items that did, and one for the items that failed when it allows partial
+    results."""
     for level in result.by_level():
         for rec in level:
-            note = rec.retry_note()
-            if note and rec.status.ok:
-                typer.echo(f"node {rec.name!r} {note} (succeeded on attempt {rec.attempts})")
+            if rec.items is None:
+                note = rec.retry_note()
+                if note and rec.status.ok:
+                    typer.echo(f"node {rec.name!r} {note} (succeeded on attempt {rec.attempts})")
+                continue
+            retried = [i for i in rec.items if i.status.ok and i.retry_note()]
+            if retried:
+                errors = dict.fromkeys(a.error.type_name for i in retried for a in i.attempt_history[:-1] if a.error)
+                names = ", ".join(i.name for i in retried[:5]) + (", ..." if len(retried) > 5 else "")
+                typer.echo(f"node {rec.name!r}: {len(retried)} of {len(rec.items)} item(s) retried after "
+                           f"{', '.join(errors)} and succeeded ({names})")
+            failed = [i for i in rec.items if i.status is NodeStatus.FAILED]
+            if failed and rec.status.ok:
+                first = failed[0].error
+                what = f"; {failed[0].name}: {first.type_name}: {_cut_line(first.message)}" if first else ""
+                typer.echo(f"node {rec.name!r}: {len(failed)} of {len(rec.items)} item(s) failed, its consumers got "
+                           f"the others (allow_partial){what}")
+
+
+def _cut_line(text: str, limit: int = 200) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+#: The order of item counts of one size.
+_STATUS_ORDER = [s.value for s in NodeStatus]
+
+
+def item_note(rec: NodeRecord) -> str:
+    """A mapped node's items by status: ``1000 items: 999 cached, 1 succeeded`` ("" for a plain node)."""
+    if rec.items is None:
+        return ""
+    counts = rec.item_counts()
+    n = len(rec.items)
+    parts = ", ".join(f"{counts[s]} {s}" for s in sorted(counts, key=lambda s: (  # most first, ties by status
+        -counts[s], _STATUS_ORDER.index(s) if s in _STATUS_ORDER else len(_STATUS_ORDER), s)))
+    return f"{n} item{'' if n == 1 else 's'}" + (f": {parts}" if parts else "")
+
+
+def _items_span(rec: NodeRecord) -> tuple[int, float, str | None]:
+    """A mapped node's items' attempts, wall time from the first start to the last end, and where they ran (the
+    worker when one, ``N workers`` when several)."""
+    items = [i for i in rec.items or () if i.attempt_history]
+    attempts = sum(i.attempts for i in items)
+    starts = [i.started_at for i in items if i.started_at is not None]
+    ends = [i.ended_at for i in items if i.ended_at is not None]
+    seconds = max(ends) - min(starts) if starts and ends else 0.0
+    workers = {i.worker_node_id for i in items if i.worker_node_id}
+    where = None if not workers else workers.pop() if len(workers) == 1 else f"{len(workers)} workers"
+    return attempts, max(0.0, seconds), where
 
 
 def _stored_result(store: Storage, pipeline: str, run_id: str, needed_for: str) -> RunResult:
@@ -589,8 +672,21 @@ def _result_table(result: RunResult) -> Grid:
     for level in result.by_level():
         for rec in level:
             note = f"{rec.error.type_name}: {rec.error.message}" if rec.error else rec.reason
-            table.add_row(rec.level, rec.name, rec.status.value, rec.attempts, f"{rec.duration_s or 0:.3f}",
-                          rec.worker_node_id, note)
+            if rec.items is None:
+                table.add_row(rec.level, rec.name, rec.status.value, rec.attempts, f"{rec.duration_s or 0:.3f}",
+                              rec.worker_node_id, note)
+                continue
+            attempts, seconds, where = _items_span(rec)  # a mapped node: its items', then its failed items
+            table.add_row(rec.level, rec.name, rec.status.value, attempts, f"{seconds:.3f}", where,
+                          "; ".join(p for p in (item_note(rec), note) if p))
+            failed = [i for i in rec.items if i.status is NodeStatus.FAILED]
+            for item in failed[:FAILED_ITEMS_SHOWN]:
+                error = f"{item.error.type_name}: {item.error.message}" if item.error else item.reason
+                table.add_row("", f"  {item.name}", item.status.value, item.attempts,
+                              f"{item.duration_s or 0:.3f}", item.worker_node_id, error)
+            if len(failed) > FAILED_ITEMS_SHOWN:
+                table.add_row("", "  ...", "failed", "", "", "", f"{len(failed) - FAILED_ITEMS_SHOWN} more failed "
+                              f"item(s): odibi-ray logs {result.run_id} {rec.name}")
     return table
 
 
@@ -754,11 +850,20 @@ def status_cmd(
         typer.echo("nodes: " + ", ".join(f"{v} {k}" for k, v in sorted(summary["nodes"].items())))
     table = Grid("", [Col("level", drop=3), Col("node", whole=True), Col("status"), Col("attempts", drop=2),
                       Col("worker", whole=True, drop=4), Col("error / reason")])
+    mapped = _mapped_records(store, name, rid, body)
     outputs: list[tuple[str, str]] = []
     for node, entry in sorted((body.get("nodes") or {}).items(), key=lambda kv: (kv[1].get("level", 0), kv[0])):
         status = statuses[node].status if node in statuses else "-"
-        table.add_row(entry.get("level", ""), node, status, entry.get("attempts", ""), entry.get("worker"),
-                      entry.get("error") or entry.get("reason"))
+        note = entry.get("error") or entry.get("reason")
+        rec = mapped.get(node)
+        if rec is not None:  # a mapped node: its items' counts; its output is its items' objects
+            attempts, _, where = _items_span(rec)
+            table.add_row(entry.get("level", ""), node, status, attempts, where,
+                          "; ".join(p for p in (item_note(rec), note) if p))
+            if status in _HAS_OUTPUT:
+                outputs.extend(_item_outputs(store, name, rid, rec))
+            continue
+        table.add_row(entry.get("level", ""), node, status, entry.get("attempts", ""), entry.get("worker"), note)
         key = statuses[node].key if node in statuses else ""
         if status in _HAS_OUTPUT and key:
             outputs.append((node, _output_of(store, name, rid, key)))
@@ -768,6 +873,35 @@ def status_cmd(
         width = max(len(node) for node, _ in outputs)
         for node, where in outputs:
             typer.echo(f"  {node.ljust(width)}  {where}")
+
+
+#: `status` names the object of each item of a mapped node with at most this many items (else the first only).
+ITEM_OUTPUTS_SHOWN = 10
+
+
+def _mapped_records(store: Storage, pipeline: str, run_id: str, body: dict[str, Any]) -> dict[str, NodeRecord]:
+    """The mapped nodes of a finished run made with `odibi-ray run` (its stored result says which they are and
+    holds their items' records); empty when there is no stored result (a run from Python, or still running)."""
+    if body.get("status") == "running":
+        return {}
+    try:
+        result = RunResult.from_json(store.get(layout.run_prefix(pipeline, run_id) + RESULT_FILE))
+    except (OdibiError, ValueError, KeyError, TypeError) as exc:  # none, or unreadable: status works without it
+        if not isinstance(exc, NotFoundError):
+            log.debug("stored result of run %s unreadable: %s", run_id, exc)
+        return {}
+    return {n: rec for n, rec in result.nodes.items() if rec.items is not None}
+
+
+def _item_outputs(store: Storage, pipeline: str, run_id: str, rec: NodeRecord) -> list[tuple[str, str]]:
+    """Where a mapped node's items' outputs are stored: each item's object when few, else the first one's and how
+    many there are."""
+    stored = [i for i in rec.items or () if i.status.value in _HAS_OUTPUT and i.cache_key]
+    if len(stored) <= ITEM_OUTPUTS_SHOWN:
+        return [(i.name, _output_of(store, pipeline, run_id, i.cache_key or "")) for i in stored]
+    first = stored[0]
+    return [(rec.name, f"{len(stored)} items, one object each; the first, {first.name}: "
+                       + _output_of(store, pipeline, run_id, first.cache_key or ""))]
 
 
 def _watch_run(run_id: str | None, pipeline: str | None, storage: str | None, address: str | None,
@@ -809,32 +943,84 @@ def _watch_run(run_id: str | None, pipeline: str | None, storage: str | None, ad
 @_user_errors
 def graph_cmd(
     pipeline: str = typer.Argument(..., help="A pipeline file (PIPELINE.yaml) or a Python DAG (module:dag)."),
-    format: GraphFormat = typer.Option(GraphFormat.mermaid, "--format", help="mermaid or dot."),
+    format: GraphFormat = typer.Option(GraphFormat.mermaid, "--format", help="mermaid, dot or text."),
     set_: list[str] = typer.Option([], "--set", help="Override a YAML field: key.path=value (repeatable)."),
 ) -> None:
-    """Print the pipeline's DAG as a Mermaid flowchart or a Graphviz DOT graph."""
+    """Print the pipeline's DAG as a Mermaid flowchart, a Graphviz DOT graph or text (one line per node, by
+    level). A mapped node is marked ``[map over NODE, ...]``."""
     dag, _, _ = _load_target(pipeline, set_)
-    typer.echo(to_mermaid(dag) if format is GraphFormat.mermaid else to_dot(dag))
+    render = {GraphFormat.mermaid: to_mermaid, GraphFormat.dot: to_dot, GraphFormat.text: to_text}[format]
+    typer.echo(render(dag))
+
+
+def map_label(spec: MapSpec) -> str:
+    """How a mapped node is shown: ``[map over list_files, max_parallel 8]`` (the options given)."""
+    parts = [f"map over {spec.over}"]
+    if spec.max_parallel is not None:
+        parts.append(f"max_parallel {spec.max_parallel}")
+    if spec.batch_rows is not None:
+        parts.append(f"batch_rows {spec.batch_rows}")
+    if spec.by is not None:
+        parts.append(f"by {spec.by}")
+    if spec.reduce is not None:
+        parts.append(f"reduce {getattr(spec.reduce, '__name__', None) or type(spec.reduce).__name__}")
+    if spec.allow_partial:
+        parts.append("allow_partial")
+    return "[" + ", ".join(parts) + "]"
+
+
+def to_text(dag: DAG) -> str:
+    """The DAG as text: one line per node, by level, with its inputs and, for a mapped node, how it fans out
+    (``level 1  clean  [map over list_files, max_parallel 8]``)."""
+    levels = dag.levels()
+    lines = [f"{dag.name}: {len(dag)} node(s) in {len(levels)} level(s)"]
+    for i, names in enumerate(levels):
+        for name in names:
+            node = dag[name]
+            line = f"level {i}  {name}"
+            if node.mapping is not None:
+                line += f"  {map_label(node.mapping)}"
+            ups = [u for u in node.upstream if node.mapping is None or u != node.mapping.over]
+            if ups:
+                line += f"  <- {', '.join(ups)}"
+            lines.append(line)
+    return "\n".join(lines)
 
 
 def to_mermaid(dag: DAG) -> str:
-    """A Mermaid ``flowchart LR`` of the DAG (node ids n0.. with the names as labels)."""
+    """A Mermaid ``flowchart LR`` of the DAG (node ids n0.. with the names as labels); a mapped node is a
+    subroutine box labelled with how it fans out, reached by a ``map`` edge from the node it maps over."""
+    def label(text: str) -> str:  # Mermaid entity codes: a label is quoted, and may hold HTML
+        return text.replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")
+
     ids = {name: f"n{i}" for i, name in enumerate(dag.topological_order())}
     lines = ["flowchart LR"]
-    lines += [f'    {ids[n]}["{n}"]' for n in ids]
-    lines += [f"    {ids[up]} --> {ids[n.name]}" for n in dag for up in n.upstream]
+    for name in ids:
+        spec = dag[name].mapping
+        lines.append(f'    {ids[name]}["{label(name)}"]' if spec is None else
+                     f'    {ids[name]}[["{label(name)} {label(map_label(spec))}"]]')
+    for node in dag:
+        over = node.mapping.over if node.mapping is not None else None
+        lines += [f"    {ids[up]} -->|map| {ids[node.name]}" if up == over else f"    {ids[up]} --> {ids[node.name]}"
+                  for up in node.upstream]
     return "\n".join(lines)
 
 
 def to_dot(dag: DAG) -> str:
-    """A Graphviz ``digraph`` of the DAG, one rank per level."""
+    """A Graphviz ``digraph`` of the DAG, one rank per level; a mapped node is a 3-D box labelled with how it fans
+    out, reached by a bold ``map`` edge from the node it maps over."""
     def q(s: str) -> str:
-        return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
     lines = [f"digraph {q(dag.name)} {{", "    rankdir=LR;"]
     for level in dag.levels():
         lines.append("    { rank=same; " + " ".join(q(n) + ";" for n in level) + " }")
-    lines += [f"    {q(up)} -> {q(n.name)};" for n in dag for up in n.upstream]
+    for name, spec in dag.mapped().items():
+        lines.append(f"    {q(name)} [shape=box3d, label={q(name + chr(10) + map_label(spec))}];")
+    for node in dag:
+        over = node.mapping.over if node.mapping is not None else None
+        lines += [f'    {q(up)} -> {q(node.name)} [style=bold, label="map"];' if up == over
+                  else f"    {q(up)} -> {q(node.name)};" for up in node.upstream]
     lines.append("}")
     return "\n".join(lines)
 
@@ -884,7 +1070,8 @@ def report_cmd(
 @_user_errors
 def logs_cmd(
     run_id: str = typer.Argument(..., help="Run id (or 'latest')."),
-    node: str | None = typer.Argument(None, help="Only this node (default: every node that ran)."),
+    node: str | None = typer.Argument(None, help="Only this node (default: every node that ran); a mapped node: "
+                                      "its items (or one item, NODE[i])."),
     pipeline: str | None = typer.Option(None, help=_ONE_RUN_PIPELINE_HELP),
     storage: str | None = typer.Option(None, help=_STORAGE_HELP),
 ) -> None:
@@ -892,13 +1079,17 @@ def logs_cmd(
     `odibi-ray run`."""
     store, name, rid = _find_run(pipeline, storage, run_id)
     result = _stored_result(store, name, rid, "node output")
-    if node is not None and node not in result.nodes:
+    items = {i.name: i for rec in result.nodes.values() for i in rec.items or ()}
+    if node is not None and node not in result.nodes and node not in items:
         raise OdibiError(f"run {rid!r} of {name!r} has no node {node!r} (nodes: {', '.join(result.nodes)})")
-    records = [result.nodes[node]] if node is not None else [r for level in result.by_level() for r in level]
+    chosen = ([result.nodes[node]] if node in result.nodes else [items[node]] if node is not None
+              else [r for level in result.by_level() for r in level])
+    records = [i for rec in chosen for i in (rec.items if rec.items is not None else [rec])]  # a mapped node: items
+    single = node is not None and [r.name for r in records] == [node]  # one node or item named: say if it did not run
     shown = 0
     for rec in records:
         if not rec.attempt_history:
-            if node is not None:
+            if single:
                 typer.echo(f"node {rec.name!r} did not run in run {rid}: {rec.status.value}"
                            + (f" ({rec.reason})" if rec.reason else ""))
             continue
@@ -917,6 +1108,11 @@ def logs_cmd(
             shown += 1
     if node is None and not shown:
         typer.echo(f"no node ran in run {rid} (every node was cached, resumed or not run)")
+    elif not single and not shown and node is not None:  # a mapped node none of whose items ran
+        rec = result.nodes[node]
+        what = item_note(rec) or "no items"
+        typer.echo(f"no item of node {node!r} ran in run {rid} ({what}; node {rec.status.value}"
+                   + (f": {rec.reason}" if rec.reason else "") + ")")
 
 
 @cache_app.command("ls")

@@ -22,6 +22,11 @@ A pipeline file (every field but ``name`` and ``nodes`` optional; unknown fields
         resources: {num_cpus: 2, num_gpus: 0, memory: 2GiB, custom: {bigmem: 1}}
         timeout_s: 60
         version: "3"
+      list_files: {fn: mypkg.steps:list_files, params: {folder: landing/}, cache: false}
+      read_file:                                              # a mapped node: one task per item of list_files
+        fn: mypkg.steps:read_file
+        map: {over: list_files, max_parallel: 8}              # also param, allow_partial, batch_rows, by, reduce
+      combine: {fn: mypkg.steps:combine, inputs: [read_file]} # gets the list of read_file's results
 
 :meth:`PipelineSpec.to_dag` builds the same :class:`~odibi_ray.definition.dag.DAG` (equal :class:`Node` objects) as the
 Python API would. Every error is a :class:`SpecError` naming the file, the field path and what was expected.
@@ -33,6 +38,7 @@ resources) are errors too; a message quotes at most a short prefix of a value, a
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import math
 import re
@@ -46,16 +52,19 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, 
 
 from .dag import DAG
 from ..errors import DAGValidationError, OdibiError
+from .mapping import MAX_PARALLEL, MapSpec
 from .node import MAX_MEMORY, MAX_RESOURCE, MAX_TIMEOUT_S, Node
 from .policy import MAX_ATTEMPTS, MAX_BACKOFF, MAX_DELAY_S, MAX_TTL_S, CachePolicy, RetryPolicy, _short
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SpecError", "SpecFileNotFoundError", "PipelineSpec", "NodeSpec", "load_pipeline", "apply_overrides",
-           "import_object", "default_storage"]
+__all__ = ["SpecError", "SpecFileNotFoundError", "PipelineSpec", "NodeSpec", "MapNodeSpec", "load_pipeline",
+           "apply_overrides", "import_object", "default_storage"]
 
 _FN_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 _NODE_NAME = r"^[A-Za-z_][A-Za-z0-9_.\-]*\z"  # pydantic's Rust regex: \z is the very end (no trailing \n)
+#: A function named by ``module:function``, a dotted path ``package.module.function`` or a builtin's name (``sum``).
+_OBJECT_RE = r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)?\z"
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 _MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
@@ -176,6 +185,34 @@ class ResourcesSpec(_Strict):
         return value
 
 
+class MapNodeSpec(_Strict):
+    """``map:`` of a node: the fields of :class:`~odibi_ray.definition.mapping.MapSpec`; ``reduce`` is a
+    ``module:function`` path (or a dotted path, or a builtin's name such as ``sum``)."""
+
+    over: Annotated[str, Field(pattern=_NODE_NAME)]
+    param: Annotated[str, Field(pattern=r"^[A-Za-z_]\w*\z")] | None = None
+    max_parallel: int | None = Field(None, ge=1, le=MAX_PARALLEL)
+    allow_partial: bool = False
+    batch_rows: int | None = Field(None, ge=1)
+    by: Annotated[str, Field(min_length=1)] | None = None
+    reduce: Annotated[str, Field(pattern=_OBJECT_RE)] | None = None
+
+    @model_validator(mode="after")
+    def _one_split(self) -> MapNodeSpec:
+        if self.batch_rows is not None and self.by is not None:
+            raise ValueError("give batch_rows (rows per item) or by (one item per value of a column), not both")
+        return self
+
+
+def _map_tag(value: Any) -> str:
+    return "<node>" if isinstance(value, str) else "<spec>"
+
+
+#: ``map: list_files`` is short for ``map: {over: list_files}``.
+MapField = Annotated[Annotated[Annotated[str, Field(pattern=_NODE_NAME)], Tag("<node>")]
+                     | Annotated[MapNodeSpec, Tag("<spec>")], Discriminator(_map_tag)]
+
+
 class NodeSpec(_Strict):
     """One entry of ``nodes:`` (its key is the node's name)."""
 
@@ -188,6 +225,12 @@ class NodeSpec(_Strict):
     timeout_s: float | None = Field(None, gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)
     version: str | None = None
     description: str = ""
+    map: MapField | None = None  # a mapped node: fn runs once per item of the output of map.over
+
+    @property
+    def map_spec(self) -> MapNodeSpec | None:
+        """``map`` as a :class:`MapNodeSpec` (the short form ``map: NODE`` too), None for a plain node."""
+        return MapNodeSpec(over=self.map) if isinstance(self.map, str) else self.map
 
 
 class DefaultsSpec(_Strict):
@@ -250,15 +293,26 @@ class PipelineSpec(_Strict):
             if res.memory is not None:
                 kwargs["memory"] = parse_memory(res.memory)
             timeout = spec.timeout_s if spec.timeout_s is not None else self.defaults.timeout_s
+            kwargs.update(name=name, fn=fn, params=dict(spec.params), retry=self._retry(spec.retry, f"{where}.retry"),
+                          cache=None if spec.cache is None else self._cache(spec.cache, f"{where}.cache"),
+                          timeout_s=timeout, resources=dict(res.custom), version=spec.version,
+                          description=spec.description)
+            inputs = list(spec.inputs) if isinstance(spec.inputs, list) else dict(spec.inputs)
             try:
-                dag.add_node(Node(
-                    name=name, fn=fn, inputs=list(spec.inputs) if isinstance(spec.inputs, list) else dict(spec.inputs),
-                    params=dict(spec.params), retry=self._retry(spec.retry, f"{where}.retry"),
-                    cache=None if spec.cache is None else self._cache(spec.cache, f"{where}.cache"),
-                    timeout_s=timeout, resources=dict(res.custom), version=spec.version,
-                    description=spec.description, **kwargs))
+                node = Node(inputs=inputs, **kwargs)
             except DAGValidationError as exc:
                 raise self._error(where, str(exc)) from exc
+            mapping = spec.map_spec
+            if mapping is not None:  # the same node mapped: what fails now is the map's (the path says so)
+                map_over = self._map(mapping, f"{where}.map")
+                if mapping.param is not None and not _takes(fn, mapping.param):
+                    raise self._error(f"{where}.map.param", f"{_short(mapping.param)} is not a parameter of "
+                                      f"{_signature(fn)}")
+                try:
+                    node = Node(inputs=inputs, map_over=map_over, **kwargs)
+                except DAGValidationError as exc:
+                    raise self._error(f"{where}.map", str(exc)) from exc
+            dag.add_node(node)
         if validate:
             try:
                 dag.validate()
@@ -296,6 +350,17 @@ class PipelineSpec(_Strict):
         except DAGValidationError as exc:
             raise self._error(path, str(exc)) from exc
 
+    def _map(self, spec: MapNodeSpec, path: str) -> MapSpec:
+        reduce = None
+        if spec.reduce is not None:
+            target = spec.reduce if (":" in spec.reduce or "." in spec.reduce) else f"builtins.{spec.reduce}"
+            reduce = self._import(target, f"{path}.reduce", "a reduce function")
+            if not callable(reduce):
+                raise self._error(f"{path}.reduce", f"{_short(spec.reduce)} is a {type(reduce).__name__}, expected a "
+                                  "function")
+        return MapSpec(over=spec.over, param=spec.param, max_parallel=spec.max_parallel,
+                       allow_partial=spec.allow_partial, batch_rows=spec.batch_rows, by=spec.by, reduce=reduce)
+
     def _cache(self, spec: bool | CacheSpec, path: str) -> CachePolicy | bool:
         if isinstance(spec, bool):
             return spec
@@ -309,7 +374,7 @@ class PipelineSpec(_Strict):
 
     @model_validator(mode="after")
     def _inputs_name_nodes(self) -> PipelineSpec:
-        """Check that every input names a node of the pipeline (the path names the input)."""
+        """Check that every input, and every map's ``over``, names a node of the pipeline (the path names it)."""
         for name, spec in self.nodes.items():
             pairs = (((i, v) for i, v in enumerate(spec.inputs)) if isinstance(spec.inputs, list)
                      else spec.inputs.items())
@@ -317,6 +382,11 @@ class PipelineSpec(_Strict):
                 if upstream not in self.nodes:
                     raise ValueError(f"nodes.{name}.inputs.{_cut(str(param))}: names {_short(upstream)}, which is "
                                      f"not a node of the pipeline (nodes: {_cut(', '.join(self.nodes), 200)})")
+            mapping = spec.map_spec
+            if mapping is not None and mapping.over not in self.nodes:
+                where = f"nodes.{name}.map" + (".over" if isinstance(spec.map, MapNodeSpec) else "")
+                raise ValueError(f"{where}: names {_short(mapping.over)}, which is not a node of the pipeline "
+                                 f"(nodes: {_cut(', '.join(self.nodes), 200)})")
         return self
 
 
@@ -432,6 +502,29 @@ def _yaml_problem(exc: yaml.YAMLError, secret: bool = False) -> str:
     if not isinstance(exc, _PipelineYAMLError):  # PyYAML's own: a scanner's problem may quote a character or tag
         problem = "invalid YAML" if secret else f"invalid YAML: {problem}"
     return where + _cut(problem, 300)
+
+def _takes(fn: Any, param: str) -> bool:
+    """Whether ``fn`` can receive ``param`` by keyword (True when its signature cannot be read)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return True
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return True
+    p = params.get(param)
+    return p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+
+
+def _signature(fn: Any) -> str:
+    """``name(a, b=1)``: the function's name and parameters (no annotations)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return "the function"
+    bare = sig.replace(parameters=[p.replace(annotation=p.empty) for p in sig.parameters.values()],
+                       return_annotation=sig.empty)
+    return _cut(f"{getattr(fn, '__qualname__', 'the function')}{bare}", 200)
+
 
 def default_storage(pipeline: str) -> str:
     """The default checkpoint storage of a pipeline: the local folder ``.odibi/<pipeline>`` (cwd-relative)."""
@@ -585,6 +678,9 @@ def _spec_error(exc: ValidationError, source: str) -> SpecError:
             msg = f"expected a mapping, got {type(value).__name__} {_shown(raw, value)}"
         if raw and raw[-1] == "<map>" and kind == "dict_type":
             msg = f"expected a mapping {{parameter: node}} or a list of node names, got {_shown(raw, value)}"
+        if raw and raw[-1] == "<spec>" and kind == "model_type":
+            msg = (f"expected a node name or a mapping (over, param, max_parallel, allow_partial, batch_rows, by, "
+                   f"reduce), got {_shown(raw, value)}")
         if raw and raw[-1] == "<policy>" and kind == "model_type":
             msg = f"expected false, true or a mapping (ttl_s, version, key_fn), got {_shown(raw, value)}"
         entries[("one", len(entries))] = [loc, raw, msg]
