@@ -279,9 +279,9 @@ def test_one_new_file_in_a_folder_runs_exactly_one_item_and_the_collect(backend,
     assert third["sizes"] == sum(range(20)) + 4
 
 
-def test_a_listing_that_is_never_cached_reruns_the_collect_but_no_item(tmp_path, marks):
-    """The consumer's key covers the mapped node's key, which covers the listing's: a listing with cache=False
-    (a new key each run) reruns the collect each run; its items keep their keys (their content) and are reused."""
+def test_a_listing_that_is_never_cached_with_nothing_new_runs_only_the_listing(tmp_path, marks):
+    """A mapped node's key, for its consumers, is its items' keys (their content), not the listing's: a listing
+    with cache=False (a new key each run) runs each time, and with nothing new nothing else runs."""
     folder = tmp_path / "in"
     folder.mkdir()
     for i in range(3):
@@ -289,8 +289,13 @@ def test_a_listing_that_is_never_cached_reruns_the_collect_but_no_item(tmp_path,
     store = str(tmp_path / "store")
     run(folder_dag(folder, marks, listing_key=False), backend="local", storage=store, progress=False)
     again = run(folder_dag(folder, marks, listing_key=False), backend="local", storage=store, progress=False)
-    assert again.nodes["read"].status is NodeStatus.CACHED and again.nodes["sizes"].status is NodeStatus.SUCCEEDED
-    assert ran(marks) == {f"read-f{i}": 1 for i in range(3)}
+    assert again.nodes["list_files"].status is NodeStatus.SUCCEEDED
+    assert again.nodes["read"].status is NodeStatus.CACHED and again.nodes["sizes"].status is NodeStatus.CACHED
+    assert again["sizes"] == 3 and ran(marks) == {f"read-f{i}": 1 for i in range(3)}
+    (folder / "f9").write_text("zz")
+    third = run(folder_dag(folder, marks, listing_key=False), backend="local", storage=store, progress=False)
+    assert third.nodes["sizes"].status is NodeStatus.SUCCEEDED and third["sizes"] == 5
+    assert third.nodes["read"].item_counts() == {"cached": 3, "succeeded": 1}
 
 
 def test_changing_the_mapped_function_reruns_every_item(tmp_path, marks):
@@ -401,3 +406,46 @@ def test_a_corrupt_stored_item_read_by_the_result_is_computed_again(backend, tmp
     assert cached["shout"] == ["W0!", "W1!", "W2!"]
     assert item_statuses(cached, "shout") == ["cached", "cached", "succeeded"]
     assert cached.nodes["shout"].status is NodeStatus.SUCCEEDED and ran(marks)["shout-w2"] == 2
+
+
+def test_nodes_downstream_of_a_map_are_looked_up_once_its_items_are_known(backend, tmp_path, marks):
+    """Their keys cover the mapped node's items' keys: found then, they are cached; refresh= still reruns them."""
+    store = str(tmp_path / "store")
+
+    def dag() -> DAG:
+        d = words_dag(marks, n=3, name="deferred")
+        d["words"].cache = False  # a new key every run: the map's consumers must not depend on it
+        d.add_node(Node("final", mn.times, inputs={"x": "number"}, params={"factor": 2}))
+        d.add_node(Node("number", mn.number))
+        d.add_node(Node("both", mn.times, inputs={"x": "joined"}, params={"factor": 2}))
+        return d
+
+    first = run(dag(), backend=backend, storage=store, progress=False).raise_for_status()
+    second = run(dag(), backend=backend, storage=store, progress=False).raise_for_status()
+    statuses = {n: r.status.value for n, r in second.nodes.items()}
+    assert statuses == {"words": "succeeded", "shout": "cached", "joined": "cached", "both": "cached",
+                        "number": "cached", "final": "cached"}
+    assert second.nodes["joined"].cache_key == first.nodes["joined"].cache_key
+    assert second["both"] == "W0!,W1!,W2!" * 2 and ran(marks) == {f"shout-w{i}": 1 for i in range(3)}
+    third = run(dag(), backend=backend, storage=store, progress=False, refresh="joined+").raise_for_status()
+    assert third.nodes["joined"].status is NodeStatus.SUCCEEDED and third.nodes["both"].status is NodeStatus.SUCCEEDED
+    assert third.nodes["shout"].status is NodeStatus.CACHED
+
+
+def test_purging_a_mapped_node_removes_its_items(tmp_path, marks):
+    from odibi_ray.checkpoint.housekeeping import purge
+    from odibi_ray.storage.local import LocalStorage
+
+    store = tmp_path / "store"
+    result = run(words_dag(marks, n=3), backend="local", storage=str(store), progress=False).raise_for_status()
+    report = purge(LocalStorage(store), node="shout")
+    expected = {layout.object_key("words", i.cache_key) for i in result.nodes["shout"].items}
+    assert set(report.objects) == expected
+
+
+def test_a_failed_mapped_node_says_which_item_failed_after_how_many_attempts(marks):
+    result = run(failing_dag(marks), backend="local", progress=False)
+    exc = result.nodes["f"].failure()
+    assert exc.node == "f" and exc.attempts == 1 and str(exc).startswith("node 'f[2]' failed after 1 attempt(s)")
+    rec = result.nodes["f"]
+    assert rec.started_at == min(i.started_at for i in rec.items) and rec.duration_s is not None

@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import overload
 
+from ..definition.names import item_parent
 from ..errors import NotFoundError
 from ..storage.base import ObjectInfo, Storage
 from . import layout
@@ -314,7 +315,7 @@ def _matches(info: ObjectInfo, *, now: float, expired: bool, cutoff: float | Non
         created = meta.created or info.last_modified  # no creation time written: the store's own
         if created is None or created >= cutoff:
             return False
-    return node is None or meta.node == node
+    return node is None or meta.node == node or item_parent(meta.node) == node  # a mapped node's: its items too
 
 
 def _remove_object(storage: Storage, key: str, size: int, report: PurgeReport) -> None:

@@ -65,31 +65,58 @@ def cache_keys(dag: DAG, order: list[str], namespace: str | None = None, run_id:
     A node whose cache policy is disabled gets a key salted with ``run_id`` (it is never shared with
     another run); its descendants' keys cover that salted key, so they are never reused either.
     """
-    ns = dag.name if namespace is None else namespace
     keys: dict[str, str] = {}
     fingerprints: dict[tuple[int, str | None], str] = {}  # per function and version (many nodes share one)
     for name in order:
-        node = dag[name]
-        policy = dag.cache_policy_of(name)
-        own = node.cache if isinstance(node.cache, type(policy)) else None
-        # the most specific version wins: the node's own CachePolicy, then Node(version=), then the DAG's
-        version = (own.version if own is not None else None) or node.version or policy.version
-        fp_key = (id(node.fn), version)
-        code = fingerprints.get(fp_key)
-        if code is None:
-            code = fingerprints[fp_key] = code_fingerprint(node.fn, version)
-        parts = _key_parts(ns, name, node, code, policy, keys)
-        if node.mapping is not None:  # what decides its items and how consumers see them (a plain node has none)
-            spec = node.mapping
-            parts["map"] = canonical(spec.split_options())
-            if spec.reduce is not None:
-                parts["reduce"] = code_fingerprint(spec.reduce)
-            parts["partial"] = spec.allow_partial
-        key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-        if not policy.enabled:
-            key = hashlib.sha256(f"{key}:{run_id}".encode()).hexdigest()
-        keys[name] = key
+        keys[name] = node_key(dag, name, keys, namespace, run_id, fingerprints)
     return keys
+
+
+def node_key(dag: DAG, name: str, keys: dict[str, str], namespace: str | None = None, run_id: str | None = None,
+             fingerprints: dict[tuple[int, str | None], str] | None = None) -> str:
+    """One node's cache key from its inputs' keys in ``keys`` (see :func:`cache_keys`); the scheduler calls it
+    again for a node downstream of a mapped node once that node's key is its items' (:func:`map_key`)."""
+    node = dag[name]
+    policy = dag.cache_policy_of(name)
+    version = _version(dag, name)
+    fp_key = (id(node.fn), version)
+    code = None if fingerprints is None else fingerprints.get(fp_key)
+    if code is None:
+        code = code_fingerprint(node.fn, version)
+        if fingerprints is not None:
+            fingerprints[fp_key] = code
+    parts = _key_parts(dag.name if namespace is None else namespace, name, node, code, policy, keys)
+    if node.mapping is not None:  # what decides its items and how consumers see them (a plain node has none)
+        spec = node.mapping
+        parts["map"] = canonical(spec.split_options())
+        if spec.reduce is not None:
+            parts["reduce"] = code_fingerprint(spec.reduce)
+        parts["partial"] = spec.allow_partial
+    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    if not policy.enabled:
+        key = hashlib.sha256(f"{key}:{run_id}".encode()).hexdigest()
+    return key
+
+
+def _version(dag: DAG, name: str) -> str | None:
+    """The most specific version: the node's own CachePolicy, then Node(version=), then the DAG's."""
+    node = dag[name]
+    policy = dag.cache_policy_of(name)
+    own = node.cache if isinstance(node.cache, type(policy)) else None
+    return (own.version if own is not None else None) or node.version or policy.version
+
+
+def map_key(base: str, node: Any, item_keys: list[str], failed: list[int]) -> str:
+    """The key a mapped node has for its consumers once its items are closed: what its items share
+    (:func:`item_key_base`), how consumers see them (reduce, partial) and its items' keys in order (and which
+    failed, when partial). Two runs whose items are the same give the same key, whatever the key of the node
+    mapped over: a listing that is never cached, with nothing new, leaves its consumers cached."""
+    spec = node.mapping
+    view = {"reduce": code_fingerprint(spec.reduce) if spec.reduce is not None else None,
+            "partial": spec.allow_partial}
+    body = json.dumps({"base": base, "view": view, "items": item_keys, "failed": failed}, separators=(",", ":"),
+                      sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
 
 
 def _key_parts(ns: str, name: str, node: Any, code: str, policy: Any, keys: dict[str, str],
@@ -114,10 +141,9 @@ def item_key_base(dag: DAG, name: str, keys: dict[str, str], namespace: str | No
     spec = node.mapping
     assert spec is not None
     policy = dag.cache_policy_of(name)
-    own = node.cache if isinstance(node.cache, type(policy)) else None
-    version = (own.version if own is not None else None) or node.version or policy.version
-    parts = _key_parts(dag.name if namespace is None else namespace, name, node, code_fingerprint(node.fn, version),
-                       policy, keys, skip_param=spec.param)
+    code = code_fingerprint(node.fn, _version(dag, name))
+    parts = _key_parts(dag.name if namespace is None else namespace, name, node, code, policy, keys,
+                       skip_param=spec.param)
     parts["item_param"] = spec.param
     return json.dumps(parts, sort_keys=True)
 

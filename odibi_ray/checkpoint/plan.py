@@ -21,7 +21,7 @@ from ..definition.policy import CachePolicy
 from ..execution.result import NodeStatus
 from ..storage.base import ObjectInfo, Storage
 from . import layout
-from .keys import cache_keys, item_key, item_key_base
+from .keys import cache_keys, item_key, item_key_base, map_key, node_key
 from .legacy import store_layout
 from .lookup import find_objects, head_each
 from .objectmeta import CheckpointMeta
@@ -50,6 +50,40 @@ class CheckpointPlan:
     resuming: bool = False
     refresh: frozenset[str] = frozenset()
     trust: Trust = TRUST_ALL
+
+    #: Nodes downstream of a mapped node: their keys are known only once its items are (:meth:`resolve`).
+    deferred: frozenset[str] = frozenset()
+    #: A mapped node's key before its items were known (:meth:`close_map` makes ``keys[name]`` its items').
+    own_keys: dict[str, str] = field(default_factory=dict)
+
+    def rekey(self, name: str) -> str:
+        """Compute ``name``'s key again from its inputs' keys now (a node downstream of a mapped node, once its
+        inputs are closed) and point its checkpoint target at it."""
+        assert self.dag is not None
+        key = node_key(self.dag, name, self.keys, run_id=self.run_id)
+        self.keys[name] = key
+        self.targets[name] = dataclasses.replace(self.targets[name], cache_key=key)
+        return key
+
+    def resolve(self, name: str) -> tuple[NodeStatus, StoredRef] | None:
+        """:meth:`rekey` a deferred node and look it up (one ``head``): how it is reused, or None (it runs)."""
+        assert self.dag is not None
+        self.rekey(name)
+        policy = self.dag.cache_policy_of(name)
+        if name in self.refresh or not (policy.enabled or self.resuming):
+            return None
+        found = head_each(self.storage, {name: self.targets[name].object_key}).get(name)
+        status = _decide(self, name, found, policy, time.time(), None) if found is not None else None
+        return None if status is None or found is None else (status, StoredRef(self.storage, found.key, name,
+                                                                                  self.trust))
+
+    def close_map(self, name: str, item_keys: list[str], failed: list[int]) -> str:
+        """Mapped node ``name``'s items are closed: its key becomes theirs (:func:`~.keys.map_key`: what they share
+        — not the key of the node mapped over — and each item's key); returned."""
+        assert self.dag is not None
+        self.own_keys.setdefault(name, self.keys[name])
+        self.keys[name] = map_key(item_key_base(self.dag, name, self.keys), self.dag[name], item_keys, failed)
+        return self.keys[name]
 
     def plan_items(self, name: str, item_names: list[str], digests: list[str]) -> ItemPlan:
         """The cache keys of mapped node ``name``'s items (named ``item_names``, with content hashes ``digests``),
@@ -104,8 +138,11 @@ def plan_checkpoints(dag: DAG, order: list[str], storage: Storage, run_id: str,
                                trust) for n in order}
     plan = CheckpointPlan(storage, keys, targets, dag=dag, run_id=run_id, resuming=resumed is not None,
                           refresh=frozenset(refresh), trust=trust)
-    # a mapped node stores nothing under its own key: its items are looked up once it has them (plan_items)
+    # A mapped node stores nothing under its own key: its items are looked up once it has them (plan_items). The
+    # nodes downstream of it are looked up once its items are known too: their keys cover its items' (resolve).
     mapped = {n for n in order if dag[n].mapping is not None}
+    plan.deferred = frozenset(dag.descendants(mapped))
+    mapped |= plan.deferred
     trusted = (_trusted(resumed, policies, keys) if not legacy else set()) - set(refresh) - mapped
     for n in trusted:  # done in the run being resumed: its object is checked when read (SHA-256), not now
         plan.reuse[n] = (NodeStatus.RESUMED, StoredRef(storage, targets[n].object_key, n, trust))

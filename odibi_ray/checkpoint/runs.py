@@ -151,6 +151,8 @@ def node_entries(records: Mapping[str, NodeRecord], unconfirmed: set[str] | froz
         last = rec.attempt_history[-1] if rec.attempt_history else None
         if last is not None and last.worker_node_id:
             entry.update(worker=last.worker_node_id, pid=last.worker_pid, bytes_written=last.bytes_written)
+        if rec.items is not None:  # a mapped node: nothing is stored under its own key; its items say how it went
+            entry["items"] = rec.item_counts()
         if rec.error is not None:
             entry["error"] = f"{rec.error.type_name}: {rec.error.message}"[:ERROR_CHARS]
         elif rec.reason:

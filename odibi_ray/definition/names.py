@@ -27,3 +27,15 @@ def check_name(part: object, what: str) -> str:
         raise ValueError(f"{what} {part[:40]!r}... is {len(part)} characters long: at most {MAX_NAME_LEN} fit in "
                          "a storage path")
     return part
+
+
+def item_name(node: str, index: int) -> str:
+    """The name of item ``index`` of mapped node ``node`` (``node[3]``) in records, logs, metrics' sources and
+    checkpoint metadata. A node name cannot hold ``[``, so no item name is a node name."""
+    return f"{node}[{index}]"
+
+
+def item_parent(name: str) -> str | None:
+    """The mapped node of an item's name (``node[i]``); None for a node's name."""
+    cut = name.find("[")
+    return name[:cut] if cut > 0 and name.endswith("]") else None

@@ -99,7 +99,8 @@ class Node:
             if param is None:
                 raise SignatureMismatchError(
                     f"node {self.name!r}: no parameter of {getattr(self.fn, '__qualname__', self.fn)!s} is left to "
-                    f"receive the items of {spec.over!r} (all are inputs or params)", nodes=(self.name,))
+                    f"receive the items of {spec.over!r} (all are inputs, params or have defaults: name one with "
+                    "MapSpec(param=...))", nodes=(self.name,))
         elif inputs.get(param, spec.over) != spec.over:
             raise InvalidNodeError(f"node {self.name!r}: map param {param!r} is already the input of "
                                    f"{inputs[param]!r}, not of {spec.over!r}", (self.name,))
@@ -207,13 +208,14 @@ class Node:
 
 
 def _first_free_param(fn: Callable[..., Any], taken: set[str]) -> str | None:
-    """The first parameter of ``fn`` that can be passed by keyword and is not in ``taken``."""
+    """The first parameter of ``fn`` that can be passed by keyword, has no default and is not in ``taken`` (a
+    parameter with a default is an option, not where items go: name it with ``MapSpec(param=...)``)."""
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return None
     for p in params:
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in taken:
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in taken and p.default is p.empty:
             return p.name
     return None
 

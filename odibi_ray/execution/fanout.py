@@ -16,22 +16,12 @@ from typing import Any, NamedTuple
 
 from ..checkpoint.store import OutputTarget
 from ..definition.mapping import FailedItem, MapSpec, PartialResults
+from ..definition.names import item_name as item_name, item_parent as item_parent
 from ..definition.node import Node
 from ..errors import MapSplitError
 
 #: Rows per item when an Arrow table is mapped over without ``batch_rows`` or ``by``.
 DEFAULT_BATCH_ROWS = 65_536
-
-
-def item_name(node: str, index: int) -> str:
-    """The name of item ``index`` of mapped node ``node`` in records, logs and checkpoint metadata."""
-    return f"{node}[{index}]"
-
-
-def item_parent(name: str) -> str | None:
-    """The mapped node of an item's name (``node[i]``), None for a node's name (node names have no ``[``)."""
-    cut = name.find("[")
-    return name[:cut] if cut > 0 and name.endswith("]") else None
 
 
 def split_items(value: Any, spec: MapSpec, node: str) -> list[Any]:

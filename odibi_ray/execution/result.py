@@ -260,15 +260,23 @@ class NodeRecord:
 
     @property
     def duration_s(self) -> float | None:
-        """How long the last attempt ran on its worker."""
+        """How long the last attempt ran on its worker (a mapped node: from its first item's start to its last
+        item's end)."""
+        if self.items is not None:
+            start, end = self.started_at, self.ended_at
+            return None if start is None or end is None else max(0.0, end - start)
         return self.attempt_history[-1].duration_s if self.attempt_history else None
 
     @property
     def started_at(self) -> float | None:
+        if self.items is not None:
+            return min((s for s in (i.started_at for i in self.items) if s is not None), default=None)
         return self.attempt_history[0].started_at if self.attempt_history else None
 
     @property
     def ended_at(self) -> float | None:
+        if self.items is not None:
+            return max((e for e in (i.ended_at for i in self.items) if e is not None), default=None)
         return self.attempt_history[-1].ended_at if self.attempt_history else None
 
     @property
@@ -288,6 +296,12 @@ class NodeRecord:
     def failure(self) -> NodeFailedError:
         """This node's failure as an exception (carrying the original type, message and traceback)."""
         err = self.error or ErrorInfo("odibi_ray.errors.OdibiError", self.reason or "no error recorded", "")
+        failed = [i for i in self.items or () if i.status is NodeStatus.FAILED]
+        if failed:  # a mapped node: its first failed item's attempts
+            exc = NodeFailedError(failed[0].name, err.type_name, err.message, err.traceback, failed[0].attempts)
+            exc.node = self.name
+            exc.__cause__ = err.exception()
+            return exc
         exc = NodeFailedError(self.name, err.type_name, err.message, err.traceback, self.attempts)
         exc.__cause__ = err.exception()
         return exc

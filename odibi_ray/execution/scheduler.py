@@ -255,6 +255,9 @@ class Scheduler:
         self._maps: dict[str, _MapRun] = {}  # mapped node -> its items, once made
         self._parent: dict[str, str] = {}  # item -> its mapped node
         self._index: dict[str, int] = {}  # item -> its position
+        # nodes downstream of a mapped node: their keys are computed when they are about to run (see _resolve)
+        self._deferred = checkpoint.deferred if checkpoint is not None else frozenset()
+        self._keyed: set[str] = set()  # ... and those whose keys are computed
 
     # --- the state machine ----------------------------------------------------------------------
 
@@ -403,10 +406,12 @@ class Scheduler:
         reused = cp.reuse if cp else {}
         # Nodes reused from storage are not prepared (no pickling, no task options) unless they must run after
         # all (a corrupt stored output): the backend prepares such a node on its first submit.
-        # A mapped node alone (everything else reused) is prepared on its first item's submit: a run whose items
-        # are all stored too never starts Ray.
+        # Mapped nodes and nodes downstream of them are looked up while the run goes: when nothing else runs, they
+        # are prepared on their first submit, so that a run whose items (and consumers) are all stored too never
+        # starts Ray.
         to_run = [n for n in self._rank if n not in reused]
-        if all(n in self._mapped for n in to_run):
+        later = self._mapped | (cp.deferred if cp is not None else frozenset())
+        if all(n in later for n in to_run):
             to_run = []
         self.backend.prepare([self._nodes[n] for n in to_run], cp.targets if cp else None)
         self.progress.start(self.levels)
@@ -624,6 +629,9 @@ class Scheduler:
             heapq.heappop(ready)
             if not self._submittable(name):
                 continue  # a stale hint: not pending any more, or an input was discarded meanwhile
+            if name in self._deferred and name not in self._keyed:
+                if self._resolve(name):
+                    continue  # reused from storage: closed
             if name in self._mapped:
                 self._expand(name)
                 continue
@@ -651,6 +659,31 @@ class Scheduler:
                     heapq.heappush(ready, (self._rank[child], child))
 
     # --- mapped nodes ---------------------------------------------------------------------------------
+
+    def _resolve(self, name: str) -> bool:
+        """A node downstream of a mapped node, about to run: its inputs' keys are final now (a mapped input's key
+        is its items'), so compute its key and look it up (a mapped node only gets its key: its items are looked
+        up). True when its stored output is reused (it is closed)."""
+        cp = self.checkpoint
+        assert cp is not None
+        self._keyed.add(name)
+        if name in self._mapped:
+            self.records[name].cache_key = cp.rekey(name)
+            return False
+        damaged = len(cp.damaged)
+        found = cp.resolve(name)
+        self.stats["corrupt_objects"] += len(cp.damaged) - damaged
+        self.records[name].cache_key = cp.keys[name]
+        if found is None:
+            return False
+        status, ref = found
+        self.records[name].reason = ("output reused from the cache" if status is NodeStatus.CACHED
+                                     else "output kept from the run being resumed")
+        self._live[name] = StoredHandle(ref)
+        self._move(name, _REUSED[status])
+        for child in self._children[name]:
+            heapq.heappush(self._ready, (self._rank[child], child))
+        return True
 
     def _expand(self, name: str) -> None:
         """Make the items of mapped node ``name`` from the output it maps over (see "Mapped nodes" above)."""
@@ -759,6 +792,9 @@ class Scheduler:
         fails = tuple(FailedItem(self._index[i], m.values[self._index[i]], err.type_name if err else "",
                                  err.message if err else "") for i in failed for err in [self.records[i].error])
         collect = Collect(len(ok), m.spec.reduce, m.spec.allow_partial, tuple(self._index[i] for i in ok), fails)
+        if self.checkpoint is not None:  # its consumers' keys cover its items' keys, not the listing's
+            rec.cache_key = self.checkpoint.close_map(name, [self.records[i].cache_key or "" for i in ok],
+                                                      [self._index[i] for i in failed])
         self._live[name] = MapOutput(tuple(self._live[i] for i in ok), collect, tuple(ok))
         if failed:
             rec.reason = f"{len(failed)} of {len(states)} item(s) failed (allow_partial)"

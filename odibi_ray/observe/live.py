@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from ..execution.result import NodeRecord
 from .metrics import MetricsManager, MetricType
 from .run_metrics import add_node_metrics
-from ..execution.fanout import item_parent
+from ..definition.names import item_parent
 
 log = logging.getLogger(__name__)
 

@@ -56,7 +56,7 @@ class LocalBackend:
         self._abandoned: set[cf.Future] = set()
 
     def prepare(self, nodes: Sequence[Node], targets: dict[str, Any] | None = None) -> None:
-        self._targets = dict(targets or {})
+        self._targets = targets if targets is not None else {}  # shared: a late key (a mapped node's consumer) shows
 
     def submit(self, node: Node, ctx: NodeContext, inputs: Sequence[Any], item: MapItem | None = None) -> cf.Future:
         # inputs are done: the scheduler waits for them; a mapped input gives one value per item, regrouped in the

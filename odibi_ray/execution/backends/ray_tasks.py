@@ -300,7 +300,7 @@ class RayBackend:
     def prepare(self, nodes: Sequence[Node], targets: dict[str, Any] | None = None) -> None:
         """Connect, and serialise the function and params of every node that will run, once per run (this is
         also the picklability check, before anything runs)."""
-        self._targets = dict(targets or {})
+        self._targets = targets if targets is not None else {}  # shared: a late key (a mapped node's consumer) shows
         self._prepared, self._specs, self._fn_refs, self._remotes, self._by_fn = {}, {}, {}, {}, {}
         if nodes:  # a run whose every node is reused from storage needs no task: Ray is not even started
             self._prepare_nodes(nodes)
