@@ -36,6 +36,7 @@ class RichProgress(ProgressSink):
         self._total: TaskID | None = None  # set by start(), with _progress
         self._failed = 0
         self._items: dict[str, TaskID] = {}  # mapped node -> its items' bar
+        self._item_counts: dict[str, list[int]] = {}  # mapped node -> [items closed, items]
 
     @property
     def enabled(self) -> bool:
@@ -66,6 +67,7 @@ class RichProgress(ProgressSink):
         if self._progress is None:
             return
         bar = self._items.get(name)
+        self._item_counts[name] = [0, count]
         if bar is None:
             self._items[name] = self._progress.add_task(f"  {name} (items)", total=count)
         else:
@@ -74,7 +76,9 @@ class RichProgress(ProgressSink):
     def item_done(self, name: str, level: int, status: NodeStatus) -> None:
         bar = self._items.get(name)
         if self._progress is not None and bar is not None:
-            self._progress.advance(bar)
+            counts = self._item_counts[name]
+            counts[0] += 1  # an item reopened (its output lost) closes again: the bar stops at its total
+            self._progress.update(bar, completed=min(counts[0], counts[1]))
 
     def stop(self) -> None:
         if self._progress is not None:

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 Source = Callable[[], "dict[str, Any] | None"]  # the newest status document, or None if there is none yet
 
 BAR = 30
+#: Mapped nodes shown with a bar of their items (those with items still open first); the others are counted.
+ITEM_BARS_SHOWN = 5
 #: A running run's status not updated for this long means its driver is gone: the watch ends (the manifest's
 #: own rule, three missed heartbeats, says "abandoned" when the manifest is the source).
 STALE_S = 120.0
@@ -84,7 +86,8 @@ def manifest_status(body: dict[str, Any], statuses: dict[str, str], state: str) 
 
 
 def render(status: dict[str, Any] | None, now: float | None = None) -> Text:
-    """One frame: the run's line, a bar per level, the counts, the slowest in-flight nodes."""
+    """One frame: the run's line, a bar per level, a bar per mapped node of its items, the counts, the slowest
+    in-flight nodes."""
     if status is None:
         return Text("waiting for the run to report ...")
     now = time.time() if now is None else now
@@ -95,6 +98,7 @@ def render(status: dict[str, Any] | None, now: float | None = None) -> Text:
     for i, (done, total) in enumerate(status.get("levels") or []):
         filled = int(BAR * done / total) if total else BAR
         lines.append(f"  level {i:<3} [{'#' * filled}{'-' * (BAR - filled)}] {done}/{total}")
+    lines.extend(_item_lines(status.get("items") or {}))
     counts = status.get("counts") or {}
     shown = ("running", "waiting", "ready", "pending", "waiting_retry", "succeeded", "cached", "resumed", "failed",
              "skipped", "cancelled")
@@ -103,6 +107,22 @@ def render(status: dict[str, Any] | None, now: float | None = None) -> Text:
     if slowest:
         lines.append("  slowest: " + ", ".join(f"{name} {seconds:.1f}s" for name, seconds in slowest))
     return Text("\n".join(lines))
+
+
+def _item_lines(items: dict[str, Any]) -> list[str]:
+    """A bar per mapped node of its items closed (the status document's ``items``: node -> [closed, total]), the
+    ones still going first, at most :data:`ITEM_BARS_SHOWN`."""
+    maps = [(str(name), int(done), int(total)) for name, (done, total) in items.items()]
+    maps.sort(key=lambda m: m[1] >= m[2])  # stable: open ones first, each group in the run's order
+    lines = []
+    for name, done, total in maps[:ITEM_BARS_SHOWN]:
+        filled = int(BAR * done / total) if total else BAR
+        lines.append(f"  {name[:18]:<18} [{'#' * filled}{'-' * (BAR - filled)}] {done}/{total} items")
+    if len(maps) > ITEM_BARS_SHOWN:
+        rest = maps[ITEM_BARS_SHOWN:]
+        lines.append(f"  ... {len(rest)} more mapped node(s): {sum(d for _, d, _ in rest)}/"
+                     f"{sum(t for _, _, t in rest)} items")
+    return lines
 
 
 def watch(source: Source, *, interval_s: float = 1.0, console: Console | None = None,
