@@ -5,6 +5,11 @@ Cached and resumed are one mechanism: keys are Merkle keys known before the run,
 the object at its key is present, complete and fresh. A ``cache=False`` node's key is salted with the run id:
 no other run finds it, but resuming the same run does. Which word a reused node gets only tells where its
 object came from: ``resumed`` when the run being resumed made it, ``cached`` when another run did.
+
+Mapped nodes are the exception: their items are known only once the node they map over has run. Their items'
+keys and look-ups are made then (:meth:`CheckpointPlan.plan_items`), the mapped node's key becomes its items'
+(:meth:`CheckpointPlan.close_map`), and the nodes downstream of it (``deferred``) are keyed and looked up when
+they are about to run (:meth:`CheckpointPlan.resolve`), one ``head`` each.
 """
 
 from __future__ import annotations

@@ -49,7 +49,9 @@ succeeded (or cached/resumed when every item was), failed when an item failed fo
 items' handles: consumers receive the items' values, never through the driver. An item that is reopened (its
 output lost or found unusable) reopens its mapped node (``-> MAPPING``) and discards its consumers' attempts.
 Items count in no level (``_left_in_level``) and have no children; ``max_parallel`` holds items beyond it in
-``_MapRun.backlog`` until one in flight leaves that state.
+``_MapRun.backlog`` until one in flight leaves that state. With checkpoints, a closed mapped node's key becomes
+its items' keys (``CheckpointPlan.close_map``), so the nodes downstream of it (``_deferred``) get their keys, and
+are looked up in storage, only when they are about to run (:meth:`Scheduler._resolve`).
 """
 
 from __future__ import annotations
