@@ -20,7 +20,7 @@ from odibi_ray.observe.metrics import MetricType
 from odibi_ray.observe.progress import RichProgress
 from odibi_ray.observe.report import ITEM_BARS, ITEM_ROWS, render_report
 from odibi_ray.observe.run_metrics import actor_metrics, metrics_actor, metrics_from_result
-from odibi_ray.observe.watch import render
+from odibi_ray.observe.watch import manifest_status, render
 
 from . import map_nodes as mn
 from .nodes import wait_for
@@ -272,6 +272,22 @@ def test_watch_shows_each_mapped_nodes_items_the_open_ones_first():
     assert len(item_lines) == 6 and "done_map" not in "\n".join(item_lines[:5])
     assert item_lines[-1].strip() == "... 2 more mapped node(s): 5/8 items"
     assert "items" not in render({"run_id": "r", "levels": [[0, 1]], "counts": {}}, now=0).plain
+
+
+def test_watch_from_the_manifest_shows_items_from_its_counts(tmp_path, marks):
+    """Without Ray, `status --watch` reads the manifest: a mapped node's entry keeps its items' counts."""
+    from odibi_ray.checkpoint import layout
+    from odibi_ray.storage import open_storage
+
+    store = tmp_path / "store"
+    result = run(partial_dag(name="map_manifest"), backend="local", storage=str(store), progress=False)
+    body = json.loads(open_storage(str(store)).get(layout.manifest_key("map_manifest", result.run_id)))
+    status = manifest_status(body, {}, "succeeded")
+    assert status["items"] == {"f": [6, 6]}
+    assert "] 6/6 items" in render(status, now=0).plain
+    running = manifest_status({"nodes": {"f": {"level": 1, "status": "pending",
+                                               "items": {"succeeded": 2, "pending": 3, "running": 1}}}}, {}, "running")
+    assert running["items"] == {"f": [2, 6]}
 
 
 # --- metrics -------------------------------------------------------------------------------------------------

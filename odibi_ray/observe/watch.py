@@ -72,14 +72,19 @@ def manifest_status(body: dict[str, Any], statuses: dict[str, str], state: str) 
     nodes = body.get("nodes") or {}
     levels: dict[int, list[int]] = {}
     counts: dict[str, int] = {}
+    items: dict[str, list[int]] = {}  # a mapped node -> [items closed, items] (its entry's counts by status)
     for node, entry in nodes.items():
+        by_status = entry.get("items")
+        if isinstance(by_status, dict):
+            total = sum(int(v) for v in by_status.values())
+            items[node] = [total - sum(int(by_status.get(s, 0)) for s in ("pending", "running")), total]
         status = statuses.get(node, entry.get("status", "pending"))
         done = status not in ("pending", "running", "computed")
         level = levels.setdefault(int(entry.get("level", 0)), [0, 0])
         level[0] += done
         level[1] += 1
         counts[status] = counts.get(status, 0) + 1
-    return {"pipeline": body.get("pipeline"), "run_id": body.get("run_id"), "counts": counts,
+    return {"pipeline": body.get("pipeline"), "run_id": body.get("run_id"), "counts": counts, "items": items,
             "levels": [levels[i] for i in sorted(levels)], "slowest": [], "finished": not running,
             "status": None if running else state, "updated_at": body.get("updated_at"),
             "source": "manifest"}
