@@ -476,7 +476,7 @@ class RunResult:
 
 def _record_json(rec: NodeRecord) -> dict[str, Any]:
     """A record as JSON-able data (no pickled exceptions); a mapped node's items likewise."""
-    d = dataclasses.asdict(rec)
+    d = dataclasses.asdict(dataclasses.replace(rec, items=None))  # (its items once each, below)
     d["items"] = None if rec.items is None else [_record_json(i) for i in rec.items]
     for err in [d.get("error")] + [a.get("error") for a in d["attempt_history"]]:
         if err:
