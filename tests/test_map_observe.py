@@ -16,7 +16,7 @@ from rich.console import Console
 
 from odibi_ray import DAG, MapSpec, Node, NodeStatus, RetryPolicy, RunResult, current_context, run
 from odibi_ray.execution.result import AttemptRecord, ErrorInfo, ErrorKind, NodeRecord
-from odibi_ray.observe.metrics import MetricType
+from odibi_ray.observe.metrics import MetricsManager, MetricType
 from odibi_ray.observe.progress import RichProgress
 from odibi_ray.observe.report import ITEM_BARS, ITEM_ROWS, render_report
 from odibi_ray.observe.run_metrics import actor_metrics, metrics_actor, metrics_from_result
@@ -305,6 +305,119 @@ def test_metrics_from_a_partial_run_count_items_by_status_under_the_node():
     prom = m.export_prometheus()
     assert 'odibi_ray_map_items_total{' in prom and "f[" not in prom and "f[" not in json.dumps(m.snapshot())
     assert "item=" not in prom
+
+
+def one_call_per_figure(result: RunResult) -> MetricsManager:
+    """The derivation rule written out plainly, one manager call per figure and record (as it was before items were
+    derived in batches): the oracle the batched derivation must equal exactly."""
+    m = MetricsManager()
+    checkpointed = any(r.cache_key for r in result.nodes.values())
+    for rec in result.nodes.values():
+        for item in rec.items or ():
+            _figures_of(m, result, item, rec.name, checkpointed, item=True)
+        _figures_of(m, result, rec, rec.name, checkpointed, item=False)
+    return m
+
+
+def _figures_of(m: MetricsManager, result: RunResult, rec: NodeRecord, name: str, checkpointed: bool,
+                item: bool) -> None:
+    labels = {"pipeline": result.pipeline, "level": str(rec.level)}
+    ends = [result.nodes[u].ended_at for u in result.inputs.get(name, ())]
+    ready_at = max([e for e in ends if e is not None], default=None)
+    for att in rec.attempt_history:
+        m.increment(MetricType.NODE_ATTEMPT, name, value=1, worker=att.worker_node_id or "unknown", **labels)
+        if att.duration_s is not None:
+            m.record(MetricType.EXECUTION_TIME, name, value=att.duration_s, **labels)
+        if att.started_at is not None:
+            m.record(MetricType.QUEUE_WAIT, name,
+                     value=max(0.0, att.started_at - max(att.submitted_at, ready_at or 0.0)), **labels)
+        for metric, value in ((MetricType.BYTES_WRITTEN, att.bytes_written), (MetricType.BYTES_READ, att.bytes_read)):
+            if value:
+                m.increment(metric, name, value=value, **labels)
+        if att.storage_s:
+            m.record(MetricType.STORAGE_LATENCY, name, value=att.storage_s, **labels)
+    if rec.attempts > 1:
+        m.increment(MetricType.NODE_RETRY, name, value=rec.attempts - 1, **labels)
+    status = rec.status
+    if item:
+        if status.done:
+            m.increment(MetricType.MAP_ITEM, name, value=1, status=status.value, **labels)
+        if status is NodeStatus.SUCCEEDED and checkpointed:
+            m.increment(MetricType.CACHE_MISS, name, value=1, **labels)
+        elif status in (NodeStatus.CACHED, NodeStatus.RESUMED):
+            m.increment(MetricType.CACHE_HIT, name, value=1, source=status.value, **labels)
+    elif status is NodeStatus.SUCCEEDED:
+        m.increment(MetricType.NODE_SUCCESS, name, value=1, **labels)
+        if checkpointed and rec.items is None:
+            m.increment(MetricType.CACHE_MISS, name, value=1, **labels)
+    elif status is NodeStatus.FAILED:
+        m.increment(MetricType.NODE_FAILURE, name, value=1, **labels)
+    elif status in (NodeStatus.SKIPPED, NodeStatus.CANCELLED):
+        m.increment(MetricType.NODE_SKIP, name, value=1, reason=status.value, **labels)
+    elif status in (NodeStatus.CACHED, NodeStatus.RESUMED) and rec.items is None:
+        m.increment(MetricType.CACHE_HIT, name, value=1, source=status.value, **labels)
+
+
+def storage_heavy_result(n: int) -> RunResult:
+    """big_result's items, with bytes and storage seconds on their attempts (ints, and one float: bytes read back
+    from an odd source must count exactly too), one item resumed and one still running; and plain nodes of every
+    other outcome beside the mapped node."""
+    result = big_result(n=n, plain_at_level_1=4)
+    for j, status in enumerate((NodeStatus.FAILED, NodeStatus.SKIPPED, NodeStatus.CACHED, NodeStatus.CANCELLED)):
+        side = result.nodes[f"side_{j}"]
+        side.status, side.cache_key = status, f"s{j}"
+        if status is not NodeStatus.FAILED:
+            side.attempt_history = []
+    items = result.nodes["clean"].items
+    assert items is not None
+    for i, item in enumerate(items):
+        for att in item.attempt_history:
+            att.bytes_written, att.bytes_read, att.storage_s = 100 + i, i % 7, (i % 5) * 0.0013
+    items[1].attempt_history[0].bytes_read = 2.5  # type: ignore[assignment]
+    items[6].status = NodeStatus.RESUMED
+    items[10].status, items[10].attempt_history[-1].ended_at = NodeStatus.RUNNING, None
+    return result
+
+
+def test_a_mapped_nodes_metrics_equal_one_call_per_figure_exactly():
+    result = storage_heavy_result(3000)
+    batched = metrics_from_result(result, result.inputs)
+    assert batched.snapshot() == one_call_per_figure(result).snapshot()
+    labels = {"pipeline": "big_map", "level": "1"}
+    assert batched.get_metric_value(MetricType.CACHE_HIT, "clean", source="resumed", **labels) == 1
+    assert batched.get_metric_value(MetricType.BYTES_READ, "clean", **labels) == pytest.approx(
+        sum(a.bytes_read for i in result.nodes["clean"].items for a in i.attempt_history))
+    running = batched.get_metric_value(MetricType.MAP_ITEM, "clean", status="running", **labels)
+    assert running == 0 and batched.get_metric_value(MetricType.STORAGE_LATENCY, "clean", **labels)["count"] > 0
+
+
+def test_live_batches_of_closed_items_add_up_to_the_final_figures():
+    from odibi_ray.observe.live import LivePublisher
+
+    result = big_result(n=2000)  # every item closed
+    items = result.nodes["clean"].items
+    records = {**result.nodes, **{i.name: i for i in items}}
+    names = [i.name for i in items]
+    batches = [set(result.nodes) | set(names[:700]), set(names[500:1500]), set(names[1400:]) | {"total"}]
+    view = _Batches(records, result.inputs, batches)
+    live = LivePublisher("big_map", "r-big", lambda snapshot, status: None)
+    for _ in batches:
+        live.publish(view)
+    final = metrics_from_result(result, result.inputs)
+    assert figures(live.sent) == figures(final)  # items seen twice count once; the end has nothing left to add
+
+
+class _Batches:
+    """The scheduler's live view as the publisher reads it, its changed names given batch by batch."""
+
+    def __init__(self, records: dict[str, NodeRecord], inputs: dict[str, list[str]], batches: list[set[str]]):
+        self.records, self.inputs, self._batches = records, inputs, list(batches)
+
+    def take_changed(self) -> set[str]:
+        return self._batches.pop(0)
+
+    def live_status(self) -> dict:
+        return {"counts": {}, "levels": [], "slowest": []}
 
 
 def test_live_metrics_of_a_ray_run_count_items_under_the_node_while_it_runs(ray_local, tmp_path, marks):

@@ -11,9 +11,11 @@ import io
 import json
 import math
 import pickle
+import random
 import sys
 import threading
 from collections import Counter
+from fractions import Fraction
 
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
@@ -246,6 +248,81 @@ def test_timer_records_the_block_even_when_it_raises():
     assert summary["count"] == 2 and 0 <= summary["sum"] < 5
     with pytest.raises(MetricError), metrics.timer(MetricType.CACHE_HIT, "c"):
         pass
+
+
+def observe_values() -> list:
+    """Values of many magnitudes (so many power-of-two denominators), ints, integral and tiny floats, -0.0, values
+    on bucket bounds and past the last one, and an int subclass."""
+    rng = random.Random(17)
+    values: list = [0, -0.0, 0.0, 0.0005, 0.1, 0.2, 0.3, 3600.0, 3600.5, 7, 2 ** 70, 1e-300, 5e-324, 1e300,
+                    Count(2)]
+    values += [rng.random() * 10 ** rng.randint(-6, 4) for _ in range(500)]
+    values += [float(rng.randint(0, 10 ** 6)) for _ in range(20)]
+    rng.shuffle(values)
+    return values
+
+
+class Count(int):
+    """An int subclass (not a bool): record() takes it, so observe_many must too."""
+
+
+def test_observe_many_gives_the_figures_of_one_record_per_value():
+    values = observe_values()
+    one_by_one, at_once, in_parts = MetricsManager(), MetricsManager(), MetricsManager()
+    for v in values:
+        one_by_one.record(MetricType.EXECUTION_TIME, "n", value=v, pipeline="p", level=1)
+    at_once.observe_many(MetricType.EXECUTION_TIME, "n", values, pipeline="p", level=1)
+    for part in (values[:3], values[3:200], [], values[200:]):  # adds to a series that exists
+        in_parts.observe_many("execution_time", "n", part, level="1", pipeline="p")
+    assert at_once.snapshot() == one_by_one.snapshot()
+    assert in_parts.snapshot() == one_by_one.snapshot()
+    exact = sum((Fraction(v) for v in values), Fraction(0))
+    assert at_once._series[MetricType.EXECUTION_TIME][(("level", "1"), ("name", "n"), ("pipeline", "p"))].total \
+        == exact  # the exact rational sum, not a float's
+    summary = at_once.get_metric_value(MetricType.EXECUTION_TIME, "n", pipeline="p", level=1)
+    assert summary["count"] == len(values) and summary["sum"] == float(exact)
+    assert summary["buckets"][3600.0] == sum(1 for v in values if v <= 3600.0) < len(values)
+    # only floats with fractions, or only ints: the same as one by one too
+    for only in ([0.1] * 1000, [3, 4, 0]):
+        a, b = MetricsManager(), MetricsManager()
+        a.observe_many(MetricType.QUEUE_WAIT, "q", only)
+        for v in only:
+            b.record(MetricType.QUEUE_WAIT, "q", value=v)
+        assert a.snapshot() == b.snapshot()
+
+
+def test_observe_many_of_nothing_adds_no_series_but_checks_its_labels():
+    metrics = MetricsManager()
+    metrics.observe_many(MetricType.QUEUE_WAIT, "n", [], pipeline="p")
+    assert metrics.get_all_metrics() == {}
+    with pytest.raises(MetricError, match="invalid label name 'le'"):
+        metrics.observe_many(MetricType.QUEUE_WAIT, "n", [], le="1")
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda m: m.observe_many(MetricType.CACHE_HIT, "c", [1]), MetricError, "it is a counter; use increment()"),
+    (lambda m: m.observe_many(MetricType.QUEUE_WAIT, "n", [0.1, -0.5]), MetricError, "must be >= 0"),
+    (lambda m: m.observe_many(MetricType.QUEUE_WAIT, "n", [0.1, -1]), MetricError, "must be >= 0"),
+    (lambda m: m.observe_many(MetricType.QUEUE_WAIT, "n", [0.1, float("nan")]), MetricError, "must be finite"),
+    (lambda m: m.observe_many(MetricType.QUEUE_WAIT, "n", [float("inf")]), MetricError, "must be finite"),
+    (lambda m: m.observe_many(MetricType.QUEUE_WAIT, "n", [1, True]), TypeError, "must be an int or a float"),
+    (lambda m: m.observe_many(MetricType.QUEUE_WAIT, "n", [0.5, None]), TypeError, "got NoneType"),
+    (lambda m: m.observe_many(MetricType.QUEUE_WAIT, "n", ["1"]), TypeError, "got str"),
+    (lambda m: m.observe_many(MetricType.QUEUE_WAIT, 7, [1.0]), TypeError, "metric name must be a string"),
+    (lambda m: m.observe_many(MetricType.QUEUE_WAIT, "n", [1.0], **{"bad-label": "x"}), MetricError,
+     "invalid label name"),
+    (lambda m: m.observe_many(MetricType.QUEUE_WAIT, "n", [1.0], __x="1"), MetricError, "not start with '__'"),
+    (lambda m: m.observe_many(MetricType.QUEUE_WAIT, "n", [1.0], node=["a"]), TypeError,
+     "label 'node' must be a string"),
+])
+def test_observe_many_refuses_what_record_refuses_and_adds_nothing(call, error, message):
+    metrics = MetricsManager()
+    metrics.record(MetricType.QUEUE_WAIT, "n", value=0.25)
+    before = metrics.snapshot()
+    with pytest.raises(error) as caught:
+        call(metrics)
+    assert message in str(caught.value)
+    assert metrics.snapshot() == before  # the good values before the bad one were not added either
 
 
 # --- snapshots and merging -------------------------------------------------------------------------------

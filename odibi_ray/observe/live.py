@@ -6,11 +6,12 @@ changed since the last batch, the live gauges, and the run's status document (le
 the slowest in-flight nodes) that ``odibi-ray status --watch`` shows. Nothing here waits on Ray.
 
 Exactness: a node's figures are derived by the same function as the run's final figures
-(:func:`~odibi_ray.observe.run_metrics.add_node_metrics`), and what was sent is kept; at the end the publisher
-sends ``final - sent`` (:meth:`MetricsManager.difference`), so the actor ends with exactly the record-derived
-figures whatever happened in between (retries, crashed workers, outputs lost and recomputed). A node counted as
-succeeded whose output was then lost and whose recomputation failed is the one case where a counter goes down in
-that last batch (its success becomes a failure).
+(:func:`~odibi_ray.observe.run_metrics.add_node_metrics`; the items of a mapped node closed since the last batch
+by :func:`~odibi_ray.observe.run_metrics.add_items_metrics`, in one pass), and what was sent is kept; at the end
+the publisher sends ``final - sent`` (:meth:`MetricsManager.difference`), so the actor ends with exactly the
+record-derived figures whatever happened in between (retries, crashed workers, outputs lost and recomputed). A node
+counted as succeeded whose output was then lost and whose recomputation failed is the one case where a counter goes
+down in that last batch (its success becomes a failure).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Protocol
 
 from ..execution.result import NodeRecord
 from .metrics import MetricsManager, MetricType
-from .run_metrics import add_node_metrics
+from .run_metrics import add_items_metrics, add_node_metrics
 from ..definition.names import item_parent
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,13 @@ class LivePublisher:
         self._send = send
         self._due = time.monotonic() + period_s
         self._by_node: dict[str, MetricsManager] = {}  # each node's figures as last sent
-        self._items_sent: set[str] = set()  # items of mapped nodes counted live (see _item_delta)
+        #: Items of mapped nodes counted live. An item counts once, when it first closes, added straight into the
+        #: batch with the other items closed since the last one (:func:`add_items_metrics`): a mapped node may have
+        #: 10,000 items, and keeping each one's figures to diff them (as nodes are) cost 40% of the driver's time on
+        #: such a run (benchmarks/results/bench_map_profile_10000_before_6d3e6ea.txt). What an item does after that
+        #: (reopened and run again: rare) reaches the actor with the run's final figures (:meth:`finish` sends
+        #: ``final - sent``), not live.
+        self._items_sent: set[str] = set()
         self.sent = MetricsManager(signed=True)  # everything sent so far (the sum of the deltas)
         self._unsent: MetricsManager | None = None  # a batch whose send failed, to go with the next one
         self._checkpointed: bool | None = None  # the run has cache keys (known before its first batch)
@@ -94,29 +101,25 @@ class LivePublisher:
         delta = MetricsManager(signed=True)
         if self._checkpointed is None:  # cache keys are set before the loop runs
             self._checkpointed = any(r.cache_key for r in records.values())
+        closed: dict[str, list[NodeRecord]] = {}  # mapped node -> its items first closed since the last batch
         for name in changed:
             parent = item_parent(name)
-            if parent is not None:
-                self._item_delta(delta, records, inputs, name, parent)
-                continue
-            now = MetricsManager()
-            add_node_metrics(now, self.pipeline, records[name], records, inputs, self._checkpointed)
-            delta.merge(now.difference(self._by_node.get(name)).snapshot())
-            self._by_node[name] = now
+            if parent is None:
+                self._node_delta(delta, records, inputs, name)
+            elif name not in self._items_sent and records[name].status.done:
+                self._items_sent.add(name)
+                closed.setdefault(parent, []).append(records[name])
+        for parent, items in closed.items():
+            add_items_metrics(delta, self.pipeline, items, records, inputs, bool(self._checkpointed), parent)
         return delta
 
-    def _item_delta(self, delta: MetricsManager, records: Mapping[str, NodeRecord], inputs: Mapping[str, list[str]],
-                    name: str, parent: str) -> None:
-        """An item of a mapped node counts live once, when it first closes, added straight into the batch: a
-        mapped node may have 10,000 items, and keeping each one's figures to diff them (as nodes are) cost 40% of
-        the driver's time on such a run (benchmarks/results/bench_map_profile_10000.txt). What an item does after
-        that (reopened and run again: rare) reaches the actor with the run's final figures (:meth:`finish` sends
-        ``final - sent``), not live."""
-        rec = records[name]
-        if not rec.status.done or name in self._items_sent:
-            return
-        self._items_sent.add(name)
-        add_node_metrics(delta, self.pipeline, rec, records, inputs, bool(self._checkpointed), node=parent)
+    def _node_delta(self, delta: MetricsManager, records: Mapping[str, NodeRecord], inputs: Mapping[str, list[str]],
+                    name: str) -> None:
+        """A node's figures now minus those last sent (a retry, a lost output: any change is sent exactly)."""
+        now = MetricsManager()
+        add_node_metrics(now, self.pipeline, records[name], records, inputs, bool(self._checkpointed))
+        delta.merge(now.difference(self._by_node.get(name)).snapshot())
+        self._by_node[name] = now
 
     def _gauges(self, delta: MetricsManager, status: Mapping[str, Any]) -> None:
         counts = status.get("counts", {})

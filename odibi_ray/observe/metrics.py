@@ -24,7 +24,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from enum import Enum
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
@@ -223,6 +223,27 @@ class MetricsManager:
                 hist = series[key] = _Histogram(len(m.buckets))
             hist.counts[index] += 1
             hist.total += amount
+
+    def observe_many(self, metric: MetricLike, name: str, values: Sequence[float], **labels: Any) -> None:
+        """Observe every one of ``values`` in one histogram series: the very figures of one :meth:`record` per
+        value (same buckets, the exact sum), with the series' labels checked and keyed once. Every value is
+        checked before any is added (a bad one changes nothing); no values, no series."""
+        m = self._checked(metric, MetricKind.HISTOGRAM, "observe_many")
+        key = _label_key(name, labels)
+        total = _exact_sum(values, m)  # checks every value as record() does
+        if not values:
+            return
+        buckets = m.buckets
+        counts = [0] * (len(buckets) + 1)
+        for value in values:
+            counts[bisect.bisect_left(buckets, value)] += 1  # first bound >= value, as in record()
+        with self._lock:
+            series = self._series.setdefault(m, {})
+            hist = series.get(key)
+            if hist is None:
+                hist = series[key] = _Histogram(len(buckets))
+            hist.counts = [a + b for a, b in zip(hist.counts, counts, strict=True)]
+            hist.total += total
 
     def set_gauge(self, metric: MetricLike, name: str, value: float, **labels: Any) -> None:
         """Set a gauge series to ``value`` (last write wins, also across merged snapshots)."""
@@ -523,6 +544,28 @@ def _number(value: Any, metric: MetricType, *, allow_negative: bool) -> Number:
     if value < 0 and not allow_negative:
         raise MetricError(f"value of {metric.value!r} must be >= 0 (a {metric.kind.value}), got {value!r}")
     return exact
+
+
+def _exact_sum(values: Sequence[Any], metric: MetricType) -> Number:
+    """The exact sum of non-negative values, each checked as :func:`_number` checks it: the very number that adding
+    their exact values one by one gives. A finite float is ``n / 2**k``, so the non-integral ones are added as
+    integer numerators over the largest denominator seen, and one Fraction is made at the end."""
+    whole: Number = 0  # ints, integral floats, and any value of another type (exact, via _number)
+    num, den = 0, 1  # the non-integral floats: num / den, den the largest power of two seen
+    for value in values:
+        if type(value) is float and 0.0 <= value < math.inf:  # NaN, infinities, negatives: checked below
+            n, d = value.as_integer_ratio()
+            if d == 1:
+                whole += n
+            elif d <= den:
+                num += n * (den // d)
+            else:
+                num, den = num * (d // den) + n, d
+        elif type(value) is int and value >= 0:
+            whole += value
+        else:  # raises for bools, other types, NaN, infinities and negatives; int subclasses pass
+            whole += _number(value, metric, allow_negative=False)
+    return whole + Fraction(num, den) if num else whole
 
 
 def _label_key(name: Any, labels: Mapping[str, Any]) -> LabelKey:
