@@ -31,6 +31,7 @@ pytest_plugins = [
     "tests.storage.fixtures_local",
     "tests.storage.fixtures_azurite",
     "tests.storage.fixtures_s3",
+    "tests.storage.fixtures_kafka",
 ]
 
 def _free_loopback_port() -> int:
