@@ -12,17 +12,19 @@ import pytest
 import odibi_ray
 
 ROOT = pathlib.Path(odibi_ray.__file__).parent
-FOLDERS = ("definition", "execution", "checkpoint", "storage", "observe", "compat")
+FOLDERS = ("definition", "execution", "checkpoint", "storage", "observe", "sources", "compat")
 
 #: Which other parts of the package each folder may import. Data flows left to right (definition -> execution ->
 #: checkpoint / storage -> observe); checkpoint/ reads the node records and statuses a manifest holds
-#: (execution/result.py); compat/ (the seed faces) is built on everything and nothing native imports it.
+#: (execution/result.py); sources/ makes nodes (definition) that read a storage backend (storage/kafka); compat/ (the
+#: seed faces) is built on everything and nothing native imports it.
 ALLOWED = {
     "definition": {"errors", "backoff"},
     "storage": {"errors", "backoff"},
     "checkpoint": {"definition", "storage", "errors", "execution.result"},
     "execution": {"definition", "checkpoint", "storage", "observe", "errors", "backoff"},
     "observe": {"definition", "execution", "errors"},
+    "sources": {"definition", "storage", "errors"},
     "compat": {"definition", "execution", "checkpoint", "storage", "observe", "errors"},
 }
 #: The seed's import paths (its "Phase 7" document, odibi_core -> odibi_ray) and what each must give.

@@ -32,9 +32,11 @@ def canonical_form(value: Any, form: Form = Form.NATIVE) -> Any:
     Both forms: ``None``, bools, ints, strings and finite floats are themselves; lists are lists; sets are
     their members' sorted JSON (order-free); non-finite floats are tagged. NATIVE tags tuples (not lists),
     dicts (``dict``, or ``dict_items`` when a key is not a string), bytes and other objects (their
-    cloudpickle's SHA-256). SEED writes tuples as lists, tags dict keys (``=`` for a string, ``~`` plus the
-    canonical JSON of any other key, so no user dict looks like a tagged form: those start with ``#``) and
-    hashes other values' codec payload (Parquet for tables and frames, raw bytes, cloudpickle for the rest).
+    cloudpickle's SHA-256, or the canonical form of what their class's ``__odibi_key__()`` returns: a connection
+    object is keyed by what it connects to, not by its credentials). SEED writes tuples as lists, tags dict keys
+    (``=`` for a string, ``~`` plus the canonical JSON of any other key, so no user dict looks like a tagged form:
+    those start with ``#``) and hashes other values' codec payload (Parquet for tables and frames, raw bytes,
+    cloudpickle for the rest).
     """
     seed = form is Form.SEED
     mark = "#" if seed else ""  # the seed's tags cannot be dict keys of user values (theirs start = or ~)
@@ -84,11 +86,14 @@ def _seed_dict(value: dict[Any, Any]) -> dict[str, Any]:
 def _native_opaque(value: Any) -> dict[str, str]:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {"bytes": hashlib.sha256(bytes(value)).hexdigest()}
+    kind = f"{type(value).__module__}.{type(value).__qualname__}"
+    identity = getattr(type(value), "__odibi_key__", None)
+    if identity is not None:  # an object that says what identifies it (a KafkaLog: its cluster, no credential)
+        return {"object": kind, "key": canonical_form(identity(value))}
     try:
         blob = cloudpickle.dumps(value)
     except Exception:  # noqa: BLE001 - an unpicklable value is still keyed, by its repr
         blob = repr(value).encode()
-    kind = f"{type(value).__module__}.{type(value).__qualname__}"
     return {"object": kind, "sha256": hashlib.sha256(blob).hexdigest()}
 
 

@@ -26,15 +26,21 @@ ERROR_CHARS = 500
 
 def open_new_run(storage: Storage, dag: DAG, run_id: str, keys: dict[str, str], levels: list[list[str]],
                  lease: DriverLease, heartbeat_s: float = HEARTBEAT_S,
-                 refresh: set[str] | frozenset[str] = frozenset()) -> RunManifest:
+                 refresh: set[str] | frozenset[str] = frozenset(), sources: Mapping[str, Any] | None = None
+                 ) -> RunManifest:
     """Create the manifest of a new run (create-only: a run id is never reused by accident). ``refresh``: the
-    nodes it recomputes on purpose (a resume of it recomputes those it did not finish, see open_resumed_run)."""
+    nodes it recomputes on purpose (a resume of it recomputes those it did not finish, see open_resumed_run);
+    ``sources``: the range each incremental source node reads (a resume reads the same)."""
     manifest = RunManifest(storage, dag.name, run_id)
     manifest.refreshed = set(refresh)
+    manifest.sources = dict(sources or {})
     level_of = {n: i for i, names in enumerate(levels) for n in names}
-    manifest.create({"started_at": time.time(), "heartbeat_s": heartbeat_s, "refresh": sorted(refresh),
-                     "nodes": {n: {"key": k, "level": level_of[n], "status": "pending"} for n, k in keys.items()}},
-                    lease)
+    body: dict[str, Any] = {"started_at": time.time(), "heartbeat_s": heartbeat_s, "refresh": sorted(refresh),
+                            "nodes": {n: {"key": k, "level": level_of[n], "status": "pending"}
+                                      for n, k in keys.items()}}
+    if sources:
+        body["sources"] = manifest.sources
+    manifest.create(body, lease)
     return manifest
 
 
@@ -90,6 +96,7 @@ def open_resumed_run(storage: Storage, dag: DAG, resume: str, lease: DriverLease
             raise ExecutionError(f"run {run_id!r} of {dag.name!r} kept changing while this driver was taking it "
                                  "over (another driver is resuming it?)") from None
         manifest.resumed_from = status
+        manifest.sources = dict(body.get("sources") or {})
         done = sum(1 for s in statuses.values() if s.status in ("succeeded", "cached", "resumed"))
         if status == "succeeded":
             log.warning("run %s of %r had already succeeded: resuming it runs only what is no longer stored",

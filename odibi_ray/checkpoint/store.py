@@ -295,6 +295,7 @@ class RunManifest:
         self._mine: tuple[dict[str, Any], str] | None = None  # the body and ETag this driver last wrote
         self.resumed_from: str | None = None  # a resume: the status the run had when this driver took it over
         self.refreshed: set[str] = set()  # nodes this run recomputes on purpose (see runs.open_resumed_run)
+        self.sources: dict[str, Any] = {}  # incremental source node -> the range this run reads (execution/sources.py)
 
     def read(self) -> tuple[dict[str, Any], ObjectInfo]:
         data, info = self.storage.get_with_info(self.key)

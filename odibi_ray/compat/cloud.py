@@ -1,4 +1,5 @@
-"""The seed's face: ``CloudAdapter.create("azure" | "local" | "s3" | "hdfs", ...)`` with read/write of tables.
+"""The seed's face: ``CloudAdapter.create("azure" | "local" | "s3" | "hdfs" | "kafka", ...)`` with read/write of
+tables (``"kafka"``: topics as tables, see :mod:`odibi_ray.compat.kafka`).
 
 A thin layer over the :class:`~odibi_ray.storage.Storage` adapters: paths are ``<container>/<key>`` for
 Azure (``<bucket>/<key>`` for S3), plain keys for a local folder. ``simulate=True`` stores everything in a
@@ -26,7 +27,7 @@ from ..storage.uri import open_storage
 log = logging.getLogger(__name__)
 
 FORMATS = ("parquet", "csv", "json", "bytes")
-KINDS = ("azure", "local", "s3", "hdfs")
+KINDS = ("azure", "local", "s3", "hdfs", "kafka")
 
 
 def simulation_root() -> Path:
@@ -35,7 +36,14 @@ def simulation_root() -> Path:
 
 
 class CloudAdapter:
-    """Read and write tables and bytes on Azure (ADLS Gen2 / Blob), S3, HDFS or a local folder."""
+    """Read and write tables and bytes on Azure (ADLS Gen2 / Blob), S3, HDFS or a local folder; topics on Kafka."""
+
+    def __new__(cls, kind: str = "", *args: Any, **options: Any) -> CloudAdapter:
+        if cls is CloudAdapter and kind == "kafka":  # a log, not a folder: its own class (same methods)
+            from .kafka import KafkaCloudAdapter
+
+            return super().__new__(KafkaCloudAdapter)
+        return super().__new__(cls)
 
     def __init__(self, kind: str, *, simulate: bool = False, root: str | None = None, account_name: str | None = None,
                  host: str | None = None, **options: Any) -> None:
@@ -50,7 +58,8 @@ class CloudAdapter:
 
     @classmethod
     def create(cls, kind: str, **options: Any) -> CloudAdapter:
-        """The adapter for ``kind`` ("azure", "local", "s3", "hdfs"); ``simulate=True`` for a local stand-in."""
+        """The adapter for ``kind`` ("azure", "local", "s3", "hdfs", "kafka"); ``simulate=True`` for a local
+        stand-in (not for Kafka)."""
         return cls(kind, **options)
 
     def __repr__(self) -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 from collections.abc import Callable, Mapping, Sequence
 
+from .incremental import IncrementalSource
 from .mapping import MapSpec
 from .names import MAX_NAME_LEN
 from ..errors import InvalidNodeError, InvalidPolicyError, SignatureMismatchError
@@ -40,6 +41,10 @@ class Node:
     *mapped* node: ``fn`` runs once per item of that node's output, each item its own task, cache entry and
     checkpoint (see :mod:`odibi_ray.definition.mapping`); the parameter receiving the item is added to
     ``inputs``.
+
+    ``source`` (an :class:`~odibi_ray.definition.incremental.IncrementalSource`, e.g.
+    :func:`odibi_ray.sources.kafka_source`) makes it an *incremental source*: each run reads the range the source
+    gives when the run starts (in the parameter ``source.param``), and the source commits it once the run succeeds.
     """
 
     name: str
@@ -56,6 +61,7 @@ class Node:
     version: str | None = None
     description: str = ""
     map_over: MapSpec | str | None = None
+    source: IncrementalSource | None = None
 
     def __post_init__(self) -> None:
         _check_name(self.name)
@@ -132,6 +138,8 @@ class Node:
             elif not _number(amount) or not 0 <= amount <= MAX_RESOURCE:
                 problems.append(f"resource {_short(res)} must be a finite number from 0 to {MAX_RESOURCE:g}, "
                                 f"got {_short(amount)}")
+        if self.source is not None:
+            problems.extend(self._source_problems())
         spec = self.mapping
         if spec is not None:
             problems.extend(spec.problems())
@@ -147,6 +155,16 @@ class Node:
             )
         if problems:
             raise InvalidPolicyError(f"node {self.name!r}: " + "; ".join(problems), nodes=(self.name,))
+
+    def _source_problems(self) -> list[str]:
+        source = self.source
+        if not isinstance(source, IncrementalSource):
+            return [f"source must be an IncrementalSource (param, next_range, commit), got {type(source).__name__}"]
+        if source.param in self.input_map:
+            return [f"source parameter {source.param!r} is also an input"]
+        if self.mapping is not None:
+            return ["an incremental source cannot also be a mapped node"]
+        return []
 
     @property
     def input_map(self) -> dict[str, str]:
@@ -165,7 +183,7 @@ class Node:
             sig = inspect.signature(self.fn)
         except (TypeError, ValueError):  # builtins and some C callables have no signature
             return
-        given = set(self.inputs) | set(self.params)
+        given = set(self.inputs) | set(self.params) | ({self.source.param} if self.source is not None else set())
         accepts_any = False
         accepted: set[str] = set()
         required: set[str] = set()

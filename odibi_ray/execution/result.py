@@ -307,6 +307,16 @@ class NodeRecord:
         return exc
 
 
+@dataclass(frozen=True)
+class SourceRead:
+    """What an incremental source node read in a run (its range, a JSON value) and whether the range was committed
+    (only a run that succeeded commits; ``reason`` says why not)."""
+
+    range: Any
+    committed: bool
+    reason: str = ""
+
+
 @dataclass
 class RunResult:
     """Everything one run produced. Outputs are fetched lazily: ``result["node"]``."""
@@ -328,6 +338,7 @@ class RunResult:
     stopped_reason: str | None = None  # why the driver stopped early (another driver took the run over)
     resumed_from: str | None = None  # a resume: the status the run had when this driver took it over
     manifest_error: str | None = None  # why the run's manifest could not be closed (it is retried in the background)
+    sources: dict[str, SourceRead] = field(default_factory=dict)  # incremental source node -> what it read
 
     @property
     def status(self) -> RunStatus:
@@ -429,7 +440,8 @@ class RunResult:
                 "levels": self.levels, "nodes": nodes, "started_at": self.started_at, "ended_at": self.ended_at,
                 "stats": self.stats, "inputs": self.inputs, "stopped_reason": self.stopped_reason,
                 "resumed_from": self.resumed_from,
-                "manifest_error": self.manifest_error}
+                "manifest_error": self.manifest_error,
+                "sources": {n: dataclasses.asdict(r) for n, r in self.sources.items()}}
         return json.dumps(body, default=str).encode()
 
     @classmethod
@@ -456,7 +468,8 @@ class RunResult:
                    nodes=nodes, started_at=body["started_at"], ended_at=body["ended_at"], _fetch=no_outputs,
                    stats=body.get("stats", {}), inputs=body.get("inputs", {}),
                    stopped_reason=body.get("stopped_reason"), manifest_error=body.get("manifest_error"),
-                   resumed_from=body.get("resumed_from"))
+                   resumed_from=body.get("resumed_from"),
+                   sources={n: SourceRead(**r) for n, r in (body.get("sources") or {}).items()})
 
     def summary(self) -> str:
         """One line: counts per status and the wall time."""

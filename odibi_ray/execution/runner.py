@@ -26,6 +26,7 @@ from ..checkpoint.writeback import stored_now
 from ..observe.live import LivePublisher
 from ..observe.run_metrics import metrics_actor, metrics_from_result
 from .scheduler import Scheduler, new_run_id
+from .sources import commit_ranges, pin_ranges, with_ranges
 from ..storage.base import Storage
 from ..storage.uri import open_storage, redact_uri, scheme_of
 
@@ -197,8 +198,11 @@ def run(dag: DAG, *, backend: str | ExecutionBackend | Backend = "ray", address:
         sink = progress
     manifest = plan = writer = None
     lease: DriverLease | None = None
+    ranges: dict[str, Any] = {}  # incremental source node -> the range it reads (execution/sources.py)
     if store is None:
         rid = run_id or new_run_id()
+        ranges = pin_ranges(dag)
+        dag = with_ranges(dag, ranges)
     else:
         lease = DriverLease()
         order = [n for names in levels for n in names]
@@ -210,11 +214,14 @@ def run(dag: DAG, *, backend: str | ExecutionBackend | Backend = "ray", address:
                 rid, refreshed = manifest.run_id, manifest.refreshed
             else:
                 rid = run_id or new_run_id()
+            ranges = pin_ranges(dag, manifest.sources if manifest is not None else None)
+            dag = with_ranges(dag, ranges)  # the ranges are the source nodes' parameters: in their keys
             behind = write_behind if write_behind is not None else (be.name == "ray" and not store.local_lookups)
             plan = plan_checkpoints(dag, order, store, rid, records, write_behind=behind, refresh=refreshed,
                                     trust=trust)
             if manifest is None:
-                manifest = open_new_run(store, dag, rid, plan.keys, levels, lease, heartbeat_s, refreshed)
+                manifest = open_new_run(store, dag, rid, plan.keys, levels, lease, heartbeat_s, refreshed,
+                                        sources=ranges)
         except BaseException:
             lease.release()  # nothing ran: this process drives nothing
             raise
@@ -245,6 +252,8 @@ def run(dag: DAG, *, backend: str | ExecutionBackend | Backend = "ray", address:
         if plan is not None:  # the manifest is closed below: a recomputation on result[name] must not beat into it
             plan.heartbeat = lambda: None
     scheduler.detach_observer()  # the final batch below is the last one, whatever reading the result recomputes
+    if ranges:  # before the manifest closes: a driver killed in between leaves a resumable run, nothing lost
+        result.sources = commit_ranges(dag, ranges, result)
     snapshot = _publish_metrics(result, live, scheduler.live_status()) if metrics else None
     if writer is not None and manifest is not None:  # (a writer is made only with a manifest)
         counts: dict[str, int] = {}
@@ -253,6 +262,8 @@ def run(dag: DAG, *, backend: str | ExecutionBackend | Backend = "ray", address:
         summary: dict[str, Any] = {"nodes": counts, **result.stats}
         if snapshot is not None:  # past runs' metrics stay readable after the actor is gone
             summary["metrics"] = snapshot
+        if result.sources:
+            summary["sources"] = {n: {"committed": r.committed, "reason": r.reason} for n, r in result.sources.items()}
         # a store the run just found unavailable: do not make the caller wait one more retry budget for the close
         down = any(r.error is not None and r.error.type_name == "StorageUnavailableError"
                    for r in result.nodes.values())
