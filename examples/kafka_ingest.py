@@ -21,16 +21,13 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # never report usage to the internet
-os.environ.setdefault("RAY_USAGE_STATS_REPORT_URL", "http://127.0.0.1:9/")  # nor that it is disabled
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep a local Ray on 127.0.0.1
-for _var in ("HTTP_PROXY", "HTTPS_PROXY"):  # Ray's dashboard probes cloud metadata: keep HTTP on loopback
-    os.environ.setdefault(_var, "http://127.0.0.1:9")
-os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost,127.0.0.0/8,::1")
-
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python examples/kafka_ingest.py` from anywhere: examples.kafka_steps importable
     sys.path.insert(0, str(REPO))
+
+from examples.loopback import keep_on_loopback  # noqa: E402 - after the sys.path setup above
+
+keep_on_loopback()  # before Ray is imported
 
 from rich.console import Console  # noqa: E402 - after the sys.path setup above
 
