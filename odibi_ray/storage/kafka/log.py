@@ -327,7 +327,8 @@ class KafkaLog:
         from confluent_kafka import TopicPartition
 
         parts = self.partitions(topic)
-        consumer = self._consumer()
+        # end-of-partition events: a probe at a last offset that is a control record (transactions) still ends
+        consumer = self._consumer(READER_GROUP, **{"enable.partition.eof": True})
 
         def marks_of(p: int) -> tuple[int, int]:
             return self._call("read watermarks", lambda: consumer.get_watermark_offsets(
