@@ -153,3 +153,19 @@ def test_a_source_node_is_validated(kafka_broker):
              source=kafka_source("s", klog, "t").source)
     with pytest.raises(InvalidPolicyError, match="IncrementalSource"):
         Node("x", lambda offsets: offsets, source="not a source")
+
+
+def test_resuming_an_old_run_never_moves_the_offsets_back(kafka_broker, kafka_topic, marks, tmp_path, local_storage):
+    klog = KafkaLog(kafka_broker.bootstrap, timeout_s=5)
+    dag = pipeline(klog, kafka_topic, marks, tmp_path / "never")
+    group = f"odibi_ray.{dag.name}.raw"
+    produce(klog, kafka_topic, 0, 30)
+    old = orr.run(dag, backend="local", storage=local_storage, progress=False)
+    produce(klog, kafka_topic, 30, 40)
+    orr.run(dag, backend="local", storage=local_storage, progress=False)
+    assert sum(klog.committed(kafka_topic, group).values()) == 40
+    again = orr.run(dag, backend="local", storage=local_storage, progress=False, resume=old.run_id)
+    assert again.succeeded and again.sources["raw"].range == old.sources["raw"].range
+    assert sum(klog.committed(kafka_topic, group).values()) == 40  # not back to 30
+    produce(klog, kafka_topic, 40, 45)
+    assert orr.run(dag, backend="local", storage=local_storage, progress=False)["summary"] == expect(40, 45)

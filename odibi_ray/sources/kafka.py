@@ -52,7 +52,14 @@ class KafkaSource:
         return rng.to_json()
 
     def commit(self, pipeline: str, node: str, rng: Mapping[str, Any]) -> None:
+        """Commit ``rng`` — unless the group is already past it (an old run resumed after newer runs committed):
+        offsets never go back, which would make the next run read again what newer runs consumed."""
         group, read = self.group_for(pipeline, node), OffsetRange.from_json(rng)
+        now = self.log.committed(self.topic, group)
+        ahead = {p: at for p, at in now.items() if at is not None and p in read.partitions and at > read.ends[p]}
+        if ahead:
+            log.info("source %s: group %s is already past %s (at %s): nothing to commit", node, group, read, ahead)
+            return
         self.log.commit(self.topic, group + START_GROUP_SUFFIX, read.starts)
         self.log.commit(self.topic, group, read.ends)
         log.info("source %s: committed %s for group %s", node, read, group)
