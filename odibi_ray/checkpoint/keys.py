@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import inspect
 import json
@@ -20,14 +21,38 @@ log = logging.getLogger(__name__)
 
 
 def _source_hash(fn: Callable[..., Any]) -> str:
+    """The hash of a function's (or class's) code as its syntax tree: names, constants and structure, without
+    comments, docstrings or formatting — rewording a comment or reformatting reruns nothing. Source that does not
+    parse on its own (a lambda in the middle of an expression) is hashed as text."""
     target = inspect.unwrap(fn)
     try:
-        return "src:" + hashlib.sha256(textwrap.dedent(inspect.getsource(target)).encode()).hexdigest()
+        source = textwrap.dedent(inspect.getsource(target))
     except (OSError, TypeError):
-        try:
-            return "pickle:" + hashlib.sha256(cloudpickle.dumps(target)).hexdigest()
-        except Exception:
-            return "name:" + getattr(target, "__qualname__", repr(target))
+        source = None
+    if source is not None:
+        tree = _syntax_tree(source)
+        if tree is not None:
+            return "ast:" + hashlib.sha256(tree.encode()).hexdigest()
+        return "src:" + hashlib.sha256(source.encode()).hexdigest()
+    try:  # no source (made at run time, a C function): its pickle
+        return "pickle:" + hashlib.sha256(cloudpickle.dumps(target)).hexdigest()
+    except Exception:  # noqa: BLE001 - unpicklable too: its name is all there is
+        return "name:" + getattr(target, "__qualname__", repr(target))
+
+
+def _syntax_tree(source: str) -> str | None:
+    """``ast.dump`` of ``source`` without docstrings and positions (None if it does not parse alone)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, annotate_fields=False, include_attributes=False)
 
 
 def code_fingerprint(fn: Callable[..., Any], version: str | None = None) -> str:
