@@ -296,3 +296,17 @@ def test_cloud_adapter_kafka_face(kafka_broker):
     assert type(direct).__name__ == "KafkaCloudAdapter"
     with pytest.raises(ValueError, match="simulate"):
         CloudAdapter.create("kafka", bootstrap_servers="b:1", simulate=True)
+
+
+def test_row_json_is_the_standard_librarys_and_refuses_nan():
+    import datetime
+    import decimal
+
+    from odibi_ray.storage.kafka.codec import _json_default, encode_values
+
+    table = pa.table({"t": [datetime.datetime(2026, 1, 2, 3, 4, 5)], "d": pa.array([decimal.Decimal("1.10")]),
+                      "s": ['é"x\n'], "l": [[1, None]], "b": [b"\x00"]})
+    std = json.JSONEncoder(separators=(",", ":"), default=_json_default, allow_nan=False)
+    assert encode_values(table, "json") == [std.encode(r).encode() for r in table.to_pylist()]
+    with pytest.raises(ValueError, match="JSON"):
+        encode_values(pa.table({"x": [float("nan")]}), "json")
