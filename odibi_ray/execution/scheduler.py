@@ -529,6 +529,8 @@ class Scheduler:
             else:
                 done = self.backend.wait(list(self._inflight), timeout)
             if done:
+                if self.speculative:
+                    done = self._with_finished_inputs(done)
                 done.sort(key=lambda h: self._rank[self._inflight[h].node])  # inputs before their consumers
                 for handle, meta in zip(done, self.backend.outcomes(done)):
                     self._finish_attempt(handle, meta)
@@ -864,6 +866,28 @@ class Scheduler:
         for child in self._children[name]:
             heapq.heappush(self._ready, (self._rank[child], child))
 
+    def _with_finished_inputs(self, done: list[Hashable]) -> list[Hashable]:
+        """``done`` and every in-flight input attempt (transitively) a done attempt was given. Ray starts a task only
+        once its inputs' tasks have finished, so those are finished too; but a wait over many in-flight attempts
+        watches a window of them (see :meth:`_wait_window`) and can see a consumer before its input. Reading the
+        inputs' outcomes in the same batch (inputs first, by rank) keeps the consumer's result: without it, the
+        consumer looked like it ran on an input that was not done, was discarded and ran again — and a node whose
+        re-queue hints had all come while its old attempt was in flight could be left pending (a stall)."""
+        inflight = self._inflight
+        seen, out, todo = set(done), list(done), list(done)
+        while todo:
+            wanted = []
+            for handle in todo:
+                flight = inflight.get(handle)
+                for up in flight.inputs if flight is not None else ():
+                    if up not in seen and up in inflight:
+                        seen.add(up)
+                        wanted.append(up)
+            # asked, not assumed: only what the backend says is done (on Ray, all of them; a zero-timeout wait)
+            todo = self.backend.wait(wanted, 0.0, all_of=True) if wanted else []
+            out.extend(todo)
+        return out
+
     def _inputs_still_valid(self, name: str, inputs: tuple) -> bool:
         live, state = self._live, self._state
         return all(live.get(u) is h and state[u] in _WITH_OUTPUT for u, h in zip(self._inputs[name], inputs))
@@ -887,6 +911,9 @@ class Scheduler:
         self._inflight.pop(handle, None)
         self.backend.forget(handle)
         self._move(name, _State.PENDING)
+        # the hints its inputs pushed may all have come while this attempt was in flight (and been dropped as
+        # stale): look at it again (a hint for a node that is not submittable yet is dropped harmlessly)
+        heapq.heappush(self._ready, (self._rank[name], name))
 
     def _discard_consumers(self, name: str) -> None:
         """Discard every in-flight attempt that (through other in-flight attempts) reads ``name``'s

@@ -242,7 +242,10 @@ def metrics_actor(namespace: str = "default", *, detached: bool = False) -> Any:
     import ray
 
     global _ACTOR_CLASS
-    key = (namespace, detached, ray.get_runtime_context().get_job_id())
+    ctx = ray.get_runtime_context()
+    # the cluster too: job ids start again at 01000000 in every new cluster (a ray.shutdown then ray.init in one
+    # process), and a handle kept from the old one would send every batch to an actor that is gone
+    key = (namespace, detached, ctx.gcs_address, ctx.get_job_id())
     handle = _HANDLES.get(key)
     if handle is not None:
         return handle
@@ -263,8 +266,8 @@ def metrics_actor(namespace: str = "default", *, detached: bool = False) -> Any:
 
 
 _ACTOR_CLASS: Any = None
-#: (namespace, detached, Ray job id) -> actor handle held by this process (a new ray.init is a new job)
-_HANDLES: dict[tuple[str, bool, str], Any] = {}
+#: (namespace, detached, Ray cluster (GCS address), Ray job id) -> actor handle held by this process
+_HANDLES: dict[tuple[str, bool, str, str], Any] = {}
 
 
 def actor_metrics(namespace: str = "default") -> MetricsManager:
