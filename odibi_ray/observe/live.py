@@ -9,7 +9,9 @@ Exactness: a node's figures are derived by the same function as the run's final 
 (:func:`~odibi_ray.observe.run_metrics.add_node_metrics`; the items of a mapped node closed since the last batch
 by :func:`~odibi_ray.observe.run_metrics.add_items_metrics`, in one pass), and what was sent is kept; at the end
 the publisher sends ``final - sent`` (:meth:`MetricsManager.difference`), so the actor ends with exactly the
-record-derived figures whatever happened in between (retries, crashed workers, outputs lost and recomputed). A node
+record-derived figures whatever happened in between (retries, crashed workers, outputs lost and recomputed).
+A node (or item) first seen already closed is counted then, straight into the batch, and not diffed again: a later
+change of it (an output lost and made again) reaches the actor with those final figures only. A node
 counted as succeeded whose output was then lost and whose recomputation failed is the one case where a counter goes
 down in that last batch (its success becomes a failure).
 """
@@ -65,6 +67,7 @@ class LivePublisher:
         #: such a run (benchmarks/results/bench_map_profile_10000_before_6d3e6ea.txt). What an item does after that
         #: (reopened and run again: rare) reaches the actor with the run's final figures (:meth:`finish` sends
         #: ``final - sent``), not live.
+        self._closed_sent: set[str] = set()  # nodes counted once, when first seen closed (see _node_delta)
         self._items_sent: set[str] = set()
         self.sent = MetricsManager(signed=True)  # everything sent so far (the sum of the deltas)
         self._unsent: MetricsManager | None = None  # a batch whose send failed, to go with the next one
@@ -115,7 +118,18 @@ class LivePublisher:
 
     def _node_delta(self, delta: MetricsManager, records: Mapping[str, NodeRecord], inputs: Mapping[str, list[str]],
                     name: str) -> None:
-        """A node's figures now minus those last sent (a retry, a lost output: any change is sent exactly)."""
+        """A node's figures now minus those last sent (a retry, a lost output: any change is sent exactly) — except
+        for a node first seen already closed, the common case: its figures go straight into the batch, as an item's
+        do (a manager, a difference and a merge per node cost a quarter of the driver on a 1,500-node run,
+        benchmarks/results/bench_overhead_profile_worst.txt); what it does after that (its output lost and made
+        again: rare) reaches the actor with the run's final figures (:meth:`finish` sends ``final - sent``)."""
+        if name in self._closed_sent:
+            return
+        rec = records[name]
+        if name not in self._by_node and rec.status.done:
+            self._closed_sent.add(name)
+            add_node_metrics(delta, self.pipeline, rec, records, inputs, bool(self._checkpointed))
+            return
         now = MetricsManager()
         add_node_metrics(now, self.pipeline, records[name], records, inputs, bool(self._checkpointed))
         delta.merge(now.difference(self._by_node.get(name)).snapshot())
