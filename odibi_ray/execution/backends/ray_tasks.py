@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import logging
 import os
 import struct
@@ -85,6 +86,14 @@ def _remote_execute() -> Any:
     import ray
 
     return ray.remote(_execute)
+
+
+@functools.lru_cache(maxsize=4096)
+def _task_options(name: str, resources_json: str) -> Any:
+    """The remote function with one node's task options (its name, resources), kept across runs: Ray's
+    ``.options()`` defines a new wrapper class on every call, once per node per run."""
+    return _remote_execute().options(num_returns=2, max_retries=0, retry_exceptions=False, name=name,
+                                     **json.loads(resources_json))
 
 
 def _execute(spec_bytes: bytes, attempt: int | tuple, *input_values: Any) -> tuple[Any, bytes | tuple]:
@@ -336,10 +345,8 @@ class RayBackend:
             self._prepared[node.name] = _Prepared(fn_entry[0], fn_entry[1], params_bytes)
         if not self.wait_for_resources:
             check_schedulable(nodes, [n["Resources"] for n in ray.nodes() if n["Alive"]])
-        remote = _remote_execute()
         for node in nodes:
-            self._remotes[node.name] = remote.options(num_returns=2, max_retries=0, retry_exceptions=False,
-                                                      name=node.name, **node.ray_options())
+            self._remotes[node.name] = _task_options(node.name, json.dumps(node.ray_options(), sort_keys=True))
 
     def submit(self, node: Node, ctx: NodeContext, inputs: Sequence[Any], item: MapItem | None = None) -> _Handle:
         spec = self._specs.get(node.name)
