@@ -529,7 +529,7 @@ class Scheduler:
             else:
                 done = self.backend.wait(list(self._inflight), timeout)
             if done:
-                if self.speculative:
+                if self.speculative and len(self._inflight) > WAIT_WINDOW:  # the wait watched only a window
                     done = self._with_finished_inputs(done)
                 done.sort(key=lambda h: self._rank[self._inflight[h].node])  # inputs before their consumers
                 for handle, meta in zip(done, self.backend.outcomes(done)):

@@ -61,14 +61,12 @@ class LivePublisher:
         self._send = send
         self._due = time.monotonic() + period_s
         self._by_node: dict[str, MetricsManager] = {}  # each node's figures as last sent
-        #: Items of mapped nodes counted live. An item counts once, when it first closes, added straight into the
-        #: batch with the other items closed since the last one (:func:`add_items_metrics`): a mapped node may have
-        #: 10,000 items, and keeping each one's figures to diff them (as nodes are) cost 40% of the driver's time on
-        #: such a run (benchmarks/results/bench_map_profile_10000_before_6d3e6ea.txt). What an item does after that
-        #: (reopened and run again: rare) reaches the actor with the run's final figures (:meth:`finish` sends
-        #: ``final - sent``), not live.
-        self._closed_sent: set[str] = set()  # nodes counted once, when first seen closed (see _node_delta)
-        self._items_sent: set[str] = set()
+        #: Nodes and items counted once, when first seen closed, straight into the batch (an item with the other
+        #: items closed since the last one, :func:`add_items_metrics`): keeping each one's figures to diff them cost
+        #: 40% of the driver on a 10,000-item run (benchmarks/results/bench_map_profile_10000_before_6d3e6ea.txt) and a
+        #: quarter on a 1,500-node one. What one does after that (reopened and run again: rare) reaches the actor
+        #: with the run's final figures (:meth:`finish` sends ``final - sent``), not live.
+        self._closed_sent: set[str] = set()
         self.sent = MetricsManager(signed=True)  # everything sent so far (the sum of the deltas)
         self._unsent: MetricsManager | None = None  # a batch whose send failed, to go with the next one
         self._checkpointed: bool | None = None  # the run has cache keys (known before its first batch)
@@ -109,8 +107,8 @@ class LivePublisher:
             parent = item_parent(name)
             if parent is None:
                 self._node_delta(delta, records, inputs, name)
-            elif name not in self._items_sent and records[name].status.done:
-                self._items_sent.add(name)
+            elif name not in self._closed_sent and records[name].status.done:
+                self._closed_sent.add(name)
                 closed.setdefault(parent, []).append(records[name])
         for parent, items in closed.items():
             add_items_metrics(delta, self.pipeline, items, records, inputs, bool(self._checkpointed), parent)
@@ -119,10 +117,8 @@ class LivePublisher:
     def _node_delta(self, delta: MetricsManager, records: Mapping[str, NodeRecord], inputs: Mapping[str, list[str]],
                     name: str) -> None:
         """A node's figures now minus those last sent (a retry, a lost output: any change is sent exactly) — except
-        for a node first seen already closed, the common case: its figures go straight into the batch, as an item's
-        do (a manager, a difference and a merge per node cost a quarter of the driver on a 1,500-node run,
-        benchmarks/results/bench_overhead_profile_worst.txt); what it does after that (its output lost and made
-        again: rare) reaches the actor with the run's final figures (:meth:`finish` sends ``final - sent``)."""
+        for a node first seen already closed, the common case: counted once, as an item is (see ``_closed_sent``;
+        profile: benchmarks/results/bench_overhead_profile_worst.txt)."""
         if name in self._closed_sent:
             return
         rec = records[name]

@@ -44,7 +44,7 @@ class KafkaSource:
         group = self.group_for(pipeline, node)
         rng = self.log.next_range(self.topic, group)
         if rng.empty:  # nothing new: the last range consumed, so that the key (and what depends on it) stays
-            starts = self.log.committed(self.topic, group + START_GROUP_SUFFIX)
+            starts = self.log.committed(self.topic, group + START_GROUP_SUFFIX, list(rng.partitions))
             rng = OffsetRange(self.topic, {p: (_at_most(starts.get(p), e), e) for p, (_s, e) in rng.partitions.items()})
             log.info("source %s: nothing new on %s since the last run; its last range again: %s", node, self.topic, rng)
         else:

@@ -369,11 +369,12 @@ class KafkaLog:
             out[p] = (marks[p][0], max(marks[p][1], fetched))
         return out
 
-    def committed(self, topic: str, group: str) -> dict[int, int | None]:
-        """``{partition: offset}`` committed by consumer group ``group`` (None: nothing committed)."""
+    def committed(self, topic: str, group: str, partitions: list[int] | None = None) -> dict[int, int | None]:
+        """``{partition: offset}`` committed by consumer group ``group`` (None: nothing committed), for the topic's
+        partitions (``partitions`` when the caller has just read them: no second metadata request)."""
         from confluent_kafka import TopicPartition
 
-        parts = self.partitions(topic)
+        parts = partitions if partitions is not None else self.partitions(topic)
         consumer = self._consumer(group)
         try:
             got = self._call("read committed offsets", lambda: consumer.committed(
@@ -413,7 +414,7 @@ class KafkaLog:
         """What is there to read now: from ``group``'s committed offsets (or each partition's first offset: no
         group, or nothing committed, or committed offsets already removed by retention) to the high watermarks."""
         marks = self.watermarks(topic)
-        done = self.committed(topic, group) if group is not None else {}
+        done = self.committed(topic, group, list(marks)) if group is not None else {}
         parts = {}
         for p, (low, high) in marks.items():
             start = done.get(p)
