@@ -40,7 +40,7 @@ def _publish_metrics(result: RunResult, live: LivePublisher | None, status: dict
     snapshot = result.metrics.snapshot()
     if live is not None and _ray_connected():  # (live: a Ray run) a fully cached run never started Ray
         live.finish(result.metrics, dict(status, finished=True, status=result.status.value,
-                                         duration_s=round(result.duration_s, 3)))
+                                         duration_s=round(result.duration_s, 3)), snapshot)
     return snapshot
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from ..execution.result import NodeRecord
-from .metrics import MetricsManager, MetricType
+from .metrics import MetricKind, MetricsManager, MetricType
 from .run_metrics import add_items_metrics, add_node_metrics
 from ..definition.names import item_parent
 
@@ -83,14 +83,23 @@ class LivePublisher:
         self._gauges(delta, status)
         self._ship(delta, status)
 
-    def finish(self, final: MetricsManager, status: dict[str, Any]) -> None:
+    def finish(self, final: MetricsManager, status: dict[str, Any], snapshot: dict[str, Any] | None = None) -> None:
         """The last batch: ``final - sent``, so the actor holds exactly the run's record-derived figures, and the
-        gauges of a run that is over (nothing running, pending or waiting to retry)."""
+        gauges of a run that is over (nothing running, pending or waiting to retry). ``snapshot``: ``final``'s
+        snapshot when the caller made one (runner: the manifest keeps it); a run that sent no batch (shorter than
+        the live period) sends it as it is, with the gauges, instead of a snapshot of ``final - nothing``."""
         status = self._status(status)
         self._unsent = None  # final - sent covers a batch that could not be sent
-        delta = final.difference(self.sent)
-        self._gauges(delta, status)
-        self._ship(delta, status)
+        batch = None
+        if snapshot is not None and self.sent.empty():
+            gauges = MetricsManager(signed=True)
+            self._gauges(gauges, status)
+            batch = _whole_run(snapshot, gauges.snapshot())
+        if batch is None:
+            delta = final.difference(self.sent)
+            self._gauges(delta, status)
+            batch = delta.snapshot()
+        self._send_batch(batch, status)  # the last one: ``sent`` is not updated (nothing reads it after this)
 
     # --- inside -------------------------------------------------------------------------------------
 
@@ -128,7 +137,7 @@ class LivePublisher:
             return
         now = MetricsManager()
         add_node_metrics(now, self.pipeline, records[name], records, inputs, bool(self._checkpointed))
-        delta.merge(now.difference(self._by_node.get(name)).snapshot())
+        delta.merge(now.difference(self._by_node.get(name)))
         self._by_node[name] = now
 
     def _gauges(self, delta: MetricsManager, status: Mapping[str, Any]) -> None:
@@ -146,15 +155,38 @@ class LivePublisher:
 
     def _ship(self, delta: MetricsManager, status: dict[str, Any]) -> None:
         if self._unsent is not None:  # a batch that could not be sent goes with this one
-            delta.merge(self._unsent.snapshot())
+            delta.merge(self._unsent)
             self._unsent = None
-        snapshot = delta.snapshot()
+        if self._send_batch(delta.snapshot(), status):
+            self.sent.merge(delta)  # the manager itself: no snapshot to decode again
+        else:
+            self._unsent = delta  # not counted as sent: kept for the next batch
+
+    def _send_batch(self, snapshot: dict[str, Any], status: dict[str, Any]) -> bool:
+        """Send one batch, fire-and-forget; False when it could not be sent."""
         try:
             self._send(snapshot, status)
         except Exception as exc:  # noqa: BLE001 - metrics must never fail a run
             log.warning("could not send live metrics to the metrics actor: %s", exc)
-            self._unsent = MetricsManager(signed=True)  # not counted as sent: kept for the next batch
-            self._unsent.merge(snapshot)
-            return
-        self.sent.merge(snapshot)
+            return False
         self.batches += 1
+        return True
+
+
+def _whole_run(snapshot: Mapping[str, Any], gauges: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The final batch of a run that sent none (``final - nothing``) made from ``final``'s own snapshot: the same
+    families and series plus the gauges, or None when that would not be the same batch (``final`` has gauges of its
+    own, or a series at zero, which ``difference`` leaves out)."""
+    families = snapshot.get("metrics") or {}
+    for family in families.values():
+        if family.get("kind") == MetricKind.GAUGE.value or any(_is_zero(family["kind"], s) for s in family["series"]):
+            return None
+    merged = {**families, **(gauges.get("metrics") or {})}
+    ordered = {m.value: merged[m.value] for m in MetricType if m.value in merged}  # as snapshot() orders them
+    return {**snapshot, "metrics": ordered, "signed": True}
+
+
+def _is_zero(kind: str, series: Mapping[str, Any]) -> bool:
+    if kind == MetricKind.HISTOGRAM.value:
+        return series.get("count") == 0 and series.get("sum") == 0
+    return series.get("value") == 0

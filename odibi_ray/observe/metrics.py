@@ -24,7 +24,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from enum import Enum
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
@@ -240,10 +240,12 @@ class MetricsManager:
         with self._lock:
             series = self._series.setdefault(m, {})
             hist = series.get(key)
-            if hist is None:
+            if hist is None:  # a new series (a run's usual case) takes the figures as they are
                 hist = series[key] = _Histogram(len(buckets))
-            hist.counts = [a + b for a, b in zip(hist.counts, counts, strict=True)]
-            hist.total += total
+                hist.counts, hist.total = counts, total
+            else:
+                hist.counts = [a + b for a, b in zip(hist.counts, counts, strict=True)]
+                hist.total += total
 
     def set_gauge(self, metric: MetricLike, name: str, value: float, **labels: Any) -> None:
         """Set a gauge series to ``value`` (last write wins, also across merged snapshots)."""
@@ -294,6 +296,11 @@ class MetricsManager:
         total = hits + misses
         return None if total == 0 else hits / total
 
+    def empty(self) -> bool:
+        """No series at all (not even one at zero)."""
+        with self._lock:
+            return not any(self._series.values())
+
     def reset(self) -> None:
         """Forget every series."""
         with self._lock:
@@ -329,26 +336,36 @@ class MetricsManager:
     def merge(self, snapshot: Mapping[str, Any] | MetricsManager) -> None:
         """Add a snapshot (or another manager) into this one: counters and histograms add up exactly,
         gauges keep the latest write. The snapshot is checked whole first: a bad one changes nothing."""
-        if isinstance(snapshot, MetricsManager):
-            snapshot = snapshot.snapshot()
-        decoded = _decode_snapshot(snapshot)
+        decoded: list[tuple[MetricType, list[tuple[LabelKey, Any]]]]
+        if isinstance(snapshot, MetricsManager):  # its series as they are: no encoding and decoding to check
+            decoded = [(m, list(series.items())) for m, series in snapshot._copy_series().items()]
+        else:
+            decoded = _decode_snapshot(snapshot)
         with self._lock:
             for m, entries in decoded:
-                series = self._series.setdefault(m, {})
-                for key, entry in entries:
-                    old = series.get(key)
-                    if m.kind is MetricKind.COUNTER:
-                        series[key] = (old or 0) + entry
-                    elif m.kind is MetricKind.GAUGE:
-                        if old is None or (entry.set_at, entry.value) > (old.set_at, old.value):
-                            series[key] = entry
-                    else:
-                        if old is None:
-                            series[key] = entry
-                        else:
-                            old.counts = [a + b for a, b in zip(old.counts, entry.counts, strict=True)]
-                            old.total += entry.total
+                self._add_entries(m, entries)
         log.debug("merged %d metric families", len(decoded))
+
+    def _add_entries(self, m: MetricType, entries: Iterable[tuple[LabelKey, Any]]) -> None:
+        """Add decoded (or copied: never shared) entries of ``m`` into this manager; the caller holds the lock."""
+        series = self._series.setdefault(m, {})
+        if m.kind is MetricKind.COUNTER:
+            for key, entry in entries:
+                old = series.get(key)
+                series[key] = entry if old is None else old + entry
+        elif m.kind is MetricKind.GAUGE:
+            for key, entry in entries:
+                old = series.get(key)
+                if old is None or (entry.set_at, entry.value) > (old.set_at, old.value):
+                    series[key] = entry
+        else:
+            for key, entry in entries:
+                old = series.get(key)
+                if old is None:
+                    series[key] = entry
+                else:
+                    old.counts = [a + b for a, b in zip(old.counts, entry.counts, strict=True)]
+                    old.total += entry.total
 
     def difference(self, other: MetricsManager | None) -> MetricsManager:
         """What must be merged into ``other`` to make it equal this manager: counters and histogram buckets and
@@ -356,34 +373,23 @@ class MetricsManager:
         succeeded whose output was lost and that then failed), gauges as set here. How the live metrics of a run
         send deltas and, at its end, the exact remainder (observe/live.py)."""
         out = MetricsManager(signed=True)
-        theirs = other._copy_series() if other is not None else {}
-        for m, series in self._copy_series().items():
-            old_series = theirs.get(m, {})
-            target = out._series.setdefault(m, {})
-            for key, entry in series.items():
-                old = old_series.get(key)
-                if m.kind is MetricKind.COUNTER:
-                    if entry != (old or 0):
-                        target[key] = entry - (old or 0)
-                elif m.kind is MetricKind.GAUGE:
-                    target[key] = entry
-                else:
-                    hist = _Histogram(len(m.buckets))
-                    hist.counts = [a - b for a, b in zip(entry.counts, old.counts, strict=True)] if old else \
-                        list(entry.counts)
-                    hist.total = entry.total - (old.total if old else 0)
-                    if any(hist.counts) or hist.total:
-                        target[key] = hist
-        for m, old_series in theirs.items():  # series only the other has: taken back whole
-            for key, old in old_series.items():
-                if key in self._series.get(m, {}) or m.kind is MetricKind.GAUGE:
+        theirs = other._copy_series() if other is not None else {}  # first: other may be self (one lock each)
+        with self._lock:  # read in place: every entry made below is new, nothing of self's is kept
+            for m, series in self._series.items():
+                out._series[m] = _series_difference(m, series, theirs.get(m, {}))
+            for m, old_series in theirs.items():  # series only the other has: taken back whole
+                if m.kind is MetricKind.GAUGE:
                     continue
-                if m.kind is MetricKind.COUNTER:
-                    out._series.setdefault(m, {})[key] = -old
-                else:
-                    hist = _Histogram(len(m.buckets))
-                    hist.counts, hist.total = [-c for c in old.counts], -old.total
-                    out._series.setdefault(m, {})[key] = hist
+                mine, target = self._series.get(m, {}), out._series.setdefault(m, {})
+                for key, old in old_series.items():
+                    if key in mine:
+                        continue
+                    if m.kind is MetricKind.COUNTER:
+                        target[key] = -old
+                    else:
+                        hist = _Histogram(len(m.buckets))
+                        hist.counts, hist.total = [-c for c in old.counts], -old.total
+                        target[key] = hist
         return out
 
     def _copy_series(self) -> dict[MetricType, dict[LabelKey, Any]]:
@@ -565,7 +571,10 @@ def _exact_sum(values: Sequence[Any], metric: MetricType) -> Number:
             whole += value
         else:  # raises for bools, other types, NaN, infinities and negatives; int subclasses pass
             whole += _number(value, metric, allow_negative=False)
-    return whole + Fraction(num, den) if num else whole
+    if not num:
+        return whole
+    part = Fraction(num, den)
+    return whole + part if whole else part  # (0 + a Fraction is one more Fraction made)
 
 
 def _label_key(name: Any, labels: Mapping[str, Any]) -> LabelKey:
@@ -576,15 +585,17 @@ def _label_key(name: Any, labels: Mapping[str, Any]) -> LabelKey:
     for label, value in labels.items():
         if label not in _CHECKED_LABELS:
             _check_label_name(label)
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
-            raise TypeError(f"label {label!r} must be a string or an int, got {type(value).__name__}")
-        pairs.append((label, str(value)))
+        if type(value) is not str:  # (a plain str, the common case, is kept as it is)
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise TypeError(f"label {label!r} must be a string or an int, got {type(value).__name__}")
+            value = str(value)
+        pairs.append((label, value))
     pairs.sort()
     return tuple(pairs)
 
 
-#: Label names already checked (a run labels thousands of series with the same few names).
-_CHECKED_LABELS: set[str] = set()
+#: Label names already checked (a run labels thousands of series with the same few names); ``name`` is one.
+_CHECKED_LABELS: set[str] = {"name"}
 
 
 def _check_label_name(label: str) -> None:
@@ -661,6 +672,26 @@ def _summary_text(m: MetricType, entry: Any) -> str:
     return f"count {n}, sum {total:.6g}{unit}, mean {mean:.6g}{unit}"
 
 
+def _series_difference(m: MetricType, series: Mapping[LabelKey, Any], theirs: Mapping[LabelKey, Any]
+                       ) -> dict[LabelKey, Any]:
+    """``series - theirs`` for the keys of ``series`` (see :meth:`MetricsManager.difference`): new entries only."""
+    target: dict[LabelKey, Any] = {}
+    for key, entry in series.items():
+        old = theirs.get(key)
+        if m.kind is MetricKind.COUNTER:
+            if entry != (old or 0):
+                target[key] = entry - (old or 0)
+        elif m.kind is MetricKind.GAUGE:
+            target[key] = entry
+        else:
+            hist = _Histogram(len(m.buckets))
+            hist.counts = [a - b for a, b in zip(entry.counts, old.counts, strict=True)] if old else list(entry.counts)
+            hist.total = entry.total - (old.total if old else 0)
+            if any(hist.counts) or hist.total:
+                target[key] = hist
+    return target
+
+
 # --- snapshot encoding ---------------------------------------------------------------------------------
 
 
@@ -674,14 +705,18 @@ def _encode_exact(value: Number, into: dict[str, Any], field: str) -> None:
 def _encode_series(m: MetricType, key: LabelKey, entry: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"labels": dict(key)}
     if m.kind is MetricKind.COUNTER:
-        _encode_exact(entry, out, "value")
+        if type(entry) is int:  # the common case, written as _encode_exact would
+            out["value"] = entry
+        else:
+            _encode_exact(entry, out, "value")
     elif m.kind is MetricKind.GAUGE:
         _encode_exact(entry.value, out, "value")
         out["set_at"] = entry.set_at
     else:
-        out["count"] = entry.count()
+        counts = list(entry.counts)
+        out["count"] = sum(counts)
         _encode_exact(entry.total, out, "sum")
-        out["bucket_counts"] = list(entry.counts)
+        out["bucket_counts"] = counts
     return out
 
 
@@ -689,7 +724,7 @@ def _decode_exact(series: Mapping[str, Any], field: str, where: str) -> Number:
     exact = series.get(f"{field}_exact")
     if exact is not None:
         try:
-            value = Fraction(exact)
+            value = _parse_fraction(exact)
         except (TypeError, ValueError, ZeroDivisionError):
             raise MetricError(f"{where}: {field}_exact {exact!r} is not a fraction 'num/den'") from None
         return int(value) if value.denominator == 1 else value
@@ -700,6 +735,17 @@ def _decode_exact(series: Mapping[str, Any], field: str, where: str) -> Number:
         value = Fraction(raw)
         return int(value) if value.denominator == 1 else value
     return raw
+
+
+def _parse_fraction(text: Any) -> Fraction:
+    """``Fraction(text)`` for the "num/den" this module writes, without Fraction's regular expression (a histogram
+    sum of every series of every batch is one); any other text is read by ``Fraction`` itself."""
+    if type(text) is str:
+        num, sep, den = text.partition("/")
+        digits = num[1:] if num.startswith("-") else num
+        if sep and digits.isdigit() and den.isdigit() and text.isascii():
+            return Fraction(int(num), int(den))
+    return Fraction(text)
 
 
 def _decode_snapshot(snapshot: Any) -> list[tuple[MetricType, list[tuple[LabelKey, Any]]]]:
@@ -726,35 +772,57 @@ def _decode_snapshot(snapshot: Any) -> list[tuple[MetricType, list[tuple[LabelKe
         series_list = family.get("series")
         if not isinstance(series_list, list):
             raise MetricError(f"{where}: 'series' must be a list")
-        entries: list[tuple[LabelKey, Any]] = []
-        for series in series_list:
-            if not isinstance(series, Mapping) or not isinstance(series.get("labels"), Mapping):
-                raise MetricError(f"{where}: every series needs a 'labels' mapping")
-            labels = dict(series["labels"])
-            if not all(isinstance(v, str) for v in labels.values()):
-                raise MetricError(f"{where}: label values must be strings")
-            key = _label_key(labels.pop("name", ""), labels)
-            if m.kind is MetricKind.COUNTER:
-                value = _decode_exact(series, "value", where)
-                if value < 0 and not signed:
-                    raise MetricError(f"{where}: counter value {series.get('value')!r} is negative")
-                entries.append((key, value))
-            elif m.kind is MetricKind.GAUGE:
-                set_at = series.get("set_at")
-                if isinstance(set_at, bool) or not isinstance(set_at, (int, float)):
-                    raise MetricError(f"{where}: gauge needs a numeric 'set_at', got {set_at!r}")
-                entries.append((key, _Gauge(_decode_exact(series, "value", where), float(set_at))))
-            else:
-                counts = series.get("bucket_counts")
-                if (not isinstance(counts, list) or len(counts) != len(m.buckets) + 1
-                        or not all(isinstance(c, int) and not isinstance(c, bool) and (c >= 0 or signed)
-                                   for c in counts)):
-                    raise MetricError(f"{where}: bucket_counts must be {len(m.buckets) + 1} non-negative ints")
-                if series.get("count", sum(counts)) != sum(counts):
-                    raise MetricError(f"{where}: count {series.get('count')!r} is not the sum of bucket_counts")
-                hist = _Histogram(len(m.buckets))
-                hist.counts = list(counts)
-                hist.total = _decode_exact(series, "sum", where)
-                entries.append((key, hist))
-        decoded.append((m, entries))
+        decoded.append((m, [_decode_series(m, series, where, signed) for series in series_list]))
     return decoded
+
+
+def _decode_series(m: MetricType, series: Any, where: str, signed: bool) -> tuple[LabelKey, Any]:
+    """One checked series of a snapshot as its label key and internal entry. The common shapes (plain int counts,
+    string labels) are checked with exact type tests, which the metrics actor does for every series of every batch;
+    anything else takes the general checks, which accept and refuse what they always did."""
+    labels = series.get("labels") if isinstance(series, Mapping) else None
+    if not isinstance(labels, Mapping):
+        raise MetricError(f"{where}: every series needs a 'labels' mapping")
+    key = _snapshot_key(labels, where)
+    if m.kind is MetricKind.COUNTER:
+        value = series.get("value")
+        if type(value) is not int or "value_exact" in series:
+            value = _decode_exact(series, "value", where)
+        if value < 0 and not signed:
+            raise MetricError(f"{where}: counter value {series.get('value')!r} is negative")
+        return key, value
+    if m.kind is MetricKind.GAUGE:
+        set_at = series.get("set_at")
+        if isinstance(set_at, bool) or not isinstance(set_at, (int, float)):
+            raise MetricError(f"{where}: gauge needs a numeric 'set_at', got {set_at!r}")
+        return key, _Gauge(_decode_exact(series, "value", where), float(set_at))
+    counts = series.get("bucket_counts")
+    n = len(m.buckets) + 1
+    if not (type(counts) is list and len(counts) == n and all(type(c) is int for c in counts)
+            and (signed or min(counts) >= 0)):
+        if (not isinstance(counts, list) or len(counts) != n
+                or not all(isinstance(c, int) and not isinstance(c, bool) and (c >= 0 or signed) for c in counts)):
+            raise MetricError(f"{where}: bucket_counts must be {n} non-negative ints")
+    total = sum(counts)
+    if series.get("count", total) != total:
+        raise MetricError(f"{where}: count {series.get('count')!r} is not the sum of bucket_counts")
+    hist = _Histogram(len(m.buckets))
+    hist.counts = list(counts)
+    hist.total = _decode_exact(series, "sum", where)
+    return key, hist
+
+
+def _snapshot_key(labels: Mapping[str, Any], where: str) -> LabelKey:
+    """The label key of a snapshot series' labels (string values; ``name`` left out when empty, as
+    :func:`_label_key` does). Label names seen before and plain str values, the usual case, are checked by set and
+    type tests alone: the metrics actor does this for every series of every batch."""
+    if not (_CHECKED_LABELS.issuperset(labels) and all(type(v) is str for v in labels.values())):
+        for label, value in labels.items():
+            if not isinstance(value, str):
+                raise MetricError(f"{where}: label values must be strings")
+            if label not in _CHECKED_LABELS:
+                _check_label_name(label)
+        labels = {label: str(value) for label, value in labels.items()}
+    if labels.get("name") == "":
+        return tuple(sorted(item for item in labels.items() if item[0] != "name"))
+    return tuple(sorted(labels.items()))

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 #: Every label a series may carry (``name`` is the node, or the cache's name for the seed's MetricsManager calls);
 #: a series without one of them sends it as "" (Ray needs every declared tag).
 TAG_KEYS = tuple(dict.fromkeys(("name", *RUN_LABELS)))
+_TAG_SET = frozenset(TAG_KEYS)
+_NO_TAGS = dict.fromkeys(TAG_KEYS, "")
 
 
 class RayExport:
@@ -46,7 +48,11 @@ class RayExport:
             log.warning("could not publish metrics through ray.util.metrics: %s", exc)
 
     def _apply_series(self, m: MetricType, series: Mapping[str, Any]) -> None:
-        labels = {key: str(series.get("labels", {}).get(key, "")) for key in TAG_KEYS}
+        labels = series.get("labels", {})
+        if _TAG_SET.issuperset(labels):  # the usual case, made in C: every tag, "" for those the series lacks
+            labels = {**_NO_TAGS, **labels}
+        else:
+            labels = {key: str(labels.get(key, "")) for key in TAG_KEYS}
         value = float(series.get("value", 0))
         metric = self._metric(m)
         if m.kind is MetricKind.GAUGE:
