@@ -1,4 +1,9 @@
-"""Cache keys, computed in the driver before anything runs (Merkle-style: a node's key covers its inputs' keys)."""
+"""Cache keys, computed in the driver: a node's key covers its code, its params and the *data versions* of its
+inputs — the content hash of each input's output (:func:`data_version`), not the input's key. A node recomputed
+(new code, expired entry, ``cache=False``, refresh) whose output is byte-for-byte what it was leaves the keys of
+the nodes below it unchanged, so they are reused ("early cutoff", as in Bazel, Shake, Hamilton or Dagster's data
+versions). A node's key is therefore known once its inputs' outputs are: at plan time for inputs reused from
+storage (their metadata carries the hash), else when the inputs have run (the scheduler keys it then)."""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import logging
 import textwrap
 import types
 from typing import Any
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import cloudpickle
 
@@ -84,23 +89,43 @@ def canonical(value: Any) -> str:
     return canonical_json(canonical_form(value, Form.NATIVE))
 
 
-def cache_keys(dag: DAG, order: list[str], namespace: str | None = None, run_id: str | None = None) -> dict[str, str]:
-    """Every node's cache key, in topological ``order`` (inputs first).
+def data_version(sha256: str) -> str:
+    """The data version of an output stored with this SHA-256 (its checkpoint's :class:`CheckpointMeta` has it)."""
+    return "sha256:" + sha256
 
-    A node whose cache policy is disabled gets a key salted with ``run_id`` (it is never shared with
-    another run); its descendants' keys cover that salted key, so they are never reused either.
+
+def map_version(key: str) -> str:
+    """The data version of a mapped node's output: its key once its items are closed (:func:`map_key`, which covers
+    each item's key, itself a content hash of the item and what the items share)."""
+    return "map:" + key
+
+
+def key_version(key: str) -> str:
+    """The stand-in data version of an output whose content hash is not known (nothing stored it): its key, as
+    before data versions (correct, only without the cutoff)."""
+    return "key:" + key
+
+
+def cache_keys(dag: DAG, order: list[str], versions: Mapping[str, str], namespace: str | None = None,
+               run_id: str | None = None) -> dict[str, str]:
+    """The cache key of every node in topological ``order`` whose inputs all have a data version in ``versions``
+    (node -> :func:`data_version` of its output); the others are left out (keyed once their inputs have run).
+
+    A node whose cache policy is disabled gets a key salted with ``run_id`` (its own output is never shared with
+    another run); the nodes below it are keyed on its output's content, so they are reused when it is unchanged.
     """
     keys: dict[str, str] = {}
     fingerprints: dict[tuple[int, str | None], str] = {}  # per function and version (many nodes share one)
     for name in order:
-        keys[name] = node_key(dag, name, keys, namespace, run_id, fingerprints)
+        if all(up in versions for up in dag[name].input_map.values()):
+            keys[name] = node_key(dag, name, versions, namespace, run_id, fingerprints)
     return keys
 
 
-def node_key(dag: DAG, name: str, keys: dict[str, str], namespace: str | None = None, run_id: str | None = None,
-             fingerprints: dict[tuple[int, str | None], str] | None = None) -> str:
-    """One node's cache key from its inputs' keys in ``keys`` (see :func:`cache_keys`); the scheduler calls it
-    again for a node downstream of a mapped node once that node's key is its items' (:func:`map_key`)."""
+def node_key(dag: DAG, name: str, versions: Mapping[str, str], namespace: str | None = None,
+             run_id: str | None = None, fingerprints: dict[tuple[int, str | None], str] | None = None) -> str:
+    """One node's cache key from its code, params and its inputs' data versions in ``versions`` (see
+    :func:`cache_keys`). A node without inputs has the key it had before data versions (stores keep hitting)."""
     node = dag[name]
     policy = dag.cache_policy_of(name)
     version = _version(dag, name)
@@ -110,7 +135,7 @@ def node_key(dag: DAG, name: str, keys: dict[str, str], namespace: str | None = 
         code = code_fingerprint(node.fn, version)
         if fingerprints is not None:
             fingerprints[fp_key] = code
-    parts = _key_parts(dag.name if namespace is None else namespace, name, node, code, policy, keys)
+    parts = _key_parts(dag.name if namespace is None else namespace, name, node, code, policy, versions)
     if node.mapping is not None:  # what decides its items and how consumers see them (a plain node has none)
         spec = node.mapping
         parts["map"] = canonical(spec.split_options())
@@ -144,30 +169,30 @@ def map_key(base: str, node: Any, item_keys: list[str], failed: list[int]) -> st
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-def _key_parts(ns: str, name: str, node: Any, code: str, policy: Any, keys: dict[str, str],
+def _key_parts(ns: str, name: str, node: Any, code: str, policy: Any, versions: Mapping[str, str],
                skip_param: str | None = None) -> dict[str, Any]:
     parts: dict[str, Any] = {
         "namespace": ns,
         "node": name,
         "code": code,
         "params": canonical(node.params),
-        "inputs": [[param, keys[up]] for param, up in node.input_map.items() if param != skip_param],
+        "inputs": [[param, versions[up]] for param, up in node.input_map.items() if param != skip_param],
     }
     if policy.key_fn is not None:
         parts["key_fn"] = str(policy.key_fn(dict(node.params)))
     return parts
 
 
-def item_key_base(dag: DAG, name: str, keys: dict[str, str], namespace: str | None = None) -> str:
-    """What every item key of mapped node ``name`` shares: its code, params and its *other* inputs' keys — not the
-    key of the node it maps over, so that an item whose content is unchanged keeps its key when that node reruns
+def item_key_base(dag: DAG, name: str, versions: Mapping[str, str], namespace: str | None = None) -> str:
+    """What every item key of mapped node ``name`` shares: its code, params and its *other* inputs' data versions —
+    not the node it maps over, so that an item whose content is unchanged keeps its key when that node reruns
     (one new file in a folder of 1,000 runs one item)."""
     node = dag[name]
     spec = node.mapping
     assert spec is not None
     policy = dag.cache_policy_of(name)
     code = code_fingerprint(node.fn, _version(dag, name))
-    parts = _key_parts(dag.name if namespace is None else namespace, name, node, code, policy, keys,
+    parts = _key_parts(dag.name if namespace is None else namespace, name, node, code, policy, versions,
                        skip_param=spec.param)
     parts["item_param"] = spec.param
     return json.dumps(parts, sort_keys=True)

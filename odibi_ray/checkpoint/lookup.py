@@ -45,6 +45,42 @@ def find_objects(storage: Storage, pipeline: str, wanted: Mapping[str, str],
     return {name: listed[key] for name, key in wanted.items() if key in listed}
 
 
+class StoredIndex:
+    """Finds a run's stored outputs as its keys become known — level by level while planning, then node by node
+    while it runs (a node's key covers its inputs' data versions, see :mod:`.keys`) — with at most one listing of
+    the pipeline's prefix for the whole run on a remote store (:func:`find_objects`' rule, applied once to every key
+    the run may look up). Objects stored after that listing (a concurrent run's) are not seen: a miss, the node
+    runs and its create-only write finds theirs."""
+
+    def __init__(self, storage: Storage, pipeline: str, expected: int, known_stored: int = 0) -> None:
+        self.storage, self.pipeline = storage, pipeline
+        self.expected = expected  # how many keys the run may look up in all
+        self.known_stored = known_stored
+        self._listed: dict[str, ObjectInfo] | None = None
+        self._tried = False
+        self.requests = 0  # listings and look-ups made (for tests and benchmarks)
+
+    def find(self, wanted: Mapping[str, str]) -> dict[str, ObjectInfo]:
+        """The stored objects among ``wanted`` (name -> object key), by name."""
+        if not wanted:
+            return {}
+        if self._listed is None and not self._tried and not self._heads_cheaper():
+            self._tried = True
+            self.requests += 1
+            self._listed = _bounded_listing(self.storage, layout.objects_prefix(self.pipeline),
+                                            max(LIST_FLOOR, LIST_FACTOR * self.expected))
+            if self._listed is None:
+                log.debug("pipeline %r has many stored objects: looking its keys up one by one", self.pipeline)
+        if self._listed is not None:
+            return {name: self._listed[key] for name, key in wanted.items() if key in self._listed}
+        self.requests += len(wanted)
+        return head_each(self.storage, wanted)
+
+    def _heads_cheaper(self) -> bool:
+        return (self.storage.local_lookups or self.expected < HEAD_BELOW
+                or 2 * self.expected < self.known_stored)
+
+
 def head_each(storage: Storage, wanted: Mapping[str, str]) -> dict[str, ObjectInfo]:
     """One ``head`` per key: in this thread on a local folder, else concurrently."""
     items = list(wanted.items())

@@ -1,15 +1,20 @@
-"""The checkpoint part of a run's plan, made in the driver before anything runs: every node's cache key,
-where its worker stores its output, and which nodes are not run at all.
+"""The checkpoint part of a run's plan, made in the driver before anything runs: the cache keys known then,
+where each worker stores its output, and which nodes are not run at all.
 
-Cached and resumed are one mechanism: keys are Merkle keys known before the run, so a node is reusable when
-the object at its key is present, complete and fresh. A ``cache=False`` node's key is salted with the run id:
-no other run finds it, but resuming the same run does. Which word a reused node gets only tells where its
-object came from: ``resumed`` when the run being resumed made it, ``cached`` when another run did.
+Cached and resumed are one mechanism: a node is reusable when the object at its key is present, complete, fresh
+and trusted. A key covers the node's code and params and its inputs' *data versions* — the SHA-256 of each
+input's stored output (:mod:`.keys`) — so keys are found level by level: a level's nodes whose inputs are all
+reused are keyed from those outputs' metadata and looked up in one batch (:class:`~.lookup.StoredIndex`: at most
+one listing of the pipeline's prefix for the whole run on a remote store). A node below one that runs
+(``deferred``) is keyed when that input has run, from the hash its worker sends back, and looked up then
+(:meth:`CheckpointPlan.resolve`): when the recomputed input wrote the same bytes as before, the node is reused
+("early cutoff"). A ``cache=False`` node's own key is salted with the run id: no other run finds it, but resuming
+the same run does. Which word a reused node gets only tells where its object came from: ``resumed`` when the run
+being resumed made it, ``cached`` when another run did.
 
-Mapped nodes are the exception: their items are known only once the node they map over has run. Their items'
-keys and look-ups are made then (:meth:`CheckpointPlan.plan_items`), the mapped node's key becomes its items'
-(:meth:`CheckpointPlan.close_map`), and the nodes downstream of it (``deferred``) are keyed and looked up when
-they are about to run (:meth:`CheckpointPlan.resolve`), one ``head`` each.
+Mapped nodes' items are known only once the node they map over has run. Their items' keys and look-ups are made
+then (:meth:`CheckpointPlan.plan_items`), the mapped node's key becomes its items' (:meth:`CheckpointPlan.close_map`),
+and the nodes downstream of it are deferred too.
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ from collections.abc import Callable, Mapping
 
 from ..definition.dag import DAG
 from ..definition.policy import CachePolicy
+from ..errors import StorageError
 from ..execution.result import NodeStatus
 from ..storage.base import ObjectInfo, Storage
 from . import layout
-from .keys import cache_keys, item_key, item_key_base, map_key, node_key
+from .keys import data_version, item_key, item_key_base, key_version, map_key, map_version, node_key
 from .legacy import store_layout
-from .lookup import find_objects, head_each
+from .lookup import StoredIndex, find_objects, head_each
 from .objectmeta import CheckpointMeta
 from .runs import PriorNode
 from .store import OutputTarget, StoredRef
@@ -56,38 +62,70 @@ class CheckpointPlan:
     refresh: frozenset[str] = frozenset()
     trust: Trust = TRUST_ALL
 
-    #: Nodes downstream of a mapped node: their keys are known only once its items are (:meth:`resolve`).
+    #: Nodes below a node that runs (or a mapped node): keyed once their inputs have run (:meth:`resolve`).
     deferred: frozenset[str] = frozenset()
+    #: node -> the data version of its output (:func:`~.keys.data_version`), once known: what its consumers' keys
+    #: cover. Set by the plan for reused nodes, by the scheduler (:meth:`set_version`) for the others.
+    versions: dict[str, str] = field(default_factory=dict)
+    #: Finds stored objects for the plan and for :meth:`resolve` (None: made by :func:`plan_checkpoints`).
+    index: StoredIndex | None = None
+    #: Why a look-up of :meth:`resolve` failed (the store did not answer); None while they work.
+    lookups_failed: StorageError | None = None
     #: A mapped node's key before its items were known (:meth:`close_map` makes ``keys[name]`` its items').
     own_keys: dict[str, str] = field(default_factory=dict)
 
-    def rekey(self, name: str) -> str:
-        """Compute ``name``'s key again from its inputs' keys now (a node downstream of a mapped node, once its
-        inputs are closed) and point its checkpoint target at it."""
+    def set_version(self, name: str, sha256: str) -> str:
+        """``name`` has run and its worker encoded an output with this SHA-256 ("" when it stored none: its key
+        stands in, :func:`~.keys.key_version`): what its consumers' keys cover. Returned."""
+        version = data_version(sha256) if sha256 else key_version(self.keys.get(name, ""))
+        self.versions[name] = version
+        return version
+
+    def input_versions(self, name: str) -> tuple[str | None, ...]:
+        """The data versions ``name``'s key would cover now (None where an input has none yet)."""
         assert self.dag is not None
-        key = node_key(self.dag, name, self.keys, run_id=self.run_id)
+        return tuple(self.versions.get(up) for up in self.dag[name].input_map.values())
+
+    def rekey(self, name: str) -> str:
+        """Compute ``name``'s key from its inputs' data versions now (a deferred node, once its inputs have run)
+        and point its checkpoint target at it."""
+        assert self.dag is not None
+        key = node_key(self.dag, name, self.versions, run_id=self.run_id)
         self.keys[name] = key
         self.targets[name] = dataclasses.replace(self.targets[name], cache_key=key)
         return key
 
     def resolve(self, name: str) -> tuple[NodeStatus, StoredRef] | None:
-        """:meth:`rekey` a deferred node and look it up (one ``head``): how it is reused, or None (it runs)."""
+        """:meth:`rekey` a deferred node and look it up (in the run's listing on a remote store, else one
+        ``head``): how it is reused, or None (it runs). A reused node's data version is set."""
         assert self.dag is not None
         self.rekey(name)
         policy = self.dag.cache_policy_of(name)
         if name in self.refresh or not (policy.enabled or self.resuming):
             return None
-        found = head_each(self.storage, {name: self.targets[name].object_key}).get(name)
+        if self.lookups_failed is not None:  # the store did not answer a look-up in this run: not asked again
+            return None
+        index = self.index or StoredIndex(self.storage, self.dag.name, 1)
+        try:
+            found = index.find({name: self.targets[name].object_key}).get(name)
+        except StorageError as exc:  # a miss: the node runs (its worker's write then meets the outage, if any)
+            log.warning("could not look up the stored output of node %r (%s); running it, and the rest of this run's "
+                        "nodes without looking them up", name, exc)
+            self.lookups_failed = exc
+            return None
         status = _decide(self, name, found, policy, time.time(), None) if found is not None else None
-        return None if status is None or found is None else (status, StoredRef(self.storage, found.key, name,
-                                                                                  self.trust))
+        if status is None or found is None:
+            return None
+        self.versions[name] = _version_of(found)
+        return status, StoredRef(self.storage, found.key, name, self.trust)
 
     def close_map(self, name: str, item_keys: list[str], failed: list[int]) -> str:
         """Mapped node ``name``'s items are closed: its key becomes theirs (:func:`~.keys.map_key`: what they share
         — not the key of the node mapped over — and each item's key); returned."""
         assert self.dag is not None
         self.own_keys.setdefault(name, self.keys[name])
-        self.keys[name] = map_key(item_key_base(self.dag, name, self.keys), self.dag[name], item_keys, failed)
+        self.keys[name] = map_key(item_key_base(self.dag, name, self.versions), self.dag[name], item_keys, failed)
+        self.versions[name] = map_version(self.keys[name])
         return self.keys[name]
 
     def plan_items(self, name: str, item_names: list[str], digests: list[str]) -> ItemPlan:
@@ -96,7 +134,7 @@ class CheckpointPlan:
         rules as a node (trusted, complete, fresh; ``resumed`` when this run made it). One batched look-up."""
         assert self.dag is not None
         policy = self.dag.cache_policy_of(name)
-        base = item_key_base(self.dag, name, self.keys)
+        base = item_key_base(self.dag, name, self.versions)
         salt = None if policy.enabled else self.run_id
         keys = [item_key(base, d, salt) for d in digests]
         template = self.targets[name]
@@ -126,7 +164,8 @@ class ItemPlan(NamedTuple):
 def plan_checkpoints(dag: DAG, order: list[str], storage: Storage, run_id: str,
                      resumed: Mapping[str, PriorNode] | None = None, write_behind: bool = False,
                      refresh: frozenset[str] | set[str] = frozenset(), trust: Trust = TRUST_ALL) -> CheckpointPlan:
-    """Cache keys and reuse decisions for a run of ``dag`` on ``storage``.
+    """Cache keys and reuse decisions for a run of ``dag`` on ``storage``, level by level (see the module's
+    docstring): a node is keyed here when its inputs are all reused, else it is ``deferred``.
 
     ``resumed``: when this run resumes an earlier one (same ``run_id``), what that run's manifest says of its
     nodes; a node reused from an object the resumed run made is RESUMED, from another run's object CACHED.
@@ -137,38 +176,67 @@ def plan_checkpoints(dag: DAG, order: list[str], storage: Storage, run_id: str,
     are off); one that is not is a miss, logged with its key.
     """
     legacy = store_layout(storage).legacy  # first: a new store gets its layout marker before any object
-    keys = cache_keys(dag, order, run_id=run_id)  # cache=False: salted per run (checkpointed for resume only)
     policies = {n: dag.cache_policy_of(n) for n in order}
-    targets = {n: OutputTarget(storage, dag.name, run_id, n, keys[n], policies[n].ttl_s, write_behind, n in refresh,
-                               trust) for n in order}
-    plan = CheckpointPlan(storage, keys, targets, dag=dag, run_id=run_id, resuming=resumed is not None,
+    plan = CheckpointPlan(storage, {}, {}, dag=dag, run_id=run_id, resuming=resumed is not None,
                           refresh=frozenset(refresh), trust=trust)
-    # A mapped node stores nothing under its own key: its items are looked up once it has them (plan_items). The
-    # nodes downstream of it are looked up once its items are known too: their keys cover its items' (resolve).
+    prior = _prior_done(resumed, policies) if not legacy else {}
+    plan.index = StoredIndex(storage, dag.name, len(order), known_stored=len(prior))
     mapped = {n for n in order if dag[n].mapping is not None}
-    plan.deferred = frozenset(dag.descendants(mapped))
-    mapped |= plan.deferred
-    trusted = (_trusted(resumed, policies, keys) if not legacy else set()) - set(refresh) - mapped
-    for n in trusted:  # done in the run being resumed: its object is checked when read (SHA-256), not now
-        plan.reuse[n] = (NodeStatus.RESUMED, StoredRef(storage, targets[n].object_key, n, trust))
-    wanted = {n: targets[n].object_key for n in order if n not in trusted and n not in refresh and n not in mapped
-              and (policies[n].enabled or resumed is not None)}
-    found = _lookup(storage, dag.name, wanted, keys, legacy, known_stored=len(trusted))
+    deferred: set[str] = set()
+    fingerprints: dict[tuple[int, str | None], str] = {}
     now = time.time()
-    for n in order:
-        if n in found:
-            prior = (resumed or {}).get(n)
-            status = _decide(plan, n, found[n], policies[n], now, prior is not None and prior.status in _DONE
-                             and prior.key == keys[n])
-            if status is not None:
-                plan.reuse[n] = (status, StoredRef(storage, found[n].key, n, trust))
+    for level in _levels(dag, order):
+        keyed = [n for n in level if all(up in plan.versions for up in dag[n].input_map.values())]
+        deferred.update(n for n in level if n not in keyed)
+        for n in keyed:  # cache=False: salted per run (checkpointed for resume only)
+            plan.keys[n] = node_key(dag, n, plan.versions, run_id=run_id, fingerprints=fingerprints)
+        trusted = {n for n in keyed if n not in refresh and n not in mapped and n in prior
+                   and prior[n].key == plan.keys[n]}
+        for n in trusted:  # done in the run being resumed: its object is checked when read (SHA-256), not now
+            plan.reuse[n] = (NodeStatus.RESUMED, StoredRef(storage, layout.object_key(dag.name, plan.keys[n]), n,
+                                                           trust))
+            plan.versions[n] = prior[n].version
+        wanted = {n: layout.object_key(dag.name, plan.keys[n]) for n in keyed if n not in trusted
+                  and n not in refresh and n not in mapped and (policies[n].enabled or resumed is not None)}
+        found = _lookup(plan.index, storage, wanted, plan.keys, legacy)
+        for n in keyed:
+            if n in found:
+                before = (resumed or {}).get(n)
+                status = _decide(plan, n, found[n], policies[n], now, before is not None and before.status in _DONE
+                                 and before.key == plan.keys[n])
+                if status is not None:
+                    plan.reuse[n] = (status, StoredRef(storage, found[n].key, n, trust))
+                    plan.versions[n] = _version_of(found[n])
+    plan.deferred = frozenset(deferred)
+    plan.targets = {n: OutputTarget(storage, dag.name, run_id, n, plan.keys.get(n, ""), policies[n].ttl_s,
+                                    write_behind, n in refresh, trust) for n in order}
     if plan.damaged:
         log.warning("stored output(s) of %s are damaged (truncated or altered): computing them again",
                     ", ".join(sorted(plan.damaged)))
-    log.info("checkpoint plan: %d of %d node(s) reused (%d cached, %d resumed)", len(plan.reuse), len(order),
-             sum(1 for s, _ in plan.reuse.values() if s is NodeStatus.CACHED),
-             sum(1 for s, _ in plan.reuse.values() if s is NodeStatus.RESUMED))
+    log.info("checkpoint plan: %d of %d node(s) reused (%d cached, %d resumed), %d keyed once their inputs have run",
+             len(plan.reuse), len(order), sum(1 for s, _ in plan.reuse.values() if s is NodeStatus.CACHED),
+             sum(1 for s, _ in plan.reuse.values() if s is NodeStatus.RESUMED), len(deferred))
     return plan
+
+
+def _levels(dag: DAG, order: list[str]) -> list[list[str]]:
+    """``order`` grouped by topological level (a level's nodes have all their inputs in earlier levels)."""
+    level_of: dict[str, int] = {}
+    levels: list[list[str]] = []
+    for n in order:
+        level = 1 + max((level_of[up] for up in dag[n].input_map.values()), default=-1)
+        level_of[n] = level
+        if level == len(levels):
+            levels.append([])
+        levels[level].append(n)
+    return levels
+
+
+def _version_of(info: ObjectInfo) -> str:
+    """The data version of a stored output (its metadata's SHA-256, checked by :func:`_decide` before reuse)."""
+    meta = CheckpointMeta.from_info(info)
+    assert meta is not None  # _decide reuses no object whose metadata does not parse
+    return data_version(meta.sha256)
 
 
 def _decide(plan: CheckpointPlan, n: str, info: ObjectInfo, policy: CachePolicy, now: float,
@@ -195,24 +263,24 @@ def _decide(plan: CheckpointPlan, n: str, info: ObjectInfo, policy: CachePolicy,
 _DONE = frozenset({NodeStatus.SUCCEEDED.value, NodeStatus.CACHED.value, NodeStatus.RESUMED.value})
 
 
-def _trusted(resumed: Mapping[str, PriorNode] | None, policies: Mapping[str, CachePolicy],
-             keys: Mapping[str, str]) -> set[str]:
-    """Nodes a resume reuses without a look-up: the run being resumed finished them (its manifest says so) under
-    the key they have now, and no TTL can have expired their object. Resume then costs requests for the
-    unfinished nodes only; an object gone since (purged) or damaged is found when a worker or the result reads
-    it (SHA-256 checked there) and its node is computed again (scheduler: ``_recompute_stored_input``,
-    ``_load_stored``)."""
+def _prior_done(resumed: Mapping[str, PriorNode] | None, policies: Mapping[str, CachePolicy]
+                ) -> dict[str, PriorNode]:
+    """Nodes a resume may reuse without a look-up (when their key is still the one the manifest has): the run being
+    resumed finished them, its manifest has their output's data version, and no TTL can have expired their object.
+    Resume then costs requests for the unfinished nodes only; an object gone since (purged) or damaged is found when
+    a worker or the result reads it (SHA-256 checked there) and its node is computed again (scheduler:
+    ``_recompute_stored_input``, ``_load_stored``)."""
     if resumed is None:
-        return set()
-    return {n for n, prior in resumed.items() if prior.status in _DONE and prior.key == keys.get(n)
-            and policies[n].ttl_s is None}
+        return {}
+    return {n: prior for n, prior in resumed.items() if prior.status in _DONE and prior.version
+            and n in policies and policies[n].ttl_s is None}
 
 
-def _lookup(storage: Storage, pipeline: str, wanted: dict[str, str], keys: dict[str, str],
-            legacy: bool, known_stored: int) -> dict[str, ObjectInfo]:
+def _lookup(index: StoredIndex, storage: Storage, wanted: dict[str, str], keys: dict[str, str],
+            legacy: bool) -> dict[str, ObjectInfo]:
     """The stored objects of ``wanted``; on a store that also holds layout-1 checkpoints, the ones not found
     are looked for at their layout-1 keys."""
-    found = find_objects(storage, pipeline, wanted, known_stored)
+    found = index.find(wanted)
     missing = {n: layout.legacy_object_key(keys[n]) for n in wanted if n not in found}
     if missing and legacy:
         found.update(head_each(storage, missing))

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 ERROR_CHARS = 500
 
 
-def open_new_run(storage: Storage, dag: DAG, run_id: str, keys: dict[str, str], levels: list[list[str]],
+def open_new_run(storage: Storage, dag: DAG, run_id: str, keys: Mapping[str, str], levels: list[list[str]],
                  lease: DriverLease, heartbeat_s: float = HEARTBEAT_S,
                  refresh: set[str] | frozenset[str] = frozenset(), sources: Mapping[str, Any] | None = None
                  ) -> RunManifest:
@@ -34,10 +34,9 @@ def open_new_run(storage: Storage, dag: DAG, run_id: str, keys: dict[str, str], 
     manifest = RunManifest(storage, dag.name, run_id)
     manifest.refreshed = set(refresh)
     manifest.sources = dict(sources or {})
-    level_of = {n: i for i, names in enumerate(levels) for n in names}
     body: dict[str, Any] = {"started_at": time.time(), "heartbeat_s": heartbeat_s, "refresh": sorted(refresh),
-                            "nodes": {n: {"key": k, "level": level_of[n], "status": "pending"}
-                                      for n, k in keys.items()}}
+                            "nodes": {n: {"key": keys.get(n), "level": level, "status": "pending"}  # None: keyed
+                                      for level, names in enumerate(levels) for n in names}}  # when inputs have run
     if sources:
         body["sources"] = manifest.sources
     manifest.create(body, lease)
@@ -121,13 +120,14 @@ class PriorNode(NamedTuple):
 
     status: str
     key: str  # the cache key the node had in that run
+    version: str = ""  # the data version of its output then (checkpoint/keys.py); "" when the manifest has none
 
 
 def node_statuses(storage: Storage, pipeline: str, run_id: str, body: Mapping[str, Any]) -> dict[str, PriorNode]:
     """node -> status and key in a run, from its manifest (layout 2) or from its node records (layout 1)."""
     if int(body.get("layout") or 1) >= 2:
         nodes = body.get("nodes") or {}
-        return {n: PriorNode(str(e.get("status", "")), str(e.get("key") or ""))
+        return {n: PriorNode(str(e.get("status", "")), str(e.get("key") or ""), str(e.get("version") or ""))
                 for n, e in nodes.items() if isinstance(e, dict)}
     return {n: PriorNode("succeeded", r.get("cache_key", ""))
             for n, r in legacy_records(storage, pipeline, run_id).items()}
@@ -155,6 +155,8 @@ def node_entries(records: Mapping[str, NodeRecord], unconfirmed: set[str] | froz
         status = "computed" if name in unconfirmed else rec.status.value
         entry: dict[str, Any] = {"key": rec.cache_key, "level": rec.level, "status": status,
                                  "attempts": rec.attempts}
+        if rec.data_version:  # what its consumers' keys cover: a resume keys them without a look-up
+            entry["version"] = rec.data_version
         last = rec.attempt_history[-1] if rec.attempt_history else None
         if last is not None and last.worker_node_id:
             entry.update(worker=last.worker_node_id, pid=last.worker_pid, bytes_written=last.bytes_written)

@@ -48,10 +48,10 @@ _pool_lock = threading.Lock()
 
 # --- worker side ---------------------------------------------------------------------------------
 
-def write_behind(target: OutputTarget, value: Any, made: Provenance) -> None:
+def write_behind(target: OutputTarget, value: Any, made: Provenance) -> str:
     """Encode the checkpoint of ``value`` now (a value its consumers change later is not what gets stored; an
     output that cannot be encoded fails its attempt here, as inline), queue the put on this process's writer
-    threads and return."""
+    threads and return the payload's SHA-256 (the output's data version)."""
     payload, md = encode_output(target, value, made)
     global _pool
     if _pool is None:
@@ -59,6 +59,7 @@ def write_behind(target: OutputTarget, value: Any, made: Provenance) -> None:
             if _pool is None:
                 _pool = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="odibi-writer")
     _pool.submit(_store, target, payload, md)
+    return md["sha256"]
 
 
 def _store(target: OutputTarget, payload: bytes | bytearray, md: dict[str, str]) -> None:

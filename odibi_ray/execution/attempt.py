@@ -23,7 +23,8 @@ import cloudpickle
 from . import context
 from .fanout import Collect, MapItem, regroup
 from ..checkpoint.codecs import CodecError
-from ..checkpoint.store import OutputTarget, Provenance, StoredRef, read_output_sized, write_output
+from ..checkpoint.store import (OutputTarget, Provenance, StoredRef, encode_output, read_output_sized,
+                               store_encoded)
 from ..checkpoint.writeback import write_behind
 from ..errors import CorruptObjectError, NodeTimeoutError, NotFoundError, StorageError
 from .result import ErrorInfo, ErrorKind
@@ -69,6 +70,9 @@ class AttemptMeta(NamedTuple):
     error: ErrorInfo | None  # None: the attempt succeeded
     io: IOCounts
     output_tail: str = ""  # the end of what the node function printed (:class:`OutputTail`); "" when nothing
+    #: The SHA-256 (hex) of the checkpoint the worker encoded: the output's data version, which the keys of the
+    #: nodes below it cover (checkpoint/keys.py); "" when nothing was checkpointed.
+    output_sha256: str = ""
 
 #: How long a timed-out attempt may ignore its alarm before a Ray worker process kills itself.
 HARD_KILL_GRACE_S = 5.0
@@ -171,15 +175,18 @@ def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: 
             error = error_info(alarm.exception(), traceback_text="(the node caught its NodeTimeoutError)")
         value, error = FAILED, dataclasses.replace(error, kind=ErrorKind.TIMEOUT)
     ended = time.time()
+    sha256 = ""
     if error is None and target is not None and (still_wanted is None or still_wanted()):
         # Checkpoint from the worker: one object, its metadata saying what made it.
         made = Provenance(ctx.attempt, worker_node_id, os.getpid(), started, ended)
         t0 = time.perf_counter()
         try:
             if target.write_behind:  # encoded now, queued on this process's writer threads; the driver confirms it
-                write_behind(target, value, made)
+                sha256 = write_behind(target, value, made)
             else:
-                io.bytes_written = write_output(target, value, made)
+                payload, md = encode_output(target, value, made)
+                sha256 = md["sha256"]
+                io.bytes_written = store_encoded(target, payload, md)
         except StorageError as exc:
             value, error = FAILED, error_info(exc, kind=ErrorKind.STORAGE)
         except Exception as exc:  # noqa: BLE001 - not encodable (CodecError): the node's failure, any backend
@@ -187,7 +194,9 @@ def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: 
         if not target.write_behind:
             io.storage_s += time.perf_counter() - t0
     text = tail.text() if tail.size else ""
-    return AttemptMeta(started, ended, worker_node_id, os.getpid(), error, io.counts(), text), value
+    if error is not None:
+        sha256 = ""
+    return AttemptMeta(started, ended, worker_node_id, os.getpid(), error, io.counts(), text, sha256), value
 
 
 def _naming_node(node: str, exc: Exception) -> Exception:

@@ -231,6 +231,11 @@ class AttemptRecord:
         return max(0.0, self.started_at - self.submitted_at)
 
 
+#: The reason a node that ran gets when its output was byte-for-byte the one it had before, so that nodes below it
+#: were reused, not run (early cutoff: checkpoint/keys.py). Those nodes' reason names it.
+UNCHANGED_OUTPUT = "unchanged output: descendants reused"
+
+
 @dataclass
 class NodeRecord:
     """The outcome of one node in one run."""
@@ -242,6 +247,9 @@ class NodeRecord:
     error: ErrorInfo | None = None
     reason: str = ""  # why a node was skipped, cancelled, cached, resumed or recomputed
     cache_key: str | None = None  # with checkpoint storage: the key its output is stored under
+    #: With checkpoint storage: its output's data version (``sha256:<hex>`` of the stored bytes), which the keys of
+    #: the nodes below it cover (checkpoint/keys.py); None until it has an output.
+    data_version: str | None = None
     #: A mapped node: one record per item (named ``node[i]``, in item order), once its items are known; None for a
     #: plain node. The mapped node's own record has no attempts: its items do.
     items: list[NodeRecord] | None = None
@@ -478,6 +486,10 @@ class RunResult:
             counts[r.status.value] = counts.get(r.status.value, 0) + 1
         parts = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
         line = f"{self.pipeline} run {self.run_id}: {self.status.value} ({parts}) in {self.duration_s:.2f}s"
+        cutoff = self.stats.get("early_cutoff", 0)
+        if cutoff:
+            ran = sum(1 for r in self.nodes.values() if UNCHANGED_OUTPUT in r.reason)
+            line += f"; {ran} node(s) ran with an unchanged output: {cutoff} node(s) below reused (early cutoff)"
         if self.resumed_from == "succeeded":
             line += "; this run had already succeeded before this resume"
         if self.stopped_reason:

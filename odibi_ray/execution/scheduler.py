@@ -77,11 +77,12 @@ from ..definition.dag import DAG
 from ..checkpoint.codecs import CodecError
 from ..errors import CorruptObjectError, NodeTimeoutError, NotFoundError, OutputUnavailableError, StorageError
 from ..definition.policy import RetryPolicy, compute_delay
+from ..checkpoint.keys import data_version
 from ..checkpoint.plan import CheckpointPlan
 from ..checkpoint.store import Provenance, StoredHandle, StoredRef, discard_unusable
 from ..checkpoint.writeback import Confirmed, confirm_writes
 from ..observe.progress import ProgressSink
-from .result import AttemptRecord, ErrorInfo, ErrorKind, NodeRecord, NodeStatus, RunResult
+from .result import UNCHANGED_OUTPUT, AttemptRecord, ErrorInfo, ErrorKind, NodeRecord, NodeStatus, RunResult
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ class Scheduler:
         self.progress = progress or ProgressSink()
         self.checkpoint = checkpoint
         self.observer = observer
-        self.stats = {"corrupt_objects": 0}
+        self.stats = {"corrupt_objects": 0, "early_cutoff": 0}
         # The DAG, read only.
         self._nodes = dag.nodes
         self._inputs = {n: list(node.input_map.values()) for n, node in self._nodes.items()}
@@ -259,7 +260,7 @@ class Scheduler:
         self._index: dict[str, int] = {}  # item -> its position
         # nodes downstream of a mapped node: their keys are computed when they are about to run (see _resolve)
         self._deferred = checkpoint.deferred if checkpoint is not None else frozenset()
-        self._keyed: set[str] = set()  # ... and those whose keys are computed
+        self._keyed: dict[str, tuple] = {}  # ... and those keyed: the inputs' data versions their key covers
 
     # --- the state machine ----------------------------------------------------------------------
 
@@ -437,6 +438,8 @@ class Scheduler:
         self.stats["cache_evictions"] = len(cp.expired)
         for name, key in cp.keys.items():
             self.records[name].cache_key = key
+        for name, version in cp.versions.items():
+            self.records[name].data_version = version
         for name, (status, ref) in cp.reuse.items():
             self.records[name].reason = ("output reused from the cache" if status is NodeStatus.CACHED
                                          else "output kept from the run being resumed")
@@ -620,8 +623,9 @@ class Scheduler:
             if cap is not None and m.flying >= cap:
                 m.backlog.append(name)  # goes when an item in flight leaves (see _item_moved)
                 return False
-        if self.speculative:
+        if self.speculative and name not in self._deferred:
             return all(u in self._live for u in self._inputs[name])
+        # a deferred node's key covers its inputs' data versions: known once they have run (not just submitted)
         return all(self._state[u] in _WITH_OUTPUT for u in self._inputs[name])
 
     def _submit_ready(self) -> None:
@@ -633,7 +637,7 @@ class Scheduler:
             heapq.heappop(ready)
             if not self._submittable(name):
                 continue  # a stale hint: not pending any more, or an input was discarded meanwhile
-            if name in self._deferred and name not in self._keyed:
+            if name in self._deferred and self._keyed.get(name) != self._key_inputs(name):
                 if self._resolve(name):
                     continue  # reused from storage: closed
             if name in self._mapped:
@@ -664,13 +668,20 @@ class Scheduler:
 
     # --- mapped nodes ---------------------------------------------------------------------------------
 
+    def _key_inputs(self, name: str) -> tuple:
+        """The data versions of ``name``'s inputs now (a deferred node is keyed again when they change: an input
+        recomputed after a lost output may write other bytes)."""
+        cp = self.checkpoint
+        return cp.input_versions(name) if cp is not None else ()
+
     def _resolve(self, name: str) -> bool:
-        """A node downstream of a mapped node, about to run: its inputs' keys are final now (a mapped input's key
-        is its items'), so compute its key and look it up (a mapped node only gets its key: its items are looked
-        up). True when its stored output is reused (it is closed)."""
+        """A deferred node about to run: its inputs have run (a mapped input's items are closed), so their data
+        versions are known; compute its key and look it up (a mapped node only gets its key: its items are looked
+        up). True when its stored output is reused (it is closed): when an input of it ran in this run, that
+        input's output was unchanged (early cutoff), and both records say so."""
         cp = self.checkpoint
         assert cp is not None
-        self._keyed.add(name)
+        self._keyed[name] = self._key_inputs(name)
         if name in self._mapped:
             self.records[name].cache_key = cp.rekey(name)
             return False
@@ -681,13 +692,28 @@ class Scheduler:
         if found is None:
             return False
         status, ref = found
-        self.records[name].reason = ("output reused from the cache" if status is NodeStatus.CACHED
-                                     else "output kept from the run being resumed")
+        rec = self.records[name]
+        rec.data_version = cp.versions.get(name)
+        rec.reason = ("output reused from the cache" if status is NodeStatus.CACHED
+                      else "output kept from the run being resumed")
+        ran = [u for u in dict.fromkeys(self._inputs[name]) if self._state[u] is _State.SUCCEEDED]
+        if ran:
+            self._early_cutoff(name, ran)
         self._live[name] = StoredHandle(ref)
         self._move(name, _REUSED[status])
         for child in self._children[name]:
             heapq.heappush(self._ready, (self._rank[child], child))
         return True
+
+    def _early_cutoff(self, name: str, ran: list[str]) -> None:
+        """``name`` is reused although inputs of it (``ran``) ran in this run: they wrote what they wrote before."""
+        self.stats["early_cutoff"] += 1
+        self.records[name].reason = f"output reused: unchanged output of {', '.join(ran)}"
+        for u in ran:
+            up = self.records[u]
+            if UNCHANGED_OUTPUT not in up.reason:
+                up.reason = f"{up.reason}; {UNCHANGED_OUTPUT}" if up.reason else UNCHANGED_OUTPUT
+                log.info("node %r ran and wrote the output it had before: %s", u, UNCHANGED_OUTPUT)
 
     def _expand(self, name: str) -> None:
         """Make the items of mapped node ``name`` from the output it maps over (see "Mapped nodes" above)."""
@@ -799,6 +825,7 @@ class Scheduler:
         if self.checkpoint is not None:  # its consumers' keys cover its items' keys, not the listing's
             rec.cache_key = self.checkpoint.close_map(name, [self.records[i].cache_key or "" for i in ok],
                                                       [self._index[i] for i in failed])
+            rec.data_version = self.checkpoint.versions[name]
         self._live[name] = MapOutput(tuple(self._live[i] for i in ok), collect, tuple(ok))
         if failed:
             rec.reason = f"{len(failed)} of {len(states)} item(s) failed (allow_partial)"
@@ -861,7 +888,11 @@ class Scheduler:
                     "its worker process was killed"), kind=ErrorKind.TIMEOUT, traceback_text=error.traceback)
             self._attempt_failed(name, att, error)
             return
-        self.records[name].attempt_history.append(att)
+        rec = self.records[name]
+        rec.attempt_history.append(att)
+        if self.checkpoint is not None:  # what the keys of the nodes below it cover (checkpoint/keys.py)
+            rec.data_version = (self.checkpoint.set_version(name, meta.output_sha256) if name not in self._parent
+                                else data_version(meta.output_sha256) if meta.output_sha256 else None)
         self._move(name, _State.SUCCEEDED)
         for child in self._children[name]:
             heapq.heappush(self._ready, (self._rank[child], child))
