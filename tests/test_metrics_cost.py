@@ -219,3 +219,38 @@ def test_ray_export_sends_every_tag_also_for_a_series_with_other_labels(monkeypa
                                                           "pipeline": "p", "level": "0"})
     assert by_name["odibi_ray_cache_hits"][1] == {**dict.fromkeys(ray_export.TAG_KEYS, ""), "name": "c"}
     assert by_name["odibi_ray_nodes_running"][0] == 2.0
+
+
+# --- a run's series keyed without the general checks ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("series", [
+    (MetricType.NODE_ATTEMPT, "n", "0", ("worker", "w1")), (MetricType.NODE_SKIP, "n", "2", ("reason", "skipped")),
+    (MetricType.CACHE_HIT, "n", "1", ("source", "cached")), (MetricType.MAP_ITEM, "n", "1", ("status", "failed")),
+    (MetricType.NODE_SUCCESS, "n", "0", None), (MetricType.NODE_SUCCESS, "", "0", None),
+    (MetricType.NODE_SUCCESS, "n", 3, None), (MetricType.NODE_ATTEMPT, "n", "0", ("worker", 7)),
+])
+def test_a_runs_series_key_is_label_key(series):
+    from odibi_ray.observe.metrics import label_key
+    from odibi_ray.observe.run_metrics import _labels, _series_key
+
+    assert _series_key("pipe", series) == label_key(series[1], **_labels("pipe", series))
+
+
+def test_add_keyed_adds_as_increment_and_observe_many_and_refuses_whole():
+    from odibi_ray.observe.metrics import label_key
+
+    key = label_key("a", pipeline="p")
+    keyed, plain = MetricsManager(), MetricsManager()
+    for _ in range(2):
+        keyed.add_keyed({(MetricType.NODE_SUCCESS, key): 2}, {(MetricType.EXECUTION_TIME, key): [0.1, 0.3, 7.0]})
+        plain.increment(MetricType.NODE_SUCCESS, "a", value=2, pipeline="p")
+        plain.observe_many(MetricType.EXECUTION_TIME, "a", [0.1, 0.3, 7.0], pipeline="p")
+    assert keyed.snapshot() == plain.snapshot()
+    for counts, values in (({(MetricType.NODE_SUCCESS, key): -1}, {}), ({(MetricType.NODE_SUCCESS, key): 1.5}, {}),
+                           ({(MetricType.EXECUTION_TIME, key): 1}, {}),
+                           ({(MetricType.NODE_SUCCESS, key): 1}, {(MetricType.NODE_SUCCESS, key): [1.0]}),
+                           ({(MetricType.NODE_SUCCESS, key): 1}, {(MetricType.EXECUTION_TIME, key): [-1.0]})):
+        with pytest.raises(MetricError):
+            keyed.add_keyed(counts, values)  # type: ignore[arg-type]
+    assert keyed.snapshot() == plain.snapshot()  # nothing of a refused call was added

@@ -233,19 +233,43 @@ class MetricsManager:
         total = _exact_sum(values, m)  # checks every value as record() does
         if not values:
             return
+        with self._lock:
+            self._add_observations(m, key, total, values)
+
+    def add_keyed(self, counts: Mapping[tuple[MetricType, LabelKey], int],
+                  values: Mapping[tuple[MetricType, LabelKey], Sequence[float]]) -> None:
+        """Many counter amounts (non-negative ints) and histogram observations under label keys made as
+        :func:`label_key` makes them (the caller's promise: not checked again): the figures of one ``increment`` or
+        ``observe_many`` per entry, in one call. A run's figures come this way (observe/run_metrics.py): checking and
+        keying the same few labels for every series cost more than adding the figures."""
+        for (m, _key), amount in counts.items():  # everything checked before anything is added
+            if m.kind is not MetricKind.COUNTER or type(amount) is not int or amount < 0:
+                raise MetricError(f"add_keyed: {m.value!r} takes non-negative int counts, got {amount!r}")
+        for m, _key in values:
+            if m.kind is not MetricKind.HISTOGRAM:
+                raise MetricError(f"add_keyed: {m.value!r} is a {m.kind.value}, not a histogram")
+        hists = [(m, key, _exact_sum(vals, m), vals) for (m, key), vals in values.items() if vals]
+        with self._lock:
+            for (m, key), amount in counts.items():
+                series = self._series.setdefault(m, {})
+                series[key] = series.get(key, 0) + amount
+            for m, key, total, vals in hists:
+                self._add_observations(m, key, total, vals)
+
+    def _add_observations(self, m: MetricType, key: LabelKey, total: Number, values: Sequence[float]) -> None:
+        """Add checked ``values`` (their exact sum ``total``) to one histogram series; the caller holds the lock."""
         buckets = m.buckets
         counts = [0] * (len(buckets) + 1)
         for value in values:
             counts[bisect.bisect_left(buckets, value)] += 1  # first bound >= value, as in record()
-        with self._lock:
-            series = self._series.setdefault(m, {})
-            hist = series.get(key)
-            if hist is None:  # a new series (a run's usual case) takes the figures as they are
-                hist = series[key] = _Histogram(len(buckets))
-                hist.counts, hist.total = counts, total
-            else:
-                hist.counts = [a + b for a, b in zip(hist.counts, counts, strict=True)]
-                hist.total += total
+        series = self._series.setdefault(m, {})
+        hist = series.get(key)
+        if hist is None:  # a new series (a run's usual case) takes the figures as they are
+            hist = series[key] = _Histogram(len(buckets))
+            hist.counts, hist.total = counts, total
+        else:
+            hist.counts = [a + b for a, b in zip(hist.counts, counts, strict=True)]
+            hist.total += total
 
     def set_gauge(self, metric: MetricLike, name: str, value: float, **labels: Any) -> None:
         """Set a gauge series to ``value`` (last write wins, also across merged snapshots)."""
@@ -575,6 +599,12 @@ def _exact_sum(values: Sequence[Any], metric: MetricType) -> Number:
         return whole
     part = Fraction(num, den)
     return whole + part if whole else part  # (0 + a Fraction is one more Fraction made)
+
+
+def label_key(name: str, **labels: Any) -> LabelKey:
+    """The key of a series (``name`` and ``labels`` checked as every recording call checks them), for
+    :meth:`MetricsManager.add_keyed`."""
+    return _label_key(name, labels)
 
 
 def _label_key(name: Any, labels: Mapping[str, Any]) -> LabelKey:

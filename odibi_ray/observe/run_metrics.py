@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .metrics import MetricsManager, MetricType
+from .metrics import LabelKey, MetricsManager, MetricType, label_key
 from ..execution.result import NodeRecord, NodeStatus, RunResult
 
 log = logging.getLogger(__name__)
@@ -109,12 +109,26 @@ class _Figures:
             values.append(value)
 
     def add_to(self, m: MetricsManager, pipeline: str) -> None:
-        for series, total in self.counts.items():
-            m.increment(series[0], series[1], value=total, **_labels(pipeline, series))
+        m.add_keyed({(series[0], _series_key(pipeline, series)): total for series, total in self.counts.items()},
+                    {(series[0], _series_key(pipeline, series)): values for series, values in self.values.items()})
         for series, value in self.loose:
             m.increment(series[0], series[1], value=value, **_labels(pipeline, series))
-        for series, values in self.values.items():
-            m.observe_many(series[0], series[1], values, **_labels(pipeline, series))
+
+
+#: The labels a series may carry besides level, name and pipeline: each sorts after those three.
+_EXTRA_LABELS = ("reason", "source", "status", "worker")
+
+
+def _series_key(pipeline: str, series: _Series) -> LabelKey:
+    """``label_key(name, pipeline=, level=, extra)`` without its checks and sort for the usual plain strings: the
+    pairs are written in sorted order (level < name < pipeline < any of :data:`_EXTRA_LABELS`). Keying each series
+    of each node through the checks cost more than adding its figures."""
+    _metric, name, level, extra = series
+    if (name and type(name) is str and type(level) is str and type(pipeline) is str
+            and (extra is None or (extra[0] in _EXTRA_LABELS and type(extra[1]) is str))):
+        key: LabelKey = (("level", level), ("name", name), ("pipeline", pipeline))
+        return key if extra is None else (*key, extra)
+    return label_key(name, **_labels(pipeline, series))
 
 
 def _labels(pipeline: str, series: _Series) -> dict[str, str]:
