@@ -23,7 +23,9 @@ tasks that write the same outputs themselves in the cheapest sensible way; resum
    random 64-hex keys, stored where and with the metadata the engine under test stores outputs
    (found by a probe run of one node: ``objects/<k[:2]>/<k>`` in layout 1, ``objects/<pipeline>/<k[:2]>/<k>``
    in layout 2); ``--foreign-layout flat`` forces the layout-1 keys (a store an older engine filled). On a
-   local folder and on Azurite. Target: full / empty <= 1.2.
+   local folder and on Azurite. Target: full / empty <= 1.2. Since keys cover the inputs' data versions
+   (issue 20, 2026-12-03) a plan on a store without the pipeline's outputs keys and looks up the first level only
+   (the rest is keyed as it runs), so figures from before then measured more work.
 4. **latency**: a 100-node chain (each node takes the one before) with ``storage=LatencyStorage(local
    folder)``, a wrapper that sleeps 20 ms before every storage call (as ADLS does from another region), vs
    ``run(dag)`` without storage. Raw Ray and a plain local folder are shown for reference. Target <= 1.15.
@@ -603,7 +605,8 @@ def plan_once(dag: DAG, order: list[str], storage: Storage) -> float:
     t0 = time.perf_counter()
     plan = plan_checkpoints(dag, order, storage, f"bench-{uuid.uuid4().hex[:12]}")
     elapsed = time.perf_counter() - t0
-    if plan.reuse or len(plan.keys) != len(order):
+    # keys cover inputs' data versions: on a store without this pipeline's outputs only the first level is keyed
+    if plan.reuse or set(plan.keys) | plan.deferred != set(order):
         raise AssertionError(f"plan: {len(plan.reuse)} node(s) reused on a store without this pipeline's objects")
     return elapsed
 

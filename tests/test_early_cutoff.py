@@ -18,6 +18,9 @@ from odibi_ray import DAG, CachePolicy, Node, NodeStatus, run
 from odibi_ray.checkpoint import layout
 from odibi_ray.checkpoint.plan import plan_checkpoints
 from odibi_ray.execution.result import UNCHANGED_OUTPUT
+from odibi_ray.observe.metrics import MetricType
+from odibi_ray.observe.progress import ProgressSink
+from odibi_ray.observe.report import render_report
 
 from .cp_nodes import ran
 
@@ -119,6 +122,10 @@ def test_the_issues_three_rows(store, backend, marks, tmp_path, row):
         assert second.nodes["left"].reason == "output reused: unchanged output of step"
         assert second.stats["early_cutoff"] == 2  # left and right; join's inputs did not run
         assert "early cutoff" in second.summary()
+        assert second.nodes["left"].unchanged_inputs == ("step",)
+        assert second.metrics.get_all_metrics(MetricType.EARLY_CUTOFF) == {
+            'left{level="2",pipeline="cutoff"}': 1, 'right{level="2",pipeline="cutoff"}': 1}
+        assert UNCHANGED_OUTPUT in render_report(second)  # the HTML report shows the reason
         # the descendants kept their keys: those of the first run
         assert all(second.nodes[n].cache_key == first.nodes[n].cache_key for n in ("left", "right", "join"))
         assert second.nodes["step"].cache_key != first.nodes["step"].cache_key
@@ -232,3 +239,25 @@ def test_a_fully_cached_plan_of_many_levels_lists_the_store_once(azurite_storage
     second = run(dag, backend="local", storage=azurite_storage, progress=False).raise_for_status()
     assert bodies(marks, before) == {} and second["n23"] == 10 * 2 ** 23
 
+
+
+class Recorder(ProgressSink):
+    def __init__(self) -> None:
+        self.cutoffs: list[tuple[str, tuple[str, ...]]] = []
+        self.done: dict[str, NodeStatus] = {}
+
+    def node_done(self, name: str, level: int, status: NodeStatus) -> None:
+        self.done[name] = status
+
+    def early_cutoff(self, name: str, unchanged: tuple[str, ...]) -> None:
+        self.cutoffs.append((name, unchanged))
+
+
+def test_progress_hears_of_each_node_reused_by_early_cutoff(local_storage, marks, tmp_path):
+    run(pipeline(load(tmp_path, MODULE), marks), backend="local", storage=local_storage, progress=False)
+    sink = Recorder()
+    run(pipeline(load(tmp_path, EDITS["new code, same output"][0](MODULE)), marks), backend="local",
+        storage=local_storage, progress=sink).raise_for_status()
+    assert sorted(sink.cutoffs) == [("left", ("step",)), ("right", ("step",))]
+    assert sink.done == {"base": NodeStatus.CACHED, "step": NodeStatus.SUCCEEDED, "left": NodeStatus.CACHED,
+                         "right": NodeStatus.CACHED, "join": NodeStatus.CACHED}

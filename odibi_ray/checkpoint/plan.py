@@ -180,7 +180,8 @@ def plan_checkpoints(dag: DAG, order: list[str], storage: Storage, run_id: str,
     plan = CheckpointPlan(storage, {}, {}, dag=dag, run_id=run_id, resuming=resumed is not None,
                           refresh=frozenset(refresh), trust=trust)
     prior = _prior_done(resumed, policies) if not legacy else {}
-    plan.index = StoredIndex(storage, dag.name, len(order), known_stored=len(prior))
+    # a resume looks up only what the resumed run did not finish: against its many stored objects, key by key
+    plan.index = StoredIndex(storage, dag.name, len(order) - len(prior), known_stored=len(prior))
     mapped = {n for n in order if dag[n].mapping is not None}
     deferred: set[str] = set()
     fingerprints: dict[tuple[int, str | None], str] = {}

@@ -250,6 +250,9 @@ class NodeRecord:
     #: With checkpoint storage: its output's data version (``sha256:<hex>`` of the stored bytes), which the keys of
     #: the nodes below it cover (checkpoint/keys.py); None until it has an output.
     data_version: str | None = None
+    #: A node reused although inputs of it ran in this run: those inputs, which wrote byte-for-byte the outputs
+    #: they had before (early cutoff; :data:`UNCHANGED_OUTPUT`). Empty otherwise.
+    unchanged_inputs: tuple[str, ...] = ()
     #: A mapped node: one record per item (named ``node[i]``, in item order), once its items are known; None for a
     #: plain node. The mapped node's own record has no attempts: its items do.
     items: list[NodeRecord] | None = None

@@ -708,7 +708,9 @@ class Scheduler:
     def _early_cutoff(self, name: str, ran: list[str]) -> None:
         """``name`` is reused although inputs of it (``ran``) ran in this run: they wrote what they wrote before."""
         self.stats["early_cutoff"] += 1
+        self.records[name].unchanged_inputs = tuple(ran)
         self.records[name].reason = f"output reused: unchanged output of {', '.join(ran)}"
+        self.progress.early_cutoff(name, tuple(ran))
         for u in ran:
             up = self.records[u]
             if UNCHANGED_OUTPUT not in up.reason:

@@ -109,6 +109,9 @@ class MetricType(str, Enum):
                     "Nodes that failed for good.")
     NODE_SKIP = ("node_skip", MetricKind.COUNTER, "odibi_ray_node_skips_total",
                  "Nodes not run because an upstream node failed.")
+    EARLY_CUTOFF = ("early_cutoff", MetricKind.COUNTER, "odibi_ray_early_cutoff_total",
+                    "Nodes reused, not run, because the inputs that ran before them wrote the outputs they had "
+                    "before (early cutoff).")
     MAP_ITEM = ("map_item", MetricKind.COUNTER, "odibi_ray_map_items_total",
                 "Items of mapped nodes closed, by status (under the mapped node's name).")
     BYTES_READ = ("bytes_read", MetricKind.COUNTER, "odibi_ray_bytes_read_total",

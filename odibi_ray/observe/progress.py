@@ -21,6 +21,10 @@ class ProgressSink:
     def item_done(self, name: str, level: int, status: NodeStatus) -> None:
         """One item of mapped node ``name`` closed (an item reopened and closed again is reported again)."""
 
+    def early_cutoff(self, name: str, unchanged: tuple[str, ...]) -> None:
+        """Node ``name`` was reused (reported by :meth:`node_done` as cached) because its inputs ``unchanged`` ran
+        and wrote the outputs they had before (early cutoff)."""
+
     def stop(self) -> None: ...
 
 
@@ -35,6 +39,7 @@ class RichProgress(ProgressSink):
         self._tasks: list[TaskID] = []
         self._total: TaskID | None = None  # set by start(), with _progress
         self._failed = 0
+        self._cutoff = 0  # nodes reused after their inputs ran with unchanged outputs
         self._items: dict[str, TaskID] = {}  # mapped node -> its items' bar
         self._item_counts: dict[str, list[int]] = {}  # mapped node -> [items closed, items]
 
@@ -61,7 +66,19 @@ class RichProgress(ProgressSink):
         self._progress.advance(self._total)
         if status is NodeStatus.FAILED:
             self._failed += 1
-            self._progress.update(self._total, description=f"[bold]all nodes [red]({self._failed} failed)")
+            self._describe_total()
+
+    def early_cutoff(self, name: str, unchanged: tuple[str, ...]) -> None:
+        self._cutoff += 1
+        self._describe_total()
+
+    def _describe_total(self) -> None:
+        if self._progress is None or self._total is None:
+            return
+        notes = ([f"[red]{self._failed} failed"] if self._failed else []) + (
+            [f"[green]{self._cutoff} reused: unchanged output"] if self._cutoff else [])
+        self._progress.update(self._total, description=f"[bold]all nodes ({', '.join(notes)}[/])" if notes
+                              else "[bold]all nodes")
 
     def items_added(self, name: str, level: int, count: int) -> None:
         if self._progress is None:

@@ -192,6 +192,8 @@ def _node_outcome(figures: _Figures, rec: NodeRecord, checkpointed: bool) -> Non
         figures.count((MetricType.NODE_SKIP, name, level, ("reason", status.value)))
     elif status in (NodeStatus.CACHED, NodeStatus.RESUMED) and not mapped:
         figures.count((MetricType.CACHE_HIT, name, level, ("source", status.value)))
+        if rec.unchanged_inputs:
+            figures.count((MetricType.EARLY_CUTOFF, name, level, None))
 
 
 #: How many runs' status documents the actor keeps (the newest; older runs are in their manifests).
