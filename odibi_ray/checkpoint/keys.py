@@ -14,8 +14,8 @@ import json
 import logging
 import textwrap
 import types
-from typing import Any
-from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping, Sequence
 
 import cloudpickle
 
@@ -126,6 +126,29 @@ def node_key(dag: DAG, name: str, versions: Mapping[str, str], namespace: str | 
              run_id: str | None = None, fingerprints: dict[tuple[int, str | None], str] | None = None) -> str:
     """One node's cache key from its code, params and its inputs' data versions in ``versions`` (see
     :func:`cache_keys`). A node without inputs has the key it had before data versions (stores keep hitting)."""
+    recipe = key_recipe(dag, name, namespace, run_id, fingerprints)
+    return recipe.key([versions[up] for up in dag[name].input_map.values()])
+
+
+class KeyRecipe(NamedTuple):
+    """Everything of a node's cache key but its inputs' data versions: the driver makes it, and a Ray worker whose
+    inputs ran just before it (chained by Ray, not yet seen by the driver) finishes it with the hashes their attempts
+    sent back (``execution/backends/ray_tasks.py``). One formula for both: :meth:`key`."""
+
+    parts: dict[str, Any]  # the key's parts without "inputs"
+    params: tuple[str, ...]  # the parameter each input is passed as, in ``input_map`` order
+    salt: str | None  # the run id when the node's cache policy is off (its key is this run's own)
+
+    def key(self, versions: Sequence[str]) -> str:
+        """The key for these data versions of the inputs (in ``params`` order)."""
+        parts = dict(self.parts, inputs=[[param, v] for param, v in zip(self.params, versions)])
+        key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+        return key if self.salt is None else hashlib.sha256(f"{key}:{self.salt}".encode()).hexdigest()
+
+
+def key_recipe(dag: DAG, name: str, namespace: str | None = None, run_id: str | None = None,
+               fingerprints: dict[tuple[int, str | None], str] | None = None) -> KeyRecipe:
+    """The :class:`KeyRecipe` of node ``name`` (see :func:`node_key`)."""
     node = dag[name]
     policy = dag.cache_policy_of(name)
     version = _version(dag, name)
@@ -135,17 +158,15 @@ def node_key(dag: DAG, name: str, versions: Mapping[str, str], namespace: str | 
         code = code_fingerprint(node.fn, version)
         if fingerprints is not None:
             fingerprints[fp_key] = code
-    parts = _key_parts(dag.name if namespace is None else namespace, name, node, code, policy, versions)
+    parts = _key_parts(dag.name if namespace is None else namespace, name, node, code, policy, {})
+    del parts["inputs"]
     if node.mapping is not None:  # what decides its items and how consumers see them (a plain node has none)
         spec = node.mapping
         parts["map"] = canonical(spec.split_options())
         if spec.reduce is not None:
             parts["reduce"] = code_fingerprint(spec.reduce)
         parts["partial"] = spec.allow_partial
-    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-    if not policy.enabled:
-        key = hashlib.sha256(f"{key}:{run_id}".encode()).hexdigest()
-    return key
+    return KeyRecipe(parts, tuple(node.input_map), None if policy.enabled else str(run_id))
 
 
 def _version(dag: DAG, name: str) -> str | None:
@@ -176,7 +197,7 @@ def _key_parts(ns: str, name: str, node: Any, code: str, policy: Any, versions: 
         "node": name,
         "code": code,
         "params": canonical(node.params),
-        "inputs": [[param, versions[up]] for param, up in node.input_map.items() if param != skip_param],
+        "inputs": [[param, versions.get(up)] for param, up in node.input_map.items() if param != skip_param],
     }
     if policy.key_fn is not None:
         parts["key_fn"] = str(policy.key_fn(dict(node.params)))

@@ -32,7 +32,8 @@ from ..errors import StorageError
 from ..execution.result import NodeStatus
 from ..storage.base import ObjectInfo, Storage
 from . import layout
-from .keys import data_version, item_key, item_key_base, key_version, map_key, map_version, node_key
+from .keys import (KeyRecipe, data_version, item_key, item_key_base, key_recipe, key_version, map_key, map_version,
+                   node_key)
 from .legacy import store_layout
 from .lookup import StoredIndex, find_objects, head_each
 from .objectmeta import CheckpointMeta
@@ -71,6 +72,15 @@ class CheckpointPlan:
     index: StoredIndex | None = None
     #: Why a look-up of :meth:`resolve` failed (the store did not answer); None while they work.
     lookups_failed: StorageError | None = None
+    _recipes: dict[str, KeyRecipe] = field(default_factory=dict)
+
+    def recipe(self, name: str) -> KeyRecipe:
+        """Node ``name``'s key but for its inputs' data versions, for a worker to finish (made once per run)."""
+        assert self.dag is not None
+        recipe = self._recipes.get(name)
+        if recipe is None:
+            recipe = self._recipes[name] = key_recipe(self.dag, name, run_id=self.run_id)
+        return recipe
     #: A mapped node's key before its items were known (:meth:`close_map` makes ``keys[name]`` its items').
     own_keys: dict[str, str] = field(default_factory=dict)
 
@@ -244,21 +254,33 @@ def _decide(plan: CheckpointPlan, n: str, info: ObjectInfo, policy: CachePolicy,
             done_before: bool | None) -> NodeStatus | None:
     """Whether the object found for ``n`` is reused, and as what (None: it is not, and the plan says why).
     ``done_before``: the run being resumed finished ``n`` under this key (None: not known, an item)."""
+    status, why = reuse_decision(info, policy.ttl_s, plan.trust, now, plan.resuming, plan.run_id, policy.enabled,
+                                 done_before)
+    if why == "untrusted":  # never decoded; counted with the damaged ones
+        log.warning("stored output of node %r at %s is not trusted (%s): computing it again", n, info.key,
+                    plan.trust.refusal(info.key, info.metadata))
+    if why in ("damaged", "untrusted"):
+        plan.damaged.append(n)
+    elif why == "expired":
+        plan.expired.append(n)
+    return status
+
+
+def reuse_decision(info: ObjectInfo, ttl_s: float | None, trust: Trust, now: float, resuming: bool, run_id: str,
+                   enabled: bool, done_before: bool | None) -> tuple[NodeStatus | None, str]:
+    """The one rule for reusing a stored output (the plan's, and a Ray worker's that keyed its node itself):
+    ``(CACHED or RESUMED, "")``, or ``(None, why)`` with why "damaged", "untrusted", "expired" or "" (found, but
+    a node whose cache is off is reused only by a resume of the run that made it)."""
     meta = CheckpointMeta.from_info(info)
     if meta is None:
-        plan.damaged.append(n)
-        return None
-    refused = plan.trust.refusal(info.key, info.metadata)
-    if refused is not None:  # never decoded; counted with the damaged ones
-        log.warning("stored output of node %r at %s is not trusted (%s): computing it again", n, info.key, refused)
-        plan.damaged.append(n)
-        return None
-    if not meta.fresh(now, policy.ttl_s):  # today's policy counts too, not only the written expiry
-        plan.expired.append(n)
-        return None
-    if plan.resuming and (done_before or meta.run_id == plan.run_id or not policy.enabled):
-        return NodeStatus.RESUMED
-    return NodeStatus.CACHED if policy.enabled else None
+        return None, "damaged"
+    if trust.refusal(info.key, info.metadata) is not None:
+        return None, "untrusted"
+    if not meta.fresh(now, ttl_s):  # today's policy counts too, not only the written expiry
+        return None, "expired"
+    if resuming and (done_before or meta.run_id == run_id or not enabled):
+        return NodeStatus.RESUMED, ""
+    return (NodeStatus.CACHED, "") if enabled else (None, "")
 
 
 _DONE = frozenset({NodeStatus.SUCCEEDED.value, NodeStatus.CACHED.value, NodeStatus.RESUMED.value})

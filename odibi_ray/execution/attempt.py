@@ -73,6 +73,11 @@ class AttemptMeta(NamedTuple):
     #: The SHA-256 (hex) of the checkpoint the worker encoded: the output's data version, which the keys of the
     #: nodes below it cover (checkpoint/keys.py); "" when nothing was checkpointed.
     output_sha256: str = ""
+    #: The cache key the worker gave the node (a node keyed in its worker: execution/backends/worker_keys.py); ""
+    #: when the driver keyed it.
+    cache_key: str = ""
+    #: "cached" or "resumed": the worker found the node's output stored under that key and did not run it.
+    reused: str = ""
 
 #: How long a timed-out attempt may ignore its alarm before a Ray worker process kills itself.
 HARD_KILL_GRACE_S = 5.0

@@ -70,6 +70,7 @@ from collections.abc import Hashable, Mapping
 
 from .attempt import HARD_KILL_GRACE_S, AttemptMeta, error_info
 from .backends.base import Backend
+from .backends.worker_keys import WorkerKey
 from .context import NodeContext
 from .fanout import Collect, MapItem, MapOutput, item_digest, item_name, split_items
 from ..definition.mapping import FailedItem, MapSpec
@@ -77,7 +78,7 @@ from ..definition.dag import DAG
 from ..checkpoint.codecs import CodecError
 from ..errors import CorruptObjectError, NodeTimeoutError, NotFoundError, OutputUnavailableError, StorageError
 from ..definition.policy import RetryPolicy, compute_delay
-from ..checkpoint.keys import data_version
+from ..checkpoint.keys import data_version, key_version
 from ..checkpoint.plan import CheckpointPlan
 from ..checkpoint.store import Provenance, StoredHandle, StoredRef, discard_unusable
 from ..checkpoint.writeback import Confirmed, confirm_writes
@@ -129,7 +130,8 @@ _MOVES: dict[_State, frozenset[_State]] = {
                                _State.MAPPING}),  # a mapped node: its items are made
     _State.WAITING_RETRY: frozenset({_State.PENDING, _State.SKIPPED, _State.CANCELLED}),
     _State.IN_FLIGHT: frozenset({_State.PENDING,  # discarded: an input failed or was lost under it
-                                 _State.WAITING_RETRY, _State.SUCCEEDED, _State.FAILED, _State.CANCELLED}),
+                                 _State.WAITING_RETRY, _State.SUCCEEDED, _State.FAILED, _State.CANCELLED,
+                                 _State.CACHED, _State.RESUMED}),  # keyed in its worker, which found it stored
     # a mapped node, once its items are closed; it closes as they do (the items' own states say why)
     _State.MAPPING: frozenset({_State.SUCCEEDED, _State.CACHED, _State.RESUMED, _State.FAILED, _State.SKIPPED,
                                _State.CANCELLED}),
@@ -459,9 +461,15 @@ class Scheduler:
         leaves = [pair for n, h in zip(names, handles) for pair in self._leaves(n, h)]
         remote = [h for _, h in leaves if not isinstance(h, StoredHandle)]
         fetched = iter(self.backend.fetch_many(remote) if remote else [])
-        values = {n: self._load_stored(n, h.ref) if isinstance(h, StoredHandle) else next(fetched) for n, h in leaves}
+        values = {n: self._load_stored(n, h.ref) if isinstance(h, StoredHandle) else self._stored_or(n, next(fetched))
+                  for n, h in leaves}
         return [h.collect.assemble([values[i] for i, _ in self._leaves(n, h)]) if h.__class__ is MapOutput
                 else values[n] for n, h in zip(names, handles)]
+
+    def _stored_or(self, name: str, value: Any) -> Any:
+        """A value from the backend, or the stored output it points to: a node its worker keyed and found stored
+        returned a :class:`StoredRef` (execution/backends/worker_keys.py)."""
+        return self._load_stored(name, value) if value.__class__ is StoredRef else value
 
     @staticmethod
     def _leaves(name: str, handle: Any) -> list[tuple[str, Any]]:
@@ -623,9 +631,8 @@ class Scheduler:
             if cap is not None and m.flying >= cap:
                 m.backlog.append(name)  # goes when an item in flight leaves (see _item_moved)
                 return False
-        if self.speculative and name not in self._deferred:
+        if self.speculative:
             return all(u in self._live for u in self._inputs[name])
-        # a deferred node's key covers its inputs' data versions: known once they have run (not just submitted)
         return all(self._state[u] in _WITH_OUTPUT for u in self._inputs[name])
 
     def _submit_ready(self) -> None:
@@ -637,9 +644,13 @@ class Scheduler:
             heapq.heappop(ready)
             if not self._submittable(name):
                 continue  # a stale hint: not pending any more, or an input was discarded meanwhile
+            wkey = None
             if name in self._deferred and self._keyed.get(name) != self._key_inputs(name):
-                if self._resolve(name):
-                    continue  # reused from storage: closed
+                if all(self._state[u] in _WITH_OUTPUT for u in self._inputs[name]):
+                    if self._resolve(name):
+                        continue  # reused from storage: closed
+                else:  # inputs still running (chained by Ray): its worker keys it from their hashes
+                    wkey = self._worker_key(name)
             if name in self._mapped:
                 self._expand(name)
                 continue
@@ -649,7 +660,8 @@ class Scheduler:
             parent = self._parent.get(name)
             if parent is None:
                 ctx = NodeContext(self.dag.name, self.run_id, name, attempt.number, self._policy[name].max_attempts)
-                handle = self.backend.submit(node, ctx, inputs)
+                handle = self.backend.submit(node, ctx, inputs, key=wkey) if wkey is not None else \
+                    self.backend.submit(node, ctx, inputs)
             else:
                 i = self._index[name]
                 m = self._maps[parent]
@@ -673,6 +685,44 @@ class Scheduler:
         recomputed after a lost output may write other bytes)."""
         cp = self.checkpoint
         return cp.input_versions(name) if cp is not None else ()
+
+    def _worker_key(self, name: str) -> WorkerKey:
+        """What a Ray worker needs to key deferred node ``name`` itself (its inputs have not all finished): see
+        execution/backends/worker_keys.py."""
+        cp = self.checkpoint
+        assert cp is not None
+        versions: list[str | None] = []
+        for u in self._inputs[name]:
+            if self._state[u] in _WITH_OUTPUT:
+                versions.append(cp.versions.get(u) or key_version(cp.keys.get(u, "")))
+            else:
+                versions.append(None)  # from its attempt's metadata, which Ray hands the task
+        policy = self.dag.cache_policy_of(name)
+        look_up = name not in cp.refresh and (policy.enabled or cp.resuming)
+        return WorkerKey(cp.recipe(name), tuple(versions), look_up, cp.resuming, self.run_id)
+
+    def _keyed_in_worker(self, name: str, meta: AttemptMeta) -> bool:
+        """Node ``name`` was keyed in its worker: take its key (and where its checkpoint is); when the worker found
+        its output stored (it did not run), close it as reused. True when it did."""
+        cp = self.checkpoint
+        assert cp is not None
+        rec = self.records[name]
+        rec.cache_key = cp.keys[name] = meta.cache_key
+        cp.targets[name] = dataclasses.replace(cp.targets[name], cache_key=meta.cache_key)
+        self._keyed[name] = self._key_inputs(name)
+        if not meta.reused:
+            return False
+        status = NodeStatus(meta.reused)
+        rec.data_version = cp.set_version(name, meta.output_sha256)
+        rec.reason = ("output reused from the cache" if status is NodeStatus.CACHED
+                      else "output kept from the run being resumed")
+        ran = [u for u in dict.fromkeys(self._inputs[name]) if self._state[u] is _State.SUCCEEDED]
+        if ran:
+            self._early_cutoff(name, ran)
+        self._move(name, _REUSED[status])  # its output is the stored one: the task returned a StoredRef to it
+        for child in self._children[name]:
+            heapq.heappush(self._ready, (self._rank[child], child))
+        return True
 
     def _resolve(self, name: str) -> bool:
         """A deferred node about to run: its inputs have run (a mapped input's items are closed), so their data
@@ -784,13 +834,14 @@ class Scheduler:
             fetched = iter(self.backend.fetch_many(remote) if remote else [])
             values, unusable = [], False
             for n, h in leaves:
-                if not isinstance(h, StoredHandle):
-                    values.append(next(fetched))
+                ref = h.ref if isinstance(h, StoredHandle) else next(fetched)
+                if ref.__class__ is not StoredRef:  # a value (not a stored output a worker found and returned)
+                    values.append(ref)
                     continue
                 try:
-                    values.append(h.ref.load())
+                    values.append(ref.load())
                 except (CorruptObjectError, NotFoundError, CodecError) as exc:
-                    discard_unusable(h.ref, exc)
+                    discard_unusable(ref, exc)
                     self.stats["corrupt_objects"] += 1
                     self._reopen(n, "stored output was unusable when a mapped node read it; recomputed")
                     unusable = True
@@ -879,6 +930,8 @@ class Scheduler:
         att.worker_node_id, att.worker_pid = meta.worker_node_id, meta.pid
         att.bytes_written, att.bytes_read, att.storage_s = meta.io
         att.output_tail = meta.output_tail  # "" when the node printed nothing
+        if meta.cache_key and error is None and self.checkpoint is not None and self._keyed_in_worker(name, meta):
+            return  # reused: not run, no attempt of its own
         if error is not None and error.kind is ErrorKind.OBJECT_LOST and self._recompute_lost_inputs(name):
             return
         if error is not None and error.kind is ErrorKind.CORRUPT_INPUT and self._recompute_stored_input(name, error):

@@ -35,10 +35,13 @@ class Backend(Protocol[H]):
         """Called once per run before any submit: connect, serialise functions, check picklability.
         ``targets``: node -> where its worker checkpoints its output (an ``OutputTarget``), if anywhere."""
 
-    def submit(self, node: Node, ctx: NodeContext, inputs: Sequence[Any], item: MapItem | None = None) -> H:
+    def submit(self, node: Node, ctx: NodeContext, inputs: Sequence[Any], item: MapItem | None = None,
+               key: Any = None) -> H:
         """Start one attempt; ``inputs`` are the handles of the upstream attempts, in parameter order (a mapped
         input's is a :class:`~odibi_ray.execution.fanout.MapOutput` holding its items' handles); ``item``: the
-        attempt is one item of a mapped node (``ctx.item`` is its index)."""
+        attempt is one item of a mapped node (``ctx.item`` is its index); ``key``: a
+        :class:`~odibi_ray.execution.backends.worker_keys.WorkerKey` when the node is keyed in its worker (a
+        speculative backend only: its inputs may not have finished)."""
 
     def wait(self, handles: Sequence[H], timeout: float | None, all_of: bool = False) -> list[H]:
         """Block until at least one handle (``all_of``: every handle) is done or ``timeout`` passes;

@@ -58,7 +58,9 @@ class LocalBackend:
     def prepare(self, nodes: Sequence[Node], targets: dict[str, Any] | None = None) -> None:
         self._targets = targets if targets is not None else {}  # shared: a late key (a mapped node's consumer) shows
 
-    def submit(self, node: Node, ctx: NodeContext, inputs: Sequence[Any], item: MapItem | None = None) -> cf.Future:
+    def submit(self, node: Node, ctx: NodeContext, inputs: Sequence[Any], item: MapItem | None = None,
+               key: Any = None) -> cf.Future:
+        assert key is None, "nodes are keyed in the driver here: their inputs are done when they are submitted"
         # inputs are done: the scheduler waits for them; a mapped input gives one value per item, regrouped in the
         # attempt (its reduce, if any, runs there)
         values, groups = flatten_inputs(inputs, lambda f: f.result()[1])

@@ -25,6 +25,7 @@ import cloudpickle
 
 from ..attempt import NO_IO, AttemptMeta, IOCounts, error_info, run_attempt
 from ..fanout import MapItem, MapOutput, flatten_inputs, item_target, task_input_names
+from .worker_keys import WorkerKey, key_in_worker
 from ...checkpoint.store import OutputTarget
 from ..context import NodeContext
 from ...errors import (
@@ -105,8 +106,9 @@ def _execute(spec_bytes: bytes, attempt: int | tuple, *input_values: Any) -> tup
     in the object store, once per run: its ref comes last, in a list so that Ray does not fetch it for workers
     that have the function already.
 
-    ``attempt`` is the attempt number, or for an item of a mapped node or a consumer of one the tuple
-    ``(attempt, groups, item)`` (see :meth:`RayBackend.submit`).
+    ``attempt`` is the attempt number, or for an item of a mapped node, a consumer of one or a node keyed here the
+    tuple ``(attempt, groups, item, worker key)`` (see :meth:`RayBackend.submit`). A node keyed here gets its pending
+    inputs' attempt metadata after its inputs (:mod:`.worker_keys`).
     """
     global _RETURNING
     _RETURNING = None
@@ -128,15 +130,28 @@ def _execute(spec_bytes: bytes, attempt: int | tuple, *input_values: Any) -> tup
     params = cloudpickle.loads(spec.params_bytes) if spec.params_bytes is not None else {}
     groups = item = None
     target = spec.target
-    if attempt.__class__ is tuple:  # a mapped node's item, or a consumer of a mapped node
-        attempt, groups, item_tuple = attempt
+    if attempt.__class__ is tuple:  # a mapped node's item, a consumer of a mapped node, or a node keyed here
+        attempt, groups, item_tuple, wkey = attempt
         if item_tuple is not None:
             item = MapItem._make(item_tuple)
             target = item_target(target, spec.node, item)
+        if wkey is not None:  # (only with checkpoint storage: there is a target)
+            assert target is not None
+            input_values, metas = input_values[:len(input_values) - wkey.pending], \
+                input_values[len(input_values) - wkey.pending:]
+            started = time.time()
+            target, reused = key_in_worker(wkey, [_unpack_meta(m) for m in metas], target, spec.node)
+            if reused is not None:  # stored under its key (early cutoff): not run; its consumers read it there
+                meta = AttemptMeta(started, time.time(), _worker_node_id(), os.getpid(), None,
+                                   IOCounts(0, 0, time.time() - started), "", reused.sha256, target.cache_key,
+                                   reused.status.value)
+                return reused.ref, _wire_meta(meta)
     ctx = NodeContext(spec.pipeline, spec.run_id, spec.node, attempt, spec.max_attempts,  # type: ignore[arg-type]
                       None if item is None else item.position)
     meta, value = run_attempt(fn, params, spec.input_names, input_values, ctx, _worker_node_id(), spec.timeout_s,
                               hard_kill=True, target=target, groups=groups, item=item)
+    if target is not spec.target and target is not None and item is None:  # keyed here: the driver learns the key
+        meta = meta._replace(cache_key=target.cache_key)
     _RETURNING = (id(value), ctx.where)
     return value, _wire_meta(meta)
 
@@ -197,8 +212,12 @@ def _spec(spec: bytes) -> TaskSpec:
     return out
 
 
-_META = struct.Struct("<ddIQQd32s")  # started_at, ended_at, pid, bytes written, bytes read, storage s, sha256; node id
-_NO_SHA = bytes(32)
+#: started_at, ended_at, pid, bytes written, bytes read, storage seconds, output sha256, cache key (a node keyed in
+#: its worker), reused (0 no, 1 cached, 2 resumed); the Ray node id follows
+_META = struct.Struct("<ddIQQd32s32sB")
+_NONE32 = bytes(32)
+_REUSED_CODES = {"": 0, "cached": 1, "resumed": 2}
+_REUSED_NAMES = {code: name for name, code in _REUSED_CODES.items()}
 
 
 def _wire_meta(meta: AttemptMeta) -> bytes | tuple[Any, ...]:
@@ -206,9 +225,13 @@ def _wire_meta(meta: AttemptMeta) -> bytes | tuple[Any, ...]:
     than any tuple), anything else as a plain tuple of the :class:`AttemptMeta` fields (io a plain tuple too):
     a round trip through Ray's cloudpickle took 2-4x as long for a NamedTuple (measured on 1000 metas)."""
     if meta.error is None and not meta.output_tail and meta.worker_node_id is not None:
-        sha = bytes.fromhex(meta.output_sha256) if meta.output_sha256 else _NO_SHA
-        return _META.pack(meta.started_at, meta.ended_at, meta.pid, *meta.io, sha) + _node_id_bytes(meta.worker_node_id)
-    return meta[:5] + (tuple(meta.io), meta.output_tail, meta.output_sha256)
+        return _META.pack(meta.started_at, meta.ended_at, meta.pid, *meta.io, _hex32(meta.output_sha256),
+                          _hex32(meta.cache_key), _REUSED_CODES[meta.reused]) + _node_id_bytes(meta.worker_node_id)
+    return meta[:5] + (tuple(meta.io),) + meta[6:]
+
+
+def _hex32(text: str) -> bytes:
+    return bytes.fromhex(text) if text else _NONE32
 
 
 def _node_id_bytes(hex_id: str) -> bytes:
@@ -221,11 +244,11 @@ def _node_id_bytes(hex_id: str) -> bytes:
 def _unpack_meta(meta: bytes | tuple[Any, ...]) -> AttemptMeta:
     """A worker's metadata (see :func:`_wire_meta`) back as an :class:`AttemptMeta`."""
     if not isinstance(meta, bytes):
-        started, ended, node_id, pid, error, io, tail, sha = meta
-        return AttemptMeta(started, ended, node_id, pid, error, IOCounts._make(io), tail, sha)
-    started, ended, pid, written, read, storage_s, sha = _META.unpack_from(meta)
-    return AttemptMeta(started, ended, meta[_META.size:].hex(), pid, None, IOCounts(written, read, storage_s),
-                       "", "" if sha == _NO_SHA else sha.hex())
+        return AttemptMeta._make(meta[:5] + (IOCounts._make(meta[5]),) + meta[6:])
+    started, ended, pid, written, read, storage_s, sha, key, reused = _META.unpack_from(meta)
+    return AttemptMeta(started, ended, meta[_META.size:].hex(), pid, None, IOCounts(written, read, storage_s), "",
+                       "" if sha == _NONE32 else sha.hex(), "" if key == _NONE32 else key.hex(),
+                       _REUSED_NAMES[reused])
 
 
 # --- driver side ---------------------------------------------------------------------------------
@@ -313,6 +336,7 @@ class RayBackend:
         self.init_kwargs = dict(init_kwargs or {})
         self._prepared: dict[str, _Prepared] = {}
         self._specs: dict[str, bytes] = {}  # node -> its pickled TaskSpec, made on its first submit
+        self._spec_targets: dict[str, Any] = {}  # node -> the checkpoint target its spec holds (a new key: a new spec)
         self._fn_refs: dict[str, list] = {}
         self._by_fn: dict[int, tuple[str, bytes]] = {}
         self._boxes: dict[str, tuple] = {}
@@ -324,6 +348,7 @@ class RayBackend:
         also the picklability check, before anything runs)."""
         self._targets = targets if targets is not None else {}  # shared: a late key (a mapped node's consumer) shows
         self._prepared, self._specs, self._fn_refs, self._remotes, self._by_fn = {}, {}, {}, {}, {}
+        self._spec_targets = {}
         if nodes:  # a run whose every node is reused from storage needs no task: Ray is not even started
             self._prepare_nodes(nodes)
 
@@ -351,19 +376,24 @@ class RayBackend:
         for node in nodes:
             self._remotes[node.name] = _task_options(node.name, json.dumps(node.ray_options(), sort_keys=True))
 
-    def submit(self, node: Node, ctx: NodeContext, inputs: Sequence[Any], item: MapItem | None = None) -> _Handle:
+    def submit(self, node: Node, ctx: NodeContext, inputs: Sequence[Any], item: MapItem | None = None,
+               key: WorkerKey | None = None) -> _Handle:
+        target = self._targets.get(node.name)
         spec = self._specs.get(node.name)
-        if spec is None:  # first submit of this node in this run
+        if spec is None or self._spec_targets[node.name] is not target:  # first submit in this run, or a new key
             spec = self._specs[node.name] = self._pickle_spec(node, ctx)
-        if item is None and not any(h.__class__ is MapOutput for h in inputs):
+            self._spec_targets[node.name] = target
+        if item is None and key is None and not any(h.__class__ is MapOutput for h in inputs):
             value, meta = self._remotes[node.name].remote(spec, ctx.attempt, *[h.value for h in inputs],
                                                           *self._boxes[node.name])
             return _Handle(meta, value)
         # a mapped input passes each of its items' refs (Ray resolves them) and how to regroup them; an item passes
-        # its value (Ray inlines a small one in the task, puts a large one in the object store)
+        # its value (Ray inlines a small one in the task, puts a large one in the object store); a node keyed in its
+        # worker gets the metadata of the inputs whose data versions are not known yet, after them
         args, groups = flatten_inputs(inputs, lambda h: h.value)
-        call = (ctx.attempt, groups, None if item is None else tuple(item))
-        value, meta = self._remotes[node.name].remote(spec, call, *args, *self._boxes[node.name])
+        metas = [] if key is None else [h.meta for h, v in zip(inputs, key.versions) if v is None]
+        call = (ctx.attempt, groups, None if item is None else tuple(item), key)
+        value, meta = self._remotes[node.name].remote(spec, call, *args, *metas, *self._boxes[node.name])
         return _Handle(meta, value)
 
     def _pickle_spec(self, node: Node, ctx: NodeContext) -> bytes:
