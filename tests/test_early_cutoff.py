@@ -201,7 +201,7 @@ def test_a_diamond_where_one_branch_changes_reruns_only_that_branchs_consumers(s
     assert again.nodes["src"].reason == UNCHANGED_OUTPUT and again["join"] == ["L", 10, "R", 50]
 
 
-def test_a_resume_keys_the_nodes_below_finished_ones_from_the_manifest(local_storage, marks, tmp_path):
+def test_a_resume_keys_the_nodes_below_finished_ones_from_the_manifest(local_storage, marks, tmp_path, monkeypatch):
     """The manifest keeps each finished node's data version: a resume keys the nodes below without a look-up, and
     reruns only what did not finish."""
     failing = MODULE.replace("return y * 3", "raise RuntimeError('right is broken')")
@@ -212,8 +212,15 @@ def test_a_resume_keys_the_nodes_below_finished_ones_from_the_manifest(local_sto
     assert manifest["nodes"]["step"]["version"].startswith("sha256:")
     assert manifest["nodes"]["join"]["key"] is None  # never keyed: its inputs never all ran
     before = ran(marks)
+    from odibi_ray.checkpoint import lookup
+
+    asked: list[str] = []
+    real_find = lookup.StoredIndex.find
+    monkeypatch.setattr(lookup.StoredIndex, "find",
+                        lambda self, wanted: asked.extend(wanted) or real_find(self, wanted))
     resumed = run(pipeline(load(tmp_path, MODULE), marks), backend="local", storage=local_storage, progress=False,
                   resume=first.run_id).raise_for_status()
+    assert sorted(asked) == ["join", "right"]  # the finished nodes were keyed from the manifest, not looked up
     assert bodies(marks, before) == {"right": 1, "join": 1}
     assert {n: r.status.value for n, r in resumed.nodes.items()} == {
         "base": "resumed", "step": "resumed", "left": "resumed", "right": "succeeded", "join": "succeeded"}
@@ -261,3 +268,130 @@ def test_progress_hears_of_each_node_reused_by_early_cutoff(local_storage, marks
     assert sorted(sink.cutoffs) == [("left", ("step",)), ("right", ("step",))]
     assert sink.done == {"base": NodeStatus.CACHED, "step": NodeStatus.SUCCEEDED, "left": NodeStatus.CACHED,
                          "right": NodeStatus.CACHED, "join": NodeStatus.CACHED}
+
+
+#: A node whose output is read from a file (it changes without its key changing), a constant, and their consumer.
+REKEY = '''
+from pathlib import Path
+
+
+def a():
+    return "a"
+
+
+def c(path):
+    return Path(path).read_text()
+
+
+def b(x, y):
+    return x + y
+'''
+
+
+def rekey_dag(mod: Any, source: Path, b_version: str, a_cached: bool) -> DAG:
+    dag = DAG("rekey")
+    dag.add_node(Node("a", mod.a, cache=None if a_cached else CachePolicy(enabled=False)))
+    dag.add_node(Node("c", mod.c, params={"path": str(source)}))
+    dag.add_node(Node("b", mod.b, inputs={"x": "a", "y": "c"}, version=b_version))
+    return dag
+
+
+@pytest.mark.parametrize("a_cached", [True, False], ids=["b-keyed-by-the-plan", "b-keyed-as-it-runs"])
+def test_a_node_is_keyed_again_when_a_reused_input_is_recomputed_with_other_bytes(store, backend, tmp_path, a_cached):
+    """`c` is reused, its stored object has rotted: it runs again (reading a source that changed meanwhile) and
+    writes other bytes; `b`, keyed before on `c`'s stored bytes, must be keyed again on the new ones — else it
+    stores its output under a key that names `c`'s old content, and a later run with that content reuses a wrong
+    value (found by review; on Ray the task's spec also kept the first key)."""
+    mod = load(tmp_path, REKEY)
+    source = tmp_path / "source.txt"
+    source.write_text("X")
+    first = run(rekey_dag(mod, source, "1", a_cached), backend=backend, storage=store, progress=False)
+    first.raise_for_status()
+    c_object = layout.object_key("rekey", first.nodes["c"].cache_key)
+    data, info = store.get_with_info(c_object)
+    store.put(c_object, bytes(x ^ 1 for x in data), info.metadata)  # rotted: same size, other bytes
+    source.write_text("Y")
+    second = run(rekey_dag(mod, source, "2", a_cached), backend=backend, storage=store, progress=False)
+    second.raise_for_status()
+    assert second["b"] == "aY" and second.nodes["c"].data_version != first.nodes["c"].data_version
+    assert store.exists(layout.object_key("rekey", second.nodes["b"].cache_key))  # stored where its record says
+    source.write_text("X")
+    third = run(rekey_dag(mod, source, "2", a_cached), backend=backend, storage=store, progress=False,
+                refresh=["c"]).raise_for_status()
+    assert third["b"] == "aX"
+
+
+CODEC_V1 = '''
+def src():
+    return b'{"a":1}'
+
+
+def kind(x):
+    return type(x).__name__
+'''
+CODEC_V2 = CODEC_V1.replace("return b'{\"a\":1}'", "return {'a': 1}")
+
+
+def test_the_same_bytes_under_another_codec_are_another_data_version(local_storage, tmp_path):
+    """`b'{"a":1}'` stored as bytes and `{"a": 1}` stored as JSON are the same bytes: the data version names the
+    codec too, so the consumer sees a new input (found by review)."""
+    dag1, dag2 = DAG("codec"), DAG("codec")
+    for dag, source in ((dag1, CODEC_V1), (dag2, CODEC_V2)):
+        mod = load(tmp_path, source)
+        dag.add_node(Node("src", mod.src))
+        dag.add_node(Node("kind", mod.kind, inputs={"x": "src"}))
+    first = run(dag1, backend="local", storage=local_storage, progress=False).raise_for_status()
+    second = run(dag2, backend="local", storage=local_storage, progress=False).raise_for_status()
+    assert (first["kind"], second["kind"]) == ("bytes", "dict")
+    assert second.nodes["kind"].status is NodeStatus.SUCCEEDED
+    assert first.nodes["src"].data_version.startswith("sha256:bytes:")
+    assert second.nodes["src"].data_version.startswith("sha256:json:")
+
+
+MAPPED = '''
+from pathlib import Path
+import uuid
+
+
+def _mark(marks, name):
+    Path(marks, f"{name}.{uuid.uuid4().hex[:8]}").write_text("ran")
+
+
+def listing(marks):
+    _mark(marks, "listing")
+    return [1, 2, 3]
+
+
+def square(x, marks):
+    _mark(marks, "square")
+    return x * x
+
+
+def total(values, marks):
+    _mark(marks, "total")
+    return sum(values)
+'''
+
+
+def test_a_mapped_node_that_writes_what_it_wrote_before_lets_its_consumers_be_reused(store, backend, marks,
+                                                                                      tmp_path):
+    """The items of a mapped node whose cache is off run every time; their outputs are unchanged, so the mapped
+    node's data version (its items' outputs') is too, and its consumer is reused."""
+    mod = load(tmp_path, MAPPED)
+
+    def dag() -> DAG:
+        m = {"marks": str(marks)}
+        d = DAG("mapped")
+        d.add_node(Node("listing", mod.listing, params=m))
+        d.add_node(Node("square", mod.square, map_over="listing", params=m, cache=CachePolicy(enabled=False)))
+        d.add_node(Node("total", mod.total, inputs={"values": "square"}, params=m))
+        return d
+
+    first = run(dag(), backend=backend, storage=store, progress=False).raise_for_status()
+    assert first["total"] == 14
+    before = ran(marks)
+    second = run(dag(), backend=backend, storage=store, progress=False).raise_for_status()
+    assert bodies(marks, before) == {"square": 3}
+    assert second.nodes["total"].status is NodeStatus.CACHED and second["total"] == 14
+    assert second.nodes["total"].reason == "output reused: unchanged output of square"
+    assert second.nodes["square"].data_version == first.nodes["square"].data_version

@@ -87,7 +87,7 @@ def test_attempt_meta_still_unpacks_positionally():
     meta = AttemptMeta(1.0, 2.0, "local", 7, None, NO_IO)
     started, ended, node_id, pid, error, io, *tail = meta
     assert (started, ended, node_id, pid, error, io) == (1.0, 2.0, "local", 7, None, (0, 0, 0.0))
-    assert tail == ["", "", "", ""]  # output tail, SHA-256, worker's key, reused: "" is output_tail's default too
+    assert tail == ["", "", "", "", ""]  # output tail, SHA-256, codec, worker's key, reused (output_tail's default "")
     assert AttemptRecord(1, 0.0).output_tail == ""
     written, read, storage_s = io
     assert (written, read, storage_s) == (0, 0, 0.0)
@@ -141,11 +141,11 @@ def test_run_attempt_on_a_failed_input_is_upstream_failed():
 
 @pytest.mark.parametrize("meta", [
     AttemptMeta(1.0, 2.0, "ab" * 28, 99, None, IOCounts(5, 6, 0.25)),  # success without output: packed bytes
-    AttemptMeta(1.0, 2.0, "ab" * 28, 99, None, IOCounts(5, 6, 0.25), "", "cd" * 32),  # packed, with its data version
+    AttemptMeta(1.0, 2.0, "ab" * 28, 99, None, IOCounts(5, 6, 0.25), "", "cd" * 32, "pickle"),  # with a data version
     AttemptMeta(1.0, 2.0, "ab" * 28, 99, None, IOCounts(5, 6, 0.25), "printed"),
     AttemptMeta(1.0, 2.0, "ab" * 28, 99, None, IOCounts(5, 6, 0.25), "printed", "ef" * 32),
-    AttemptMeta(1.0, 2.0, "ab" * 28, 99, None, IOCounts(0, 0, 0.01), "", "cd" * 32, "12" * 32, "cached"),
-    AttemptMeta(1.0, 2.0, "ab" * 28, 99, None, IOCounts(5, 6, 0.25), "", "cd" * 32, "34" * 32),
+    AttemptMeta(1.0, 2.0, "ab" * 28, 99, None, IOCounts(0, 0, 0.01), "", "cd" * 32, "json", "12" * 32, "cached"),
+    AttemptMeta(1.0, 2.0, "ab" * 28, 99, None, IOCounts(5, 6, 0.25), "", "cd" * 32, "arrow", "34" * 32),
     AttemptMeta(1.0, 2.0, "ab" * 28, 99, error_info(OSError("disk"), kind=ErrorKind.STORAGE), NO_IO),
 ], ids=["packed", "packed-sha", "output", "output-sha", "keyed-in-worker-reused", "keyed-in-worker-ran", "error"])
 def test_ray_wire_form_round_trip(meta):

@@ -89,15 +89,26 @@ def canonical(value: Any) -> str:
     return canonical_json(canonical_form(value, Form.NATIVE))
 
 
-def data_version(sha256: str) -> str:
-    """The data version of an output stored with this SHA-256 (its checkpoint's :class:`CheckpointMeta` has it)."""
-    return "sha256:" + sha256
+def data_version(sha256: str, codec: str) -> str:
+    """The data version of an output stored with this SHA-256 and codec (its checkpoint's :class:`CheckpointMeta`
+    has both): the codec too, because two codecs can write the same bytes for different values (``b'{"a":1}'`` as
+    bytes, ``{"a": 1}`` as JSON)."""
+    return f"sha256:{codec}:{sha256}"
 
 
-def map_version(key: str) -> str:
-    """The data version of a mapped node's output: its key once its items are closed (:func:`map_key`, which covers
-    each item's key, itself a content hash of the item and what the items share)."""
-    return "map:" + key
+def map_version(node: Any, item_versions: Sequence[str | None], failed: list[int], key: str) -> str:
+    """The data version of a mapped node's output: how its consumers see its items (reduce, partial), each item's
+    output's data version in order and which failed — so a mapped node that reruns and writes what it wrote before
+    lets its consumers be reused. When an item's version is not known, the node's key stands in (``key``, see
+    :func:`map_key`: it covers each item's key)."""
+    if any(v is None for v in item_versions):
+        return "map-key:" + key
+    spec = node.mapping
+    view = {"reduce": code_fingerprint(spec.reduce) if spec.reduce is not None else None,
+            "partial": spec.allow_partial}
+    body = json.dumps({"view": view, "items": list(item_versions), "failed": failed}, separators=(",", ":"),
+                      sort_keys=True)
+    return "map:" + hashlib.sha256(body.encode()).hexdigest()
 
 
 def key_version(key: str) -> str:
@@ -135,15 +146,19 @@ class KeyRecipe(NamedTuple):
     inputs ran just before it (chained by Ray, not yet seen by the driver) finishes it with the hashes their attempts
     sent back (``execution/backends/ray_tasks.py``). One formula for both: :meth:`key`."""
 
-    parts: dict[str, Any]  # the key's parts without "inputs"
+    template: str  # the key's parts as JSON (sorted keys), "inputs" a placeholder: one short string to send
     params: tuple[str, ...]  # the parameter each input is passed as, in ``input_map`` order
     salt: str | None  # the run id when the node's cache policy is off (its key is this run's own)
 
     def key(self, versions: Sequence[str]) -> str:
-        """The key for these data versions of the inputs (in ``params`` order)."""
-        parts = dict(self.parts, inputs=[[param, v] for param, v in zip(self.params, versions)])
-        key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+        """The key for these data versions of the inputs (in ``params`` order): the SHA-256 of the parts' JSON with
+        ``"inputs": [[param, version], ...]``, exactly as ``json.dumps(parts, sort_keys=True)`` writes it."""
+        inputs = json.dumps([[param, v] for param, v in zip(self.params, versions)])
+        key = hashlib.sha256(self.template.replace(_INPUTS_HOLE, inputs, 1).encode()).hexdigest()
         return key if self.salt is None else hashlib.sha256(f"{key}:{self.salt}".encode()).hexdigest()
+
+
+_INPUTS_HOLE = json.dumps("\x00inputs\x00")  # a JSON string no parts value can hold (a NUL inside)
 
 
 def key_recipe(dag: DAG, name: str, namespace: str | None = None, run_id: str | None = None,
@@ -159,14 +174,14 @@ def key_recipe(dag: DAG, name: str, namespace: str | None = None, run_id: str | 
         if fingerprints is not None:
             fingerprints[fp_key] = code
     parts = _key_parts(dag.name if namespace is None else namespace, name, node, code, policy, {})
-    del parts["inputs"]
+    parts["inputs"] = "\x00inputs\x00"
     if node.mapping is not None:  # what decides its items and how consumers see them (a plain node has none)
         spec = node.mapping
         parts["map"] = canonical(spec.split_options())
         if spec.reduce is not None:
             parts["reduce"] = code_fingerprint(spec.reduce)
         parts["partial"] = spec.allow_partial
-    return KeyRecipe(parts, tuple(node.input_map), None if policy.enabled else str(run_id))
+    return KeyRecipe(json.dumps(parts, sort_keys=True), tuple(node.input_map), None if policy.enabled else str(run_id))
 
 
 def _version(dag: DAG, name: str) -> str | None:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from ..errors import NotFoundError
 from ..storage.base import ObjectInfo, Storage
 from . import layout
+from .objectmeta import CheckpointMeta
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ LIST_FLOOR = 5000
 LIST_FACTOR = 4
 #: Concurrent look-ups against a remote store.
 LOOKUP_THREADS = 16
+#: At most this many of a node's listed objects travel with its task when a Ray worker keys it (else it looks up).
+MAX_CANDIDATES = 32
 
 
 def find_objects(storage: Storage, pipeline: str, wanted: Mapping[str, str],
@@ -57,6 +60,7 @@ class StoredIndex:
         self.expected = expected  # how many keys the run may look up in all
         self.known_stored = known_stored
         self._listed: dict[str, ObjectInfo] | None = None
+        self._by_node: dict[str, list[ObjectInfo]] | None = None  # the listing by the node that wrote each object
         self._tried = False
         self.requests = 0  # listings and look-ups made (for tests and benchmarks)
 
@@ -75,6 +79,21 @@ class StoredIndex:
             return {name: self._listed[key] for name, key in wanted.items() if key in self._listed}
         self.requests += len(wanted)
         return head_each(self.storage, wanted)
+
+    def candidates(self, node: str) -> tuple[ObjectInfo, ...] | None:
+        """The objects the run's listing holds for ``node`` (what a Ray worker keying it may find, without a request:
+        execution/backends/worker_keys.py); None when there is no listing (a local folder, a long history: the worker
+        looks its key up) or more than :data:`MAX_CANDIDATES` of them."""
+        if self._listed is None:
+            return None
+        if self._by_node is None:
+            self._by_node = {}
+            for info in self._listed.values():
+                meta = CheckpointMeta.from_info(info)
+                if meta is not None:
+                    self._by_node.setdefault(meta.node, []).append(info)
+        found = self._by_node.get(node, [])
+        return tuple(found) if len(found) <= MAX_CANDIDATES else None
 
     def _heads_cheaper(self) -> bool:
         return (self.storage.local_lookups or self.expected < HEAD_BELOW

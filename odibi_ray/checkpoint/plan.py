@@ -43,6 +43,10 @@ from .trust import TRUST_ALL, Trust
 
 log = logging.getLogger(__name__)
 
+#: After a look-up of a deferred node failed (an outage: the adapter gave up after its own retries), the nodes that
+#: follow run without one for this long, so that an outage does not cost every node the adapter's retry budget.
+LOOKUP_PAUSE_S = 30.0
+
 
 @dataclass
 class CheckpointPlan:
@@ -72,6 +76,7 @@ class CheckpointPlan:
     index: StoredIndex | None = None
     #: Why a look-up of :meth:`resolve` failed (the store did not answer); None while they work.
     lookups_failed: StorageError | None = None
+    _lookups_again: float = 0.0  # (monotonic) when a look-up is tried again after one failed
     _recipes: dict[str, KeyRecipe] = field(default_factory=dict)
 
     def recipe(self, name: str) -> KeyRecipe:
@@ -84,10 +89,10 @@ class CheckpointPlan:
     #: A mapped node's key before its items were known (:meth:`close_map` makes ``keys[name]`` its items').
     own_keys: dict[str, str] = field(default_factory=dict)
 
-    def set_version(self, name: str, sha256: str) -> str:
+    def set_version(self, name: str, sha256: str, codec: str) -> str:
         """``name`` has run and its worker encoded an output with this SHA-256 ("" when it stored none: its key
         stands in, :func:`~.keys.key_version`): what its consumers' keys cover. Returned."""
-        version = data_version(sha256) if sha256 else key_version(self.keys.get(name, ""))
+        version = data_version(sha256, codec) if sha256 else key_version(self.keys.get(name, ""))
         self.versions[name] = version
         return version
 
@@ -113,15 +118,16 @@ class CheckpointPlan:
         policy = self.dag.cache_policy_of(name)
         if name in self.refresh or not (policy.enabled or self.resuming):
             return None
-        if self.lookups_failed is not None:  # the store did not answer a look-up in this run: not asked again
-            return None
+        if self.lookups_failed is not None and time.monotonic() < self._lookups_again:
+            return None  # the store did not answer a look-up just now: not asked again for a while
         index = self.index or StoredIndex(self.storage, self.dag.name, 1)
         try:
             found = index.find({name: self.targets[name].object_key}).get(name)
         except StorageError as exc:  # a miss: the node runs (its worker's write then meets the outage, if any)
-            log.warning("could not look up the stored output of node %r (%s); running it, and the rest of this run's "
-                        "nodes without looking them up", name, exc)
+            log.warning("could not look up the stored output of node %r (%s); running it, and the nodes that follow "
+                        "for %.0f s without looking them up", name, exc, LOOKUP_PAUSE_S)
             self.lookups_failed = exc
+            self._lookups_again = time.monotonic() + LOOKUP_PAUSE_S
             return None
         status = _decide(self, name, found, policy, time.time(), None) if found is not None else None
         if status is None or found is None:
@@ -129,13 +135,15 @@ class CheckpointPlan:
         self.versions[name] = _version_of(found)
         return status, StoredRef(self.storage, found.key, name, self.trust)
 
-    def close_map(self, name: str, item_keys: list[str], failed: list[int]) -> str:
+    def close_map(self, name: str, item_keys: list[str], failed: list[int],
+                  item_versions: list[str | None]) -> str:
         """Mapped node ``name``'s items are closed: its key becomes theirs (:func:`~.keys.map_key`: what they share
-        — not the key of the node mapped over — and each item's key); returned."""
+        — not the key of the node mapped over — and each item's key), and its data version its items' outputs'
+        (:func:`~.keys.map_version`); the key is returned."""
         assert self.dag is not None
         self.own_keys.setdefault(name, self.keys[name])
         self.keys[name] = map_key(item_key_base(self.dag, name, self.versions), self.dag[name], item_keys, failed)
-        self.versions[name] = map_version(self.keys[name])
+        self.versions[name] = map_version(self.dag[name], item_versions, failed, self.keys[name])
         return self.keys[name]
 
     def plan_items(self, name: str, item_names: list[str], digests: list[str]) -> ItemPlan:
@@ -161,6 +169,7 @@ class CheckpointPlan:
             status = _decide(self, item, info, policy, now, None)
             if status is not None:
                 reuse[item] = (status, StoredRef(self.storage, info.key, item, self.trust))
+                self.versions[item] = _version_of(info)  # an item's: what its mapped node's data version covers
         return ItemPlan(keys, reuse)
 
 
@@ -247,7 +256,7 @@ def _version_of(info: ObjectInfo) -> str:
     """The data version of a stored output (its metadata's SHA-256, checked by :func:`_decide` before reuse)."""
     meta = CheckpointMeta.from_info(info)
     assert meta is not None  # _decide reuses no object whose metadata does not parse
-    return data_version(meta.sha256)
+    return data_version(meta.sha256, meta.codec)
 
 
 def _decide(plan: CheckpointPlan, n: str, info: ObjectInfo, policy: CachePolicy, now: float,

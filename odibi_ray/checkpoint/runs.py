@@ -155,9 +155,12 @@ def node_entries(records: Mapping[str, NodeRecord], unconfirmed: set[str] | froz
         status = "computed" if name in unconfirmed else rec.status.value
         entry: dict[str, Any] = {"key": rec.cache_key, "level": rec.level, "status": status,
                                  "attempts": rec.attempts}
-        if rec.data_version:  # what its consumers' keys cover: a resume keys them without a look-up
-            entry["version"] = rec.data_version
         last = rec.attempt_history[-1] if rec.attempt_history else None
+        # what its consumers' keys cover: a resume keys them without a look-up. Not when its last attempt kept another
+        # run's object at its key (0 bytes written): the stored bytes may not be the ones this run computed (a node
+        # that is not deterministic), so a resume looks the object up and keys from what is stored
+        if rec.data_version and not (rec.status.value == "succeeded" and last is not None and not last.bytes_written):
+            entry["version"] = rec.data_version
         if last is not None and last.worker_node_id:
             entry.update(worker=last.worker_node_id, pid=last.worker_pid, bytes_written=last.bytes_written)
         if rec.items is not None:  # a mapped node: nothing is stored under its own key; its items say how it went

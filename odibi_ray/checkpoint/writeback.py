@@ -5,8 +5,8 @@ ends.
 Why: on a remote store a write is a request of milliseconds to tens of milliseconds (ADLS from another region:
 ~20 ms). Written inline, every node of a chain waits for it; written behind, the chain runs at the speed of the
 tasks and the writes overlap each other. Consumers never need the checkpoint (they get the value through Ray's
-object store), and Merkle keys make any subset of stored objects consistent, so a write still in flight when a
-driver dies is just a node that resume recomputes.
+object store), and keys that cover their inputs' content make any subset of stored objects consistent, so a write
+still in flight when a driver dies is just a node that resume recomputes.
 
 A node counts as checkpointed only once its object is confirmed: at the end of the run the driver looks the
 pending objects up (one listing, or look-ups, as the plan does) until all are there; one that does not appear
@@ -48,10 +48,10 @@ _pool_lock = threading.Lock()
 
 # --- worker side ---------------------------------------------------------------------------------
 
-def write_behind(target: OutputTarget, value: Any, made: Provenance) -> str:
+def write_behind(target: OutputTarget, value: Any, made: Provenance) -> tuple[str, str]:
     """Encode the checkpoint of ``value`` now (a value its consumers change later is not what gets stored; an
     output that cannot be encoded fails its attempt here, as inline), queue the put on this process's writer
-    threads and return the payload's SHA-256 (the output's data version)."""
+    threads and return the payload's SHA-256 and codec (the output's data version)."""
     payload, md = encode_output(target, value, made)
     global _pool
     if _pool is None:
@@ -59,7 +59,7 @@ def write_behind(target: OutputTarget, value: Any, made: Provenance) -> str:
             if _pool is None:
                 _pool = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="odibi-writer")
     _pool.submit(_store, target, payload, md)
-    return md["sha256"]
+    return md["sha256"], md["codec"]
 
 
 def _store(target: OutputTarget, payload: bytes | bytearray, md: dict[str, str]) -> None:

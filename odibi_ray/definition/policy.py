@@ -128,12 +128,13 @@ def compute_delay(policy: RetryPolicy, failed_attempt: int, rng: random.Random |
 class CachePolicy:
     """Whether and how a node's output is reused across runs from the checkpoint storage.
 
-    The cache key is known before anything runs: SHA-256 over the namespace, the node's name, its code
-    fingerprint (``version`` if given, else a hash of the function's source), its canonical params, the
-    keys of its inputs, and ``key_fn(params)`` if given (e.g. a source file's ETag or mtime). A stored
-    output younger than ``ttl_s`` (None: no expiry) under that key is reused without running the node.
+    The cache key is SHA-256 over the namespace, the node's name, its code fingerprint (``version`` if given,
+    else a hash of the function's syntax tree), its canonical params, the *data versions* of its inputs (the
+    content hashes of their stored outputs: a recomputed input that wrote the same bytes changes nothing), and
+    ``key_fn(params)`` if given (e.g. a source file's ETag or mtime); see checkpoint/keys.py. A stored output
+    younger than ``ttl_s`` (None: no expiry) under that key is reused without running the node.
     ``enabled=False`` (or ``cache=False`` on the node) always runs the node; its output is still
-    checkpointed for resume.
+    checkpointed for resume, and the nodes below it are reused when it writes what it wrote before.
     """
 
     ttl_s: float | None = None

@@ -73,6 +73,7 @@ class AttemptMeta(NamedTuple):
     #: The SHA-256 (hex) of the checkpoint the worker encoded: the output's data version, which the keys of the
     #: nodes below it cover (checkpoint/keys.py); "" when nothing was checkpointed.
     output_sha256: str = ""
+    output_codec: str = ""  # the codec of that checkpoint (part of the data version, see checkpoint/keys.py)
     #: The cache key the worker gave the node (a node keyed in its worker: execution/backends/worker_keys.py); ""
     #: when the driver keyed it.
     cache_key: str = ""
@@ -180,17 +181,17 @@ def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: 
             error = error_info(alarm.exception(), traceback_text="(the node caught its NodeTimeoutError)")
         value, error = FAILED, dataclasses.replace(error, kind=ErrorKind.TIMEOUT)
     ended = time.time()
-    sha256 = ""
+    sha256 = codec = ""
     if error is None and target is not None and (still_wanted is None or still_wanted()):
         # Checkpoint from the worker: one object, its metadata saying what made it.
         made = Provenance(ctx.attempt, worker_node_id, os.getpid(), started, ended)
         t0 = time.perf_counter()
         try:
             if target.write_behind:  # encoded now, queued on this process's writer threads; the driver confirms it
-                sha256 = write_behind(target, value, made)
+                sha256, codec = write_behind(target, value, made)
             else:
                 payload, md = encode_output(target, value, made)
-                sha256 = md["sha256"]
+                sha256, codec = md["sha256"], md["codec"]
                 io.bytes_written = store_encoded(target, payload, md)
         except StorageError as exc:
             value, error = FAILED, error_info(exc, kind=ErrorKind.STORAGE)
@@ -200,8 +201,8 @@ def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: 
             io.storage_s += time.perf_counter() - t0
     text = tail.text() if tail.size else ""
     if error is not None:
-        sha256 = ""
-    return AttemptMeta(started, ended, worker_node_id, os.getpid(), error, io.counts(), text, sha256), value
+        sha256 = codec = ""
+    return AttemptMeta(started, ended, worker_node_id, os.getpid(), error, io.counts(), text, sha256, codec), value
 
 
 def _naming_node(node: str, exc: Exception) -> Exception:

@@ -262,7 +262,12 @@ class Scheduler:
         self._index: dict[str, int] = {}  # item -> its position
         # nodes downstream of a mapped node: their keys are computed when they are about to run (see _resolve)
         self._deferred = checkpoint.deferred if checkpoint is not None else frozenset()
-        self._keyed: dict[str, tuple] = {}  # ... and those keyed: the inputs' data versions their key covers
+        self._keyed: dict[str, tuple] = {}  # node -> the inputs' data versions its key covers (keyed so far)
+        # every node with inputs is keyed again before it is submitted when those versions changed (an input reopened
+        # and recomputed: a node that is not deterministic writes other bytes), the plan's keys included
+        self._rekey = frozenset(n for n in self._rank if self._inputs[n]) if checkpoint is not None else frozenset()
+        if checkpoint is not None:
+            self._keyed.update((n, checkpoint.input_versions(n)) for n in checkpoint.keys if n in self._rekey)
 
     # --- the state machine ----------------------------------------------------------------------
 
@@ -317,6 +322,7 @@ class Scheduler:
             m.open += 1
             if self._state[parent] in _WITH_OUTPUT:  # its output included this item's: not whole any more
                 self._live.pop(parent, None)
+                self._forget_version(parent)
                 self._move(parent, _State.MAPPING)
                 self._discard_consumers(parent)
 
@@ -645,7 +651,7 @@ class Scheduler:
             if not self._submittable(name):
                 continue  # a stale hint: not pending any more, or an input was discarded meanwhile
             wkey = None
-            if name in self._deferred and self._keyed.get(name) != self._key_inputs(name):
+            if name in self._rekey and self._keyed.get(name) != self._key_inputs(name):
                 if all(self._state[u] in _WITH_OUTPUT for u in self._inputs[name]):
                     if self._resolve(name):
                         continue  # reused from storage: closed
@@ -686,6 +692,12 @@ class Scheduler:
         cp = self.checkpoint
         return cp.input_versions(name) if cp is not None else ()
 
+    def _forget_version(self, name: str) -> None:
+        """``name``'s output is gone (it runs again): its data version is unknown until it has a new one."""
+        self.records[name].data_version = None
+        if self.checkpoint is not None:
+            self.checkpoint.versions.pop(name, None)
+
     def _worker_key(self, name: str) -> WorkerKey:
         """What a Ray worker needs to key deferred node ``name`` itself (its inputs have not all finished): see
         execution/backends/worker_keys.py."""
@@ -699,7 +711,8 @@ class Scheduler:
                 versions.append(None)  # from its attempt's metadata, which Ray hands the task
         policy = self.dag.cache_policy_of(name)
         look_up = name not in cp.refresh and (policy.enabled or cp.resuming)
-        return WorkerKey(cp.recipe(name), tuple(versions), look_up, cp.resuming, self.run_id)
+        candidates = cp.index.candidates(name) if look_up and cp.index is not None else None
+        return WorkerKey(cp.recipe(name), tuple(versions), look_up, cp.resuming, self.run_id, candidates)
 
     def _keyed_in_worker(self, name: str, meta: AttemptMeta) -> bool:
         """Node ``name`` was keyed in its worker: take its key (and where its checkpoint is); when the worker found
@@ -713,7 +726,7 @@ class Scheduler:
         if not meta.reused:
             return False
         status = NodeStatus(meta.reused)
-        rec.data_version = cp.set_version(name, meta.output_sha256)
+        rec.data_version = cp.set_version(name, meta.output_sha256, meta.output_codec)
         rec.reason = ("output reused from the cache" if status is NodeStatus.CACHED
                       else "output kept from the run being resumed")
         ran = [u for u in dict.fromkeys(self._inputs[name]) if self._state[u] is _State.SUCCEEDED]
@@ -735,9 +748,10 @@ class Scheduler:
         if name in self._mapped:
             self.records[name].cache_key = cp.rekey(name)
             return False
-        damaged = len(cp.damaged)
+        damaged, expired = len(cp.damaged), len(cp.expired)
         found = cp.resolve(name)
         self.stats["corrupt_objects"] += len(cp.damaged) - damaged
+        self.stats["cache_evictions"] += len(cp.expired) - expired
         self.records[name].cache_key = cp.keys[name]
         if found is None:
             return False
@@ -813,6 +827,7 @@ class Scheduler:
                  f", {len(plan.reuse)} reused from storage" if plan is not None and plan.reuse else "")
         if plan is not None:
             for item, (status, ref) in plan.reuse.items():
+                self.records[item].data_version = self.checkpoint.versions.get(item) if self.checkpoint else None
                 self.records[item].reason = ("output reused from the cache" if status is NodeStatus.CACHED
                                              else "output kept from the run being resumed")
                 self._live[item] = StoredHandle(ref)
@@ -877,7 +892,8 @@ class Scheduler:
         collect = Collect(len(ok), m.spec.reduce, m.spec.allow_partial, tuple(self._index[i] for i in ok), fails)
         if self.checkpoint is not None:  # its consumers' keys cover its items' keys, not the listing's
             rec.cache_key = self.checkpoint.close_map(name, [self.records[i].cache_key or "" for i in ok],
-                                                      [self._index[i] for i in failed])
+                                                      [self._index[i] for i in failed],
+                                                      [self.records[i].data_version for i in ok])
             rec.data_version = self.checkpoint.versions[name]
         self._live[name] = MapOutput(tuple(self._live[i] for i in ok), collect, tuple(ok))
         if failed:
@@ -946,8 +962,9 @@ class Scheduler:
         rec = self.records[name]
         rec.attempt_history.append(att)
         if self.checkpoint is not None:  # what the keys of the nodes below it cover (checkpoint/keys.py)
-            rec.data_version = (self.checkpoint.set_version(name, meta.output_sha256) if name not in self._parent
-                                else data_version(meta.output_sha256) if meta.output_sha256 else None)
+            rec.data_version = (self.checkpoint.set_version(name, meta.output_sha256, meta.output_codec)
+                                if name not in self._parent else data_version(meta.output_sha256, meta.output_codec)
+                                if meta.output_sha256 else None)
         self._move(name, _State.SUCCEEDED)
         for child in self._children[name]:
             heapq.heappush(self._ready, (self._rank[child], child))
@@ -1059,8 +1076,9 @@ class Scheduler:
 
     def _reopen(self, name: str, reason: str = "output lost with its Ray node; recomputed") -> None:
         """Make a node with an output pending again (its output is gone); consumers already submitted are
-        discarded."""
+        discarded, and keyed again from its new output's data version when they are submitted again."""
         self.records[name].reason = reason
+        self._forget_version(name)
         self._live.pop(name, None)
         self._move(name, _State.PENDING)
         self._discard_consumers(name)

@@ -26,6 +26,7 @@ import cloudpickle
 from ..attempt import NO_IO, AttemptMeta, IOCounts, error_info, run_attempt
 from ..fanout import MapItem, MapOutput, flatten_inputs, item_target, task_input_names
 from .worker_keys import WorkerKey, key_in_worker
+from ...checkpoint.codecs import CODECS
 from ...checkpoint.store import OutputTarget
 from ..context import NodeContext
 from ...errors import (
@@ -143,8 +144,8 @@ def _execute(spec_bytes: bytes, attempt: int | tuple, *input_values: Any) -> tup
             target, reused = key_in_worker(wkey, [_unpack_meta(m) for m in metas], target, spec.node)
             if reused is not None:  # stored under its key (early cutoff): not run; its consumers read it there
                 meta = AttemptMeta(started, time.time(), _worker_node_id(), os.getpid(), None,
-                                   IOCounts(0, 0, time.time() - started), "", reused.sha256, target.cache_key,
-                                   reused.status.value)
+                                   IOCounts(0, 0, time.time() - started), "", reused.sha256, reused.codec,
+                                   target.cache_key, reused.status.value)
                 return reused.ref, _wire_meta(meta)
     ctx = NodeContext(spec.pipeline, spec.run_id, spec.node, attempt, spec.max_attempts,  # type: ignore[arg-type]
                       None if item is None else item.position)
@@ -212,12 +213,14 @@ def _spec(spec: bytes) -> TaskSpec:
     return out
 
 
-#: started_at, ended_at, pid, bytes written, bytes read, storage seconds, output sha256, cache key (a node keyed in
-#: its worker), reused (0 no, 1 cached, 2 resumed); the Ray node id follows
-_META = struct.Struct("<ddIQQd32s32sB")
+#: started_at, ended_at, pid, bytes written, bytes read, storage seconds, output sha256 and codec, cache key (a node
+#: keyed in its worker), reused (0 no, 1 cached, 2 resumed); the Ray node id follows
+_META = struct.Struct("<ddIQQd32sB32sB")  # ... sha256, its codec (index in CODECS, 255: none), key, reused
 _NONE32 = bytes(32)
 _REUSED_CODES = {"": 0, "cached": 1, "resumed": 2}
 _REUSED_NAMES = {code: name for name, code in _REUSED_CODES.items()}
+_CODEC_CODES = {"": 255, **{name: i for i, name in enumerate(CODECS)}}
+_CODEC_NAMES = {code: name for name, code in _CODEC_CODES.items()}
 
 
 def _wire_meta(meta: AttemptMeta) -> bytes | tuple[Any, ...]:
@@ -226,7 +229,8 @@ def _wire_meta(meta: AttemptMeta) -> bytes | tuple[Any, ...]:
     a round trip through Ray's cloudpickle took 2-4x as long for a NamedTuple (measured on 1000 metas)."""
     if meta.error is None and not meta.output_tail and meta.worker_node_id is not None:
         return _META.pack(meta.started_at, meta.ended_at, meta.pid, *meta.io, _hex32(meta.output_sha256),
-                          _hex32(meta.cache_key), _REUSED_CODES[meta.reused]) + _node_id_bytes(meta.worker_node_id)
+                          _CODEC_CODES[meta.output_codec], _hex32(meta.cache_key), _REUSED_CODES[meta.reused]) \
+            + _node_id_bytes(meta.worker_node_id)
     return meta[:5] + (tuple(meta.io),) + meta[6:]
 
 
@@ -245,9 +249,9 @@ def _unpack_meta(meta: bytes | tuple[Any, ...]) -> AttemptMeta:
     """A worker's metadata (see :func:`_wire_meta`) back as an :class:`AttemptMeta`."""
     if not isinstance(meta, bytes):
         return AttemptMeta._make(meta[:5] + (IOCounts._make(meta[5]),) + meta[6:])
-    started, ended, pid, written, read, storage_s, sha, key, reused = _META.unpack_from(meta)
+    started, ended, pid, written, read, storage_s, sha, codec, key, reused = _META.unpack_from(meta)
     return AttemptMeta(started, ended, meta[_META.size:].hex(), pid, None, IOCounts(written, read, storage_s), "",
-                       "" if sha == _NONE32 else sha.hex(), "" if key == _NONE32 else key.hex(),
+                       "" if sha == _NONE32 else sha.hex(), _CODEC_NAMES[codec], "" if key == _NONE32 else key.hex(),
                        _REUSED_NAMES[reused])
 
 

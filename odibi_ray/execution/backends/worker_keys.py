@@ -24,6 +24,7 @@ from ...checkpoint.keys import KeyRecipe, data_version
 from ...checkpoint.plan import reuse_decision
 from ...checkpoint.store import OutputTarget, StoredRef
 from ...errors import NotFoundError, StorageError
+from ...storage.base import ObjectInfo
 from ..attempt import AttemptMeta
 from ..result import NodeStatus
 
@@ -39,6 +40,9 @@ class WorkerKey(NamedTuple):
     look_up: bool  # the node may be reused: its cache is on (or this run resumes) and it is not refreshed
     resuming: bool  # this run resumes an earlier one (a reused object the run made is RESUMED)
     run_id: str
+    #: The objects the run's listing of a remote store holds for this node, the only ones its key can find (an empty
+    #: tuple on a cold run: no request at all); None: no listing, the worker looks its key up (a ``head``).
+    candidates: tuple[ObjectInfo, ...] | None = None
 
     @property
     def pending(self) -> int:
@@ -52,6 +56,7 @@ class Reused(NamedTuple):
     status: NodeStatus
     ref: StoredRef
     sha256: str
+    codec: str
 
 
 def key_in_worker(wkey: WorkerKey, metas: Sequence[AttemptMeta], target: OutputTarget,
@@ -66,21 +71,31 @@ def key_in_worker(wkey: WorkerKey, metas: Sequence[AttemptMeta], target: OutputT
             meta = next(pending)
             if meta.error is not None or not meta.output_sha256:
                 return target, None
-            known = data_version(meta.output_sha256)
+            known = data_version(meta.output_sha256, meta.output_codec)
         versions.append(known)
     target = dataclasses.replace(target, cache_key=wkey.recipe.key(versions))
     if not wkey.look_up:
         return target, None
     try:
-        info = target.storage.head(target.object_key)
+        info = _find(wkey, target)
     except NotFoundError:
         return target, None
     except StorageError as exc:  # a miss: the node runs, and its write meets the outage if there is one
         log.warning("node %r: could not look up its stored output (%s); running it", node, exc)
         return target, None
+    if info is None:
+        return target, None
     status, _ = reuse_decision(info, target.ttl_s, target.trust, time.time(), wkey.resuming, wkey.run_id,
                                wkey.recipe.salt is None, None)
     if status is None:
         return target, None
-    sha256 = info.metadata.get("sha256", "")
-    return target, Reused(status, StoredRef(target.storage, info.key, node, target.trust), sha256)
+    md = info.metadata
+    return target, Reused(status, StoredRef(target.storage, info.key, node, target.trust), md.get("sha256", ""),
+                          md.get("codec", ""))
+
+
+def _find(wkey: WorkerKey, target: OutputTarget) -> ObjectInfo | None:
+    """The stored object at the node's key: among the listed candidates, else by one ``head``."""
+    if wkey.candidates is None:
+        return target.storage.head(target.object_key)
+    return next((info for info in wkey.candidates if info.key == target.object_key), None)
