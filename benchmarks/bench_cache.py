@@ -63,7 +63,7 @@ import ray
 import odibi_ray
 from benchmarks.bench_overhead import (
     build_dag,
-    make_shape,
+    make_layered,
     run_odibi,
     run_raw_deps,
     time_engines,
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: --repeats {args.repeats} < 3: medians are not meaningful", file=sys.stderr)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
-    shape = make_shape(n_levels, per_level, args.seed)
+    shape = make_layered(n_levels, per_level, args.seed)
     shape["sleep_ms"] = {name: WORK_MS for name in shape["sleep_ms"]}  # every node: time.sleep(20 ms)
     n_nodes = n_levels * per_level
     work_dag, noop_dag = build_dag(shape, sleep=True), build_dag(shape, sleep=False)
@@ -388,8 +388,11 @@ def main(argv: list[str] | None = None) -> int:
         noop = time_engines({
             "raw_ray": lambda: run_raw_deps(shape, sleep=False),
             "odibi_checkpointed": lambda: run_odibi_checkpointed(noop_dag, root),
-            "odibi_no_storage": lambda: run_odibi(noop_dag),
+            "odibi_no_storage": lambda: run_odibi(noop_dag, shape["levels"][-1]),
         }, args.repeats)
+        noop_errors = {name: t["errors"] for name, t in noop.items() if t["errors"]}
+        if noop_errors:
+            raise AssertionError(f"noop scenario: runs failed: {noop_errors}")
         local_write = local_write_cost(root, min(n_nodes, 200), args.repeats)
         if args.profile:
             storage = open_checkpoint_storage(tempfile.mkdtemp(prefix="prof-", dir=root))
@@ -408,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cs = {k: summary(v) for k, v in cache.items()}
     az = {k: summary(v) for k, v in cache_az.items()}
-    ns = {k: summary(v) for k, v in noop.items()}
+    ns = {k: summary(v["wall"]) for k, v in noop.items()}
     lw = summary(local_write, 1000.0)
     ks = {kind: {k: summary(v, 1000.0) for k, v in figs.items()} for kind, figs in ckpt.items()}
 

@@ -395,3 +395,56 @@ def test_a_mapped_node_that_writes_what_it_wrote_before_lets_its_consumers_be_re
     assert second.nodes["total"].status is NodeStatus.CACHED and second["total"] == 14
     assert second.nodes["total"].reason == "output reused: unchanged output of square"
     assert second.nodes["square"].data_version == first.nodes["square"].data_version
+
+
+#: A slow source whose cache is off (so the node below it is keyed in its Ray worker), a node, a consumer.
+SLOW_CHAIN = '''
+import time
+
+
+def a():
+    time.sleep(0.3)
+    return 1
+
+
+def b(x):
+    return {"v": x + 1}
+
+
+def c(y):
+    return y["v"] * 10
+'''
+
+
+def slow_chain(mod: Any) -> DAG:
+    dag = DAG("slowchain")
+    dag.add_node(Node("a", mod.a, cache=CachePolicy(enabled=False)))
+    dag.add_node(Node("b", mod.b, inputs={"x": "a"}))
+    dag.add_node(Node("c", mod.c, inputs={"y": "b"}, cache=CachePolicy(enabled=False)))
+    return dag
+
+
+def test_a_stored_object_with_a_codec_this_version_does_not_know_is_a_miss(store, backend, tmp_path):
+    """An object a newer engine wrote (a codec this one cannot decode) is damaged, not reused and not a failure,
+    whether the driver or a Ray worker keys the node (found by review: the worker path failed the node)."""
+    mod = load(tmp_path, SLOW_CHAIN)
+    first = run(slow_chain(mod), backend=backend, storage=store, progress=False).raise_for_status()
+    key = layout.object_key("slowchain", first.nodes["b"].cache_key)
+    data, info = store.get_with_info(key)
+    store.put(key, data, dict(info.metadata, codec="json2"))
+    second = run(slow_chain(mod), backend=backend, storage=store, progress=False).raise_for_status()
+    assert second.nodes["b"].status is NodeStatus.SUCCEEDED and second["c"] == 20
+    assert second.nodes["b"].cache_key == first.nodes["b"].cache_key
+
+
+def test_a_failed_node_keyed_in_its_worker_has_its_key_recorded(local_storage, ray_local, tmp_path):
+    """A node keyed in its Ray worker (its input was still running when it was submitted) that fails still says
+    under which key it was to be stored (its record and the manifest), as a node keyed by the driver does."""
+    failing = SLOW_CHAIN.replace('return {"v": x + 1}', 'raise ValueError("b is broken")')
+    result = run(slow_chain(load(tmp_path, failing)), backend="ray", storage=local_storage, progress=False)
+    rec = result.nodes["b"]
+    assert rec.status is NodeStatus.FAILED and rec.cache_key and len(rec.cache_key) == 64
+    manifest = json.loads(local_storage.get(layout.manifest_key("slowchain", result.run_id)))
+    assert manifest["nodes"]["b"]["key"] == rec.cache_key
+    fixed = run(slow_chain(load(tmp_path, SLOW_CHAIN)), backend="ray", storage=local_storage, progress=False)
+    assert fixed.raise_for_status()["c"] == 20

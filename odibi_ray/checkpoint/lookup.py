@@ -27,8 +27,9 @@ LIST_FLOOR = 5000
 LIST_FACTOR = 4
 #: Concurrent look-ups against a remote store.
 LOOKUP_THREADS = 16
-#: At most this many of a node's listed objects travel with its task when a Ray worker keys it (else it looks up).
-MAX_CANDIDATES = 32
+#: At most this many of a node's listed object keys travel with its task when a Ray worker keys it (else it looks
+#: its key up whatever the listing says).
+MAX_CANDIDATES = 64
 
 
 def find_objects(storage: Storage, pipeline: str, wanted: Mapping[str, str],
@@ -80,10 +81,10 @@ class StoredIndex:
         self.requests += len(wanted)
         return head_each(self.storage, wanted)
 
-    def candidates(self, node: str) -> tuple[ObjectInfo, ...] | None:
-        """The objects the run's listing holds for ``node`` (what a Ray worker keying it may find, without a request:
-        execution/backends/worker_keys.py); None when there is no listing (a local folder, a long history: the worker
-        looks its key up) or more than :data:`MAX_CANDIDATES` of them."""
+    def candidates(self, node: str) -> frozenset[str] | None:
+        """The keys of the objects the run's listing holds for ``node``: a Ray worker keying it looks its key up only
+        when it is one of them (execution/backends/worker_keys.py); None when there is no listing (a local folder, a
+        long history: the worker looks its key up) or more than :data:`MAX_CANDIDATES` of them."""
         if self._listed is None:
             return None
         if self._by_node is None:
@@ -93,7 +94,7 @@ class StoredIndex:
                 if meta is not None:
                     self._by_node.setdefault(meta.node, []).append(info)
         found = self._by_node.get(node, [])
-        return tuple(found) if len(found) <= MAX_CANDIDATES else None
+        return frozenset(info.key for info in found) if len(found) <= MAX_CANDIDATES else None
 
     def _heads_cheaper(self) -> bool:
         return (self.storage.local_lookups or self.expected < HEAD_BELOW

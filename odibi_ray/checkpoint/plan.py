@@ -32,6 +32,7 @@ from ..errors import StorageError
 from ..execution.result import NodeStatus
 from ..storage.base import ObjectInfo, Storage
 from . import layout
+from .codecs import CODECS
 from .keys import (KeyRecipe, data_version, item_key, item_key_base, key_recipe, key_version, map_key, map_version,
                    node_key)
 from .legacy import store_layout
@@ -96,6 +97,10 @@ class CheckpointPlan:
         self.versions[name] = version
         return version
 
+    def lookups_paused(self) -> bool:
+        """Whether look-ups are paused after one failed (see :data:`LOOKUP_PAUSE_S`)."""
+        return self.lookups_failed is not None and time.monotonic() < self._lookups_again
+
     def input_versions(self, name: str) -> tuple[str | None, ...]:
         """The data versions ``name``'s key would cover now (None where an input has none yet)."""
         assert self.dag is not None
@@ -118,7 +123,7 @@ class CheckpointPlan:
         policy = self.dag.cache_policy_of(name)
         if name in self.refresh or not (policy.enabled or self.resuming):
             return None
-        if self.lookups_failed is not None and time.monotonic() < self._lookups_again:
+        if self.lookups_paused():
             return None  # the store did not answer a look-up just now: not asked again for a while
         index = self.index or StoredIndex(self.storage, self.dag.name, 1)
         try:
@@ -281,7 +286,7 @@ def reuse_decision(info: ObjectInfo, ttl_s: float | None, trust: Trust, now: flo
     ``(CACHED or RESUMED, "")``, or ``(None, why)`` with why "damaged", "untrusted", "expired" or "" (found, but
     a node whose cache is off is reused only by a resume of the run that made it)."""
     meta = CheckpointMeta.from_info(info)
-    if meta is None:
+    if meta is None or meta.codec not in CODECS:  # (a codec this version cannot decode: a newer engine's)
         return None, "damaged"
     if trust.refusal(info.key, info.metadata) is not None:
         return None, "untrusted"

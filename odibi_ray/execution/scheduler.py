@@ -710,20 +710,21 @@ class Scheduler:
             else:
                 versions.append(None)  # from its attempt's metadata, which Ray hands the task
         policy = self.dag.cache_policy_of(name)
-        look_up = name not in cp.refresh and (policy.enabled or cp.resuming)
+        look_up = name not in cp.refresh and (policy.enabled or cp.resuming) and not cp.lookups_paused()
         candidates = cp.index.candidates(name) if look_up and cp.index is not None else None
         return WorkerKey(cp.recipe(name), tuple(versions), look_up, cp.resuming, self.run_id, candidates)
 
-    def _keyed_in_worker(self, name: str, meta: AttemptMeta) -> bool:
-        """Node ``name`` was keyed in its worker: take its key (and where its checkpoint is); when the worker found
-        its output stored (it did not run), close it as reused. True when it did."""
+    def _keyed_in_worker(self, name: str, meta: AttemptMeta, ok: bool) -> bool:
+        """Node ``name`` was keyed in its worker: take its key (and where its checkpoint is: a failed attempt's too,
+        for the manifest and a retry); when the worker found its output stored (it did not run), close it as reused.
+        True when it did."""
         cp = self.checkpoint
         assert cp is not None
         rec = self.records[name]
         rec.cache_key = cp.keys[name] = meta.cache_key
         cp.targets[name] = dataclasses.replace(cp.targets[name], cache_key=meta.cache_key)
         self._keyed[name] = self._key_inputs(name)
-        if not meta.reused:
+        if not meta.reused or not ok:
             return False
         status = NodeStatus(meta.reused)
         rec.data_version = cp.set_version(name, meta.output_sha256, meta.output_codec)
@@ -946,7 +947,7 @@ class Scheduler:
         att.worker_node_id, att.worker_pid = meta.worker_node_id, meta.pid
         att.bytes_written, att.bytes_read, att.storage_s = meta.io
         att.output_tail = meta.output_tail  # "" when the node printed nothing
-        if meta.cache_key and error is None and self.checkpoint is not None and self._keyed_in_worker(name, meta):
+        if meta.cache_key and self.checkpoint is not None and self._keyed_in_worker(name, meta, error is None):
             return  # reused: not run, no attempt of its own
         if error is not None and error.kind is ErrorKind.OBJECT_LOST and self._recompute_lost_inputs(name):
             return

@@ -227,7 +227,8 @@ def _wire_meta(meta: AttemptMeta) -> bytes | tuple[Any, ...]:
     """An attempt's metadata as a task returns it: a success without output as a packed record (cheaper for Ray
     than any tuple), anything else as a plain tuple of the :class:`AttemptMeta` fields (io a plain tuple too):
     a round trip through Ray's cloudpickle took 2-4x as long for a NamedTuple (measured on 1000 metas)."""
-    if meta.error is None and not meta.output_tail and meta.worker_node_id is not None:
+    if (meta.error is None and not meta.output_tail and meta.worker_node_id is not None
+            and meta.output_codec in _CODEC_CODES):
         return _META.pack(meta.started_at, meta.ended_at, meta.pid, *meta.io, _hex32(meta.output_sha256),
                           _CODEC_CODES[meta.output_codec], _hex32(meta.cache_key), _REUSED_CODES[meta.reused]) \
             + _node_id_bytes(meta.worker_node_id)

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from ...checkpoint.keys import KeyRecipe, data_version
 from ...checkpoint.plan import reuse_decision
 from ...checkpoint.store import OutputTarget, StoredRef
-from ...errors import NotFoundError, StorageError
+from ...errors import NotFoundError
 from ...storage.base import ObjectInfo
 from ..attempt import AttemptMeta
 from ..result import NodeStatus
@@ -40,9 +40,9 @@ class WorkerKey(NamedTuple):
     look_up: bool  # the node may be reused: its cache is on (or this run resumes) and it is not refreshed
     resuming: bool  # this run resumes an earlier one (a reused object the run made is RESUMED)
     run_id: str
-    #: The objects the run's listing of a remote store holds for this node, the only ones its key can find (an empty
-    #: tuple on a cold run: no request at all); None: no listing, the worker looks its key up (a ``head``).
-    candidates: tuple[ObjectInfo, ...] | None = None
+    #: The keys of the objects the run's listing of a remote store holds for this node: the worker looks its key up
+    #: only when it is one of them (none on a cold run: no request at all); None: no listing, it always looks up.
+    candidates: frozenset[str] | None = None
 
     @property
     def pending(self) -> int:
@@ -78,15 +78,16 @@ def key_in_worker(wkey: WorkerKey, metas: Sequence[AttemptMeta], target: OutputT
         return target, None
     try:
         info = _find(wkey, target)
+        if info is None:
+            return target, None
+        status, _ = reuse_decision(info, target.ttl_s, target.trust, time.time(), wkey.resuming, wkey.run_id,
+                                   wkey.recipe.salt is None, None)
     except NotFoundError:
         return target, None
-    except StorageError as exc:  # a miss: the node runs, and its write meets the outage if there is one
-        log.warning("node %r: could not look up its stored output (%s); running it", node, exc)
+    except Exception as exc:  # noqa: BLE001 - a miss: the node runs (its write meets an outage, if there is one)
+        log.warning("node %r: could not look up its stored output (%s: %s); running it", node, type(exc).__name__,
+                    exc)
         return target, None
-    if info is None:
-        return target, None
-    status, _ = reuse_decision(info, target.ttl_s, target.trust, time.time(), wkey.resuming, wkey.run_id,
-                               wkey.recipe.salt is None, None)
     if status is None:
         return target, None
     md = info.metadata
@@ -96,6 +97,6 @@ def key_in_worker(wkey: WorkerKey, metas: Sequence[AttemptMeta], target: OutputT
 
 def _find(wkey: WorkerKey, target: OutputTarget) -> ObjectInfo | None:
     """The stored object at the node's key: among the listed candidates, else by one ``head``."""
-    if wkey.candidates is None:
-        return target.storage.head(target.object_key)
-    return next((info for info in wkey.candidates if info.key == target.object_key), None)
+    if wkey.candidates is not None and target.object_key not in wkey.candidates:
+        return None  # not there when the run listed the store (a concurrent run's since: a miss, it runs)
+    return target.storage.head(target.object_key)
