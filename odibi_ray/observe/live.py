@@ -131,10 +131,15 @@ class LivePublisher:
         if name in self._closed_sent:
             return
         rec = records[name]
-        if name not in self._by_node and rec.status.done:
-            self._closed_sent.add(name)
-            add_node_metrics(delta, self.pipeline, rec, records, inputs, bool(self._checkpointed))
-            return
+        if name not in self._by_node:
+            if rec.status.done:
+                self._closed_sent.add(name)
+                add_node_metrics(delta, self.pipeline, rec, records, inputs, bool(self._checkpointed))
+                return
+            if not rec.attempt_history:  # submitted, nothing finished yet: no figure to send, none to keep (it is
+                return  # counted when first seen closed). Keeping an empty manager per in-flight node, then diffing
+                #         it when it closed, cost ~0.3 s of driver CPU on a 5,000-node run (thousands are in flight
+                #         at each batch): bench_overhead skip5000-s1 at 2 CPUs, metrics on 3.91 -> 3.59 s, off 2.9 s
         now = MetricsManager()
         add_node_metrics(now, self.pipeline, records[name], records, inputs, bool(self._checkpointed))
         delta.merge(now.difference(self._by_node.get(name)))
