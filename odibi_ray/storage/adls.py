@@ -24,6 +24,8 @@ Messages name the URI (no query string) and the key only, never the SDK's text.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import hashlib
 import io
 import logging
@@ -31,7 +33,8 @@ import os
 import re
 import ssl
 import threading
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
+from xml.etree import ElementTree
 from collections.abc import Callable, Iterator, Mapping
 
 from ..errors import (AlreadyExistsError, InvalidURIError, NotFoundError, PreconditionFailedError,
@@ -547,6 +550,9 @@ class ADLSStorage(Storage):
         while True:
             def page(container: Any, t: dict, token: str | None = token) -> tuple[list, str | None]:
                 # metadata always: it is how a hierarchical namespace marks directory entries
+                fast = _list_page_fast(container, root + prefix, token, t)
+                if fast is not None:
+                    return fast
                 pages = container.list_blobs(name_starts_with=root + prefix, include=["metadata"],
                                              **t).by_page(continuation_token=token)
                 items = list(next(pages))
@@ -935,6 +941,55 @@ def _reason(exc: BaseException) -> str:
         if marker.lower() in text.lower():
             return f"{type(exc).__name__}: {marker}"
     return type(exc).__name__
+
+
+class _ListedBlob(NamedTuple):
+    """One blob of a listing page, as :func:`_info` reads a blob's properties."""
+
+    name: str
+    size: int
+    etag: str
+    last_modified: datetime.datetime | None
+    metadata: dict[str, str]
+
+
+def _list_page_fast(container: Any, name_prefix: str, token: str | None,
+                    timeouts: dict) -> tuple[list[_ListedBlob], str | None] | None:
+    """One page of List Blobs (metadata included), its XML read with ElementTree: the SDK's generated deserialiser
+    spent ~0.4 ms per blob (most of a fully cached 1,000-node re-run on Azurite, benchmarks/README.md), this ~10 us.
+    The request goes through the container client's own pipeline (auth, retries off as configured, transport);
+    None when that private entry point is not there (another SDK version): the caller lists with the SDK. An error
+    answer raises as the SDK's would (status and error code), so it is mapped the same way."""
+    send = getattr(getattr(container, "_client", None), "_send_request", None)
+    if send is None:
+        return None
+    from azure.core.exceptions import HttpResponseError
+    from azure.core.rest import HttpRequest
+
+    params = {"restype": "container", "comp": "list", "include": "metadata", "maxresults": "5000"}
+    if name_prefix:
+        params["prefix"] = name_prefix
+    if token:
+        params["marker"] = token
+    request = HttpRequest("GET", container.url, params=params,
+                          headers={"x-ms-version": container.api_version, "Accept": "application/xml"})
+    response = send(request, **timeouts)
+    if response.status_code != 200:
+        error = HttpResponseError(response=response)
+        error.error_code = response.headers.get("x-ms-error-code")  # type: ignore[attr-defined]  # (the SDK's own too)
+        raise error
+    root = ElementTree.fromstring(response.read())
+    blobs = []
+    for blob in root.iter("Blob"):
+        props = blob.find("Properties")
+        if props is None:
+            return None
+        modified = props.findtext("Last-Modified")
+        blobs.append(_ListedBlob(blob.findtext("Name") or "", int(props.findtext("Content-Length") or 0),
+                                 props.findtext("Etag") or "",
+                                 email.utils.parsedate_to_datetime(modified) if modified else None,
+                                 {m.tag: m.text or "" for m in blob.find("Metadata") or ()}))
+    return blobs, root.findtext("NextMarker") or None
 
 
 def _etag(value: str) -> str:
