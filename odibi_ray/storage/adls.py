@@ -943,6 +943,10 @@ def _reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+#: Blobs per listing page (the service's maximum).
+LIST_PAGE_SIZE = 5000
+
+
 class _ListedBlob(NamedTuple):
     """One blob of a listing page, as :func:`_info` reads a blob's properties."""
 
@@ -966,7 +970,7 @@ def _list_page_fast(container: Any, name_prefix: str, token: str | None,
     from azure.core.exceptions import HttpResponseError
     from azure.core.rest import HttpRequest
 
-    params = {"restype": "container", "comp": "list", "include": "metadata", "maxresults": "5000"}
+    params = {"restype": "container", "comp": "list", "include": "metadata", "maxresults": str(LIST_PAGE_SIZE)}
     if name_prefix:
         params["prefix"] = name_prefix
     if token:

@@ -765,3 +765,30 @@ def test_account_key_fetched_from_key_vault(azurite: AzuriteServer, container: s
             assert ACCOUNT_KEY not in repr(storage) and ACCOUNT_KEY not in str(pickle.dumps(storage))
         finally:
             secrets.clear_cache()
+
+
+# --- listing ---------------------------------------------------------------------------------------------------
+
+
+def test_listing_pages_are_read_without_the_sdk_deserialiser_and_say_the_same(azurite, container, monkeypatch):
+    """A listing page is read with ElementTree (the SDK's deserialiser cost ~0.4 ms a blob): names, sizes, ETags,
+    times and metadata equal the SDK's own listing, across pages, and a missing container is the same error."""
+    from odibi_ray.storage import adls
+
+    storage = key_storage(azurite, container)
+    for i in range(5):
+        storage.put(f"objects/p/k{i}", b"x" * i, {"sha256": f"{i}" * 64, "node": f"n{i}"})
+    storage.put("other/k", b"y", {})
+    monkeypatch.setattr(adls, "LIST_PAGE_SIZE", 2)  # three pages for five objects
+    fast = list(storage.list("objects/", with_metadata=True))
+    sdk_pages: list[int] = []
+    real = adls._list_page_fast
+    monkeypatch.setattr(adls, "_list_page_fast", lambda *a: sdk_pages.append(1) and real(*a))  # the SDK's pager
+    slow = list(storage.list("objects/", with_metadata=True))
+    assert sdk_pages and [i.key for i in fast] == [f"objects/p/k{i}" for i in range(5)]
+    assert fast == slow
+    assert fast[3].size == 3 and fast[3].metadata["node"] == "n3" and fast[3].etag.startswith('"')
+    gone = ADLSStorage.from_uri(f"abfss://nosuchcontainer@{HOST}/t", endpoint=azurite.endpoint,
+                                account_key=ACCOUNT_KEY)
+    with pytest.raises(NotFoundError, match="does not exist"):
+        list(gone.list("objects/"))
