@@ -38,15 +38,7 @@ def find_objects(storage: Storage, pipeline: str, wanted: Mapping[str, str],
     ``known_stored``: how many objects the pipeline is known to have at least (a resume knows): when listing
     them would cost more than looking the wanted keys up (measured on Azurite: a listed entry ~0.6 ms, a
     look-up ~1.3 ms with 16 in flight), the keys are looked up."""
-    if not wanted:
-        return {}
-    if storage.local_lookups or len(wanted) < HEAD_BELOW or 2 * len(wanted) < known_stored:
-        return head_each(storage, wanted)
-    listed = _bounded_listing(storage, layout.objects_prefix(pipeline), max(LIST_FLOOR, LIST_FACTOR * len(wanted)))
-    if listed is None:
-        log.debug("pipeline %r has many stored objects: looking up its %d keys one by one", pipeline, len(wanted))
-        return head_each(storage, wanted)
-    return {name: listed[key] for name, key in wanted.items() if key in listed}
+    return StoredIndex(storage, pipeline, len(wanted), known_stored).find(wanted)
 
 
 class StoredIndex:

@@ -201,7 +201,13 @@ def write_output(target: OutputTarget, value: Any, made: Provenance) -> int:
     (equal by its key) was there first. The object appears whole or not at all, so a reader never trusts a
     partial checkpoint.
     """
-    return store_encoded(target, *encode_output(target, value, made))
+    return write_output_versioned(target, value, made)[0]
+
+
+def write_output_versioned(target: OutputTarget, value: Any, made: Provenance) -> tuple[int, str, str]:
+    """:func:`write_output`, and the SHA-256 and codec of the payload encoded (the output's data version)."""
+    payload, md = encode_output(target, value, made)
+    return store_encoded(target, payload, md), md["sha256"], md["codec"]
 
 
 def encode_output(target: OutputTarget, value: Any, made: Provenance) -> tuple[bytes | bytearray, dict[str, str]]:

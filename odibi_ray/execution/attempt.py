@@ -23,8 +23,7 @@ import cloudpickle
 from . import context
 from .fanout import Collect, MapItem, regroup
 from ..checkpoint.codecs import CodecError
-from ..checkpoint.store import (OutputTarget, Provenance, StoredRef, encode_output, read_output_sized,
-                               store_encoded)
+from ..checkpoint.store import OutputTarget, Provenance, StoredRef, read_output_sized, write_output_versioned
 from ..checkpoint.writeback import write_behind
 from ..errors import CorruptObjectError, NodeTimeoutError, NotFoundError, StorageError
 from .result import ErrorInfo, ErrorKind
@@ -190,9 +189,7 @@ def run_attempt(fn: Callable[..., Any], params: Mapping[str, Any], input_names: 
             if target.write_behind:  # encoded now, queued on this process's writer threads; the driver confirms it
                 sha256, codec = write_behind(target, value, made)
             else:
-                payload, md = encode_output(target, value, made)
-                sha256, codec = md["sha256"], md["codec"]
-                io.bytes_written = store_encoded(target, payload, md)
+                io.bytes_written, sha256, codec = write_output_versioned(target, value, made)
         except StorageError as exc:
             value, error = FAILED, error_info(exc, kind=ErrorKind.STORAGE)
         except Exception as exc:  # noqa: BLE001 - not encodable (CodecError): the node's failure, any backend

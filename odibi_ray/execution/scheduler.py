@@ -78,7 +78,7 @@ from ..definition.dag import DAG
 from ..checkpoint.codecs import CodecError
 from ..errors import CorruptObjectError, NodeTimeoutError, NotFoundError, OutputUnavailableError, StorageError
 from ..definition.policy import RetryPolicy, compute_delay
-from ..checkpoint.keys import data_version, key_version
+from ..checkpoint.keys import data_version
 from ..checkpoint.plan import CheckpointPlan
 from ..checkpoint.store import Provenance, StoredHandle, StoredRef, discard_unusable
 from ..checkpoint.writeback import Confirmed, confirm_writes
@@ -154,6 +154,8 @@ _STATUS: dict[_State, NodeStatus] = {
 }
 
 _REUSED = {NodeStatus.CACHED: _State.CACHED, NodeStatus.RESUMED: _State.RESUMED}
+_REUSED_REASON = {NodeStatus.CACHED: "output reused from the cache",
+                  NodeStatus.RESUMED: "output kept from the run being resumed"}
 
 
 @dataclass
@@ -449,12 +451,7 @@ class Scheduler:
         for name, version in cp.versions.items():
             self.records[name].data_version = version
         for name, (status, ref) in cp.reuse.items():
-            self.records[name].reason = ("output reused from the cache" if status is NodeStatus.CACHED
-                                         else "output kept from the run being resumed")
-            self._live[name] = StoredHandle(ref)
-            self._move(name, _REUSED[status])
-            for child in self._children[name]:
-                heapq.heappush(self._ready, (self._rank[child], child))
+            self._close_reused(name, status, StoredHandle(ref))
 
     def node_records(self) -> dict[str, NodeRecord]:
         """The records of the DAG's nodes (a mapped node's items are in its record's ``items``)."""
@@ -666,6 +663,7 @@ class Scheduler:
             parent = self._parent.get(name)
             if parent is None:
                 ctx = NodeContext(self.dag.name, self.run_id, name, attempt.number, self._policy[name].max_attempts)
+                # (a backend that is never given keys, e.g. one not speculative, need not take the argument)
                 handle = self.backend.submit(node, ctx, inputs, key=wkey) if wkey is not None else \
                     self.backend.submit(node, ctx, inputs)
             else:
@@ -703,12 +701,9 @@ class Scheduler:
         execution/backends/worker_keys.py."""
         cp = self.checkpoint
         assert cp is not None
-        versions: list[str | None] = []
-        for u in self._inputs[name]:
-            if self._state[u] in _WITH_OUTPUT:
-                versions.append(cp.versions.get(u) or key_version(cp.keys.get(u, "")))
-            else:
-                versions.append(None)  # from its attempt's metadata, which Ray hands the task
+        # None: from the running input's attempt metadata, which Ray hands the task (a node with an output always
+        # has a version: set_version, the plan, close_map)
+        versions = [cp.versions[u] if self._state[u] in _WITH_OUTPUT else None for u in self._inputs[name]]
         policy = self.dag.cache_policy_of(name)
         look_up = name not in cp.refresh and (policy.enabled or cp.resuming) and not cp.lookups_paused()
         candidates = cp.index.candidates(name) if look_up and cp.index is not None else None
@@ -726,16 +721,8 @@ class Scheduler:
         self._keyed[name] = self._key_inputs(name)
         if not meta.reused or not ok:
             return False
-        status = NodeStatus(meta.reused)
         rec.data_version = cp.set_version(name, meta.output_sha256, meta.output_codec)
-        rec.reason = ("output reused from the cache" if status is NodeStatus.CACHED
-                      else "output kept from the run being resumed")
-        ran = [u for u in dict.fromkeys(self._inputs[name]) if self._state[u] is _State.SUCCEEDED]
-        if ran:
-            self._early_cutoff(name, ran)
-        self._move(name, _REUSED[status])  # its output is the stored one: the task returned a StoredRef to it
-        for child in self._children[name]:
-            heapq.heappush(self._ready, (self._rank[child], child))
+        self._close_reused(name, NodeStatus(meta.reused))  # its live handle's value: a StoredRef to the stored output
         return True
 
     def _resolve(self, name: str) -> bool:
@@ -757,18 +744,23 @@ class Scheduler:
         if found is None:
             return False
         status, ref = found
-        rec = self.records[name]
-        rec.data_version = cp.versions.get(name)
-        rec.reason = ("output reused from the cache" if status is NodeStatus.CACHED
-                      else "output kept from the run being resumed")
+        self.records[name].data_version = cp.versions.get(name)
+        self._close_reused(name, status, StoredHandle(ref))
+        return True
+
+    def _close_reused(self, name: str, status: NodeStatus, handle: StoredHandle | None = None) -> None:
+        """Close node ``name`` as reused from storage (``handle``: its output; None: the live handle it has): the
+        plan's reuse, a deferred node's look-up, or its worker's. When inputs of it ran in this run, that is an
+        early cutoff, and the records say so."""
+        self.records[name].reason = _REUSED_REASON[status]
         ran = [u for u in dict.fromkeys(self._inputs[name]) if self._state[u] is _State.SUCCEEDED]
         if ran:
             self._early_cutoff(name, ran)
-        self._live[name] = StoredHandle(ref)
+        if handle is not None:
+            self._live[name] = handle
         self._move(name, _REUSED[status])
         for child in self._children[name]:
             heapq.heappush(self._ready, (self._rank[child], child))
-        return True
 
     def _early_cutoff(self, name: str, ran: list[str]) -> None:
         """``name`` is reused although inputs of it (``ran``) ran in this run: they wrote what they wrote before."""
@@ -829,8 +821,7 @@ class Scheduler:
         if plan is not None:
             for item, (status, ref) in plan.reuse.items():
                 self.records[item].data_version = self.checkpoint.versions.get(item) if self.checkpoint else None
-                self.records[item].reason = ("output reused from the cache" if status is NodeStatus.CACHED
-                                             else "output kept from the run being resumed")
+                self.records[item].reason = _REUSED_REASON[status]
                 self._live[item] = StoredHandle(ref)
                 self._move(item, _REUSED[status])  # the last one closes the mapped node
         if n == 0:
@@ -963,9 +954,10 @@ class Scheduler:
         rec = self.records[name]
         rec.attempt_history.append(att)
         if self.checkpoint is not None:  # what the keys of the nodes below it cover (checkpoint/keys.py)
-            rec.data_version = (self.checkpoint.set_version(name, meta.output_sha256, meta.output_codec)
-                                if name not in self._parent else data_version(meta.output_sha256, meta.output_codec)
-                                if meta.output_sha256 else None)
+            if name not in self._parent:
+                rec.data_version = self.checkpoint.set_version(name, meta.output_sha256, meta.output_codec)
+            else:  # an item: what its mapped node's data version covers (close_map)
+                rec.data_version = data_version(meta.output_sha256, meta.output_codec) if meta.output_sha256 else None
         self._move(name, _State.SUCCEEDED)
         for child in self._children[name]:
             heapq.heappush(self._ready, (self._rank[child], child))

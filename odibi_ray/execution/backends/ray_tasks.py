@@ -129,7 +129,7 @@ def _execute(spec_bytes: bytes, attempt: int | tuple, *input_values: Any) -> tup
             fn_bytes = ray.get(fn_box[0])
         fn = _FN_CACHE[spec.fn_key] = cloudpickle.loads(fn_bytes)
     params = cloudpickle.loads(spec.params_bytes) if spec.params_bytes is not None else {}
-    groups = item = None
+    groups = item = wkey = None
     target = spec.target
     if attempt.__class__ is tuple:  # a mapped node's item, a consumer of a mapped node, or a node keyed here
         attempt, groups, item_tuple, wkey = attempt
@@ -138,8 +138,8 @@ def _execute(spec_bytes: bytes, attempt: int | tuple, *input_values: Any) -> tup
             target = item_target(target, spec.node, item)
         if wkey is not None:  # (only with checkpoint storage: there is a target)
             assert target is not None
-            input_values, metas = input_values[:len(input_values) - wkey.pending], \
-                input_values[len(input_values) - wkey.pending:]
+            cut = len(input_values) - wkey.pending  # the pending inputs' attempt metadata come after the inputs
+            input_values, metas = input_values[:cut], input_values[cut:]
             started = time.time()
             target, reused = key_in_worker(wkey, [_unpack_meta(m) for m in metas], target, spec.node)
             if reused is not None:  # stored under its key (early cutoff): not run; its consumers read it there
@@ -151,7 +151,8 @@ def _execute(spec_bytes: bytes, attempt: int | tuple, *input_values: Any) -> tup
                       None if item is None else item.position)
     meta, value = run_attempt(fn, params, spec.input_names, input_values, ctx, _worker_node_id(), spec.timeout_s,
                               hard_kill=True, target=target, groups=groups, item=item)
-    if target is not spec.target and target is not None and item is None:  # keyed here: the driver learns the key
+    # keyed here (not when an input failed, which leaves the target as it was): the driver learns the key
+    if wkey is not None and target is not None and target is not spec.target:
         meta = meta._replace(cache_key=target.cache_key)
     _RETURNING = (id(value), ctx.where)
     return value, _wire_meta(meta)
