@@ -11,6 +11,9 @@ What it runs, for each Ray CPU setting (``--cpus``, default ``2,8``: one local R
   chained) vs raw Ray level barrier (``ray.get`` per level). Target: odibi_ray / raw dependency-driven <= 1.05.
 - **fixed**: the per-run fixed cost, on 10-node runs (a chain of 10; 2 levels of 5): odibi_ray's wall time minus
   raw Ray's, and where odibi_ray's time goes (timers wrapped around the driver's steps). Target: <= 30 ms.
+- **fuse**: chains of cheap nodes (``chain{N}``; ``chains{K}x{L}``: K parallel chains of L nodes), no-op and 1 ms
+  bodies. Raw Ray one task per node (refs chained) vs ``run(dag)`` vs ``run(dag, fuse=True)`` (a chain's nodes in
+  one Ray task, execution/fusion.py). Target (the issue's moonshot): fused odibi_ray faster than raw Ray (< 1.0).
 
 Shapes (seeded, the same plain data for every engine):
 
@@ -131,6 +134,13 @@ def make_chain(n: int) -> Shape:
     return _shape(f"chain{n}", "chain", levels, inputs, random.Random(0))
 
 
+def make_chains(k: int, length: int) -> Shape:
+    """``k`` parallel chains of ``length`` nodes (node i of level j reads node i of level j-1)."""
+    levels = _names([k] * length)
+    inputs = {n: (levels[j - 1][i],) if j else () for j, level in enumerate(levels) for i, n in enumerate(level)}
+    return _shape(f"chains{k}x{length}", "chains", levels, inputs, random.Random(0))
+
+
 def describe(shape: Shape) -> str:
     widths = [len(lv) for lv in shape["levels"]]
     fan = [len(v) for v in shape["inputs"].values() if v]
@@ -181,8 +191,8 @@ def build_dag(shape: Shape, sleep: bool) -> DAG:
     return dag
 
 
-def run_odibi(dag: DAG, leaves: list[str], metrics: bool = True) -> dict[str, Any]:
-    result = odibi_ray.run(dag, backend="ray", progress=False, metrics=metrics)
+def run_odibi(dag: DAG, leaves: list[str], metrics: bool = True, fuse: bool = False) -> dict[str, Any]:
+    result = odibi_ray.run(dag, backend="ray", progress=False, metrics=metrics, fuse=fuse)
     result.raise_for_status()
     return result.outputs(leaves)
 
@@ -318,9 +328,11 @@ def _seen(notes: list[dict[str, Any]]) -> str:
     return f"load {min(loads):.1f}-{max(loads):.1f}" + (f"; also running: {', '.join(others)}" if others else "")
 
 
-def measure_noop(shape: Shape, cpus: int, repeats: int) -> dict[str, Any]:
+def timed_row(shape: Shape, cpus: int, repeats: int,
+              engines: dict[str, Callable[[], dict[str, Any]]]) -> tuple[dict[str, Any], dict[str, dict[str, list]]]:
+    """Time ``engines`` on ``shape`` (see :func:`time_engines`): the row every part starts from, and the timings."""
     before = interference()
-    t = time_engines(odibi_engines(shape, sleep=False), repeats)
+    t = time_engines(engines, repeats)
     notes = [before, interference()]
     row: dict[str, Any] = {
         "shape": shape["name"], "kind": shape["kind"], "nodes": shape["nodes"], "levels": len(shape["levels"]),
@@ -328,6 +340,11 @@ def measure_noop(shape: Shape, cpus: int, repeats: int) -> dict[str, Any]:
         "runs": {k: [round(x, 4) for x in v["wall"]] for k, v in t.items()},
         "discarded": {k: v["discarded"] for k, v in t.items() if k != "raw_ray"},
     }
+    return row, t
+
+
+def measure_noop(shape: Shape, cpus: int, repeats: int) -> dict[str, Any]:
+    row, t = timed_row(shape, cpus, repeats, odibi_engines(shape, sleep=False))
     raw, odi, off = (t[k]["wall"] for k in ("raw_ray", "odibi_ray", "odibi_ray_metrics_off"))
     if not (raw and odi and off):
         return dict(row, meets_target=False, ratio=None, failed=True)
@@ -362,6 +379,31 @@ def measure_sleep(shape: Shape, cpus: int, repeats: int) -> dict[str, Any]:
         ratio=round(_median(odi) / _median(raw), 3), ratio_rounds=round(_median(_round_ratios(odi, raw)), 3),
         barrier_ratio=round(_median(bar) / _median(raw), 3),
         meets_target=_median(odi) / _median(raw) <= SLEEP_TARGET and not row["errors"])
+
+
+FUSE_BODIES = {"noop": None, "1ms": 1.0}  # body -> its sleep in ms (None: no-op)
+
+
+def measure_fuse(shape: Shape, body: str, cpus: int, repeats: int) -> dict[str, Any]:
+    """A chain shape with ``body`` bodies: raw Ray (one task per node) vs odibi_ray vs odibi_ray fused."""
+    ms = FUSE_BODIES[body]
+    sleep = ms is not None
+    if sleep:
+        shape = dict(shape, sleep_ms=dict.fromkeys(shape["sleep_ms"], ms))
+    dag, leaves = build_dag(shape, sleep), shape["levels"][-1]
+    row, t = timed_row(shape, cpus, repeats, {
+        "raw_ray": lambda: run_raw_deps(shape, sleep), "odibi_ray": lambda: run_odibi(dag, leaves),
+        "odibi_ray_fused": lambda: run_odibi(dag, leaves, fuse=True)})
+    row["body"] = body
+    raw, odi, fused = (t[k]["wall"] for k in ("raw_ray", "odibi_ray", "odibi_ray_fused"))
+    if not (raw and odi and fused):
+        return dict(row, meets_target=False, ratio=None, failed=True)
+    return dict(
+        row, raw_s=round(_median(raw), 4), odibi_s=round(_median(odi), 4), fused_s=round(_median(fused), 4),
+        ratio=round(_median(fused) / _median(raw), 3), ratio_unfused=round(_median(odi) / _median(raw), 3),
+        ratio_rounds=round(_median(_round_ratios(fused, raw)), 3),
+        raw_cpu_s=round(_median(t["raw_ray"]["cpu"]), 4), fused_cpu_s=round(_median(t["odibi_ray_fused"]["cpu"]), 4),
+        meets_target=_median(fused) / _median(raw) < 1.0 and not row["errors"])
 
 
 # --- fixed cost per run: timers around the driver's steps --------------------------------------------
@@ -657,6 +699,16 @@ def print_fixed(rows: list[dict[str, Any]]) -> None:
             print(f"| {pad}{s['step']} | {s['ms_per_run']:.2f} | {mean} | {first} | {s['calls_per_run']:g} |")
 
 
+def print_fuse(rows: list[dict[str, Any]]) -> None:
+    _table("chains, fused: odibi_ray fuse=True / raw Ray one task per node (target < 1.0)",
+           ["shape", "nodes", "cpus", "body", "raw s", "odibi s", "fused s", "ratio fused", "ratio unfused",
+            "ratio fused (rounds)", "driver CPU s raw / fused", "failures", "interference"], rows,
+           lambda r: [r["shape"], r["nodes"], r["cpus"], r["body"], f"{r['raw_s']:.3f}", f"{r['odibi_s']:.3f}",
+                      f"{r['fused_s']:.3f}", f"{r['ratio']:.3f}" + ("" if r["ratio"] < 1.0 else " **>=1**"),
+                      f"{r['ratio_unfused']:.3f}", f"{r['ratio_rounds']:.3f}",
+                      f"{r['raw_cpu_s']:.2f} / {r['fused_cpu_s']:.2f}", _failures(r), r["interference"]])
+
+
 def shapes_for(args: argparse.Namespace) -> list[Shape]:
     shapes = [make_layered(15, 20)] + ([] if args.quick else [make_layered(20, 50)])
     shapes += [make_skip(n, s) for n in args.sizes for s in args.seeds]
@@ -670,16 +722,20 @@ def shapes_for(args: argparse.Namespace) -> list[Shape]:
 
 
 def shape_by_name(name: str) -> Shape:
-    """``layered{L}x{W}``, ``skip{N}-s{seed}`` or ``chain{N}``."""
+    """``layered{L}x{W}``, ``skip{N}-s{seed}``, ``chain{N}`` or ``chains{K}x{L}``."""
     if name.startswith("layered"):
         levels, per = name[len("layered"):].split("x")
         return make_layered(int(levels), int(per))
     if name.startswith("skip"):
         n, seed = name[len("skip"):].split("-s")
         return make_skip(int(n), int(seed))
+    if name.startswith("chains"):
+        k, length = name[len("chains"):].split("x")
+        return make_chains(int(k), int(length))
     if name.startswith("chain"):
         return make_chain(int(name[len("chain"):]))
-    raise ValueError(f"unknown shape {name!r}: layered{{L}}x{{W}}, skip{{N}}-s{{seed}} or chain{{N}}")
+    raise ValueError(f"unknown shape {name!r}: layered{{L}}x{{W}}, skip{{N}}-s{{seed}}, chain{{N}} or "
+                     "chains{K}x{L}")
 
 
 def _ints(text: str) -> list[int]:
@@ -691,7 +747,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--cpus", type=_ints, default=[2, 8],
                     help="Ray num_cpus settings (default 2,8); with several, each runs in a fresh process of its own")
     ap.add_argument("--quick", action="store_true", help="300-node shapes, 3 rounds, a 100-node sleep run (< 3 min)")
-    ap.add_argument("--only", default="noop,sleep,fixed", help="which parts: noop,sleep,fixed (default all)")
+    ap.add_argument("--only", default="noop,sleep,fixed,fuse", help="which parts: noop,sleep,fixed,fuse (default all)")
+    ap.add_argument("--fuse-shapes", default=None, help="fuse-scenario shapes (default chain200,chains8x50; "
+                    "quick chain100)")
     ap.add_argument("--sizes", type=_ints, default=None, help="skip-shape sizes (default 300,1500,5000; quick 300)")
     ap.add_argument("--seeds", type=_ints, default=None, help="skip-shape seeds (default 0,1,2; quick 0)")
     ap.add_argument("--shapes", default="", help="run only these noop shapes, by name (e.g. skip1500-s0,layered20x50)")
@@ -712,6 +770,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.repeats = args.repeats or (3 if q else 5)
     args.sleep_repeats = args.sleep_repeats or (3 if q else 5)
     args.fixed_pairs = args.fixed_pairs or (10 if q else 30)
+    if args.fuse_shapes is None:
+        args.fuse_shapes = "chain100" if q else "chain200,chains8x50"
     if args.sleep_shapes is None:
         args.sleep_shapes = "layered10x10" if q else "layered20x50,skip1500-s0"
     if min(args.repeats, args.sleep_repeats) < 3:
@@ -726,7 +786,9 @@ def measure(args: argparse.Namespace, cpus: int) -> dict[str, list[dict[str, Any
     sleep_shapes = ([shape_by_name(n) for n in args.sleep_shapes.split(",") if n]
                     if "sleep" in parts and not args.profile else [])
     fixed_shapes = [make_chain(10), make_layered(2, 5)] if "fixed" in parts and not args.profile else []
-    out: dict[str, list[dict[str, Any]]] = {"noop": [], "sleep": [], "fixed": [], "profiles": []}
+    fuse_runs = ([(shape_by_name(n), body) for n in args.fuse_shapes.split(",") if n for body in FUSE_BODIES]
+                 if "fuse" in parts and not args.profile else [])
+    out: dict[str, list[dict[str, Any]]] = {"noop": [], "sleep": [], "fixed": [], "fuse": [], "profiles": []}
 
     def progress(part: str, shape: Shape, figure: Any) -> None:
         print(f"  [{time.strftime('%H:%M:%S')}] cpus={cpus} {part} {shape['name']}: {figure}", file=sys.stderr,
@@ -739,12 +801,14 @@ def measure(args: argparse.Namespace, cpus: int) -> dict[str, list[dict[str, Any
             out["profiles"].append(profile_shape(shape_by_name(args.profile), cpus, args.profile_runs))
         for part, shapes, fn in (("noop", noop_shapes, lambda sh: measure_noop(sh, cpus, args.repeats)),
                                  ("sleep", sleep_shapes, lambda sh: measure_sleep(sh, cpus, args.sleep_repeats)),
+                                 ("fuse", fuse_runs, lambda run: measure_fuse(run[0], run[1], cpus, args.repeats)),
                                  # last: Ray's workers are all started and warm by now
                                  ("fixed", fixed_shapes, lambda sh: measure_fixed(sh, cpus, args.fixed_pairs,
                                                                                   args.fixed_pairs))):
-            for shape in shapes:
+            for what in shapes:
+                shape = what[0] if isinstance(what, tuple) else what  # (a fuse run: shape and body)
                 try:
-                    row = fn(shape)
+                    row = fn(what)
                 except Exception as exc:  # noqa: BLE001 - one shape's failure is a figure, not the end of the run
                     row = {"shape": shape["name"], "nodes": shape["nodes"], "cpus": cpus, "ratio": None,
                            "meets_target": False, "failed": True, "errors": {"run": [f"{_brief(exc)}"]}}
@@ -786,20 +850,24 @@ def main(argv: list[str] | None = None) -> int:
         parts = set(args.only.split(","))
         shown = (shapes_for(args) if "noop" in parts else []) + (
             [shape_by_name(n) for n in args.sleep_shapes.split(",") if n] if "sleep" in parts else []) + (
-            [make_chain(10), make_layered(2, 5)] if "fixed" in parts else [])
+            [make_chain(10), make_layered(2, 5)] if "fixed" in parts else []) + (
+            [shape_by_name(n) for n in args.fuse_shapes.split(",") if n] if "fuse" in parts else [])
         for shape in {s["name"]: s for s in shown}.values():
             print(f"  shape {describe(shape)}")
         print(f"  rounds: noop {args.repeats}, sleep {args.sleep_repeats}, fixed {args.fixed_pairs} (after 1 warm-up "
               f"per engine and shape); one fresh process and Ray per CPU setting", flush=True)
     results = ([measure(args, args.cpus[0])] if len(args.cpus) == 1
                else [in_child(argv, cpus) for cpus in args.cpus])
-    rows = {part: [r for res in results for r in res[part]] for part in ("noop", "sleep", "fixed", "profiles")}
+    rows = {part: [r for res in results for r in res.get(part, [])]
+            for part in ("noop", "sleep", "fixed", "fuse", "profiles")}
     if rows["noop"]:
         print_noop(rows["noop"])
     if rows["sleep"]:
         print_sleep(rows["sleep"])
     if rows["fixed"]:
         print_fixed(rows["fixed"])
+    if rows["fuse"]:
+        print_fuse(rows["fuse"])
     noop, sleep, fixed = rows["noop"], rows["sleep"], rows["fixed"]
 
     def span(rs: list[dict[str, Any]], key: str) -> list[float] | None:
@@ -811,6 +879,9 @@ def main(argv: list[str] | None = None) -> int:
         "noop_all_meet_target": all(r["meets_target"] for r in noop),
         "sleep_ratio_range": span(sleep, "ratio"), "sleep_all_meet_target": all(r["meets_target"] for r in sleep),
         "fixed_ms_range": span(fixed, "fixed_ms"), "fixed_all_meet_target": all(r["meets_target"] for r in fixed),
+        "fuse_ratio_range": span(rows["fuse"], "ratio"),
+        "fuse_unfused_ratio_range": span(rows["fuse"], "ratio_unfused"),
+        "fuse_all_beat_raw": all(r["meets_target"] for r in rows["fuse"]),
     }
     for cpus in args.cpus:
         mine = [r for r in noop if r["cpus"] == cpus and r.get("ratio") is not None]
@@ -821,7 +892,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{worst['shape']}), metrics off {min(r['ratio_off'] for r in mine):.3f}-"
                   f"{max(r['ratio_off'] for r in mine):.3f}; {sum(r['meets_target'] for r in mine)}/{len(mine)} "
                   f"shapes within {NOOP_TARGET}")
-    broken = [f"{r['shape']} at {r['cpus']} CPUs: {_failures(r)}" for part in ("noop", "sleep", "fixed")
+    broken = [f"{r['shape']} at {r['cpus']} CPUs: {_failures(r)}" for part in ("noop", "sleep", "fixed", "fuse")
               for r in rows[part] if _failures(r)]
     summary["failures"] = broken
     if broken:

@@ -712,6 +712,8 @@ def run_cmd(
                                      "(and ancestors); repeatable."),
     max_workers: int | None = typer.Option(None, help="Threads of the local backend."),
     seed: int | None = typer.Option(None, help="Seed of the retry jitter (repeatable runs)."),
+    fuse: bool = typer.Option(False, "--fuse", help="Run each chain of nodes (each the only consumer of the one "
+                              "before) as one Ray task; every node keeps its record, retries, timeout and checkpoint."),
 ) -> None:
     """Run a pipeline; print a per-node table. Exit 0 when every node succeeded, 1 when some failed."""
     dag, uri, options = _load_target(target, set_)
@@ -727,7 +729,7 @@ def run_cmd(
     with _RunPrinting():
         result = run_dag(dag, backend=backend.value, address=address, storage=store, resume=resume,
                          max_workers=max_workers, seed=seed, force=force, heartbeat_s=heartbeat,
-                         refresh=refresh or None, signing_key=signing, allow_pickle=pickles)
+                         refresh=refresh or None, signing_key=signing, allow_pickle=pickles, fuse=fuse)
     try:
         store.put(layout.run_prefix(dag.name, result.run_id) + RESULT_FILE, result.to_json(),
                   {"status": result.status.value})

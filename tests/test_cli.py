@@ -228,3 +228,38 @@ def test_demo_command(store):
     r = ok("demo", "--backend", "local", "--rows", "2000", "--storage", store)
     assert "demo_sales" in r.stdout and "succeeded" in r.stdout
     assert [m["status"] for m in list_runs(open_storage(store), "demo_sales")] == ["succeeded"]
+
+
+def test_run_fuse_flag_fuses_the_chain_on_ray(ray_local, store, tmp_path, monkeypatch):
+    """``--fuse`` reaches run(): the chain extract -> clean -> total (same resources) runs as one Ray task."""
+    import odibi_ray.cli as cli_module
+
+    seen: list[dict] = []
+    real = cli_module.run_dag
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return real(*args, **kwargs)
+
+    submitted: list[int] = []
+    from odibi_ray.execution.backends.ray_tasks import RayBackend
+
+    real_chain = RayBackend.submit_chain
+
+    def chain_spy(self, nodes, *args, **kwargs):
+        submitted.append(len(nodes))
+        return real_chain(self, nodes, *args, **kwargs)
+
+    monkeypatch.setattr(cli_module, "run_dag", spy)
+    monkeypatch.setattr(RayBackend, "submit_chain", chain_spy)
+    pipeline = tmp_path / "chain.yaml"
+    pipeline.write_text("name: chain_yaml\ndefaults: {resources: {num_cpus: 0.5}}\nnodes:\n"
+                        "  extract: {fn: tests.pipelines_for_tests:extract, params: {rows: 10, seed: 1}}\n"
+                        "  clean: {fn: tests.pipelines_for_tests:clean, inputs: {raw: extract}}\n"
+                        "  total: {fn: tests.pipelines_for_tests:total, inputs: [clean], params: {scale: 2}}\n")
+    r = ok("run", str(pipeline), "--storage", store, "--fuse")
+    assert "succeeded (3 succeeded)" in r.stdout
+    assert seen[-1]["fuse"] is True and submitted == [3]
+    submitted.clear()
+    ok("run", str(pipeline), "--storage", store + "2")  # without the flag: one task per node
+    assert seen[-1]["fuse"] is False and submitted == []

@@ -50,6 +50,17 @@ def test_cache_mapping_and_true():
     assert dag.cache is False and dag["a"].cache == CachePolicy(ttl_s=5, version="9") and dag["b"].cache is True
 
 
+def test_fuse_on_a_node_and_in_defaults():
+    spec = parse_spec({"name": "p", "defaults": {"fuse": True}, "nodes": {
+        "a": {"fn": "tests.pipelines_for_tests:extract", "params": {"rows": 1}},
+        "b": {"fn": "tests.pipelines_for_tests:clean", "inputs": {"raw": "a"}, "fuse": False}}}, "mem.yaml")
+    dag = spec.to_dag()
+    assert dag["a"].fuse is True and dag["b"].fuse is False
+    plain = parse_spec({"name": "p", "nodes": {"a": {"fn": "tests.pipelines_for_tests:extract",
+                                                     "params": {"rows": 1}}}}, "mem.yaml").to_dag()
+    assert plain["a"].fuse is None  # as the run says (run(fuse=...), odibi-ray run --fuse)
+
+
 @pytest.mark.parametrize("override, path, expected", [
     ("nodes.clean.retry.max_attempts=0", "nodes.clean.retry.max_attempts", "greater than or equal to 1"),
     ('nodes.clean.retry.max_attempts="3"', "nodes.clean.retry.max_attempts", "valid integer"),
@@ -62,6 +73,7 @@ def test_cache_mapping_and_true():
     ("nodes.clean.resources.memory=12XB", "nodes.clean.resources.memory", "number with a unit"),
     ("nodes.clean.resources.custom.CPU=1", "nodes.clean.resources.custom", "goes in num_cpus"),
     ("nodes.clean.timeout_s=0", "nodes.clean.timeout_s", "greater than 0"),
+    ('nodes.clean.fuse="yes"', "nodes.clean.fuse", "valid boolean"),
     ("nodes.clean.fn=not a path", "nodes.clean.fn", "should match pattern"),
     ("name=bad/name", "name", "should match pattern"),
     ("nodes.clean.retry.retry_on=[builtins.len]", "nodes.clean.retry.retry_on.0", "not an exception type"),

@@ -45,6 +45,10 @@ class Node:
     ``source`` (an :class:`~odibi_ray.definition.incremental.IncrementalSource`, e.g.
     :func:`odibi_ray.sources.kafka_source`) makes it an *incremental source*: each run reads the range the source
     gives when the run starts (in the parameter ``source.param``), and the source commits it once the run succeeds.
+
+    ``fuse`` (default None: as the run says, ``run(fuse=...)``): whether this node may share one Ray task with the
+    node before it and the node after it in a chain (each with one consumer; see
+    :mod:`odibi_ray.execution.fusion`). It changes how the node is scheduled, never its key, record or output.
     """
 
     name: str
@@ -62,6 +66,7 @@ class Node:
     description: str = ""
     map_over: MapSpec | str | None = None
     source: IncrementalSource | None = None
+    fuse: bool | None = None
 
     def __post_init__(self) -> None:
         _check_name(self.name)
@@ -122,6 +127,8 @@ class Node:
             problems.append(f"retry must be a RetryPolicy, got {type(self.retry).__name__}")
         if self.cache is not None and not isinstance(self.cache, (CachePolicy, bool)):
             problems.append(f"cache must be a CachePolicy, True or False, got {type(self.cache).__name__}")
+        if self.fuse is not None and not isinstance(self.fuse, bool):
+            problems.append(f"fuse must be True, False or None, got {type(self.fuse).__name__}")
         if self.timeout_s is not None and (not _number(self.timeout_s) or not 0 < self.timeout_s <= MAX_TIMEOUT_S):
             problems.append(f"timeout_s must be a finite number of seconds > 0 and <= {MAX_TIMEOUT_S:g} (365 days), "
                             f"got {_short(self.timeout_s)}")

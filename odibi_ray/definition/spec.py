@@ -12,6 +12,7 @@ A pipeline file (every field but ``name`` and ``nodes`` optional; unknown fields
       cache: {ttl_s: 86400}                                   # DAG(cache=...): false, true or a policy
       resources: {num_cpus: 1}                                # for nodes without their own
       timeout_s: 600
+      fuse: true                                              # chains share one Ray task (execution/fusion.py)
     nodes:
       extract: {fn: mypkg.steps:extract, params: {rows: 1000}}
       clean:
@@ -22,6 +23,7 @@ A pipeline file (every field but ``name`` and ``nodes`` optional; unknown fields
         resources: {num_cpus: 2, num_gpus: 0, memory: 2GiB, custom: {bigmem: 1}}
         timeout_s: 60
         version: "3"
+        fuse: false                                           # never share a task (default: defaults.fuse)
       list_files: {fn: mypkg.steps:list_files, params: {folder: landing/}, cache: false}
       read_file:                                              # a mapped node: one task per item of list_files
         fn: mypkg.steps:read_file
@@ -226,6 +228,7 @@ class NodeSpec(_Strict):
     version: str | None = None
     description: str = ""
     map: MapField | None = None  # a mapped node: fn runs once per item of the output of map.over
+    fuse: bool | None = None  # Node.fuse (None: defaults.fuse, else the run's)
 
     @property
     def map_spec(self) -> MapNodeSpec | None:
@@ -240,6 +243,7 @@ class DefaultsSpec(_Strict):
     cache: CacheField = True
     resources: ResourcesSpec | None = None
     timeout_s: float | None = Field(None, gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)
+    fuse: bool | None = None  # Node.fuse of nodes without their own
 
 
 class PipelineSpec(_Strict):
@@ -296,7 +300,7 @@ class PipelineSpec(_Strict):
             kwargs.update(name=name, fn=fn, params=dict(spec.params), retry=self._retry(spec.retry, f"{where}.retry"),
                           cache=None if spec.cache is None else self._cache(spec.cache, f"{where}.cache"),
                           timeout_s=timeout, resources=dict(res.custom), version=spec.version,
-                          description=spec.description)
+                          description=spec.description, fuse=spec.fuse if spec.fuse is not None else self.defaults.fuse)
             inputs = list(spec.inputs) if isinstance(spec.inputs, list) else dict(spec.inputs)
             try:
                 node = Node(inputs=inputs, **kwargs)

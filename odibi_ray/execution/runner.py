@@ -131,7 +131,7 @@ def run(dag: DAG, *, backend: str | ExecutionBackend | Backend = "ray", address:
         wait_for_resources: bool = False, run_id: str | None = None, metrics: bool = True,
         metrics_namespace: str = "default", write_behind: bool | None = None, force: bool = False,
         heartbeat_s: float = HEARTBEAT_S, refresh: Iterable[str] | str | None = None,
-        signing_key: Any = None, allow_pickle: bool | None = None) -> RunResult:
+        signing_key: Any = None, allow_pickle: bool | None = None, fuse: bool = False) -> RunResult:
     """Run a DAG once and return its :class:`RunResult` (it does not raise for failed nodes:
     call ``result.raise_for_status()``).
 
@@ -169,6 +169,10 @@ def run(dag: DAG, *, backend: str | ExecutionBackend | Backend = "ray", address:
     ``write_behind``: workers queue their checkpoint and return at once, the driver confirms every write before
     the run ends (checkpoint/writeback.py); default: on for remote stores with the Ray backend, off for local
     folders (nothing to hide there).
+    ``fuse=True`` runs every chain of nodes (each the only consumer of the one before, same resources) as one Ray task
+    per chain, keeping each node's record, output, retry policy, timeout, key and checkpoint: cheaper for chains of
+    short nodes (execution/fusion.py); ``Node.fuse`` turns it on or off per node. No effect with ``barrier=True`` or
+    the local backend.
     """
     levels = dag.levels()  # validates: nothing runs on an invalid DAG
     if not heartbeat_s > 0:
@@ -228,7 +232,8 @@ def run(dag: DAG, *, backend: str | ExecutionBackend | Backend = "ray", address:
     log.info("run %s of %r: %d nodes in %d levels on %s", rid, dag.name, len(dag), len(levels), be.name)
     live = LivePublisher(dag.name, rid, _live_sender(metrics_namespace)) if metrics and be.name == "ray" else None
     scheduler = Scheduler(dag, be, run_id=rid, levels=levels, barrier=barrier, fail_fast=fail_fast,
-                          rng=random.Random(seed), progress=sink, default_retry=retry, checkpoint=plan, observer=live)
+                          rng=random.Random(seed), progress=sink, default_retry=retry, checkpoint=plan, observer=live,
+                          fuse=fuse)
     if manifest is not None and plan is not None and lease is not None:
         # the manifest keeps what the run did (statuses, attempts, errors) on every heartbeat, written off the loop
         targets = plan.targets

@@ -73,6 +73,7 @@ from .backends.base import Backend
 from .backends.worker_keys import WorkerKey
 from .context import NodeContext
 from .fanout import Collect, MapItem, MapOutput, item_digest, item_name, split_items
+from .fusion import MAX_FUSED, fused_links
 from ..definition.mapping import FailedItem, MapSpec
 from ..definition.dag import DAG
 from ..checkpoint.codecs import CodecError
@@ -193,6 +194,7 @@ class _InFlight(NamedTuple):
     node: str
     inputs: tuple[Hashable, ...]  # the handles of its inputs' attempts it was given, in parameter order
     attempt: AttemptRecord  # enters the node's history once its outcome is accepted
+    fused: tuple[str, ...] = ()  # the nodes of its fused task (execution/fusion.py), this one included
 
 
 def should_retry(policy: RetryPolicy, error: ErrorInfo, attempt: int) -> bool:
@@ -217,7 +219,8 @@ class Scheduler:
     def __init__(self, dag: DAG, backend: Backend, *, run_id: str, levels: list[list[str]], barrier: bool = False,
                  fail_fast: bool = False, rng: random.Random | None = None,
                  progress: ProgressSink | None = None, default_retry: RetryPolicy | None = None,
-                 checkpoint: CheckpointPlan | None = None, observer: LiveObserver | None = None) -> None:
+                 checkpoint: CheckpointPlan | None = None, observer: LiveObserver | None = None,
+                 fuse: bool = False) -> None:
         self.dag, self.backend, self.run_id = dag, backend, run_id
         self.levels = levels
         self.barrier, self.fail_fast = barrier, fail_fast
@@ -270,6 +273,12 @@ class Scheduler:
         self._rekey = frozenset(n for n in self._rank if self._inputs[n]) if checkpoint is not None else frozenset()
         if checkpoint is not None:
             self._keyed.update((n, checkpoint.input_versions(n)) for n in checkpoint.keys if n in self._rekey)
+        # Fusion (execution/fusion.py): node -> the next node of its chain; nodes whose fused task died run unfused
+        # (a backend that can fuse has submit_chain: RayBackend; the local one has no per-task cost to save)
+        self._submit_fused: Any = getattr(backend, "submit_chain", None) if self.speculative else None
+        fusing = self._submit_fused is not None and (fuse or any(node.fuse for node in self._nodes.values()))
+        self._next = fused_links(dag, fuse) if fusing else {}
+        self._unfused: set[str] = set()
 
     # --- the state machine ----------------------------------------------------------------------
 
@@ -657,6 +666,8 @@ class Scheduler:
             if name in self._mapped:
                 self._expand(name)
                 continue
+            if name in self._next and self._submit_chain(name, wkey):
+                continue
             node = self._nodes[name]
             attempt = AttemptRecord(number=self.records[name].attempts + 1, submitted_at=time.time())
             inputs = tuple(self._live[u] for u in self._inputs[name])
@@ -681,6 +692,49 @@ class Scheduler:
             if self.speculative:
                 for child in self._children[name]:
                     heapq.heappush(ready, (self._rank[child], child))
+
+    def _submit_chain(self, name: str, wkey: WorkerKey | None) -> bool:
+        """Submit ``name`` and the pending nodes after it in its chain as one fused task (execution/fusion.py); False
+        when no node after it can go with it (it is submitted alone)."""
+        chain = [name]
+        unfused = self._unfused
+        while len(chain) < MAX_FUSED and chain[-1] not in unfused:
+            nxt = self._next.get(chain[-1])
+            if nxt is None or nxt in unfused or self._state[nxt] is not _State.PENDING:
+                break
+            chain.append(nxt)
+        if len(chain) == 1:
+            return False
+        # a node after the first is keyed in the task from the data version of the one before (when it is keyed)
+        keys = [wkey] + [self._worker_key(n) if n in self._rekey and self._keyed.get(n) != self._key_inputs(n)
+                         else None for n in chain[1:]]
+        now = time.time()
+        attempts = [AttemptRecord(number=self.records[n].attempts + 1, submitted_at=now) for n in chain]
+        ctxs = [NodeContext(self.dag.name, self.run_id, n, att.number, self._policy[n].max_attempts)
+                for n, att in zip(chain, attempts)]
+        inputs = tuple(self._live[u] for u in self._inputs[name])
+        handles = self._submit_fused([self._nodes[n] for n in chain], ctxs, inputs, keys)
+        members = tuple(chain)
+        for n, handle, att in zip(chain, handles, attempts):
+            self._inflight[handle] = _InFlight(n, inputs, att, members)
+            self._live[n] = handle
+            self._move(n, _State.IN_FLIGHT)
+            inputs = (handle,) * len(self._inputs[self._next[n]]) if n in self._next else ()
+        for child in self._children[chain[-1]]:
+            heapq.heappush(self._ready, (self._rank[child], child))
+        return True
+
+    def _unfuse(self, name: str, flight: _InFlight, error: ErrorInfo) -> None:
+        """A fused task failed as a whole (its worker died, ran out of memory or lost its machine): it cannot say
+        which of its nodes was running, so none is charged; its nodes run one task each from now on."""
+        log.warning("fused task %s..%s failed (%s: %s); its %d nodes run again, one task each", flight.fused[0],
+                    flight.fused[-1], error.kind.value, error.message, len(flight.fused))
+        self._unfused.update(flight.fused)
+        self._discard(name)
+        for n in flight.fused:
+            other = self._inflight.get(self._live.get(n))
+            if other is not None and other.fused is flight.fused:
+                self._discard(n)
 
     # --- mapped nodes ---------------------------------------------------------------------------------
 
@@ -932,6 +986,10 @@ class Scheduler:
         if not self._inputs_still_valid(name, flight.inputs) or (
                 error is not None and error.kind is ErrorKind.UPSTREAM_FAILED):
             self._discard(name)  # ran (or not) on an input attempt that failed: not an attempt of its own
+            return
+        if (flight.fused and error is not None and meta.started_at is None and error.kind.is_system
+                and error.kind is not ErrorKind.OBJECT_LOST):  # (a lost input is recomputed below, as for any task)
+            self._unfuse(name, flight, error)
             return
         att = flight.attempt
         att.started_at, att.ended_at = meta.started_at, meta.ended_at

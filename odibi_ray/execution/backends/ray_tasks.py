@@ -90,12 +90,22 @@ def _remote_execute() -> Any:
     return ray.remote(_execute)
 
 
+@functools.lru_cache(maxsize=1)
+def _remote_execute_chain() -> Any:
+    """``ray.remote(_execute_chain)``, made once per process (see :func:`_remote_execute`)."""
+    import ray
+
+    return ray.remote(_execute_chain)
+
+
 @functools.lru_cache(maxsize=4096)
-def _task_options(name: str, resources_json: str) -> Any:
+def _task_options(name: str, resources_json: str, fused: int = 0) -> Any:
     """The remote function with one node's task options (its name, resources), kept across runs: Ray's
-    ``.options()`` defines a new wrapper class on every call, once per node per run."""
-    return _remote_execute().options(num_returns=2, max_retries=0, retry_exceptions=False, name=name,
-                                     **json.loads(resources_json))
+    ``.options()`` defines a new wrapper class on every call, once per node per run. ``fused``: a fused task of
+    that many nodes (two returns each)."""
+    remote = _remote_execute_chain() if fused else _remote_execute()
+    return remote.options(num_returns=2 * fused or 2, max_retries=0, retry_exceptions=False, name=name,
+                          **json.loads(resources_json))
 
 
 def _execute(spec_bytes: bytes, attempt: int | tuple, *input_values: Any) -> tuple[Any, bytes | tuple]:
@@ -111,13 +121,60 @@ def _execute(spec_bytes: bytes, attempt: int | tuple, *input_values: Any) -> tup
     tuple ``(attempt, groups, item, worker key)`` (see :meth:`RayBackend.submit`). A node keyed here gets its pending
     inputs' attempt metadata after its inputs (:mod:`.worker_keys`).
     """
-    global _RETURNING
-    _RETURNING = None
-    if _GUARD is None:
-        _guard_outputs()
+    _begin_task()
     spec = _spec(spec_bytes)
+    fn_box = None
     if spec.fn_bytes is None:
         input_values, fn_box = input_values[:-1], input_values[-1]
+    inputs, metas = _split_metas(attempt, input_values)
+    value, meta = _run_node(spec, attempt, inputs, fn_box, metas)
+    return value, _wire_meta(meta)
+
+
+def _execute_chain(specs: tuple[bytes, ...], calls: tuple[Any, ...], boxes: tuple[Any, ...],
+                   *head_inputs: Any) -> tuple[Any, ...]:
+    """Body of a fused task (execution/fusion.py): run a chain's nodes in order, each on the output of the one
+    before, in this process; return every node's (output, metadata), flat, in chain order.
+
+    ``specs``, ``calls`` (as ``_execute``'s ``attempt``) and ``boxes`` (a large function's ref in a list, else None)
+    hold one entry per node; ``head_inputs`` are the first node's, as ``_execute`` gets them. A node keyed here
+    reads the data version of the node before it from that node's metadata, made just before. A node that fails
+    hands the next one the failure marker: it, and every node after it, reports an input that failed.
+    """
+    _begin_task()
+    out: list[Any] = []
+    value: Any = None
+    meta: AttemptMeta | None = None
+    for i, (spec_bytes, call, box) in enumerate(zip(specs, calls, boxes)):
+        spec = _spec(spec_bytes)
+        if i == 0:
+            inputs, metas = _split_metas(call, head_inputs)
+        else:
+            inputs = [value] * len(spec.input_names)
+            metas = [meta] if meta is not None and isinstance(call, tuple) and call[3] is not None else []
+        value, meta = _run_node(spec, call, inputs, box, metas)
+        out += (value, _wire_meta(meta))
+    return tuple(out)
+
+
+def _begin_task() -> None:
+    global _RETURNING
+    _RETURNING = {}
+    if _GUARD is None:
+        _guard_outputs()
+
+
+def _split_metas(attempt: int | tuple, input_values: Sequence[Any]) -> tuple[Sequence[Any], list[AttemptMeta]]:
+    """A node keyed here gets the attempt metadata of its inputs still running after its inputs: split them off."""
+    if not isinstance(attempt, tuple) or attempt[3] is None:
+        return input_values, []
+    cut = len(input_values) - attempt[3].pending
+    return input_values[:cut], [_unpack_meta(m) for m in input_values[cut:]]
+
+
+def _run_node(spec: TaskSpec, attempt: int | tuple, input_values: Sequence[Any], fn_box: list | None,
+              metas: Sequence[AttemptMeta]) -> tuple[Any, AttemptMeta]:
+    """One attempt of one node in this worker: its output and metadata (see :func:`_execute`)."""
     fn = _FN_CACHE.get(spec.fn_key)
     if fn is None:
         if len(_FN_CACHE) >= _FN_CACHE_MAX:
@@ -126,6 +183,7 @@ def _execute(spec_bytes: bytes, attempt: int | tuple, *input_values: Any) -> tup
         if fn_bytes is None:
             import ray
 
+            assert fn_box is not None
             fn_bytes = ray.get(fn_box[0])
         fn = _FN_CACHE[spec.fn_key] = cloudpickle.loads(fn_bytes)
     params = cloudpickle.loads(spec.params_bytes) if spec.params_bytes is not None else {}
@@ -138,15 +196,13 @@ def _execute(spec_bytes: bytes, attempt: int | tuple, *input_values: Any) -> tup
             target = item_target(target, spec.node, item)
         if wkey is not None:  # (only with checkpoint storage: there is a target)
             assert target is not None
-            cut = len(input_values) - wkey.pending  # the pending inputs' attempt metadata come after the inputs
-            input_values, metas = input_values[:cut], input_values[cut:]
             started = time.time()
-            target, reused = key_in_worker(wkey, [_unpack_meta(m) for m in metas], target, spec.node)
+            target, reused = key_in_worker(wkey, metas, target, spec.node)
             if reused is not None:  # stored under its key (early cutoff): not run; its consumers read it there
                 meta = AttemptMeta(started, time.time(), _worker_node_id(), os.getpid(), None,
                                    IOCounts(0, 0, time.time() - started), "", reused.sha256, reused.codec,
                                    target.cache_key, reused.status.value)
-                return reused.ref, _wire_meta(meta)
+                return reused.ref, meta
     ctx = NodeContext(spec.pipeline, spec.run_id, spec.node, attempt, spec.max_attempts,  # type: ignore[arg-type]
                       None if item is None else item.position)
     meta, value = run_attempt(fn, params, spec.input_names, input_values, ctx, _worker_node_id(), spec.timeout_s,
@@ -154,12 +210,13 @@ def _execute(spec_bytes: bytes, attempt: int | tuple, *input_values: Any) -> tup
     # keyed here (not when an input failed, which leaves the target as it was): the driver learns the key
     if wkey is not None and target is not None and target is not spec.target:
         meta = meta._replace(cache_key=target.cache_key)
-    _RETURNING = (id(value), ctx.where)
-    return value, _wire_meta(meta)
+    assert _RETURNING is not None
+    _RETURNING.setdefault(id(value), ctx.where)  # (the first node returning this object names it)
+    return value, meta
 
 
-#: The output ``_execute`` is returning, until Ray serialises it: (id of the value, node name).
-_RETURNING: tuple[int, str] | None = None
+#: The outputs the task is returning, until Ray serialises them: id of the value -> the node (or item) returning it.
+_RETURNING: dict[int, str] | None = None
 #: The serialisation context whose ``serialize`` this worker process wrapped (False: it could not be wrapped).
 _GUARD: Any = None
 
@@ -185,11 +242,9 @@ def _guard_outputs() -> None:
 
 
 def _serialize_guarded(serialize: Callable[[Any], Any], value: Any) -> Any:
-    global _RETURNING
-    returning = _RETURNING
-    if returning is None or returning[0] != id(value):
+    where = _RETURNING.pop(id(value), None) if _RETURNING else None
+    if where is None:
         return serialize(value)
-    _RETURNING = None
     try:
         return serialize(value)
     except Exception as exc:
@@ -197,7 +252,7 @@ def _serialize_guarded(serialize: Callable[[Any], Any], value: Any) -> Any:
         if len(reason) > 500:
             reason = reason[:500] + "..."
         vtype = type(value)
-        raise UnserialisableOutputError(returning[1], f"{vtype.__module__}.{vtype.__qualname__}", reason) from exc
+        raise UnserialisableOutputError(where, f"{vtype.__module__}.{vtype.__qualname__}", reason) from exc
 
 
 _SPECS: dict[bytes, TaskSpec] = {}
@@ -384,11 +439,7 @@ class RayBackend:
 
     def submit(self, node: Node, ctx: NodeContext, inputs: Sequence[Any], item: MapItem | None = None,
                key: WorkerKey | None = None) -> _Handle:
-        target = self._targets.get(node.name)
-        spec = self._specs.get(node.name)
-        if spec is None or self._spec_targets[node.name] is not target:  # first submit in this run, or a new key
-            spec = self._specs[node.name] = self._pickle_spec(node, ctx)
-            self._spec_targets[node.name] = target
+        spec = self._spec_of(node, ctx)
         if item is None and key is None and not any(h.__class__ is MapOutput for h in inputs):
             value, meta = self._remotes[node.name].remote(spec, ctx.attempt, *[h.value for h in inputs],
                                                           *self._boxes[node.name])
@@ -401,6 +452,37 @@ class RayBackend:
         call = (ctx.attempt, groups, None if item is None else tuple(item), key)
         value, meta = self._remotes[node.name].remote(spec, call, *args, *metas, *self._boxes[node.name])
         return _Handle(meta, value)
+
+    def submit_chain(self, nodes: Sequence[Node], ctxs: Sequence[NodeContext], inputs: Sequence[Any],
+                     keys: Sequence[WorkerKey | None]) -> list[_Handle]:
+        """Start one attempt of each node of a chain as one fused Ray task (execution/fusion.py): ``inputs`` are the
+        first node's input handles, each later node reads the one before; ``keys``: a node's worker key, if it is
+        keyed in the task. One handle per node, in chain order, each with the node's own output and metadata."""
+        head = nodes[0]
+        specs = tuple(self._spec_of(node, ctx) for node, ctx in zip(nodes, ctxs))
+        args, groups = flatten_inputs(inputs, lambda h: h.value)
+        key = keys[0]
+        metas = [] if key is None else [h.meta for h, v in zip(inputs, key.versions) if v is None]
+        head_call: int | tuple = ctxs[0].attempt
+        if key is not None or any(g is not None for g in groups):
+            head_call = (ctxs[0].attempt, groups, None, key)
+        calls = (head_call,) + tuple(ctx.attempt if k is None else (ctx.attempt, None, None, k)
+                                     for ctx, k in zip(ctxs[1:], keys[1:]))
+        boxes = tuple(self._boxes[node.name][0] if self._boxes[node.name] else None for node in nodes)
+        remote = _task_options(f"{head.name}..{nodes[-1].name}", json.dumps(head.ray_options(), sort_keys=True),
+                               len(nodes))
+        refs = remote.remote(specs, calls, boxes, *args, *metas)
+        return [_Handle(refs[i + 1], refs[i]) for i in range(0, len(refs), 2)]
+
+    def _spec_of(self, node: Node, ctx: NodeContext) -> bytes:
+        """The node's pickled spec, made on its first submit in this run (again when its checkpoint target changed:
+        a new key)."""
+        target = self._targets.get(node.name)
+        spec = self._specs.get(node.name)
+        if spec is None or self._spec_targets[node.name] is not target:
+            spec = self._specs[node.name] = self._pickle_spec(node, ctx)
+            self._spec_targets[node.name] = target
+        return spec
 
     def _pickle_spec(self, node: Node, ctx: NodeContext) -> bytes:
         """The node's :class:`TaskSpec`: what :meth:`prepare` serialised plus the run's context, pickled once (as a
