@@ -16,7 +16,12 @@ passing each output to the next in memory. Everything that makes a node a node s
 
 A fused task that fails as a whole (its worker died, ran out of memory or lost its machine) cannot say which of its
 nodes was running: none is charged, and the chain's nodes run one task each from then on in this run, so that a
-node that kills its worker is charged for it (and its nodes before it ran once more).
+node that kills its worker is charged for it. The nodes before it run once more, except those whose checkpoint the
+dead task had already stored: looked up under their keys, those are reused (status ``cached``, counted as an early
+cutoff when the node before them ran again).
+
+Each node gets a copy of the output before it (pickled and read back, as an unfused node reads it from the object
+store), so a node that changes its input in place cannot change the output of the node before it.
 
 Links that fuse (:func:`fused_links`): ``u -> v`` where ``v`` is the only node reading ``u`` and ``u`` the only
 node ``v`` reads, neither is mapped, both ask for the same resources, and both have fusion on (``Node.fuse``,

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import struct
 import time
 from typing import Any, NamedTuple
@@ -23,11 +24,11 @@ from collections.abc import Callable, Iterator, Sequence
 
 import cloudpickle
 
-from ..attempt import NO_IO, AttemptMeta, IOCounts, error_info, run_attempt
+from ..attempt import NO_IO, AttemptMeta, IOCounts, UpstreamFailed, error_info, run_attempt
 from ..fanout import MapItem, MapOutput, flatten_inputs, item_target, task_input_names
 from .worker_keys import WorkerKey, key_in_worker
 from ...checkpoint.codecs import CODECS
-from ...checkpoint.store import OutputTarget
+from ...checkpoint.store import OutputTarget, StoredRef
 from ..context import NodeContext
 from ...errors import (
     ExecutionError,
@@ -139,7 +140,8 @@ def _execute_chain(specs: tuple[bytes, ...], calls: tuple[Any, ...], boxes: tupl
     ``specs``, ``calls`` (as ``_execute``'s ``attempt``) and ``boxes`` (a large function's ref in a list, else None)
     hold one entry per node; ``head_inputs`` are the first node's, as ``_execute`` gets them. A node keyed here
     reads the data version of the node before it from that node's metadata, made just before. A node that fails
-    hands the next one the failure marker: it, and every node after it, reports an input that failed.
+    hands the next one the failure marker: it, and every node after it, reports an input that failed. A node gets a
+    copy of the output before it (:func:`_handover`), never the object the task returns.
     """
     _begin_task()
     out: list[Any] = []
@@ -150,11 +152,32 @@ def _execute_chain(specs: tuple[bytes, ...], calls: tuple[Any, ...], boxes: tupl
         if i == 0:
             inputs, metas = _split_metas(call, head_inputs)
         else:
-            inputs = [value] * len(spec.input_names)
+            inputs = [_handover(value) for _ in spec.input_names]
             metas = [meta] if meta is not None and isinstance(call, tuple) and call[3] is not None else []
         value, meta = _run_node(spec, call, inputs, box, metas)
         out += (value, _wire_meta(meta))
     return tuple(out)
+
+
+#: Outputs a fused task hands to the next node as they are: nothing can change them in place.
+_IMMUTABLE = frozenset({int, float, complex, bool, str, bytes, type(None), StoredRef, UpstreamFailed})
+
+
+def _handover(value: Any) -> Any:
+    """An output of a fused task's node as the next node gets it: a copy (pickled and read back), as an unfused
+    consumer reads it from the object store. Else a node changing its input in place (``df["x"] = ...``) would change
+    the output of the node before it, returned when the task ends: what ``result[...]``, a retry and the cache key
+    after it see (a test caught it). A value that cannot be pickled is handed over as it is: Ray cannot store it
+    either, so its node fails (UnserialisableOutputError) when the task returns."""
+    if value.__class__ in _IMMUTABLE:
+        return value
+    try:
+        return pickle.loads(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:  # noqa: BLE001 - e.g. a lambda inside: cloudpickle can, as Ray's own serialiser does
+        try:
+            return cloudpickle.loads(cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+        except Exception:  # noqa: BLE001 - see the docstring
+            return value
 
 
 def _begin_task() -> None:
