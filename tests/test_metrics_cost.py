@@ -173,6 +173,41 @@ def test_the_last_batch_after_live_batches_ends_the_actor_exact():
     assert actor.metrics.get_metric_value(MetricType.NODES_DONE, "p", pipeline="p", level="1") == 1
 
 
+def test_the_exact_last_batch_is_final_minus_sent_without_the_final_figures():
+    records = _records(6)
+    records["n4"].attempt_history.insert(0, AttemptRecord(1, 0.0, 0.1, 0.2, "w2", 2))  # a retried node
+    actor = MetricsActor()
+    batches: list[dict[str, Any]] = []
+    live = LivePublisher("p", "r", lambda s, st: (batches.append(s), actor.push(s, st)))
+    view = _View(records)
+    view.changed = {"n0", "n1", "n2"}
+    live.publish(view)
+    view.changed = {"n3", "n4", "n5"}  # closed since the last batch
+    stats = {"cache_evictions": 2, "corrupt_objects": 1}
+    assert live.finish_exact(view, view.take_changed(), dict(STATUS), stats)
+    result = _Result(records)
+    result.stats = stats
+    final = metrics_from_result(result, view.inputs)  # type: ignore[arg-type]
+    assert len(batches) == 2 and _figures(actor.metrics) == _figures(final)
+    assert actor.metrics.get_metric_value(MetricType.CACHE_EVICTION, "p", pipeline="p") == 2
+    assert actor.metrics.get_metric_value(MetricType.NODES_DONE, "p", pipeline="p", level="1") == 1
+
+
+@pytest.mark.parametrize("late", ["n1", "m[0]"])
+def test_a_node_or_item_changed_after_it_was_counted_closed_takes_the_difference_path(late):
+    records = _records(3)
+    records["m[0]"] = NodeRecord("m[0]", 1, NodeStatus.SUCCEEDED, [AttemptRecord(1, 0.0, 0.1, 0.2, "w", 1)])
+    actor = MetricsActor()
+    batches: list[dict[str, Any]] = []
+    live = LivePublisher("p", "r", lambda s, st: (batches.append(s), actor.push(s, st)))
+    view = _View(records)
+    live.publish(view)  # every one counted closed
+    records[late].status = NodeStatus.FAILED  # then changed: only the final figures say how
+    view.changed = {late}
+    assert not live.finish_exact(view, view.take_changed(), dict(STATUS), {})
+    assert len(batches) == 1  # nothing sent: the caller sends final - sent
+
+
 def test_a_snapshot_with_a_zero_series_takes_the_difference_path():
     final = MetricsManager()
     final.increment(MetricType.BYTES_READ, "a", value=0, pipeline="p")

@@ -344,12 +344,29 @@ class RunResult:
     _fetch: Callable[[list[str]], list[Any]] = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
     _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     stats: dict[str, int] = field(default_factory=dict)  # e.g. corrupt_objects found and recomputed
-    metrics: Any = field(default=None, repr=False, compare=False)  # a MetricsManager, when metrics are on
+    _metrics: Any = field(default=None, repr=False, compare=False)  # see ``metrics``
+    _derive_metrics: Callable[[], Any] | None = field(default=None, repr=False, compare=False)
     inputs: dict[str, list[str]] = field(default_factory=dict, repr=False)  # node -> its upstream nodes
     stopped_reason: str | None = None  # why the driver stopped early (another driver took the run over)
     resumed_from: str | None = None  # a resume: the status the run had when this driver took it over
     manifest_error: str | None = None  # why the run's manifest could not be closed (it is retried in the background)
     sources: dict[str, SourceRead] = field(default_factory=dict)  # incremental source node -> what it read
+
+    @property
+    def metrics(self) -> Any:
+        """The run's figures (a ``MetricsManager``) when metrics are on, else None. After a run whose live batches
+        already sent them (observe/live.py) they are derived from the records when first read."""
+        if self._metrics is None and self._derive_metrics is not None:
+            self._metrics, self._derive_metrics = self._derive_metrics(), None
+        return self._metrics
+
+    @metrics.setter
+    def metrics(self, value: Any) -> None:
+        self._metrics, self._derive_metrics = value, None
+
+    def derive_metrics_later(self, derive: Callable[[], Any]) -> None:
+        """``metrics`` is ``derive()``, called on first read."""
+        self._metrics, self._derive_metrics = None, derive
 
     @property
     def status(self) -> RunStatus:

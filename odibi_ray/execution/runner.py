@@ -33,15 +33,25 @@ from ..storage.uri import open_storage, redact_uri, scheme_of
 log = logging.getLogger(__name__)
 
 
-def _publish_metrics(result: RunResult, live: LivePublisher | None, status: dict[str, Any]) -> dict[str, Any]:
-    """Derive the run's metrics from its records; send the actor what it has not had yet (the whole run, or the
-    rest after the live batches), fire-and-forget. Returns their snapshot (the run manifest keeps a copy)."""
-    result.metrics = metrics_from_result(result, result.inputs)
-    snapshot = result.metrics.snapshot()
+def _publish_metrics(result: RunResult, live: LivePublisher | None, view: Scheduler, changed: set[str],
+                     keep_snapshot: bool) -> dict[str, Any] | None:
+    """Send the actor what it has not had yet of the run's metrics (the whole run, or the rest after the live
+    batches), fire-and-forget; ``result.metrics`` is derived from the records, now or when first read (when the
+    last batch did not need it: observe/live.py). Returns their snapshot when ``keep_snapshot`` (the run manifest
+    keeps a copy). ``changed``: the nodes changed since the last live batch."""
+    derive = functools.partial(metrics_from_result, result, result.inputs)
     if live is not None and _ray_connected():  # (live: a Ray run) a fully cached run never started Ray
-        live.finish(result.metrics, dict(status, finished=True, status=result.status.value,
-                                         duration_s=round(result.duration_s, 3)), snapshot)
-    return snapshot
+        status = dict(view.live_status(), finished=True, status=result.status.value,
+                      duration_s=round(result.duration_s, 3))
+        if live.finish_exact(view, changed, status, result.stats):
+            result.derive_metrics_later(derive)
+            return result.metrics.snapshot() if keep_snapshot else None
+        result.metrics = derive()
+        snapshot = result.metrics.snapshot()
+        live.finish(result.metrics, status, snapshot)
+        return snapshot
+    result.metrics = derive()
+    return result.metrics.snapshot() if keep_snapshot else None
 
 
 def _live_sender(namespace: str) -> Callable[[dict[str, Any], dict[str, Any]], None]:
@@ -256,10 +266,11 @@ def run(dag: DAG, *, backend: str | ExecutionBackend | Backend = "ray", address:
         be.close()
         if plan is not None:  # the manifest is closed below: a recomputation on result[name] must not beat into it
             plan.heartbeat = lambda: None
+    changed = scheduler.take_changed()  # since the last live batch: what the final one sends
     scheduler.detach_observer()  # the final batch below is the last one, whatever reading the result recomputes
     if ranges:  # before the manifest closes: a driver killed in between leaves a resumable run, nothing lost
         result.sources = commit_ranges(dag, ranges, result)
-    snapshot = _publish_metrics(result, live, scheduler.live_status()) if metrics else None
+    snapshot = _publish_metrics(result, live, scheduler, changed, writer is not None) if metrics else None
     if writer is not None and manifest is not None:  # (a writer is made only with a manifest)
         counts: dict[str, int] = {}
         for rec in result.nodes.values():

@@ -601,6 +601,8 @@ class Scheduler:
             rec = self.records[name]
             att = rec.attempt_history[-1]
             att.bytes_written, att.confirmed = outcome.bytes_written, True
+            if self._changed is not None:  # (its bytes written: a figure of the live metrics)
+                self._changed.add(name)
             if outcome.error is not None:  # computed (its consumers used it) but never checkpointed: not done
                 kind = ErrorKind.STORAGE if isinstance(outcome.error, StorageError) else ErrorKind.OBJECT_LOST
                 att.error = rec.error = error_info(_unconfirmed(name, outcome.error), kind=kind)

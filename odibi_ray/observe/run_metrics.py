@@ -39,14 +39,18 @@ def metrics_from_result(result: RunResult, inputs: dict[str, list[str]] | None =
         add_node_metrics(m, result.pipeline, rec, result.nodes, inputs, checkpointed)
         if rec.items:
             add_items_metrics(m, result.pipeline, rec.items, result.nodes, inputs, checkpointed, rec.name)
-    base = {"pipeline": result.pipeline}
-    evicted = result.stats.get("cache_evictions", 0)
-    if evicted:
-        m.increment(MetricType.CACHE_EVICTION, result.pipeline, value=evicted, **base)
-    corrupt = result.stats.get("corrupt_objects", 0)
-    if corrupt:
-        m.increment(MetricType.CACHE_CORRUPTION, result.pipeline, value=corrupt, **base)
+    add_run_counters(m, result.pipeline, result.stats)
     return m
+
+
+def add_run_counters(m: MetricsManager, pipeline: str, stats: Mapping[str, int]) -> None:
+    """Add the run's own counters (no node's): cached objects evicted, and stored objects found corrupt."""
+    evicted = stats.get("cache_evictions", 0)
+    if evicted:
+        m.increment(MetricType.CACHE_EVICTION, pipeline, value=evicted, pipeline=pipeline)
+    corrupt = stats.get("corrupt_objects", 0)
+    if corrupt:
+        m.increment(MetricType.CACHE_CORRUPTION, pipeline, value=corrupt, pipeline=pipeline)
 
 
 def add_node_metrics(m: MetricsManager, pipeline: str, rec: NodeRecord, records: Mapping[str, NodeRecord],
