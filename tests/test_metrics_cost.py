@@ -208,6 +208,21 @@ def test_a_node_or_item_changed_after_it_was_counted_closed_takes_the_difference
     assert len(batches) == 1  # nothing sent: the caller sends final - sent
 
 
+def test_sent_is_the_sum_of_every_batch_also_past_the_batches_kept_apart(monkeypatch):
+    from odibi_ray.observe import live as live_module
+
+    monkeypatch.setattr(live_module, "SENT_KEPT", 3)
+    records = _records(8)
+    live = LivePublisher("p", "r", lambda s, st: None)
+    view = _View(records)
+    for name in records:  # one batch per node: 8 batches, summed every time more than 3 are kept apart
+        view.changed = {name}
+        live.publish(view)
+        assert len(live._sent) <= 4
+    final = metrics_from_result(_Result(records), view.inputs)  # type: ignore[arg-type]
+    assert _figures(live.sent) == _figures(final)
+
+
 def test_a_snapshot_with_a_zero_series_takes_the_difference_path():
     final = MetricsManager()
     final.increment(MetricType.BYTES_READ, "a", value=0, pipeline="p")

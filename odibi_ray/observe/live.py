@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 #: How often, at most, a running run sends its metrics to the actor (the issue's bound: a change shows within 2 s).
 LIVE_PERIOD_S = 1.0
+#: How many sent batches are kept apart before they are summed (a long run sends one per period).
+SENT_KEPT = 64
 #: How many of the longest-running in-flight nodes the status document names.
 SLOWEST = 5
 
@@ -74,10 +76,21 @@ class LivePublisher:
         #: with the run's final figures (:meth:`finish` sends ``final - sent``), not live.
         self._closed_sent: set[str] = set()
         self._dirty = False  # a node or item in _closed_sent changed after it was counted: see finish_exact
-        self.sent = MetricsManager(signed=True)  # everything sent so far (the sum of the deltas)
+        self._sent: list[MetricsManager] = []  # the batches sent so far, summed only when read (``sent``)
         self._unsent: MetricsManager | None = None  # a batch whose send failed, to go with the next one
         self._checkpointed: bool | None = None  # the run has cache keys (known before its first batch)
         self.batches = 0
+
+    @property
+    def sent(self) -> MetricsManager:
+        """Everything sent so far (the sum of the batches): summed here, when read (the last batch reads it only when
+        it cannot be made from the nodes changed since the last one: :meth:`finish_exact`)."""
+        if len(self._sent) != 1:
+            total = MetricsManager(signed=True)
+            for batch in self._sent:
+                total.merge(batch)
+            self._sent = [total]
+        return self._sent[0]
 
     def due(self, now: float) -> bool:
         return now >= self._due
@@ -118,7 +131,7 @@ class LivePublisher:
         status = self._status(status)
         self._unsent = None  # final - sent covers a batch that could not be sent
         batch = None
-        if snapshot is not None and self.sent.empty():
+        if snapshot is not None and not self._sent:
             gauges = MetricsManager(signed=True)
             self._gauges(gauges, status)
             batch = _whole_run(snapshot, gauges.snapshot())
@@ -193,7 +206,9 @@ class LivePublisher:
             delta.merge(self._unsent)
             self._unsent = None
         if self._send_batch(delta.snapshot(), status):
-            self.sent.merge(delta)  # the manager itself: no snapshot to decode again
+            self._sent.append(delta)  # the manager itself: no snapshot to decode again
+            if len(self._sent) > SENT_KEPT:  # a long run: keep the memory bounded
+                self._sent = [self.sent]
         else:
             self._unsent = delta  # not counted as sent: kept for the next batch
 

@@ -99,11 +99,13 @@ def _remote_execute_chain() -> Any:
     return ray.remote(_execute_chain)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=8192)
 def _task_options(name: str, resources_json: str, fused: int = 0) -> Any:
     """The remote function with one node's task options (its name, resources), kept across runs: Ray's
     ``.options()`` defines a new wrapper class on every call, once per node per run. ``fused``: a fused task of
-    that many nodes (two returns each)."""
+    that many nodes (two returns each). An entry is ~4 KB (that class); 8192 hold a 5,000-node DAG's names: with
+    4096, its runs cycled through the cache and missed every time (2 x 5,000 ``options()`` calls in 2 profiled runs
+    of bench_overhead's skip5000-s1, 5% of the driver)."""
     remote = _remote_execute_chain() if fused else _remote_execute()
     return remote.options(num_returns=2 * fused or 2, max_retries=0, retry_exceptions=False, name=name,
                           **json.loads(resources_json))
@@ -519,6 +521,9 @@ class RayBackend:
         spec = TaskSpec(prepared.fn_key, None if fn_box else prepared.fn_bytes, prepared.params_bytes,
                         task_input_names(node), ctx.pipeline, ctx.run_id, node.name, ctx.max_attempts, node.timeout_s,
                         self._targets.get(node.name))
+        if spec.target is None:  # plain data: pickle's own C pickler takes a quarter of cloudpickle's time
+            return pickle.dumps(tuple(spec), protocol=5)
+        # a storage adapter may be a class of the user's __main__, which only cloudpickle sends by value
         return cloudpickle.dumps(tuple(spec), protocol=5)
 
     def wait(self, handles: Sequence[_Handle], timeout: float | None, all_of: bool = False) -> list[_Handle]:
