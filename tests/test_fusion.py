@@ -671,3 +671,73 @@ def test_node_fuse_must_be_a_bool_or_none(value):
     assert isinstance(raised.value, DAGValidationError)
     for ok in (True, False, None):
         assert Node("a", head, params={"name": "a", "marks": "m"}, fuse=ok).fuse is ok
+
+
+# --- found in review ------------------------------------------------------------------------------------------------
+
+def test_a_fused_node_reading_the_node_before_it_twice_is_keyed_in_the_task(ray_local, marks, tmp_path):
+    """b reads a through two parameters: keyed in the task, it gets a's metadata once per parameter."""
+    m = str(marks)
+    dag = DAG("twice_cp")
+    dag.add_node(Node("a", head, params={"name": "a", "marks": m}))
+    dag.add_node(Node("b", both, inputs={"x": "a", "y": "a"}, params={"name": "b", "marks": m}))
+    dag.add_node(Node("c", step, inputs={"x": "b"}, params={"name": "c", "marks": m}))
+    assert fused_links(dag, True) == {"a": "b", "b": "c"}
+    plain = run(dag, storage=LocalStorage(tmp_path / "p"), progress=False)
+    fused = run(dag, fuse=True, storage=LocalStorage(tmp_path / "f"), progress=False)
+    detail = {n: (r.status, r.attempts, r.error and r.error.type_name) for n, r in fused.nodes.items()}
+    assert statuses(fused) == statuses(plain) == dict.fromkeys("abc", NodeStatus.SUCCEEDED), detail
+    assert fused["c"] == plain["c"] == ["a", "a", "b", "c"]
+    assert {n: r.cache_key for n, r in fused.nodes.items()} == {n: r.cache_key for n, r in plain.nodes.items()}
+
+
+def _explode():
+    raise RuntimeError("params cannot be loaded here")
+
+
+class Bomb:
+    """Pickles, but cannot be unpickled (in the worker)."""
+
+    def __reduce__(self):
+        return (_explode, ())
+
+
+def with_bomb(x, name, marks, bomb=None):
+    return x + [name]
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_a_node_whose_params_cannot_be_loaded_in_the_worker_is_charged_itself(ray_local, marks, fuse):
+    """A failure of a fused task's node outside its function (here its params) is that node's, as unfused: the
+    nodes before it keep their outputs."""
+    m = str(marks)
+    dag = DAG("charge")
+    dag.add_node(Node("a", head, params={"name": "a", "marks": m}))
+    dag.add_node(Node("b", with_bomb, inputs={"x": "a"}, params={"name": "b", "marks": m, "bomb": Bomb()}))
+    dag.add_node(Node("c", step, inputs={"x": "b"}, params={"name": "c", "marks": m}))
+    res = run(dag, fuse=fuse, progress=False)
+    detail = {n: (r.status.value, r.attempts, r.error and r.error.type_name) for n, r in res.nodes.items()}
+    assert statuses(res) == {"a": NodeStatus.SUCCEEDED, "b": NodeStatus.FAILED, "c": NodeStatus.SKIPPED}, detail
+    assert res.nodes["a"].attempts == res.nodes["b"].attempts == 1 and res["a"] == ["a"]
+    assert "params cannot be loaded here" in res.nodes["b"].error.message
+
+
+def boom(name, marks):
+    time.sleep(1.0)
+    raise RuntimeError("fails at once")
+
+
+def test_fail_fast_while_a_fused_task_runs_charges_none_of_its_nodes(ray_local, marks):
+    """An abort kills a fused task: which of its nodes was running is not known (its outputs are all lost), so none
+    gets an attempt, as when a fused task dies; each says so in its reason."""
+    m = str(marks)
+    dag = DAG("abort")
+    dag.add_node(Node("a", head, params={"name": "a", "marks": m}))
+    dag.add_node(Node("b", step, inputs={"x": "a"}, params={"name": "b", "marks": m, "sleep": 6.0}))
+    dag.add_node(Node("f", boom, params={"name": "f", "marks": m}))
+    res = run(dag, fuse=True, fail_fast=True, progress=False)
+    assert {"a", "b"} <= set(calls(marks))  # a had finished and b was running in the fused task
+    assert statuses(res) == {"a": NodeStatus.CANCELLED, "b": NodeStatus.CANCELLED, "f": NodeStatus.FAILED}
+    for n in "ab":
+        assert res.nodes[n].attempts == 0, res.nodes[n].attempt_history
+        assert "in fused task a..b" in res.nodes[n].reason and "fail_fast" in res.nodes[n].reason

@@ -4,12 +4,17 @@ a run's last batch made from its snapshot is ``final - nothing`` plus the gauges
 
 from __future__ import annotations
 
+import time
 from fractions import Fraction
 from typing import Any
 
 import pytest
 
-from odibi_ray.execution.result import AttemptRecord, NodeRecord, NodeStatus
+from odibi_ray import DAG, Node, RetryPolicy
+from odibi_ray.execution.attempt import NO_IO, AttemptMeta
+from odibi_ray.execution.backends.local import LocalBackend
+from odibi_ray.execution.result import AttemptRecord, ErrorInfo, ErrorKind, NodeRecord, NodeStatus
+from odibi_ray.execution.scheduler import Scheduler
 from odibi_ray.observe import ray_export
 from odibi_ray.observe.live import LivePublisher
 from odibi_ray.observe.metrics import MetricError, MetricsManager, MetricType, _parse_fraction
@@ -236,6 +241,78 @@ def test_a_snapshot_with_a_zero_series_takes_the_difference_path():
 def _figures(m: MetricsManager) -> dict[str, Any]:
     return {k: {s: v for s, v in series.items() if v != 0 and not (isinstance(v, dict) and v["count"] == 0)}
             for k, series in m.get_all_metrics().items() if MetricType(k).kind.value != "gauge"}
+
+
+# --- a run's last batch, on the real scheduler --------------------------------------------------------------
+
+
+class _LosingBackend(LocalBackend):
+    """Reports the first attempt of node ``victim`` as OBJECT_LOST (its input's machine died), once."""
+
+    def __init__(self, victim):
+        super().__init__(max_workers=4)
+        self.victim, self.names, self.lost_once, self.dead = victim, {}, False, False
+
+    def submit(self, node, ctx, inputs, item=None, key=None):
+        fut = super().submit(node, ctx, inputs, item)
+        self.names[fut] = node.name
+        return fut
+
+    def outcomes(self, handles):
+        out = super().outcomes(handles)
+        for i, h in enumerate(handles):
+            if self.names.get(h) == self.victim and not self.lost_once:
+                self.lost_once = self.dead = True
+                err = ErrorInfo("ray.exceptions.ObjectLostError", "lost", "", kind=ErrorKind.OBJECT_LOST)
+                out[i] = AttemptMeta(None, time.time(), None, None, err, NO_IO)
+        return out
+
+    def alive_nodes(self):
+        if self.dead:
+            self.dead = False
+            return set()  # the machine that held u's output is gone
+        return {"local"}
+
+
+def test_the_last_batch_after_an_input_sent_closed_is_recomputed_is_final_minus_sent():
+    """Found in review: the real Scheduler on a local backend that loses u's output once (its machine died)."""
+    calls = {"u": 0}
+
+    def u():
+        calls["u"] += 1
+        if calls["u"] == 1:
+            raise RuntimeError("first call fails")
+        return 1
+
+    def slow(a):
+        time.sleep(0.6)
+        return a
+
+    dag = DAG("exact")
+    dag.add_node(Node("u", u, retry=RetryPolicy(max_attempts=3, delay_s=0.3, backoff=1.0)))
+    dag.add_node(Node("x", lambda a: a, inputs={"a": "u"}))
+    dag.add_node(Node("y", slow, inputs={"a": "u"}))
+    actor = MetricsActor()
+    live = LivePublisher("exact", "r1", lambda snap, status: actor.push(snap, status), period_s=0.02)
+    sched = Scheduler(dag, _LosingBackend("y"), run_id="r1", levels=dag.levels(), observer=live)
+    result = sched.run()
+    assert {n: r.status for n, r in result.nodes.items()} == dict.fromkeys("uxy", NodeStatus.SUCCEEDED)
+    assert result.nodes["u"].attempts == 3  # failed, succeeded, recomputed after its output was lost
+    assert live.batches >= 2
+    changed = sched.take_changed()
+    sched.detach_observer()
+    status = dict(sched.live_status(), finished=True, status="succeeded", duration_s=1.0)
+    exact = live.finish_exact(sched, changed, status, result.stats)
+    final = metrics_from_result(result, result.inputs)
+    # u was sent closed, then run again: its end moved, and x's queue wait (sent) counts from it: only the final
+    # figures are exact, so the last batch is final - sent
+    assert not exact
+    live.finish(final, status, final.snapshot())
+    got, want = _figures(actor.metrics), _figures(final)
+    diff = {(k, s): ((got.get(k) or {}).get(s), (want.get(k) or {}).get(s)) for k in set(got) | set(want)
+            for s in set(got.get(k) or {}) | set(want.get(k) or {})
+            if (got.get(k) or {}).get(s) != (want.get(k) or {}).get(s)}
+    assert got == want, f"actor (got) vs records (want): {diff}"
 
 
 # --- Ray's metrics endpoint ----------------------------------------------------------------------------------

@@ -16,9 +16,11 @@ passing each output to the next in memory. Everything that makes a node a node s
 
 A fused task that fails as a whole (its worker died, ran out of memory or lost its machine) cannot say which of its
 nodes was running: none is charged, and the chain's nodes run one task each from then on in this run, so that a
-node that kills its worker is charged for it. The nodes before it run once more, except those whose checkpoint the
-dead task had already stored: looked up under their keys, those are reused (status ``cached``, counted as an early
-cutoff when the node before them ran again).
+node that kills its worker is charged for it. The nodes before it run once more, except a node keyed in the task
+(after the first) whose checkpoint the dead task had already stored: looked up under its key, it is reused (status
+``cached``, counted as an early cutoff when the node before it ran again). A run aborted (``fail_fast``, a takeover)
+while a fused task runs charges none of its nodes either: each is cancelled, its reason naming the task.
+A failure of a node outside its function (its params cannot be loaded in the worker) is that node's, as unfused.
 
 Each node gets a copy of the output before it (pickled and read back, as an unfused node reads it from the object
 store), so a node that changes its input in place cannot change the output of the node before it.

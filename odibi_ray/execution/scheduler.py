@@ -1169,9 +1169,13 @@ class Scheduler:
     def _abort(self, reason: str) -> None:
         """Cancel every running attempt and every node not yet finished."""
         self._fail_fast_reason = None  # done: a recomputation after the run (result[name]) is not aborted again
+        fused: dict[str, tuple[str, ...]] = {}
         for handle, flight in list(self._inflight.items()):
             self.backend.cancel(handle)
             self._live.pop(flight.node, None)
+            if flight.fused:  # which node of its fused task was running is not known: none is charged (see _unfuse)
+                fused[flight.node] = flight.fused
+                continue
             if any(self._state[u] not in _WITH_OUTPUT for u in self._inputs[flight.node]):
                 continue  # queued behind its inputs: it never started, so it is no attempt
             att = flight.attempt
@@ -1185,7 +1189,10 @@ class Scheduler:
         for name in sorted(self._in[_State.PENDING] | self._in[_State.WAITING_RETRY] | self._in[_State.IN_FLIGHT]
                            | self._in[_State.MAPPING], key=self._rank.__getitem__):
             if self._state[name].open:  # (a mapped node closes with its last item)
-                self.records[name].reason = reason
+                task = fused.get(name)
+                self.records[name].reason = reason if task is None else (
+                    f"{reason} (in fused task {task[0]}..{task[-1]}, no attempt counted: which of its nodes was "
+                    "running is not known)")
                 self._move(name, _State.CANCELLED)
 
     def _descendants(self, name: str) -> list[str]:

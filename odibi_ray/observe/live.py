@@ -75,7 +75,8 @@ class LivePublisher:
         #: quarter on a 1,500-node one. What one does after that (reopened and run again: rare) reaches the actor
         #: with the run's final figures (:meth:`finish` sends ``final - sent``), not live.
         self._closed_sent: set[str] = set()
-        self._dirty = False  # a node or item in _closed_sent changed after it was counted: see finish_exact
+        self._dirty = False  # a node or item sent closed changed after: see finish_exact
+        self._by_node_done: set[str] = set()  # nodes of _by_node whose figures were last sent closed
         self._sent: list[MetricsManager] = []  # the batches sent so far, summed only when read (``sent``)
         self._unsent: MetricsManager | None = None  # a batch whose send failed, to go with the next one
         self._checkpointed: bool | None = None  # the run has cache keys (known before its first batch)
@@ -106,9 +107,10 @@ class LivePublisher:
     def finish_exact(self, view: LiveView, changed: set[str], status: dict[str, Any],
                      stats: Mapping[str, int]) -> bool:
         """The last batch without the run's final figures: the deltas of ``changed`` (the nodes changed since the last
-        batch) and the run's own counters. That is exactly ``final - sent`` unless a node counted closed changed
-        after (see ``_closed_sent``): then nothing is sent and False says to call :meth:`finish` with the final
-        figures. A run that sent no batch sends all of its figures this way, derived once."""
+        batch) and the run's own counters. That is exactly ``final - sent`` unless a node whose figures were sent
+        closed changed after (reopened and run again: its end moves, and the queue wait of the nodes after it counts
+        from its end): then nothing is sent and False says to call :meth:`finish` with the final figures. A run that
+        sent no batch sends all of its figures this way, derived once."""
         if self._dirty:
             return False
         delta = self._node_deltas(view.records, view.inputs, changed)
@@ -183,10 +185,16 @@ class LivePublisher:
                 return  # counted when first seen closed). Keeping an empty manager per in-flight node, then diffing
                 #         it when it closed, cost ~0.3 s of driver CPU on a 5,000-node run (thousands are in flight
                 #         at each batch): bench_overhead skip5000-s1 at 2 CPUs, metrics on 3.91 -> 3.59 s, off 2.9 s
+        elif name in self._by_node_done:  # sent closed, changed since: its end may be another, and the figures of
+            self._dirty = True  # nodes sent after it count from its end (their queue wait): only the final say
         now = MetricsManager()
-        add_node_metrics(now, self.pipeline, records[name], records, inputs, bool(self._checkpointed))
+        add_node_metrics(now, self.pipeline, rec, records, inputs, bool(self._checkpointed))
         delta.merge(now.difference(self._by_node.get(name)))
         self._by_node[name] = now
+        if rec.status.done:
+            self._by_node_done.add(name)
+        else:
+            self._by_node_done.discard(name)
 
     def _gauges(self, delta: MetricsManager, status: Mapping[str, Any]) -> None:
         counts = status.get("counts", {})

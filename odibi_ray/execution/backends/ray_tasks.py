@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import cloudpickle
 
-from ..attempt import NO_IO, AttemptMeta, IOCounts, UpstreamFailed, error_info, run_attempt
+from ..attempt import FAILED, NO_IO, AttemptMeta, IOCounts, UpstreamFailed, error_info, run_attempt
 from ..fanout import MapItem, MapOutput, flatten_inputs, item_target, task_input_names
 from .worker_keys import WorkerKey, key_in_worker
 from ...checkpoint.codecs import CODECS
@@ -155,8 +155,14 @@ def _execute_chain(specs: tuple[bytes, ...], calls: tuple[Any, ...], boxes: tupl
             inputs, metas = _split_metas(call, head_inputs)
         else:
             inputs = [_handover(value) for _ in spec.input_names]
-            metas = [meta] if meta is not None and isinstance(call, tuple) and call[3] is not None else []
-        value, meta = _run_node(spec, call, inputs, box, metas)
+            # one metadata per input it keys from: the node before, once per parameter reading it
+            metas = [meta] * call[3].pending if meta is not None and isinstance(call, tuple) and call[3] else []
+        try:
+            value, meta = _run_node(spec, call, inputs, box, metas)
+        except Exception as exc:  # noqa: BLE001 - e.g. its params cannot be unpickled here: its failure, not the task's
+            # (unfused, the task would fail with it; fused, the nodes before it keep their outputs)
+            now = time.time()
+            value, meta = FAILED, AttemptMeta(now, now, _worker_node_id(), os.getpid(), error_info(exc), NO_IO)
         out += (value, _wire_meta(meta))
     return tuple(out)
 
