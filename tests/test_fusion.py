@@ -214,13 +214,19 @@ def test_chains_inside_a_larger_dag_fuse_and_nothing_else_does(ray_local, marks)
     assert all(r.status is NodeStatus.SUCCEEDED and r.attempts == 1 for r in result.nodes.values())
 
 
-def test_a_node_reading_its_one_input_twice_fuses_with_it(ray_local, marks):
+def twice(marks) -> DAG:
+    """a -> b -> c, b reading a through two parameters."""
     m = str(marks)
     dag = DAG("twice")
     dag.add_node(Node("a", head, params={"name": "a", "marks": m}))
     dag.add_node(Node("b", both, inputs={"x": "a", "y": "a"}, params={"name": "b", "marks": m}))
     dag.add_node(Node("c", step, inputs={"x": "b"}, params={"name": "c", "marks": m}))
     assert fused_links(dag, True) == {"a": "b", "b": "c"}
+    return dag
+
+
+def test_a_node_reading_its_one_input_twice_fuses_with_it(ray_local, marks):
+    dag = twice(marks)
     result = run(dag, fuse=True, progress=False).raise_for_status()
     assert result["c"] == ["a", "a", "b", "c"] and result["b"] == ["a", "a", "b"]
     assert groups(marks, ["a", "b", "c"]) == [["a", "b", "c"]]
@@ -677,12 +683,7 @@ def test_node_fuse_must_be_a_bool_or_none(value):
 
 def test_a_fused_node_reading_the_node_before_it_twice_is_keyed_in_the_task(ray_local, marks, tmp_path):
     """b reads a through two parameters: keyed in the task, it gets a's metadata once per parameter."""
-    m = str(marks)
-    dag = DAG("twice_cp")
-    dag.add_node(Node("a", head, params={"name": "a", "marks": m}))
-    dag.add_node(Node("b", both, inputs={"x": "a", "y": "a"}, params={"name": "b", "marks": m}))
-    dag.add_node(Node("c", step, inputs={"x": "b"}, params={"name": "c", "marks": m}))
-    assert fused_links(dag, True) == {"a": "b", "b": "c"}
+    dag = twice(marks)
     plain = run(dag, storage=LocalStorage(tmp_path / "p"), progress=False)
     fused = run(dag, fuse=True, storage=LocalStorage(tmp_path / "f"), progress=False)
     detail = {n: (r.status, r.attempts, r.error and r.error.type_name) for n, r in fused.nodes.items()}
