@@ -228,6 +228,24 @@ def test_sent_is_the_sum_of_every_batch_also_past_the_batches_kept_apart(monkeyp
     assert _figures(live.sent) == _figures(final)
 
 
+def test_nodes_counted_together_give_the_figures_of_each_counted_alone():
+    from odibi_ray.observe.run_metrics import add_node_metrics, add_nodes_metrics
+
+    records = _records(6)
+    records["n1"].attempt_history.insert(0, AttemptRecord(1, 0.0, 0.1, 0.2, "w2", 2))  # retried
+    records["n2"].status = NodeStatus.FAILED
+    records["n3"] = NodeRecord("n3", 1, NodeStatus.CACHED, unchanged_inputs=("n0",))
+    records["n4"] = NodeRecord("n4", 2, NodeStatus.SKIPPED)
+    records["n5"].attempt_history[0].bytes_written, records["n5"].attempt_history[0].storage_s = 7, 0.25
+    inputs = {n: ["n0"] if n != "n0" else [] for n in records}
+    alone, together = MetricsManager(), MetricsManager()
+    for rec in records.values():
+        add_node_metrics(alone, "p", rec, records, inputs, True)
+    add_nodes_metrics(together, "p", records.values(), records, inputs, True)
+    assert together.snapshot() == alone.snapshot()
+    assert together.get_metric_value(MetricType.EARLY_CUTOFF, "n3", pipeline="p", level="1") == 1
+
+
 def test_a_snapshot_with_a_zero_series_takes_the_difference_path():
     final = MetricsManager()
     final.increment(MetricType.BYTES_READ, "a", value=0, pipeline="p")

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from ..execution.result import NodeRecord
 from .metrics import MetricKind, MetricsManager, MetricType
-from .run_metrics import add_items_metrics, add_node_metrics, add_run_counters
+from .run_metrics import add_items_metrics, add_node_metrics, add_nodes_metrics, add_run_counters
 from ..definition.names import item_parent
 
 log = logging.getLogger(__name__)
@@ -154,21 +154,23 @@ class LivePublisher:
         if self._checkpointed is None:  # cache keys are set before the loop runs
             self._checkpointed = any(r.cache_key for r in records.values())
         closed: dict[str, list[NodeRecord]] = {}  # mapped node -> its items first closed since the last batch
+        first_closed: list[NodeRecord] = []  # nodes first seen closed: counted together, once
         for name in changed:
             parent = item_parent(name)
             if parent is None:
-                self._node_delta(delta, records, inputs, name)
+                self._node_delta(delta, records, inputs, name, first_closed)
             elif name in self._closed_sent:
                 self._dirty = True  # counted closed, changed since: only the final figures say how
             elif records[name].status.done:
                 self._closed_sent.add(name)
                 closed.setdefault(parent, []).append(records[name])
+        add_nodes_metrics(delta, self.pipeline, first_closed, records, inputs, bool(self._checkpointed))
         for parent, items in closed.items():
             add_items_metrics(delta, self.pipeline, items, records, inputs, bool(self._checkpointed), parent)
         return delta
 
     def _node_delta(self, delta: MetricsManager, records: Mapping[str, NodeRecord], inputs: Mapping[str, list[str]],
-                    name: str) -> None:
+                    name: str, first_closed: list[NodeRecord]) -> None:
         """A node's figures now minus those last sent (a retry, a lost output: any change is sent exactly) — except
         for a node first seen already closed, the common case: counted once, as an item is (see ``_closed_sent``;
         profile: benchmarks/results/bench_overhead_profile_worst.txt)."""
@@ -179,7 +181,7 @@ class LivePublisher:
         if name not in self._by_node:
             if rec.status.done:
                 self._closed_sent.add(name)
-                add_node_metrics(delta, self.pipeline, rec, records, inputs, bool(self._checkpointed))
+                first_closed.append(rec)  # (added to the delta with the others)
                 return
             if not rec.attempt_history:  # submitted, nothing finished yet: no figure to send, none to keep (it is
                 return  # counted when first seen closed). Keeping an empty manager per in-flight node, then diffing
