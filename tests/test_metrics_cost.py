@@ -122,6 +122,7 @@ class _View:
     def __init__(self, records: dict[str, NodeRecord]) -> None:
         self.records, self.changed = records, set(records)
         self.inputs = {n: [] for n in records}
+        self.reopened = 0
 
     def take_changed(self) -> set[str]:
         changed, self.changed = self.changed, set()
@@ -326,6 +327,46 @@ def test_the_last_batch_after_an_input_sent_closed_is_recomputed_is_final_minus_
     # figures are exact, so the last batch is final - sent
     assert not exact
     live.finish(final, status, final.snapshot())
+    got, want = _figures(actor.metrics), _figures(final)
+    diff = {(k, s): ((got.get(k) or {}).get(s), (want.get(k) or {}).get(s)) for k in set(got) | set(want)
+            for s in set(got.get(k) or {}) | set(want.get(k) or {})
+            if (got.get(k) or {}).get(s) != (want.get(k) or {}).get(s)}
+    assert got == want, f"actor (got) vs records (want): {diff}"
+
+
+def test_a_consumer_sent_closed_while_its_input_was_reopened_gets_exact_final_figures():
+    """Found in the second review: x is sent closed while u, closed before, is open again (its output lost); when
+    u closes again its end moves, and so does x's queue wait: the last batch must be final - sent."""
+    calls = {"u": 0}
+
+    def u():
+        calls["u"] += 1
+        if calls["u"] == 2:  # recomputed after its output was lost: open while the first batch goes
+            time.sleep(1.5)
+        return 1
+
+    def slow(a):
+        time.sleep(0.3)
+        return a
+
+    dag = DAG("exact2")
+    dag.add_node(Node("u", u))
+    dag.add_node(Node("x", lambda a: a, inputs={"a": "u"}))  # closes at once, before u is reopened
+    dag.add_node(Node("y", slow, inputs={"a": "u"}))  # its attempt reports u's output lost: u runs again
+    actor = MetricsActor()
+    live = LivePublisher("exact2", "r1", lambda snap, status: actor.push(snap, status), period_s=0.9)
+    sched = Scheduler(dag, _LosingBackend("y"), run_id="r1", levels=dag.levels(), observer=live)
+    result = sched.run()
+    assert {n: r.status for n, r in result.nodes.items()} == dict.fromkeys("uxy", NodeStatus.SUCCEEDED)
+    assert result.nodes["u"].attempts == 2 and calls["u"] == 2
+    assert live.batches >= 1
+    # as runner._publish_metrics does
+    changed = sched.take_changed()
+    sched.detach_observer()
+    status = dict(sched.live_status(), finished=True, status="succeeded", duration_s=1.0)
+    final = metrics_from_result(result, result.inputs)
+    if not live.finish_exact(sched, changed, status, result.stats):
+        live.finish(final, status, final.snapshot())
     got, want = _figures(actor.metrics), _figures(final)
     diff = {(k, s): ((got.get(k) or {}).get(s), (want.get(k) or {}).get(s)) for k in set(got) | set(want)
             for s in set(got.get(k) or {}) | set(want.get(k) or {})

@@ -3,9 +3,12 @@ metrics actor on Ray, exported as Prometheus text, and kept in the run manifest.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import weakref
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from odibi_ray import DAG, Node, NodeStatus, RetryPolicy, current_context, run
@@ -164,3 +167,30 @@ def test_series_carry_bounded_labels_only(ray_local):
                 for s in f.samples if s.labels["name"] == "flaky" and s.name.endswith("_total")]
     assert len({tuple(sorted(s.labels.items())) for s in attempts}) == len(attempts)  # one series per label set
     assert sum(s.value for s in attempts) == 6  # 3 attempts in each of the two runs
+
+
+def _one() -> int:
+    return 1
+
+
+def _inc(x: int) -> int:
+    return x + 1
+
+
+@pytest.mark.parametrize("metrics", [False, True])
+def test_a_dropped_result_is_freed_without_the_cyclic_gc(ray_local, metrics):
+    """Found in the second review: a result whose metrics are derived when first read must not hold itself (a cycle
+    kept it, and through it the scheduler and its outputs' refs, until a full garbage collection)."""
+    dag = DAG(f"cycle_{metrics}")
+    dag.add_node(Node("a", _one))
+    dag.add_node(Node("b", _inc, inputs={"x": "a"}))
+    gc.collect()
+    gc.disable()
+    try:
+        result = run(dag, progress=False, metrics=metrics)
+        assert result.status.value == "succeeded"
+        ref = weakref.ref(result)
+        del result
+        assert ref() is None, "RunResult kept alive by a reference cycle"
+    finally:
+        gc.enable()

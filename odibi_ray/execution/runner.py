@@ -24,7 +24,7 @@ from ..checkpoint.runs import node_entries, open_new_run, open_resumed_run
 from ..checkpoint.trust import trust_from
 from ..checkpoint.writeback import stored_now
 from ..observe.live import LivePublisher
-from ..observe.run_metrics import metrics_actor, metrics_from_result
+from ..observe.run_metrics import metrics_actor, run_metrics_of
 from .scheduler import Scheduler, new_run_id
 from .sources import commit_ranges, pin_ranges, with_ranges
 from ..storage.base import Storage
@@ -39,7 +39,7 @@ def _publish_metrics(result: RunResult, live: LivePublisher | None, view: Schedu
     batches), fire-and-forget; ``result.metrics`` is derived from the records, now or when first read (when the
     last batch did not need it: observe/live.py). Returns their snapshot when ``keep_snapshot`` (the run manifest
     keeps a copy). ``changed``: the nodes changed since the last live batch."""
-    derive = functools.partial(metrics_from_result, result, result.inputs)
+    derive = functools.partial(run_metrics_of, result.pipeline, result.nodes, result.stats, result.inputs)
     if live is not None and _ray_connected():  # (live: a Ray run) a fully cached run never started Ray
         status = dict(view.live_status(), finished=True, status=result.status.value,
                       duration_s=round(result.duration_s, 3))

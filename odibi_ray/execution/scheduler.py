@@ -36,6 +36,17 @@ The other containers: ``_inflight`` (handle -> :class:`_InFlight`: node, input h
 local backend), ``_left_in_level`` (open nodes per level, for ``barrier``), ``_reported`` (progress reports
 a node once). :meth:`Scheduler.check_invariants` states how they agree with the states.
 
+Fused chains
+------------
+With fusion on (``run(fuse=True)``, ``Node.fuse``; execution/fusion.py), a node about to be submitted whose chain
+successors (``_next``) are PENDING is submitted with them as one task (:meth:`Scheduler._submit_chain`, at most
+``MAX_FUSED``): each node still gets its own handle, attempt record and state (IN_FLIGHT), its ``_InFlight`` naming
+the task's nodes (``fused``) and, as its input, the handle of the node before it. Outcomes are then handled node by
+node as for any task: a node that fails discards the ones after it (they report a failed input) and retries under
+its own policy, with the rest of the chain in a new task. A task that failed as a whole (no metadata: its worker
+died) charges none of its nodes (:meth:`Scheduler._unfuse`: they go back to PENDING and run unfused for the rest of
+the run), nor does an abort while it runs.
+
 Mapped nodes
 ------------
 A mapped node (``Node.map_over``) becomes submittable like any node once its inputs have their outputs; then,
@@ -231,6 +242,7 @@ class Scheduler:
         self.checkpoint = checkpoint
         self.observer = observer
         self.stats = {"corrupt_objects": 0, "early_cutoff": 0}
+        self.reopened = 0  # closed nodes (and items) opened again: their outputs lost or found unusable
         # The DAG, read only.
         self._nodes = dag.nodes
         self._inputs = {n: list(node.input_map.values()) for n, node in self._nodes.items()}
@@ -291,6 +303,8 @@ class Scheduler:
         self._in[old].discard(name)
         self._in[new].add(name)
         self._state[name] = new
+        if new.open and not old.open:
+            self.reopened += 1
         rec = self.records[name]
         rec.status = _STATUS[new]
         if self._changed is not None:

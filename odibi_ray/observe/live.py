@@ -49,6 +49,7 @@ class LiveView(Protocol):
 
     records: dict[str, NodeRecord]
     inputs: dict[str, list[str]]  # node -> its upstream nodes
+    reopened: int  # how many times a closed node (or item) was opened again (its output lost or found unusable)
 
     def take_changed(self) -> set[str]:
         """Nodes whose records changed since the last call (and forget them)."""
@@ -111,8 +112,8 @@ class LivePublisher:
         closed changed after (reopened and run again: its end moves, and the queue wait of the nodes after it counts
         from its end): then nothing is sent and False says to call :meth:`finish` with the final figures. A run that
         sent no batch sends all of its figures this way, derived once."""
-        if self._dirty:
-            return False
+        if self._dirty or view.reopened:  # a node closed then opened again: its end moved, and the queue wait of
+            return False  # the nodes after it, maybe sent meanwhile, counts from its end: only the final figures say
         delta = self._node_deltas(view.records, view.inputs, changed)
         if self._dirty:
             return False

@@ -33,13 +33,20 @@ RUN_LABELS = ("pipeline", "name", "level", "worker", "reason", "source", "status
 def metrics_from_result(result: RunResult, inputs: dict[str, list[str]] | None = None) -> MetricsManager:
     """Counters and histograms of one run, labelled by pipeline, node (``name``) and level (see
     :data:`RUN_LABELS`: no run id, so that runs of one pipeline add up in the same series)."""
+    return run_metrics_of(result.pipeline, result.nodes, result.stats, inputs)
+
+
+def run_metrics_of(pipeline: str, nodes: Mapping[str, NodeRecord], stats: Mapping[str, int],
+                   inputs: Mapping[str, list[str]] | None = None) -> MetricsManager:
+    """:func:`metrics_from_result` from a run's parts (a deriver kept by its result must not hold the result: a
+    cycle that kept a dropped result and its outputs' refs alive until a full garbage collection)."""
     m = MetricsManager()
-    checkpointed = any(r.cache_key for r in result.nodes.values())
-    add_nodes_metrics(m, result.pipeline, result.nodes.values(), result.nodes, inputs, checkpointed)
-    for rec in result.nodes.values():
+    checkpointed = any(r.cache_key for r in nodes.values())
+    add_nodes_metrics(m, pipeline, nodes.values(), nodes, inputs, checkpointed)
+    for rec in nodes.values():
         if rec.items:
-            add_items_metrics(m, result.pipeline, rec.items, result.nodes, inputs, checkpointed, rec.name)
-    add_run_counters(m, result.pipeline, result.stats)
+            add_items_metrics(m, pipeline, rec.items, nodes, inputs, checkpointed, rec.name)
+    add_run_counters(m, pipeline, stats)
     return m
 
 
