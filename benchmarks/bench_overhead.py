@@ -345,17 +345,34 @@ def timed_row(shape: Shape, cpus: int, repeats: int,
 
 def measure_noop(shape: Shape, cpus: int, repeats: int) -> dict[str, Any]:
     row, t = timed_row(shape, cpus, repeats, odibi_engines(shape, sleep=False))
-    raw, odi, off = (t[k]["wall"] for k in ("raw_ray", "odibi_ray", "odibi_ray_metrics_off"))
-    if not (raw and odi and off):
+    if _any_failed(t):
         return dict(row, meets_target=False, ratio=None, failed=True)
+    raw, odi, off = (t[k]["wall"] for k in ("raw_ray", "odibi_ray", "odibi_ray_metrics_off"))
     return dict(
-        row, raw_s=round(_median(raw), 4), odibi_s=round(_median(odi), 4), odibi_off_s=round(_median(off), 4),
-        ratio=round(_median(odi) / _median(raw), 3), ratio_off=round(_median(off) / _median(raw), 3),
-        ratio_rounds=round(_median(_round_ratios(odi, raw)), 3),
-        ratio_off_rounds=round(_median(_round_ratios(off, raw)), 3),
-        raw_cpu_s=round(_median(t["raw_ray"]["cpu"]), 4), odibi_cpu_s=round(_median(t["odibi_ray"]["cpu"]), 4),
-        odibi_off_cpu_s=round(_median(t["odibi_ray_metrics_off"]["cpu"]), 4),
-        meets_target=_median(odi) / _median(raw) <= NOOP_TARGET and not row["errors"])
+        row, raw_s=_med(raw), odibi_s=_med(odi), odibi_off_s=_med(off), ratio=_ratio(odi, raw),
+        ratio_off=_ratio(off, raw), ratio_rounds=_ratio_rounds(odi, raw), ratio_off_rounds=_ratio_rounds(off, raw),
+        raw_cpu_s=_med(t["raw_ray"]["cpu"]), odibi_cpu_s=_med(t["odibi_ray"]["cpu"]),
+        odibi_off_cpu_s=_med(t["odibi_ray_metrics_off"]["cpu"]),
+        meets_target=_ratio(odi, raw) <= NOOP_TARGET and not row["errors"])
+
+
+def _any_failed(t: dict[str, dict[str, list[Any]]]) -> bool:
+    """An engine with no timed run (every run raised)."""
+    return any(not v["wall"] for v in t.values())
+
+
+def _med(xs: list[float]) -> float:
+    return round(_median(xs), 4)
+
+
+def _ratio(a: list[float], b: list[float]) -> float:
+    """Median of ``a`` over median of ``b``."""
+    return round(_median(a) / _median(b), 3)
+
+
+def _ratio_rounds(a: list[float], b: list[float]) -> float:
+    """The median of the per-round ratios ``a / b``."""
+    return round(_median(_round_ratios(a, b)), 3)
 
 
 def measure_sleep(shape: Shape, cpus: int, repeats: int) -> dict[str, Any]:
@@ -395,15 +412,13 @@ def measure_fuse(shape: Shape, body: str, cpus: int, repeats: int) -> dict[str, 
         "raw_ray": lambda: run_raw_deps(shape, sleep), "odibi_ray": lambda: run_odibi(dag, leaves),
         "odibi_ray_fused": lambda: run_odibi(dag, leaves, fuse=True)})
     row["body"] = body
-    raw, odi, fused = (t[k]["wall"] for k in ("raw_ray", "odibi_ray", "odibi_ray_fused"))
-    if not (raw and odi and fused):
+    if _any_failed(t):
         return dict(row, meets_target=False, ratio=None, failed=True)
+    raw, odi, fused = (t[k]["wall"] for k in ("raw_ray", "odibi_ray", "odibi_ray_fused"))
     return dict(
-        row, raw_s=round(_median(raw), 4), odibi_s=round(_median(odi), 4), fused_s=round(_median(fused), 4),
-        ratio=round(_median(fused) / _median(raw), 3), ratio_unfused=round(_median(odi) / _median(raw), 3),
-        ratio_rounds=round(_median(_round_ratios(fused, raw)), 3),
-        raw_cpu_s=round(_median(t["raw_ray"]["cpu"]), 4), fused_cpu_s=round(_median(t["odibi_ray_fused"]["cpu"]), 4),
-        meets_target=_median(fused) / _median(raw) < 1.0 and not row["errors"])
+        row, raw_s=_med(raw), odibi_s=_med(odi), fused_s=_med(fused), ratio=_ratio(fused, raw),
+        ratio_unfused=_ratio(odi, raw), ratio_rounds=_ratio_rounds(fused, raw), raw_cpu_s=_med(t["raw_ray"]["cpu"]),
+        fused_cpu_s=_med(t["odibi_ray_fused"]["cpu"]), meets_target=_ratio(fused, raw) < 1.0 and not row["errors"])
 
 
 # --- fixed cost per run: timers around the driver's steps --------------------------------------------
