@@ -303,8 +303,6 @@ class Scheduler:
         self._in[old].discard(name)
         self._in[new].add(name)
         self._state[name] = new
-        if new.open and not old.open:
-            self.reopened += 1
         rec = self.records[name]
         rec.status = _STATUS[new]
         if self._changed is not None:
@@ -316,6 +314,7 @@ class Scheduler:
         if old.open == new.open:
             return
         if new.open:  # reopened
+            self.reopened += 1
             self._left_in_level[rec.level] += 1
             return
         self._left_in_level[rec.level] -= 1
@@ -344,6 +343,7 @@ class Scheduler:
             if m.open == 0 and self._state[parent] is _State.MAPPING:
                 self._close_map(parent)
         elif new.open and not old.open:
+            self.reopened += 1
             m.open += 1
             if self._state[parent] in _WITH_OUTPUT:  # its output included this item's: not whole any more
                 self._live.pop(parent, None)
@@ -673,7 +673,7 @@ class Scheduler:
             if not self._submittable(name):
                 continue  # a stale hint: not pending any more, or an input was discarded meanwhile
             wkey = None
-            if name in self._rekey and self._keyed.get(name) != self._key_inputs(name):
+            if self._needs_key(name):
                 if all(self._state[u] in _WITH_OUTPUT for u in self._inputs[name]):
                     if self._resolve(name):
                         continue  # reused from storage: closed
@@ -700,14 +700,24 @@ class Scheduler:
                                   i)
                 item = MapItem(i, m.values[i], m.spec.param or "", self.records[name].cache_key)
                 handle = self.backend.submit(node, ctx, inputs, item)
-            self._inflight[handle] = _InFlight(name, inputs, attempt)
-            self._live[name] = handle
-            self._move(name, _State.IN_FLIGHT)
+            self._in_flight(name, handle, inputs, attempt)
             if node.timeout_s is not None and not self.worker_timeouts:
                 heapq.heappush(self._deadlines, (time.monotonic() + node.timeout_s, next(self._seq), handle))
             if self.speculative:
                 for child in self._children[name]:
                     heapq.heappush(ready, (self._rank[child], child))
+
+    def _in_flight(self, name: str, handle: Hashable, inputs: tuple[Hashable, ...], attempt: AttemptRecord,
+                   fused: tuple[str, ...] = ()) -> None:
+        """Node ``name`` has an attempt submitted (``handle``): in flight until its outcome is read."""
+        self._inflight[handle] = _InFlight(name, inputs, attempt, fused)
+        self._live[name] = handle
+        self._move(name, _State.IN_FLIGHT)
+
+    def _needs_key(self, name: str) -> bool:
+        """Whether ``name`` is keyed (again) before it is submitted: its key does not cover its inputs' data versions
+        now (never keyed, or an input recomputed since)."""
+        return name in self._rekey and self._keyed.get(name) != self._key_inputs(name)
 
     def _submit_chain(self, name: str, wkey: WorkerKey | None) -> bool:
         """Submit ``name`` and the pending nodes after it in its chain as one fused task (execution/fusion.py); False
@@ -722,8 +732,7 @@ class Scheduler:
         if len(chain) == 1:
             return False
         # a node after the first is keyed in the task from the data version of the one before (when it is keyed)
-        keys = [wkey] + [self._worker_key(n) if n in self._rekey and self._keyed.get(n) != self._key_inputs(n)
-                         else None for n in chain[1:]]
+        keys = [wkey] + [self._worker_key(n) if self._needs_key(n) else None for n in chain[1:]]
         now = time.time()
         attempts = [AttemptRecord(number=self.records[n].attempts + 1, submitted_at=now) for n in chain]
         ctxs = [NodeContext(self.dag.name, self.run_id, n, att.number, self._policy[n].max_attempts)
@@ -732,9 +741,7 @@ class Scheduler:
         handles = self._submit_fused([self._nodes[n] for n in chain], ctxs, inputs, keys)
         members = tuple(chain)
         for n, handle, att in zip(chain, handles, attempts):
-            self._inflight[handle] = _InFlight(n, inputs, att, members)
-            self._live[n] = handle
-            self._move(n, _State.IN_FLIGHT)
+            self._in_flight(n, handle, inputs, att, members)
             inputs = (handle,) * len(self._inputs[self._next[n]]) if n in self._next else ()
         for child in self._children[chain[-1]]:
             heapq.heappush(self._ready, (self._rank[child], child))

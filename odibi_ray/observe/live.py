@@ -77,7 +77,6 @@ class LivePublisher:
         #: with the run's final figures (:meth:`finish` sends ``final - sent``), not live.
         self._closed_sent: set[str] = set()
         self._dirty = False  # a node or item sent closed changed after: see finish_exact
-        self._by_node_done: set[str] = set()  # nodes of _by_node whose figures were last sent closed
         self._sent: list[MetricsManager] = []  # the batches sent so far, summed only when read (``sent``)
         self._unsent: MetricsManager | None = None  # a batch whose send failed, to go with the next one
         self._checkpointed: bool | None = None  # the run has cache keys (known before its first batch)
@@ -188,16 +187,10 @@ class LivePublisher:
                 return  # counted when first seen closed). Keeping an empty manager per in-flight node, then diffing
                 #         it when it closed, cost ~0.3 s of driver CPU on a 5,000-node run (thousands are in flight
                 #         at each batch): bench_overhead skip5000-s1 at 2 CPUs, metrics on 3.91 -> 3.59 s, off 2.9 s
-        elif name in self._by_node_done:  # sent closed, changed since: its end may be another, and the figures of
-            self._dirty = True  # nodes sent after it count from its end (their queue wait): only the final say
         now = MetricsManager()
         add_node_metrics(now, self.pipeline, rec, records, inputs, bool(self._checkpointed))
         delta.merge(now.difference(self._by_node.get(name)))
         self._by_node[name] = now
-        if rec.status.done:
-            self._by_node_done.add(name)
-        else:
-            self._by_node_done.discard(name)
 
     def _gauges(self, delta: MetricsManager, status: Mapping[str, Any]) -> None:
         counts = status.get("counts", {})

@@ -471,17 +471,8 @@ class RayBackend:
     def submit(self, node: Node, ctx: NodeContext, inputs: Sequence[Any], item: MapItem | None = None,
                key: WorkerKey | None = None) -> _Handle:
         spec = self._spec_of(node, ctx)
-        if item is None and key is None and not any(h.__class__ is MapOutput for h in inputs):
-            value, meta = self._remotes[node.name].remote(spec, ctx.attempt, *[h.value for h in inputs],
-                                                          *self._boxes[node.name])
-            return _Handle(meta, value)
-        # a mapped input passes each of its items' refs (Ray resolves them) and how to regroup them; an item passes
-        # its value (Ray inlines a small one in the task, puts a large one in the object store); a node keyed in its
-        # worker gets the metadata of the inputs whose data versions are not known yet, after them
-        args, groups = flatten_inputs(inputs, lambda h: h.value)
-        metas = [] if key is None else [h.meta for h, v in zip(inputs, key.versions) if v is None]
-        call = (ctx.attempt, groups, None if item is None else tuple(item), key)
-        value, meta = self._remotes[node.name].remote(spec, call, *args, *metas, *self._boxes[node.name])
+        call, args = _call(ctx, inputs, item, key)
+        value, meta = self._remotes[node.name].remote(spec, call, *args, *self._boxes[node.name])
         return _Handle(meta, value)
 
     def submit_chain(self, nodes: Sequence[Node], ctxs: Sequence[NodeContext], inputs: Sequence[Any],
@@ -491,18 +482,13 @@ class RayBackend:
         keyed in the task. One handle per node, in chain order, each with the node's own output and metadata."""
         head = nodes[0]
         specs = tuple(self._spec_of(node, ctx) for node, ctx in zip(nodes, ctxs))
-        args, groups = flatten_inputs(inputs, lambda h: h.value)
-        key = keys[0]
-        metas = [] if key is None else [h.meta for h, v in zip(inputs, key.versions) if v is None]
-        head_call: int | tuple = ctxs[0].attempt
-        if key is not None or any(g is not None for g in groups):
-            head_call = (ctxs[0].attempt, groups, None, key)
+        head_call, args = _call(ctxs[0], inputs, None, keys[0])
         calls = (head_call,) + tuple(ctx.attempt if k is None else (ctx.attempt, None, None, k)
                                      for ctx, k in zip(ctxs[1:], keys[1:]))
         boxes = tuple(self._boxes[node.name][0] if self._boxes[node.name] else None for node in nodes)
         remote = _task_options(f"{head.name}..{nodes[-1].name}", json.dumps(head.ray_options(), sort_keys=True),
                                len(nodes))
-        refs = remote.remote(specs, calls, boxes, *args, *metas)
+        refs = remote.remote(specs, calls, boxes, *args)
         return [_Handle(refs[i + 1], refs[i]) for i in range(0, len(refs), 2)]
 
     def _spec_of(self, node: Node, ctx: NodeContext) -> bytes:
@@ -603,6 +589,21 @@ class RayBackend:
         self._fn_refs = {}
         self._boxes = {}
         self._remotes = {}
+
+
+def _call(ctx: NodeContext, inputs: Sequence[Any], item: MapItem | None,
+          key: WorkerKey | None) -> tuple[int | tuple, list[Any]]:
+    """A task's ``attempt`` argument (see :func:`_execute`) and its input arguments, for one node's attempt.
+
+    A plain node passes its attempt number and its inputs' refs. A mapped input passes each of its items' refs (Ray
+    resolves them) and how to regroup them; an item passes its value (Ray inlines a small one in the task, puts a
+    large one in the object store); a node keyed in its worker gets the metadata of the inputs whose data versions
+    are not known yet, after them."""
+    if item is None and key is None and not any(h.__class__ is MapOutput for h in inputs):
+        return ctx.attempt, [h.value for h in inputs]
+    args, groups = flatten_inputs(inputs, lambda h: h.value)
+    metas = [] if key is None else [h.meta for h, v in zip(inputs, key.versions) if v is None]
+    return (ctx.attempt, groups, None if item is None else tuple(item), key), args + metas
 
 
 def _bury(handle: _Handle) -> None:
