@@ -166,6 +166,17 @@ def test_task_spec_is_read_back_named():
     assert back == spec and type(back) is TaskSpec and back.input_names == ("a", "b") and back.timeout_s == 1.5
 
 
+
+@pytest.mark.parametrize("call", [1, 7, (2, None, (0, "x", "p", None), None)], ids=["first", "seventh", "tuple"])
+def test_task_head_carries_the_spec_and_the_call(call):
+    """A plain attempt's number travels in the spec's bytes (one task argument); a call tuple stays an argument."""
+    spec = TaskSpec("key", b"fn", None, ("a",), "p", "r-1", "n", 3, None, None)
+    head, apart = ray_tasks._head(pickle.dumps(tuple(spec), protocol=5), call)
+    assert type(head) is bytes and apart == isinstance(call, tuple)
+    args = ((call,) if apart else ()) + ("input",)
+    back, got, inputs = ray_tasks._read_head(head, args)
+    assert back == spec and got == call and list(inputs) == ["input"]
+
 # --- the Backend protocol -------------------------------------------------------------------------
 
 def test_backend_protocol_declares_the_scheduler_switches():

@@ -181,10 +181,10 @@ class DAG:
         return self._levels()
 
     def _levels(self) -> list[list[str]]:
+        ups = self._upstream_map()  # once: each node's upstream list is built anew on every read
         level: dict[str, int] = {}
-        for name in self.topological_order(validate=False):
-            ups = self._nodes[name].upstream
-            level[name] = 1 + max((level[u] for u in ups), default=-1)
+        for name in _kahn(ups):
+            level[name] = 1 + max((level[u] for u in ups[name]), default=-1)
         out: list[list[str]] = [[] for _ in range(1 + max(level.values(), default=-1))]
         for name in self._nodes:  # insertion order within a level
             out[level[name]].append(name)
@@ -194,26 +194,14 @@ class DAG:
         """Node names with every node after all its inputs (Kahn's algorithm, stable)."""
         if validate:
             self.validate()
-        indeg = {n: len(node.upstream) for n, node in self._nodes.items()}
-        children = self.downstream_map()
-        order = [n for n, d in indeg.items() if d == 0]
-        i = 0
-        while i < len(order):
-            for child in children[order[i]]:
-                indeg[child] -= 1
-                if indeg[child] == 0:
-                    order.append(child)
-            i += 1
-        return order
+        return _kahn(self._upstream_map())
+
+    def _upstream_map(self) -> dict[str, list[str]]:
+        return {n: node.upstream for n, node in self._nodes.items()}
 
     def downstream_map(self) -> dict[str, list[str]]:
         """For each node, the nodes that read its output."""
-        children: dict[str, list[str]] = {n: [] for n in self._nodes}
-        for name, node in self._nodes.items():
-            for up in node.upstream:
-                if up in children:
-                    children[up].append(name)
-        return children
+        return _children(self._upstream_map())
 
     def pick(self, patterns: Iterable[str], what: str = "selection") -> set[str]:
         """Node names for ``node``, ``node+`` (and its descendants) and ``+node`` (and its ancestors); ``what``
@@ -238,7 +226,7 @@ class DAG:
 
     def ancestors(self, names: Iterable[str]) -> set[str]:
         """Every node upstream of any of ``names`` (not including them)."""
-        return _walk(names, {n: node.upstream for n, node in self._nodes.items()})
+        return _walk(names, self._upstream_map())
 
 
 def _check_pipeline_name(name: object) -> None:
@@ -259,3 +247,28 @@ def _walk(start: Iterable[str], edges: Mapping[str, Sequence[str]]) -> set[str]:
             seen.add(n)
             todo.extend(edges.get(n, ()))
     return seen
+
+
+def _children(ups: Mapping[str, list[str]]) -> dict[str, list[str]]:
+    """For each node of ``ups`` (node -> the nodes it reads), the nodes that read it."""
+    children: dict[str, list[str]] = {n: [] for n in ups}
+    for name, parents in ups.items():
+        for up in parents:
+            if up in children:
+                children[up].append(name)
+    return children
+
+
+def _kahn(ups: Mapping[str, list[str]]) -> list[str]:
+    """The nodes of ``ups`` with every node after all its inputs (Kahn's algorithm, stable)."""
+    indeg = {n: len(parents) for n, parents in ups.items()}
+    children = _children(ups)
+    order = [n for n, d in indeg.items() if d == 0]
+    i = 0
+    while i < len(order):
+        for child in children[order[i]]:
+            indeg[child] -= 1
+            if indeg[child] == 0:
+                order.append(child)
+        i += 1
+    return order
