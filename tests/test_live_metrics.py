@@ -4,6 +4,8 @@ looks at the actor from the outside, as another driver or `odibi-ray status --wa
 
 from __future__ import annotations
 
+import pickle
+
 import contextlib
 import threading
 import time
@@ -217,6 +219,7 @@ class _View:
     def __init__(self, records):
         self.records, self.changed = records, set(records)
         self.inputs = {n: [] for n in records}
+        self.reopened = 0
 
     def take_changed(self):
         changed, self.changed = self.changed, set()
@@ -233,17 +236,18 @@ def test_a_batch_that_could_not_be_sent_is_not_lost_and_the_end_is_exact():
 
     actor, calls = MetricsActor(), []
 
-    def send(snapshot, status):
+    def send(batch, status):
         calls.append(1)
         if len(calls) == 1:
             raise ConnectionError("actor not reachable yet")
-        actor.push(snapshot, status)
+        actor.push_rows(pickle.dumps(batch), status)
 
     rec = NodeRecord("a", 0, NodeStatus.SUCCEEDED, [AttemptRecord(1, 0.0, 0.0, 0.5, "n1", 1)])
     records = {"a": rec}
     live = LivePublisher("p", "r", send)
-    live.publish(_View(records))  # fails: kept
-    live.publish(_View({}))  # nothing changed; the kept batch goes now
+    view = _View(records)
+    live.publish(view)  # fails: kept
+    live.publish(view)  # nothing changed; the kept node goes now
     assert actor.metrics.get_metric_value(MetricType.NODE_SUCCESS, "a", pipeline="p", level="0") == 1
     rec.status = NodeStatus.FAILED  # e.g. its output was lost and the recomputation failed
     from odibi_ray.observe.run_metrics import metrics_from_result
@@ -251,8 +255,9 @@ def test_a_batch_that_could_not_be_sent_is_not_lost_and_the_end_is_exact():
     class Result:
         pipeline, nodes, stats = "p", records, {}
     final = metrics_from_result(Result(), {"a": []})  # type: ignore[arg-type]
-    live.finish(final, {"counts": {}, "levels": [], "slowest": []})
+    live.finish(view, {"a"}, {"counts": {}, "levels": [], "slowest": []}, {})
     assert figures(actor.metrics) == figures(final)
+    assert actor.metrics.get_metric_value(MetricType.NODE_SUCCESS, "a", pipeline="p", level="0") == 0
     MetricsManager.from_snapshot(actor.metrics.snapshot())  # readable: no counter below zero
 
 

@@ -1,9 +1,11 @@
 """The cheaper metrics paths (issue 19: driver overhead) give the very figures of the paths they replace: merging a
 manager directly is merging its snapshot, a snapshot's fast checks accept and refuse what the general ones did, and
-a run's last batch made from its snapshot is ``final - nothing`` plus the gauges. No Ray."""
+the live batches (nodes' records, whose figures the actor derives) leave the actor with exactly the run's
+record-derived figures. No Ray."""
 
 from __future__ import annotations
 
+import pickle
 import time
 from fractions import Fraction
 from typing import Any
@@ -18,7 +20,7 @@ from odibi_ray.execution.scheduler import Scheduler
 from odibi_ray.observe import ray_export
 from odibi_ray.observe.live import LivePublisher
 from odibi_ray.observe.metrics import MetricError, MetricsManager, MetricType, _parse_fraction
-from odibi_ray.observe.run_metrics import MetricsActor, metrics_from_result
+from odibi_ray.observe.run_metrics import MetricsActor, RowBatch, metrics_from_result
 
 
 def mixed(signed: bool = False) -> MetricsManager:
@@ -155,78 +157,122 @@ def _without_set_at(snapshot: dict[str, Any]) -> dict[str, Any]:
 STATUS = {"counts": {"running": 0}, "levels": [[2, 2], [1, 1]], "slowest": []}
 
 
-def test_a_run_that_sent_no_batch_sends_its_snapshot_with_the_gauges_the_same_batch_as_before():
-    records = _records(5)
-    final = metrics_from_result(_Result(records), {n: [] for n in records})  # type: ignore[arg-type]
-    batches: list[dict[str, Any]] = []
-    LivePublisher("p", "r", lambda s, st: batches.append(s)).finish(final, dict(STATUS), final.snapshot())
-    # what finish sent before it reused the snapshot: a snapshot of final - nothing, with the gauges set on it
-    before = final.difference(MetricsManager(signed=True))
-    LivePublisher("p", "r", lambda s, st: None)._gauges(before, STATUS)
-    assert _without_set_at(batches[0]) == _without_set_at(before.snapshot())
-    assert list(batches[0]["metrics"]) == list(before.snapshot()["metrics"])  # families in the same order
+def _publisher(actor: MetricsActor, batches: list[RowBatch] | None = None, run_id: str = "r",
+               pipeline: str = "p", **kw: Any) -> LivePublisher:
+    """A publisher sending to ``actor`` as the runner does (pickled), keeping each batch in ``batches``."""
+    def send(batch: RowBatch, status: dict[str, Any]) -> None:
+        if batches is not None:
+            batches.append(batch)
+        actor.push_rows(pickle.dumps(batch, protocol=5), status)
+    return LivePublisher(pipeline, run_id, send, **kw)
 
 
-def test_the_last_batch_after_live_batches_ends_the_actor_exact():
+def test_the_actor_ends_exact_after_live_batches_and_a_node_changed_after_it_was_sent():
     records = _records(6)
     actor = MetricsActor()
-    live = LivePublisher("p", "r", lambda s, st: actor.push(s, st))
-    live.publish(_View({n: r for n, r in records.items() if n in ("n0", "n1", "n2")}))
-    records["n1"].status = NodeStatus.FAILED  # changed after it was sent: the end corrects it
-    final = metrics_from_result(_Result(records), {n: [] for n in records})  # type: ignore[arg-type]
-    live.finish(final, dict(STATUS), final.snapshot())
+    live = _publisher(actor)
+    view = _View(records)
+    view.changed = {"n0", "n1", "n2"}
+    live.publish(view)
+    assert actor.metrics.get_metric_value(MetricType.NODE_SUCCESS, "n1", pipeline="p", level="1") == 1
+    records["n1"].status = NodeStatus.FAILED  # changed after it was sent: its newest row replaces the first
+    live.finish(view, {"n1", "n3", "n4", "n5"}, dict(STATUS), {})
+    final = metrics_from_result(_Result(records), view.inputs)  # type: ignore[arg-type]
     assert _figures(actor.metrics) == _figures(final)
-    assert actor.metrics.get_metric_value(MetricType.NODES_DONE, "p", pipeline="p", level="1") == 1
+    assert actor.metrics.get_metric_value(MetricType.NODE_SUCCESS, "n1", pipeline="p", level="1") == 0
+    assert actor.metrics.get_metric_value(MetricType.NODES_DONE, "p", pipeline="p", level="1") == 1  # the gauges
+    assert not actor.open  # the run is over: its rows are forgotten
 
 
-def test_the_exact_last_batch_is_final_minus_sent_without_the_final_figures():
+def test_the_last_batch_adds_the_runs_counters_and_every_attempt_of_a_retried_node():
     records = _records(6)
     records["n4"].attempt_history.insert(0, AttemptRecord(1, 0.0, 0.1, 0.2, "w2", 2))  # a retried node
     actor = MetricsActor()
-    batches: list[dict[str, Any]] = []
-    live = LivePublisher("p", "r", lambda s, st: (batches.append(s), actor.push(s, st)))
+    batches: list[RowBatch] = []
+    live = _publisher(actor, batches)
     view = _View(records)
     view.changed = {"n0", "n1", "n2"}
     live.publish(view)
     view.changed = {"n3", "n4", "n5"}  # closed since the last batch
     stats = {"cache_evictions": 2, "corrupt_objects": 1}
-    assert live.finish_exact(view, view.take_changed(), dict(STATUS), stats)
+    live.finish(view, view.take_changed(), dict(STATUS), stats)
     result = _Result(records)
     result.stats = stats
     final = metrics_from_result(result, view.inputs)  # type: ignore[arg-type]
-    assert len(batches) == 2 and _figures(actor.metrics) == _figures(final)
+    assert [sorted(r.record.name for r in b.rows) for b in batches] == [["n0", "n1", "n2"], ["n3", "n4", "n5"]]
+    assert _figures(actor.metrics) == _figures(final)
     assert actor.metrics.get_metric_value(MetricType.CACHE_EVICTION, "p", pipeline="p") == 2
-    assert actor.metrics.get_metric_value(MetricType.NODES_DONE, "p", pipeline="p", level="1") == 1
+    assert actor.metrics.get_metric_value(MetricType.NODE_ATTEMPT, "n4", pipeline="p", level="1", worker="w2") == 1
 
 
 @pytest.mark.parametrize("late", ["n1", "m[0]"])
-def test_a_node_or_item_changed_after_it_was_counted_closed_takes_the_difference_path(late):
+def test_a_node_or_item_changed_after_it_was_counted_closed_is_counted_again_exactly(late):
     records = _records(3)
+    records["m"] = NodeRecord("m", 1, NodeStatus.SUCCEEDED, items=[])
     records["m[0]"] = NodeRecord("m[0]", 1, NodeStatus.SUCCEEDED, [AttemptRecord(1, 0.0, 0.1, 0.2, "w", 1)])
+    records["m"].items = [records["m[0]"]]
     actor = MetricsActor()
-    batches: list[dict[str, Any]] = []
-    live = LivePublisher("p", "r", lambda s, st: (batches.append(s), actor.push(s, st)))
+    live = _publisher(actor)
     view = _View(records)
     live.publish(view)  # every one counted closed
-    records[late].status = NodeStatus.FAILED  # then changed: only the final figures say how
-    view.changed = {late}
-    assert not live.finish_exact(view, view.take_changed(), dict(STATUS), {})
-    assert len(batches) == 1  # nothing sent: the caller sends final - sent
+    records[late].status = NodeStatus.FAILED  # then changed
+    records[late].attempt_history.append(AttemptRecord(2, 0.3, 0.4, 0.9, "w3", 3))
+    live.finish(view, {late}, dict(STATUS), {})
+    nodes = {n: r for n, r in records.items() if n != "m[0]"}  # a run's nodes: the item is in its node's items
+    final = metrics_from_result(_Result(nodes), view.inputs)  # type: ignore[arg-type]
+    assert _figures(actor.metrics) == _figures(final)
 
 
-def test_sent_is_the_sum_of_every_batch_also_past_the_batches_kept_apart(monkeypatch):
-    from odibi_ray.observe import live as live_module
-
-    monkeypatch.setattr(live_module, "SENT_KEPT", 3)
-    records = _records(8)
-    live = LivePublisher("p", "r", lambda s, st: None)
+def test_a_node_with_nothing_finished_is_sent_once_it_has_a_figure():
+    records = _records(2)
+    records["n1"] = NodeRecord("n1", 1, NodeStatus.RUNNING)  # submitted: no attempt finished, not closed
+    actor = MetricsActor()
+    batches: list[RowBatch] = []
+    live = _publisher(actor, batches)
     view = _View(records)
-    for name in records:  # one batch per node: 8 batches, summed every time more than 3 are kept apart
-        view.changed = {name}
-        live.publish(view)
-        assert len(live._sent) <= 4
-    final = metrics_from_result(_Result(records), view.inputs)  # type: ignore[arg-type]
-    assert _figures(live.sent) == _figures(final)
+    live.publish(view)
+    assert [r.record.name for r in batches[0].rows] == ["n0"]  # thousands are in flight at each batch: not sent
+    records["n1"] = _records(2)["n1"]
+    live.finish(view, {"n1"}, dict(STATUS), {})
+    assert [r.record.name for r in batches[1].rows] == ["n1"]
+    assert _figures(actor.metrics) == _figures(metrics_from_result(_Result(records), view.inputs))  # type: ignore
+
+
+def test_a_cached_node_sent_then_opened_again_is_sent_even_with_nothing_finished():
+    records = {"c": NodeRecord("c", 0, NodeStatus.CACHED)}
+    actor = MetricsActor()
+    batches: list[RowBatch] = []
+    live = _publisher(actor, batches)
+    view = _View(records)
+    live.publish(view)
+    assert actor.metrics.get_metric_value(MetricType.CACHE_HIT, "c", pipeline="p", level="0", source="cached") == 1
+    records["c"].status = NodeStatus.PENDING  # its stored output was unusable: it runs after all
+    view.changed = {"c"}
+    live.publish(view)
+    assert actor.metrics.get_metric_value(MetricType.CACHE_HIT, "c", pipeline="p", level="0", source="cached") == 0
+
+
+def test_two_drivers_of_one_run_id_count_their_own_rows():
+    """A resumed run keeps its run id: the driver that resumes it must not replace the rows of the one before."""
+    actor = MetricsActor()
+    for _ in range(2):
+        _publisher(actor, run_id="same").publish(_View(_records(1)))
+    assert actor.metrics.get_metric_value(MetricType.NODE_SUCCESS, "n0", pipeline="p", level="0") == 2
+    assert len(actor.open) == 2
+
+
+def test_the_actor_keeps_the_rows_of_few_open_runs_and_an_abandoned_run_drops_them(monkeypatch):
+    from odibi_ray.observe import run_metrics
+
+    monkeypatch.setattr(run_metrics, "OPEN_RUNS_KEPT", 2)
+    actor = MetricsActor()
+    lives = [_publisher(actor, run_id=f"r{i}") for i in range(3)]
+    for live in lives:
+        live.publish(_View(_records(2)))
+    assert list(actor.open) == [lives[1].key, lives[2].key]  # the oldest (a driver killed mid-run) went first
+    lives[2].abandon(dict(STATUS, finished=True, status="failed"))
+    assert list(actor.open) == [lives[1].key]
+    assert actor.run_status("r2")["status"] == "failed"
 
 
 def test_nodes_counted_together_give_the_figures_of_each_counted_alone():
@@ -245,16 +291,6 @@ def test_nodes_counted_together_give_the_figures_of_each_counted_alone():
     add_nodes_metrics(together, "p", records.values(), records, inputs, True)
     assert together.snapshot() == alone.snapshot()
     assert together.get_metric_value(MetricType.EARLY_CUTOFF, "n3", pipeline="p", level="1") == 1
-
-
-def test_a_snapshot_with_a_zero_series_takes_the_difference_path():
-    final = MetricsManager()
-    final.increment(MetricType.BYTES_READ, "a", value=0, pipeline="p")
-    final.increment(MetricType.NODE_SUCCESS, "a", pipeline="p")
-    batches: list[dict[str, Any]] = []
-    LivePublisher("p", "r", lambda s, st: batches.append(s)).finish(final, dict(STATUS), final.snapshot())
-    assert "bytes_read" not in batches[0]["metrics"]  # as difference() leaves it out
-    assert batches[0]["metrics"]["node_success"]["series"][0]["value"] == 1
 
 
 def _figures(m: MetricsManager) -> dict[str, Any]:
@@ -293,7 +329,7 @@ class _LosingBackend(LocalBackend):
         return {"local"}
 
 
-def test_the_last_batch_after_an_input_sent_closed_is_recomputed_is_final_minus_sent():
+def test_the_last_batch_after_an_input_sent_closed_is_recomputed_sends_every_row():
     """Found in review: the real Scheduler on a local backend that loses u's output once (its machine died)."""
     calls = {"u": 0}
 
@@ -312,33 +348,33 @@ def test_the_last_batch_after_an_input_sent_closed_is_recomputed_is_final_minus_
     dag.add_node(Node("x", lambda a: a, inputs={"a": "u"}))
     dag.add_node(Node("y", slow, inputs={"a": "u"}))
     actor = MetricsActor()
-    live = LivePublisher("exact", "r1", lambda snap, status: actor.push(snap, status), period_s=0.02)
+    batches: list[RowBatch] = []
+    live = _publisher(actor, batches, "r1", "exact", period_s=0.02)
     sched = Scheduler(dag, _LosingBackend("y"), run_id="r1", levels=dag.levels(), observer=live)
     result = sched.run()
     assert {n: r.status for n, r in result.nodes.items()} == dict.fromkeys("uxy", NodeStatus.SUCCEEDED)
     assert result.nodes["u"].attempts == 3  # failed, succeeded, recomputed after its output was lost
     assert live.batches >= 2
-    # u was sent closed, then run again: its end moved, and x's queue wait (sent) counts from it: only the final
-    # figures are exact, so the last batch is final - sent
-    assert not _finish_as_the_runner_does(sched, live, result, actor)
+    # u was sent closed, then run again: its end moved, and x's queue wait (sent) counts from it: the last batch
+    # sends every node's row
+    assert sched.reopened
+    _finish_as_the_runner_does(sched, live, result, actor)
+    assert {r.record.name for r in batches[-1].rows} == set("uxy")
 
 
-def _finish_as_the_runner_does(sched: Scheduler, live: LivePublisher, result: Any, actor: MetricsActor) -> bool:
+def _finish_as_the_runner_does(sched: Scheduler, live: LivePublisher, result: Any, actor: MetricsActor) -> None:
     """End the run's metrics as runner._publish_metrics does; check the actor then holds exactly the records'
-    figures. True when the exact last batch was used (not final - sent)."""
+    figures."""
     changed = sched.take_changed()
     sched.detach_observer()
     status = dict(sched.live_status(), finished=True, status="succeeded", duration_s=1.0)
     final = metrics_from_result(result, result.inputs)
-    exact = live.finish_exact(sched, changed, status, result.stats)
-    if not exact:
-        live.finish(final, status, final.snapshot())
+    live.finish(sched, changed, status, result.stats)
     got, want = _figures(actor.metrics), _figures(final)
     diff = {(k, s): ((got.get(k) or {}).get(s), (want.get(k) or {}).get(s)) for k in set(got) | set(want)
             for s in set(got.get(k) or {}) | set(want.get(k) or {})
             if (got.get(k) or {}).get(s) != (want.get(k) or {}).get(s)}
     assert got == want, f"actor (got) vs records (want): {diff}"
-    return exact
 
 
 def test_a_consumer_sent_closed_while_its_input_was_reopened_gets_exact_final_figures():
@@ -361,13 +397,13 @@ def test_a_consumer_sent_closed_while_its_input_was_reopened_gets_exact_final_fi
     dag.add_node(Node("x", lambda a: a, inputs={"a": "u"}))  # closes at once, before u is reopened
     dag.add_node(Node("y", slow, inputs={"a": "u"}))  # its attempt reports u's output lost: u runs again
     actor = MetricsActor()
-    live = LivePublisher("exact2", "r1", lambda snap, status: actor.push(snap, status), period_s=0.9)
+    live = _publisher(actor, None, "r1", "exact2", period_s=0.9)
     sched = Scheduler(dag, _LosingBackend("y"), run_id="r1", levels=dag.levels(), observer=live)
     result = sched.run()
     assert {n: r.status for n, r in result.nodes.items()} == dict.fromkeys("uxy", NodeStatus.SUCCEEDED)
     assert result.nodes["u"].attempts == 2 and calls["u"] == 2
-    assert live.batches >= 1
-    assert not _finish_as_the_runner_does(sched, live, result, actor)
+    assert live.batches >= 1 and sched.reopened
+    _finish_as_the_runner_does(sched, live, result, actor)
 
 
 # --- Ray's metrics endpoint ----------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ each attempt's metadata. The batch goes to the :class:`MetricsActor` fire-and-fo
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from .metrics import LabelKey, MetricsManager, MetricType, label_key
 from ..execution.result import NodeRecord, NodeStatus, RunResult
@@ -79,11 +80,8 @@ def add_nodes_metrics(m: MetricsManager, pipeline: str, recs: Iterable[NodeRecor
     """Add the figures of nodes ``recs``: exactly what :func:`add_node_metrics` adds for each, summed per series
     first and added in one call (the manager's call per node was two thirds of deriving a node's figures:
     bench_overhead's profile of skip300-s0)."""
-    figures = _Figures()
-    for rec in recs:
-        _attempt_figures(figures, rec, rec.name, _ready_at(rec.name, records, inputs))
-        _node_outcome(figures, rec, checkpointed)
-    figures.add_to(m, pipeline)
+    rows = (NodeRow(rec, inputs_done_at(rec.name, records, inputs)) for rec in recs)
+    add_rows_metrics(m, pipeline, rows, checkpointed)
 
 
 def add_items_metrics(m: MetricsManager, pipeline: str, items: Iterable[NodeRecord],
@@ -92,11 +90,30 @@ def add_items_metrics(m: MetricsManager, pipeline: str, items: Iterable[NodeReco
     """Add the figures of ``items`` of the mapped node ``node``: exactly what ``add_node_metrics(..., node=node)``
     adds for each item, derived in one pass and summed per series first (a mapped node may have 10,000 items, and
     a manager call per figure of each cost ~15% of the driver on such a run: bench_map's profile)."""
+    ready_at = inputs_done_at(node, records, inputs)
+    add_rows_metrics(m, pipeline, (NodeRow(item, ready_at, node) for item in items), checkpointed)
+
+
+class NodeRow(NamedTuple):
+    """What a node's (or an item's) figures are derived from: its record, when its inputs were all done, and for
+    an item the mapped node it counts under. The live metrics send rows to the metrics actor (observe/live.py)."""
+
+    record: NodeRecord
+    ready_at: float | None  # the latest end of its inputs (an item: of its mapped node's inputs), if known
+    node: str | None = None  # an item: its mapped node
+
+
+def add_rows_metrics(m: MetricsManager, pipeline: str, rows: Iterable[NodeRow], checkpointed: bool) -> None:
+    """The one derivation of node and item figures: each row's attempts (as recorded so far) and, once it is closed,
+    its outcome, summed per series and added to ``m`` in one call."""
     figures = _Figures()
-    ready_at = _ready_at(node, records, inputs)
-    for item in items:
-        _attempt_figures(figures, item, node, ready_at)
-        _item_outcome(figures, item, node, checkpointed)
+    for rec, ready_at, node in rows:
+        if node is None:
+            _attempt_figures(figures, rec, rec.name, ready_at)
+            _node_outcome(figures, rec, checkpointed)
+        else:
+            _attempt_figures(figures, rec, node, ready_at)
+            _item_outcome(figures, rec, node, checkpointed)
     figures.add_to(m, pipeline)
 
 
@@ -159,7 +176,8 @@ def _labels(pipeline: str, series: _Series) -> dict[str, str]:
     return labels
 
 
-def _ready_at(name: str, records: Mapping[str, NodeRecord], inputs: Mapping[str, list[str]] | None) -> float | None:
+def inputs_done_at(name: str, records: Mapping[str, NodeRecord],
+                   inputs: Mapping[str, list[str]] | None) -> float | None:
     """When the node's inputs were all done (the latest end of its upstream nodes), if known."""
     if inputs is None:
         return None
@@ -217,8 +235,34 @@ def _node_outcome(figures: _Figures, rec: NodeRecord, checkpointed: bool) -> Non
             figures.count((MetricType.EARLY_CUTOFF, name, level, None))
 
 
+def add_status_gauges(m: MetricsManager, pipeline: str, status: Mapping[str, Any]) -> None:
+    """Set the live gauges of a run from its status document (observe/live.py): nodes running, pending, waiting to
+    retry, and done per level."""
+    counts = status.get("counts", {})
+    p = pipeline
+    m.set_gauge(MetricType.NODES_RUNNING, p, counts.get("running", 0), pipeline=p)
+    m.set_gauge(MetricType.NODES_PENDING, p, counts.get("ready", 0), pipeline=p)
+    m.set_gauge(MetricType.NODES_WAITING_RETRY, p, counts.get("waiting_retry", 0), pipeline=p)
+    for level, (done, _total) in enumerate(status.get("levels", [])):
+        m.set_gauge(MetricType.NODES_DONE, p, done, pipeline=p, level=str(level))
+
+
+class RowBatch(NamedTuple):
+    """One live batch of a running run (observe/live.py): the rows of the nodes changed since the batch before,
+    which the metrics actor derives the figures of."""
+
+    publisher: str  # the one publisher (one driver's run) whose earlier rows these replace
+    pipeline: str
+    checkpointed: bool  # the run has cache keys (a success is then also a cache miss)
+    rows: list[NodeRow]
+    counters: Mapping[str, int] | None = None  # the run's own counters (add_run_counters), in its last batch
+    last: bool = False  # the run is over: the actor forgets its rows
+
+
 #: How many runs' status documents the actor keeps (the newest; older runs are in their manifests).
 STATUS_KEPT = 200
+#: How many running runs' rows the actor keeps (a driver killed mid-run never sends its last batch).
+OPEN_RUNS_KEPT = 64
 
 
 class MetricsActor:
@@ -231,10 +275,45 @@ class MetricsActor:
         self.metrics = MetricsManager()
         self.runs: dict[str, dict[str, Any]] = {}  # run id -> its newest status document, oldest run first
         self.export = RayExport()  # the same counters and gauges on Ray's own metrics endpoint
+        #: publisher -> node -> the row its figures were last counted from, while its run runs (oldest first)
+        self.open: dict[str, dict[str, NodeRow]] = {}
 
     def push(self, snapshot: dict[str, Any], status: dict[str, Any] | None = None) -> None:
         self.metrics.merge(snapshot)
         self.export.apply(snapshot)
+        self._keep_status(status)
+
+    def push_rows(self, pickled: bytes, status: dict[str, Any] | None = None) -> None:
+        """Count a live batch (observe/live.py), pickled by the driver (``runner._live_sender``: a copy, as a row kept
+        here must not change with the driver's record, and ``pickle`` is faster than Ray's serialiser): each row's
+        figures minus those of the row last counted for its node by the same publisher, so the sum is always the
+        figures of every node's newest row: exactly the run's record-derived figures once its last batch is in.
+        Deriving here, not in the driver, took that work off the driver loop (bench_overhead)."""
+        batch = pickle.loads(pickled)
+        assert isinstance(batch, RowBatch)
+        rows = self.open.pop(batch.publisher, None)
+        if rows is None:
+            rows = {}
+        delta = MetricsManager(signed=True)
+        replaced = [old for row in batch.rows if (old := rows.get(row.record.name)) is not None]
+        add_rows_metrics(delta, batch.pipeline, batch.rows, batch.checkpointed)
+        if replaced:  # (rare: a node counted before changed since: a retry, an output lost and made again)
+            before = MetricsManager()
+            add_rows_metrics(before, batch.pipeline, replaced, batch.checkpointed)
+            delta.merge(MetricsManager().difference(before))
+        for row in batch.rows:
+            rows[row.record.name] = row
+        if batch.counters:
+            add_run_counters(delta, batch.pipeline, batch.counters)
+        if status is not None:
+            add_status_gauges(delta, batch.pipeline, status)
+        if not batch.last:
+            self.open[batch.publisher] = rows  # put back last: the newest
+            while len(self.open) > OPEN_RUNS_KEPT:
+                self.open.pop(next(iter(self.open)))
+        self.push(delta.snapshot(), status)
+
+    def _keep_status(self, status: dict[str, Any] | None) -> None:
         if status is not None:
             rid = str(status.get("run_id"))
             self.runs.pop(rid, None)
