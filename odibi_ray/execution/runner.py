@@ -52,7 +52,13 @@ def _live_sender(namespace: str) -> Callable[[RowBatch, dict[str, Any]], None]:
     """Sends one live batch to the metrics actor of ``namespace`` (found on first use), fire-and-forget, pickled
     here: Ray's own serialiser (cloudpickle) took longer over thousands of records than ``pickle``."""
     def send(batch: RowBatch, status: dict[str, Any]) -> None:
-        metrics_actor(namespace).push_rows.remote(pickle.dumps(batch, protocol=5), status)
+        actor = metrics_actor(namespace)
+        try:
+            push = actor.push_rows
+        except AttributeError:  # a detached actor started by an older odibi_ray outlives its drivers
+            raise RuntimeError(f"the metrics actor of namespace {namespace!r} was started by an older odibi_ray (it "
+                               "has no push_rows): stop it (ray.kill) and the next run starts a new one") from None
+        push.remote(pickle.dumps(batch, protocol=5), status)
     return send
 
 

@@ -2,31 +2,32 @@
 
 The driver loop offers :class:`LivePublisher` a look at the run on every pass (a clock read); at most once per
 :data:`LIVE_PERIOD_S` it sends the actor one :class:`~odibi_ray.observe.run_metrics.RowBatch`, fire-and-forget: the
-records of the nodes (and items) changed since the last batch, each with when its inputs were done, and the run's
-status document (levels done, nodes by state, the slowest in-flight nodes) that ``odibi-ray status --watch`` shows.
-Nothing here waits on Ray.
+rows (:class:`~odibi_ray.observe.run_metrics.NodeRow`: what a node's figures are derived from, and when its inputs
+were done) of the nodes and items changed since the last batch, and the run's status document (levels done, nodes by
+state, the slowest in-flight nodes) that ``odibi-ray status --watch`` shows. Nothing here waits on Ray.
 
-The actor derives the figures (:meth:`MetricsActor.push_rows`), with the same function as the run's final figures
-(:func:`~odibi_ray.observe.run_metrics.add_rows_metrics`), and counts each node's newest row minus the one it
-counted before for it. So once the last batch is in, the actor holds exactly the record-derived figures, whatever
-happened in between (retries, crashed workers, outputs lost and recomputed). A node's record is all its figures
-depend on, except its queue wait, which counts from its inputs' end: when a closed node was opened again in the run
-(its end moved), the last batch sends every node's row, not only the changed ones.
+The actor derives the figures (:meth:`MetricsActor.push_rows`) with the same function as the run's final figures
+(:func:`~odibi_ray.observe.run_metrics.add_rows_metrics`). The publisher keeps the last row it sent of each node: a
+node sent before whose row changed goes with that old row, whose figures the actor takes away. So the actor keeps
+nothing per run, and once the last batch is in it holds exactly the record-derived figures, whatever happened in
+between (retries, crashed workers, outputs lost and recomputed). A node's row is all its figures depend on, and its
+row's ``ready_at`` (its inputs' end) changes only when an input closed before is opened again: then the last batch
+looks at every node, not only the changed ones.
 
 Deriving the figures in the driver (and diffing what was sent) cost 60-95 µs of driver CPU a node on
-bench_overhead's no-op runs of 1,500-5,000 nodes; a row costs the driver its pickling (~2 µs).
+bench_overhead's no-op runs of 1,500-5,000 nodes; a row costs the driver a few µs (made and pickled).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from ..execution.result import NodeRecord
-from .run_metrics import NodeRow, RowBatch, inputs_done_at
+from .run_metrics import NodeRow, RowBatch, inputs_done_at, node_row
+from ..backoff import backoff_delay
 from ..definition.names import item_parent
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 LIVE_PERIOD_S = 1.0
 #: How many of the longest-running in-flight nodes the status document names.
 SLOWEST = 5
+#: How many times the last batch is tried (an earlier one that fails goes with the next; the last has no next).
+LAST_TRIES = 3
 
 
 class LiveView(Protocol):
@@ -62,10 +65,7 @@ class LivePublisher:
         self.period_s = period_s
         self._send = send
         self._due = time.monotonic() + period_s
-        #: this publisher's name at the actor: a resumed run keeps its run id, and its rows must not replace those
-        #: of the driver that ran it before
-        self.key = f"{run_id}/{uuid.uuid4().hex[:12]}"
-        self._sent: set[str] = set()  # nodes with a row at the actor
+        self._sent: dict[str, NodeRow] = {}  # each node's row as last sent (the actor added its figures)
         self._unsent: set[str] = set()  # nodes of a batch that could not be sent, to go with the next one
         self._checkpointed: bool | None = None  # the run has cache keys (known before its first batch)
         self.batches = 0
@@ -87,8 +87,7 @@ class LivePublisher:
 
     def abandon(self, status: dict[str, Any]) -> None:
         """The run stopped on an exception: tell watchers it is over (the status only; its figures stay partial)."""
-        self._send_batch(RowBatch(self.key, self.pipeline, bool(self._checkpointed), [], None, True),
-                         self._status(status))
+        self._send_batch(RowBatch(self.pipeline, bool(self._checkpointed), [], []), self._status(status), LAST_TRIES)
 
     # --- inside -------------------------------------------------------------------------------------
 
@@ -102,30 +101,46 @@ class LivePublisher:
             self._checkpointed = any(r.cache_key for r in records.values())
         if self._unsent:
             names, self._unsent = names | self._unsent, set()
-        rows = self._rows(records, view.inputs, names)
-        if self._send_batch(RowBatch(self.key, self.pipeline, self._checkpointed, rows, stats, last), status):
-            self._sent.update(row.record.name for row in rows)
-        elif not last:
-            self._unsent = names  # (their records as they are then)
+        rows, replaced = self._rows(records, view.inputs, names)
+        batch = RowBatch(self.pipeline, self._checkpointed, rows, replaced, stats)
+        if self._send_batch(batch, status, LAST_TRIES if last else 1):
+            for row in rows:
+                self._sent[row.name] = row
+        elif last:
+            log.error("the metrics actor did not get the last batch of run %s of %r: its figures for the run are "
+                      "partial (result.metrics and the manifest have them all)", self.run_id, self.pipeline)
+        else:
+            self._unsent = names  # (their rows as they are then)
 
     def _rows(self, records: Mapping[str, NodeRecord], inputs: Mapping[str, list[str]],
-              names: set[str]) -> list[NodeRow]:
-        rows = []
+              names: set[str]) -> tuple[list[NodeRow], list[NodeRow]]:
+        """The rows of ``names`` that changed since they were last sent, and the rows they replace."""
+        rows, replaced = [], []
         sent = self._sent
         for name in names:
             rec = records[name]
-            if not rec.attempt_history and not rec.status.done and name not in sent:
+            old = sent.get(name)
+            if old is None and not rec.attempt_history and not rec.status.done:
                 continue  # submitted, nothing finished: no figure yet (thousands are in flight at each batch)
             parent = item_parent(name)
-            rows.append(NodeRow(rec, inputs_done_at(parent or name, records, inputs), parent))
-        return rows
+            row = node_row(rec, inputs_done_at(parent or name, records, inputs), parent)
+            if old is not None:
+                if row == old:
+                    continue  # e.g. its attempt submitted again: its figures are as sent
+                replaced.append(old)
+            rows.append(row)
+        return rows, replaced
 
-    def _send_batch(self, batch: RowBatch, status: dict[str, Any]) -> bool:
-        """Send one batch, fire-and-forget; False when it could not be sent."""
-        try:
-            self._send(batch, status)
-        except Exception as exc:  # noqa: BLE001 - metrics must never fail a run
-            log.warning("could not send live metrics to the metrics actor: %s", exc)
-            return False
-        self.batches += 1
-        return True
+    def _send_batch(self, batch: RowBatch, status: dict[str, Any], tries: int) -> bool:
+        """Send one batch, fire-and-forget (``tries`` times at most); False when it could not be sent."""
+        for n in range(1, tries + 1):
+            try:
+                self._send(batch, status)
+            except Exception as exc:  # noqa: BLE001 - metrics must never fail a run
+                log.warning("could not send live metrics to the metrics actor (try %d of %d): %s", n, tries, exc)
+                if n < tries:
+                    time.sleep(backoff_delay(n, 0.1, 2.0, 1.0, 0.0))
+                continue
+            self.batches += 1
+            return True
+        return False

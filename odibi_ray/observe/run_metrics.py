@@ -80,7 +80,7 @@ def add_nodes_metrics(m: MetricsManager, pipeline: str, recs: Iterable[NodeRecor
     """Add the figures of nodes ``recs``: exactly what :func:`add_node_metrics` adds for each, summed per series
     first and added in one call (the manager's call per node was two thirds of deriving a node's figures:
     bench_overhead's profile of skip300-s0)."""
-    rows = (NodeRow(rec, inputs_done_at(rec.name, records, inputs)) for rec in recs)
+    rows = (node_row(rec, inputs_done_at(rec.name, records, inputs)) for rec in recs)
     add_rows_metrics(m, pipeline, rows, checkpointed)
 
 
@@ -91,29 +91,56 @@ def add_items_metrics(m: MetricsManager, pipeline: str, items: Iterable[NodeReco
     adds for each item, derived in one pass and summed per series first (a mapped node may have 10,000 items, and
     a manager call per figure of each cost ~15% of the driver on such a run: bench_map's profile)."""
     ready_at = inputs_done_at(node, records, inputs)
-    add_rows_metrics(m, pipeline, (NodeRow(item, ready_at, node) for item in items), checkpointed)
+    add_rows_metrics(m, pipeline, (node_row(item, ready_at, node) for item in items), checkpointed)
+
+
+class AttemptFigures(NamedTuple):
+    """What an attempt's figures are derived from (see :class:`NodeRow`)."""
+
+    worker: str | None  # the Ray node id it ran on
+    submitted_at: float
+    started_at: float | None
+    ended_at: float | None
+    bytes_written: int
+    bytes_read: int
+    storage_s: float
 
 
 class NodeRow(NamedTuple):
-    """What a node's (or an item's) figures are derived from: its record, when its inputs were all done, and for
-    an item the mapped node it counts under. The live metrics send rows to the metrics actor (observe/live.py)."""
+    """What a node's (or an item's) figures are derived from, and nothing else: the live metrics send rows to the
+    metrics actor (observe/live.py) and the driver keeps each node's last one sent, so a row holds no output tail,
+    traceback or item records (an attempt's record may carry 64 KB of output)."""
 
-    record: NodeRecord
+    name: str
+    level: int
+    status: NodeStatus
+    attempts: tuple[AttemptFigures, ...]  # as recorded so far
+    mapped: bool  # a mapped node (its cache hits and misses are its items')
+    early_cutoff: bool  # reused because the outputs it reads were unchanged
     ready_at: float | None  # the latest end of its inputs (an item: of its mapped node's inputs), if known
-    node: str | None = None  # an item: its mapped node
+    node: str | None = None  # an item: the mapped node it counts under
+
+
+def node_row(rec: NodeRecord, ready_at: float | None, node: str | None = None) -> NodeRow:
+    """The row of a node's (or, with ``node``, an item's) record."""
+    return NodeRow(rec.name, rec.level, rec.status,
+                   tuple(AttemptFigures(a.worker_node_id, a.submitted_at, a.started_at, a.ended_at, a.bytes_written,
+                                        a.bytes_read, a.storage_s) for a in rec.attempt_history),
+                   rec.items is not None, bool(rec.unchanged_inputs), ready_at, node)
 
 
 def add_rows_metrics(m: MetricsManager, pipeline: str, rows: Iterable[NodeRow], checkpointed: bool) -> None:
-    """The one derivation of node and item figures: each row's attempts (as recorded so far) and, once it is closed,
-    its outcome, summed per series and added to ``m`` in one call."""
+    """The one derivation of node and item figures: each row's attempts and, once it is closed, its outcome, summed
+    per series and added to ``m`` in one call."""
     figures = _Figures()
-    for rec, ready_at, node in rows:
+    for row in rows:
+        node = row.node
         if node is None:
-            _attempt_figures(figures, rec, rec.name, ready_at)
-            _node_outcome(figures, rec, checkpointed)
+            _attempt_figures(figures, row, row.name)
+            _node_outcome(figures, row, checkpointed)
         else:
-            _attempt_figures(figures, rec, node, ready_at)
-            _item_outcome(figures, rec, node, checkpointed)
+            _attempt_figures(figures, row, node)
+            _item_outcome(figures, row, node, checkpointed)
     figures.add_to(m, pipeline)
 
 
@@ -185,28 +212,29 @@ def inputs_done_at(name: str, records: Mapping[str, NodeRecord],
     return max([e for e in ends if e is not None], default=None)
 
 
-def _attempt_figures(figures: _Figures, rec: NodeRecord, name: str, ready_at: float | None) -> None:
-    """A record's attempts (as recorded so far), counted under ``name``."""
-    level = str(rec.level)
-    for att in rec.attempt_history:
-        figures.count((MetricType.NODE_ATTEMPT, name, level, ("worker", att.worker_node_id or "unknown")))
-        duration = att.duration_s
-        if duration is not None:
-            figures.observe((MetricType.EXECUTION_TIME, name, level, None), duration)
-        if att.started_at is not None:  # time from ready (submitted, and inputs done) to running
-            ready = max(att.submitted_at, ready_at or 0.0)
-            figures.observe((MetricType.QUEUE_WAIT, name, level, None), max(0.0, att.started_at - ready))
+def _attempt_figures(figures: _Figures, row: NodeRow, name: str) -> None:
+    """A row's attempts, counted under ``name``."""
+    level = str(row.level)
+    ready_at = row.ready_at or 0.0
+    for att in row.attempts:
+        figures.count((MetricType.NODE_ATTEMPT, name, level, ("worker", att.worker or "unknown")))
+        started, ended = att.started_at, att.ended_at
+        if started is not None and ended is not None:
+            figures.observe((MetricType.EXECUTION_TIME, name, level, None), max(0.0, ended - started))
+        if started is not None:  # time from ready (submitted, and inputs done) to running
+            ready = max(att.submitted_at, ready_at)
+            figures.observe((MetricType.QUEUE_WAIT, name, level, None), max(0.0, started - ready))
         if att.bytes_written:
             figures.count((MetricType.BYTES_WRITTEN, name, level, None), att.bytes_written)
         if att.bytes_read:
             figures.count((MetricType.BYTES_READ, name, level, None), att.bytes_read)
         if att.storage_s:
             figures.observe((MetricType.STORAGE_LATENCY, name, level, None), att.storage_s)
-    if rec.attempts > 1:
-        figures.count((MetricType.NODE_RETRY, name, level, None), rec.attempts - 1)
+    if len(row.attempts) > 1:
+        figures.count((MetricType.NODE_RETRY, name, level, None), len(row.attempts) - 1)
 
 
-def _item_outcome(figures: _Figures, item: NodeRecord, node: str, checkpointed: bool) -> None:
+def _item_outcome(figures: _Figures, item: NodeRow, node: str, checkpointed: bool) -> None:
     """An item's outcome once it is closed: a map item by status, and its cache hit or miss as its node's."""
     status, level = item.status, str(item.level)
     if status.done:
@@ -217,10 +245,10 @@ def _item_outcome(figures: _Figures, item: NodeRecord, node: str, checkpointed: 
         figures.count((MetricType.CACHE_HIT, node, level, ("source", status.value)))
 
 
-def _node_outcome(figures: _Figures, rec: NodeRecord, checkpointed: bool) -> None:
+def _node_outcome(figures: _Figures, rec: NodeRow, checkpointed: bool) -> None:
     """A node's outcome once it is closed (a mapped node's cache hits and misses are its items')."""
     status, name, level = rec.status, rec.name, str(rec.level)
-    mapped = rec.items is not None
+    mapped = rec.mapped
     if status is NodeStatus.SUCCEEDED:
         figures.count((MetricType.NODE_SUCCESS, name, level, None))
         if checkpointed and not mapped:
@@ -231,7 +259,7 @@ def _node_outcome(figures: _Figures, rec: NodeRecord, checkpointed: bool) -> Non
         figures.count((MetricType.NODE_SKIP, name, level, ("reason", status.value)))
     elif status in (NodeStatus.CACHED, NodeStatus.RESUMED) and not mapped:
         figures.count((MetricType.CACHE_HIT, name, level, ("source", status.value)))
-        if rec.unchanged_inputs:
+        if rec.early_cutoff:
             figures.count((MetricType.EARLY_CUTOFF, name, level, None))
 
 
@@ -249,20 +277,18 @@ def add_status_gauges(m: MetricsManager, pipeline: str, status: Mapping[str, Any
 
 class RowBatch(NamedTuple):
     """One live batch of a running run (observe/live.py): the rows of the nodes changed since the batch before,
-    which the metrics actor derives the figures of."""
+    whose figures the metrics actor adds, and the rows it added before for those of them it had (``replaced``),
+    whose figures it takes away. So the actor keeps nothing per run: the driver knows what it sent."""
 
-    publisher: str  # the one publisher (one driver's run) whose earlier rows these replace
     pipeline: str
     checkpointed: bool  # the run has cache keys (a success is then also a cache miss)
     rows: list[NodeRow]
+    replaced: list[NodeRow]
     counters: Mapping[str, int] | None = None  # the run's own counters (add_run_counters), in its last batch
-    last: bool = False  # the run is over: the actor forgets its rows
 
 
 #: How many runs' status documents the actor keeps (the newest; older runs are in their manifests).
 STATUS_KEPT = 200
-#: How many running runs' rows the actor keeps (a driver killed mid-run never sends its last batch).
-OPEN_RUNS_KEPT = 64
 
 
 class MetricsActor:
@@ -275,8 +301,6 @@ class MetricsActor:
         self.metrics = MetricsManager()
         self.runs: dict[str, dict[str, Any]] = {}  # run id -> its newest status document, oldest run first
         self.export = RayExport()  # the same counters and gauges on Ray's own metrics endpoint
-        #: publisher -> node -> the row its figures were last counted from, while its run runs (oldest first)
-        self.open: dict[str, dict[str, NodeRow]] = {}
 
     def push(self, snapshot: dict[str, Any], status: dict[str, Any] | None = None) -> None:
         self.metrics.merge(snapshot)
@@ -284,33 +308,22 @@ class MetricsActor:
         self._keep_status(status)
 
     def push_rows(self, pickled: bytes, status: dict[str, Any] | None = None) -> None:
-        """Count a live batch (observe/live.py), pickled by the driver (``runner._live_sender``: a copy, as a row kept
-        here must not change with the driver's record, and ``pickle`` is faster than Ray's serialiser): each row's
-        figures minus those of the row last counted for its node by the same publisher, so the sum is always the
-        figures of every node's newest row: exactly the run's record-derived figures once its last batch is in.
-        Deriving here, not in the driver, took that work off the driver loop (bench_overhead)."""
+        """Count a live batch (observe/live.py), pickled by the driver (``runner._live_sender``: ``pickle`` is faster
+        than Ray's serialiser on thousands of rows): the figures of its rows minus those of the rows they replace, the
+        run's counters and the gauges of its status. Derived here, not in the driver: deriving, snapshotting and
+        diffing them in the driver loop cost 60-95 µs of driver CPU a node (bench_overhead, no-op nodes)."""
         batch = pickle.loads(pickled)
         assert isinstance(batch, RowBatch)
-        rows = self.open.pop(batch.publisher, None)
-        if rows is None:
-            rows = {}
         delta = MetricsManager(signed=True)
-        replaced = [old for row in batch.rows if (old := rows.get(row.record.name)) is not None]
         add_rows_metrics(delta, batch.pipeline, batch.rows, batch.checkpointed)
-        if replaced:  # (rare: a node counted before changed since: a retry, an output lost and made again)
+        if batch.replaced:  # (rare: a node counted before changed since: a retry, an output lost and made again)
             before = MetricsManager()
-            add_rows_metrics(before, batch.pipeline, replaced, batch.checkpointed)
+            add_rows_metrics(before, batch.pipeline, batch.replaced, batch.checkpointed)
             delta.merge(MetricsManager().difference(before))
-        for row in batch.rows:
-            rows[row.record.name] = row
         if batch.counters:
             add_run_counters(delta, batch.pipeline, batch.counters)
         if status is not None:
             add_status_gauges(delta, batch.pipeline, status)
-        if not batch.last:
-            self.open[batch.publisher] = rows  # put back last: the newest
-            while len(self.open) > OPEN_RUNS_KEPT:
-                self.open.pop(next(iter(self.open)))
         self.push(delta.snapshot(), status)
 
     def _keep_status(self, status: dict[str, Any] | None) -> None:
