@@ -72,6 +72,7 @@ NOOP_TARGET = 1.3
 SLEEP_TARGET = 1.05
 FIXED_TARGET_MS = 30.0
 MAX_SLEEP_MS = 20.0
+SMALL_NODES = 500  # no-op shapes this small get --small-repeats rounds
 INPUT_PARAMS = ("a", "b", "c", "d")  # a node's inputs, in order (fan-in 1-4)
 
 Shape = dict[str, Any]  # name, kind, levels (lists of names), inputs (name -> upstream names), sleep_ms
@@ -771,6 +772,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--sleep-shapes", default=None,
                     help="sleep-scenario shapes (default layered20x50,skip1500-s0; quick layered10x10)")
     ap.add_argument("--repeats", type=int, default=None, help="rounds per noop shape (default 5, quick 3)")
+    ap.add_argument("--small-repeats", type=int, default=9,
+                    help=f"rounds per noop shape of at most {SMALL_NODES} nodes, if more than --repeats (default 9: "
+                         "their runs last ~0.2 s, and one disturbed round moved a median of 5 by up to 0.25)")
     ap.add_argument("--sleep-repeats", type=int, default=None, help="rounds per sleep shape (default 5, quick 3)")
     ap.add_argument("--fixed-pairs", type=int, default=None,
                     help="rounds of the 10-node runs, and runs timed step by step (default 30, quick 10)")
@@ -814,7 +818,7 @@ def measure(args: argparse.Namespace, cpus: int) -> dict[str, list[dict[str, Any
     try:
         if args.profile:
             out["profiles"].append(profile_shape(shape_by_name(args.profile), cpus, args.profile_runs))
-        for part, shapes, fn in (("noop", noop_shapes, lambda sh: measure_noop(sh, cpus, args.repeats)),
+        for part, shapes, fn in (("noop", noop_shapes, lambda sh: measure_noop(sh, cpus, noop_rounds(sh, args))),
                                  ("sleep", sleep_shapes, lambda sh: measure_sleep(sh, cpus, args.sleep_repeats)),
                                  ("fuse", fuse_runs, lambda run: measure_fuse(run[0], run[1], cpus, args.repeats)),
                                  # last: Ray's workers are all started and warm by now
@@ -834,6 +838,11 @@ def measure(args: argparse.Namespace, cpus: int) -> dict[str, list[dict[str, Any
     finally:
         ray.shutdown()
     return out
+
+
+def noop_rounds(shape: Shape, args: argparse.Namespace) -> int:
+    """Rounds of a no-op shape: more for the small ones, whose short runs one disturbance moves most."""
+    return max(args.repeats, args.small_repeats) if shape["nodes"] <= SMALL_NODES and not args.quick else args.repeats
 
 
 def in_child(argv: list[str], cpus: int) -> dict[str, list[dict[str, Any]]]:
@@ -869,7 +878,8 @@ def main(argv: list[str] | None = None) -> int:
             [shape_by_name(n) for n in args.fuse_shapes.split(",") if n] if "fuse" in parts else [])
         for shape in {s["name"]: s for s in shown}.values():
             print(f"  shape {describe(shape)}")
-        print(f"  rounds: noop {args.repeats}, sleep {args.sleep_repeats}, fixed {args.fixed_pairs} (after 1 warm-up "
+        print(f"  rounds: noop {args.repeats} ({max(args.repeats, args.small_repeats)} for shapes of at most "
+              f"{SMALL_NODES} nodes), sleep {args.sleep_repeats}, fixed {args.fixed_pairs} (after 1 warm-up "
               f"per engine and shape); one fresh process and Ray per CPU setting", flush=True)
     results = ([measure(args, args.cpus[0])] if len(args.cpus) == 1
                else [in_child(argv, cpus) for cpus in args.cpus])
@@ -915,7 +925,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ntotal {time.time() - started:.0f} s")
     out = {"benchmark": "bench_overhead", "machine_cpus": os.cpu_count(), "ray": ray.__version__,
            "python": platform.python_version(), "cpus": args.cpus, "quick": args.quick,
-           "rounds": {"noop": args.repeats, "sleep": args.sleep_repeats, "fixed": args.fixed_pairs},
+           "rounds": {"noop": args.repeats, "noop_small": max(args.repeats, args.small_repeats),
+                      "sleep": args.sleep_repeats, "fixed": args.fixed_pairs},
            "targets": {"noop": NOOP_TARGET, "sleep": SLEEP_TARGET, "fixed_ms": FIXED_TARGET_MS},
            "summary": summary, **rows}
     sys.stdout.flush()
