@@ -25,7 +25,7 @@ from odibi_ray.observe.live import LivePublisher
 from odibi_ray.observe.metrics import MetricsManager
 from odibi_ray.observe.run_metrics import MetricsActor, RowBatch, actor_metrics, metrics_from_result
 
-from .test_metrics_cost import _LosingBackend, _View, _figures
+from .test_metrics_cost import _LosingBackend, _View, _figures, _records
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------
@@ -91,7 +91,7 @@ def test_a_long_run_ends_exact_while_many_other_runs_send_batches():
     _retried_and_done(records)
     live.finish(view, {"n"}, dict(STATUS), {})
     _assert_exact(actor.metrics, metrics_from_result(_Result(records), view.inputs))  # type: ignore[arg-type]
-    assert set(vars(actor)) == {"metrics", "runs", "export"}  # nothing kept per run but its status document
+    assert set(vars(actor)) == {"metrics", "runs", "export", "_next_freeze"}  # nothing per run but its status
 
 
 def test_a_run_resumed_after_its_driver_was_killed_adds_its_own_attempts():
@@ -336,3 +336,21 @@ def test_levels_and_order_put_every_node_after_its_inputs(seed):
         level[n] = 1 + max((level[u] for u in dag.nodes[n].upstream), default=-1)
     want = [[n for n in dag.nodes if level[n] == k] for k in range(1 + max(level.values()))]
     assert dag.levels() == want  # each level in insertion order
+
+
+# --- the actor's process keeps its series out of the collector's walks ------------------------------------------------
+
+def test_the_actor_freezes_what_it_keeps_only_in_its_own_process():
+    import gc
+
+    rows = _View(_records(3))
+    plain = MetricsActor()  # as a test or a reader makes one: this process's objects must not be frozen
+    _publisher(plain).publish(rows)
+    assert gc.get_freeze_count() == 0
+    actor = MetricsActor(freeze=True)  # as metrics_actor() makes the Ray actor
+    try:
+        _publisher(actor).publish(_View(_records(3)))
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+

@@ -24,7 +24,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from enum import Enum
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
@@ -335,12 +335,13 @@ class MetricsManager:
 
     # --- snapshots and merging ------------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
-        """Everything as plain JSON-able data (format ``odibi-metrics/1``) that ``merge`` adds exactly."""
+    def snapshot(self, kinds: Collection[MetricKind] | None = None) -> dict[str, Any]:
+        """Everything (or the families of ``kinds``) as plain JSON-able data (format ``odibi-metrics/1``) that
+        ``merge`` adds exactly."""
         with self._lock:
             metrics: dict[str, Any] = {}
             for m, series in self._ordered():
-                if not series:
+                if not series or (kinds is not None and m.kind not in kinds):
                     continue
                 family: dict[str, Any] = {"kind": m.kind.value, "prometheus_name": m.prometheus_name,
                                           "help": m.help}

@@ -8,12 +8,14 @@ each attempt's metadata. The batch goes to the :class:`MetricsActor` fire-and-fo
 
 from __future__ import annotations
 
+import gc
 import logging
 import pickle
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any, NamedTuple
 
-from .metrics import LabelKey, MetricsManager, MetricType, label_key
+from .metrics import LabelKey, MetricKind, MetricsManager, MetricType, label_key
 from ..execution.result import NodeRecord, NodeStatus, RunResult
 
 log = logging.getLogger(__name__)
@@ -287,6 +289,10 @@ class RowBatch(NamedTuple):
     counters: Mapping[str, int] | None = None  # the run's own counters (add_run_counters), in its last batch
 
 
+#: How often, at most, the actor freezes what it keeps out of the garbage collector's walks (see MetricsActor._settle).
+FREEZE_EVERY_S = 5.0
+#: The kinds of metric Ray's own endpoint carries (observe/ray_export.py: not histograms).
+EXPORTED_KINDS = (MetricKind.COUNTER, MetricKind.GAUGE)
 #: How many runs' status documents the actor keeps (the newest; older runs are in their manifests).
 STATUS_KEPT = 200
 
@@ -295,17 +301,21 @@ class MetricsActor:
     """Holds a :class:`MetricsManager` in a Ray actor; batches are merged exactly (see ``merge``). A running run
     also sends its status document with each batch (observe/live.py); the actor keeps the newest per run."""
 
-    def __init__(self) -> None:
+    def __init__(self, freeze: bool = False) -> None:
         from .ray_export import RayExport  # here: ray_export reads this module's RUN_LABELS
 
         self.metrics = MetricsManager()
         self.runs: dict[str, dict[str, Any]] = {}  # run id -> its newest status document, oldest run first
         self.export = RayExport()  # the same counters and gauges on Ray's own metrics endpoint
+        #: freeze what is kept out of the collector's walks (see _settle): in the actor's own process only, never
+        #: in a process that made one to read or test (it would freeze that process's objects too)
+        self._next_freeze = 0.0 if freeze else float("inf")
 
     def push(self, snapshot: dict[str, Any], status: dict[str, Any] | None = None) -> None:
         self.metrics.merge(snapshot)
         self.export.apply(snapshot)
         self._keep_status(status)
+        self._settle()
 
     def push_rows(self, pickled: bytes, status: dict[str, Any] | None = None) -> None:
         """Count a live batch (observe/live.py), pickled by the driver (``runner._live_sender``: ``pickle`` is faster
@@ -324,7 +334,24 @@ class MetricsActor:
             add_run_counters(delta, batch.pipeline, batch.counters)
         if status is not None:
             add_status_gauges(delta, batch.pipeline, status)
-        self.push(delta.snapshot(), status)
+        # the manager itself, and a snapshot of what Ray's endpoint carries: merging a snapshot of every family cost
+        # ~40 µs a node of the actor's CPU (bench_overhead no-op runs; 8 CPUs on 2 cores: the actor competes)
+        self.metrics.merge(delta)
+        self.export.apply(delta.snapshot(kinds=EXPORTED_KINDS))
+        self._keep_status(status)
+        self._settle()
+
+    def _settle(self) -> None:
+        """At most every :data:`FREEZE_EVERY_S`: collect, then freeze what is left (``gc.freeze``), so that the
+        collector stops walking the series the actor keeps for good. Half of a 1,500-node batch's time went to
+        collections walking them (60 ms a batch with the freeze, 125 without, measured in a process with Ray
+        loaded). Collecting first leaves no cyclic garbage to freeze; what is frozen is still freed by its
+        reference count (the series hold no cycles)."""
+        now = time.monotonic()
+        if now >= self._next_freeze:
+            self._next_freeze = now + FREEZE_EVERY_S
+            gc.collect()
+            gc.freeze()
 
     def _keep_status(self, status: dict[str, Any] | None) -> None:
         if status is not None:
@@ -390,7 +417,7 @@ def metrics_actor(namespace: str = "default", *, detached: bool = False) -> Any:
         opts["lifetime"] = "detached"
     if _ACTOR_CLASS is None:  # made once per process: making it exports the class again (~30 ms a run)
         _ACTOR_CLASS = ray.remote(MetricsActor)
-    handle = _HANDLES[key] = _ACTOR_CLASS.options(**opts).remote()
+    handle = _HANDLES[key] = _ACTOR_CLASS.options(**opts).remote(freeze=True)
     return handle
 
 
@@ -445,9 +472,9 @@ class ActorMetricsManager(MetricsManager):
         self.refresh()
         return MetricsManager.get_all_metrics(self, *args, **kwargs)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, kinds: Collection[MetricKind] | None = None) -> dict[str, Any]:
         self.refresh()
-        return MetricsManager.snapshot(self)
+        return MetricsManager.snapshot(self, kinds)
 
     def export_prometheus(self) -> str:
         self.refresh()
