@@ -1,9 +1,11 @@
 """A run's metrics, and the Ray actor that collects them across runs and drivers.
 
-Every figure is derived from the run's records (attempt by attempt), in the driver, once per run: a retried
-attempt, a crashed worker or a lost machine is one attempt record, so it counts once and only once, and
-no node or driver ever waits on a metrics call. Bytes and storage latency come from the workers inside
-each attempt's metadata. The batch goes to the :class:`MetricsActor` fire-and-forget.
+Every figure is derived from the run's records (attempt by attempt) by one function, :func:`add_rows_metrics`: a
+retried attempt, a crashed worker or a lost machine is one attempt record, so it counts once and only once, and no
+node or driver ever waits on a metrics call. Bytes and storage latency come from the workers inside each attempt's
+metadata. While a run runs, the driver sends the :class:`MetricsActor` the rows of the nodes that changed,
+fire-and-forget, and the actor derives their figures (observe/live.py); ``result.metrics`` derives them in the
+driver when read.
 """
 
 from __future__ import annotations
@@ -65,11 +67,10 @@ def add_run_counters(m: MetricsManager, pipeline: str, stats: Mapping[str, int])
 
 def add_node_metrics(m: MetricsManager, pipeline: str, rec: NodeRecord, records: Mapping[str, NodeRecord],
                      inputs: Mapping[str, list[str]] | None, checkpointed: bool, node: str | None = None) -> None:
-    """Add one node's figures to ``m``: its attempts (as recorded so far) and, once it is closed, its outcome.
-    The one derivation of a node's metrics: the run's final figures and its live deltas (observe/live.py) both
-    come from here (items in batches: :func:`add_items_metrics`). ``node``: ``rec`` is an item of that mapped node;
-    its figures count under the node's name, its outcome as a :attr:`MetricType.MAP_ITEM` (its cache hit or miss
-    as the node's)."""
+    """Add one node's figures to ``m``: its attempts (as recorded so far) and, once it is closed, its outcome, as
+    :func:`add_rows_metrics` derives them (items in batches: :func:`add_items_metrics`). ``node``: ``rec`` is an item
+    of that mapped node; its figures count under the node's name, its outcome as a :attr:`MetricType.MAP_ITEM` (its
+    cache hit or miss as the node's)."""
     if node is not None:
         add_items_metrics(m, pipeline, [rec], records, inputs, checkpointed, node)
         return
