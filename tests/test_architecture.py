@@ -23,7 +23,7 @@ ALLOWED = {
     "storage": {"errors", "backoff"},
     "checkpoint": {"definition", "storage", "errors", "execution.result"},
     "execution": {"definition", "checkpoint", "storage", "observe", "errors", "backoff"},
-    "observe": {"definition", "execution", "errors"},
+    "observe": {"definition", "execution", "errors", "backoff"},  # backoff: the live metrics' last-batch retries
     "sources": {"definition", "storage", "errors"},
     "compat": {"definition", "execution", "checkpoint", "storage", "observe", "errors"},
 }
