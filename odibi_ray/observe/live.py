@@ -117,13 +117,20 @@ class LivePublisher:
         """The rows of ``names`` that changed since they were last sent, and the rows they replace."""
         rows, replaced = [], []
         sent = self._sent
+        parents_ready: dict[str, float | None] = {}  # a mapped node's inputs' end, once for all its items in the batch
         for name in names:
             rec = records[name]
             old = sent.get(name)
             if old is None and not rec.attempt_history and not rec.status.done:
                 continue  # submitted, nothing finished: no figure yet (thousands are in flight at each batch)
             parent = item_parent(name)
-            row = node_row(rec, inputs_done_at(parent or name, records, inputs), parent)
+            if parent is None:
+                ready_at = inputs_done_at(name, records, inputs)
+            elif parent in parents_ready:
+                ready_at = parents_ready[parent]
+            else:
+                ready_at = parents_ready[parent] = inputs_done_at(parent, records, inputs)
+            row = node_row(rec, ready_at, parent)
             if old is not None:
                 if row == old:
                     continue  # e.g. its attempt submitted again: its figures are as sent

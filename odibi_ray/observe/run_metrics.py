@@ -313,10 +313,7 @@ class MetricsActor:
         self._next_freeze = 0.0 if freeze else float("inf")
 
     def push(self, snapshot: dict[str, Any], status: dict[str, Any] | None = None) -> None:
-        self.metrics.merge(snapshot)
-        self.export.apply(snapshot)
-        self._keep_status(status)
-        self._settle()
+        self._count(snapshot, snapshot, status)
 
     def push_rows(self, pickled: bytes, status: dict[str, Any] | None = None) -> None:
         """Count a live batch (observe/live.py), pickled by the driver (``runner._live_sender``: ``pickle`` is faster
@@ -337,8 +334,14 @@ class MetricsActor:
             add_status_gauges(delta, batch.pipeline, status)
         # the manager itself, and a snapshot of what Ray's endpoint carries: merging a snapshot of every family cost
         # ~40 µs a node of the actor's CPU (bench_overhead no-op runs; 8 CPUs on 2 cores: the actor competes)
-        self.metrics.merge(delta)
-        self.export.apply(delta.snapshot(kinds=EXPORTED_KINDS))
+        self._count(delta, delta.snapshot(kinds=EXPORTED_KINDS), status)
+
+    def _count(self, figures: dict[str, Any] | MetricsManager, exported: dict[str, Any],
+               status: dict[str, Any] | None) -> None:
+        """Merge one batch's ``figures``, mirror ``exported`` (its counters and gauges, as a snapshot) on Ray's
+        endpoint, keep the run's status document."""
+        self.metrics.merge(figures)
+        self.export.apply(exported)
         self._keep_status(status)
         self._settle()
 
