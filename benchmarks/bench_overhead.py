@@ -31,7 +31,7 @@ scheduler: reported, the rounds go on). Every engine must compute the same leaf 
 average and other benchmark processes seen running are reported per shape (this 2-core VM is shared). The last line
 of stdout is one JSON object with every figure.
 
-    python benchmarks/bench_overhead.py                 # full: both CPU settings, every shape (~20 min on 2 cores)
+    python benchmarks/bench_overhead.py                 # full: both CPU settings, every shape (~25 min on 2 cores)
     python benchmarks/bench_overhead.py --quick         # < 3 min: 300-node shapes, a 100-node sleep run
     python benchmarks/bench_overhead.py --cpus 2 --only noop --shapes skip1500-s0,layered20x50 --repeats 7
     python benchmarks/bench_overhead.py --cpus 2 --profile skip1500-s1   # cProfile of the driver on one shape
@@ -261,7 +261,8 @@ def time_engines(engines: dict[str, Callable[[], dict[str, Any]]], repeats: int)
     engine, the order rotated each round. Per engine and round: wall seconds, driver-process CPU seconds, attempts
     discarded; a run that raised is not timed, its error is kept (``errors``) and the rounds go on."""
     names = list(engines)
-    out: dict[str, dict[str, list[Any]]] = {n: {"wall": [], "cpu": [], "discarded": [], "errors": []} for n in names}
+    out: dict[str, dict[str, list[Any]]] = {n: {"wall": [], "cpu": [], "machine_cpu": [], "discarded": [], "errors": []}
+                                            for n in names}
     reference: dict[str, Any] | None = None
     for name in names:
         try:
@@ -276,6 +277,7 @@ def time_engines(engines: dict[str, Callable[[], dict[str, Any]]], repeats: int)
     for r in range(repeats):
         order = names[r % len(names):] + names[:r % len(names)]  # rotate: nobody always goes first
         for name in order:
+            m0 = machine_cpu_s()
             d0, c0, t0 = DISCARDED[0], time.process_time(), time.perf_counter()
             try:
                 engines[name]()
@@ -284,8 +286,25 @@ def time_engines(engines: dict[str, Callable[[], dict[str, Any]]], repeats: int)
                 continue
             out[name]["wall"].append(time.perf_counter() - t0)
             out[name]["cpu"].append(time.process_time() - c0)
+            m1 = machine_cpu_s()
+            if m0 is not None and m1 is not None:
+                out[name]["machine_cpu"].append(m1 - m0)
             out[name]["discarded"].append(DISCARDED[0] - d0)
     return out
+
+
+def machine_cpu_s() -> float | None:
+    """CPU seconds this machine (VM) has spent busy since boot, every process together (``/proc/stat``: user, nice,
+    system, irq, softirq; not idle, iowait or time stolen by the hypervisor); None where there is no /proc/stat.
+    Ray's workers, raylet, GCS, agents and the metrics actor are other processes than the driver: with more Ray
+    CPUs than cores the run is CPU-bound, and this total, not the driver's, is what its wall time follows."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def _brief(exc: BaseException) -> str:
@@ -353,8 +372,18 @@ def measure_noop(shape: Shape, cpus: int, repeats: int) -> dict[str, Any]:
         row, raw_s=_med(raw), odibi_s=_med(odi), odibi_off_s=_med(off), ratio=_ratio(odi, raw),
         ratio_off=_ratio(off, raw), ratio_rounds=_ratio_rounds(odi, raw), ratio_off_rounds=_ratio_rounds(off, raw),
         raw_cpu_s=_med(t["raw_ray"]["cpu"]), odibi_cpu_s=_med(t["odibi_ray"]["cpu"]),
-        odibi_off_cpu_s=_med(t["odibi_ray_metrics_off"]["cpu"]),
+        odibi_off_cpu_s=_med(t["odibi_ray_metrics_off"]["cpu"]), **_machine_cpu(t),
         meets_target=_ratio(odi, raw) <= NOOP_TARGET and not row["errors"])
+
+
+def _machine_cpu(t: dict[str, dict[str, list[Any]]]) -> dict[str, Any]:
+    """The machine's busy CPU seconds per run (median, every process: see :func:`machine_cpu_s`) of raw Ray,
+    odibi_ray and odibi_ray without metrics, and odibi_ray's over raw Ray's; empty without /proc/stat."""
+    raw, odi, off = (t[k]["machine_cpu"] for k in ("raw_ray", "odibi_ray", "odibi_ray_metrics_off"))
+    if not (raw and odi and off):
+        return {}
+    return {"raw_machine_cpu_s": _med(raw), "odibi_machine_cpu_s": _med(odi), "odibi_off_machine_cpu_s": _med(off),
+            "machine_cpu_ratio": _ratio(odi, raw)}
 
 
 def _any_failed(t: dict[str, dict[str, list[Any]]]) -> bool:
@@ -676,12 +705,20 @@ def _table(title: str, columns: list[str], rows: list[dict[str, Any]],
 def print_noop(rows: list[dict[str, Any]]) -> None:
     _table(f"no-op bodies: odibi_ray / raw Ray (target <= {NOOP_TARGET} on every shape)",
            ["shape", "nodes", "cpus", "raw s", "odibi s", "ratio", "ratio metrics off", "ratio (rounds)",
-            "odibi metrics off s", "levels", "driver CPU s raw / odibi / off", "failures", "interference"], rows,
+            "odibi metrics off s", "levels", "driver CPU s raw / odibi / off",
+            "machine CPU s raw / odibi / off (ratio)", "failures", "interference"], rows,
            lambda r: [r["shape"], r["nodes"], r["cpus"], f"{r['raw_s']:.3f}", f"{r['odibi_s']:.3f}",
                       f"{r['ratio']:.3f}" + ("" if r["ratio"] <= NOOP_TARGET else " **>1.3**"),
                       f"{r['ratio_off']:.3f}", f"{r['ratio_rounds']:.3f}", f"{r['odibi_off_s']:.3f}", r["levels"],
-                      f"{r['raw_cpu_s']:.2f} / {r['odibi_cpu_s']:.2f} / {r['odibi_off_cpu_s']:.2f}", _failures(r),
-                      r["interference"]])
+                      f"{r['raw_cpu_s']:.2f} / {r['odibi_cpu_s']:.2f} / {r['odibi_off_cpu_s']:.2f}", _machine_cells(r),
+                      _failures(r), r["interference"]])
+
+
+def _machine_cells(r: dict[str, Any]) -> str:
+    if "machine_cpu_ratio" not in r:
+        return "n/a"
+    return (f"{r['raw_machine_cpu_s']:.2f} / {r['odibi_machine_cpu_s']:.2f} / {r['odibi_off_machine_cpu_s']:.2f} "
+            f"({r['machine_cpu_ratio']:.2f})")
 
 
 def print_sleep(rows: list[dict[str, Any]]) -> None:
@@ -771,7 +808,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--shapes", default="", help="run only these noop shapes, by name (e.g. skip1500-s0,layered20x50)")
     ap.add_argument("--sleep-shapes", default=None,
                     help="sleep-scenario shapes (default layered20x50,skip1500-s0; quick layered10x10)")
-    ap.add_argument("--repeats", type=int, default=None, help="rounds per noop shape (default 5, quick 3)")
+    ap.add_argument("--repeats", type=int, default=None, help="rounds per noop shape (default 7, quick 3)")
     ap.add_argument("--small-repeats", type=int, default=9,
                     help=f"rounds per noop shape of at most {SMALL_NODES} nodes, if more than --repeats (default 9: "
                          "their runs last ~0.2 s, and one disturbed round moved a median of 5 by up to 0.25)")
@@ -786,7 +823,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     q = args.quick
     args.sizes = args.sizes or ([300] if q else [300, 1500, 5000])
     args.seeds = args.seeds if args.seeds is not None else ([0] if q else [0, 1, 2])
-    args.repeats = args.repeats or (3 if q else 5)
+    args.repeats = args.repeats or (3 if q else 7)
     args.sleep_repeats = args.sleep_repeats or (3 if q else 5)
     args.fixed_pairs = args.fixed_pairs or (10 if q else 30)
     if args.fuse_shapes is None:
