@@ -258,8 +258,9 @@ def count_discards() -> None:
 
 def time_engines(engines: dict[str, Callable[[], dict[str, Any]]], repeats: int) -> dict[str, dict[str, list[Any]]]:
     """One warm-up per engine (its leaf values must agree with the others'), then ``repeats`` rounds of every
-    engine, the order rotated each round. Per engine and round: wall seconds, driver-process CPU seconds, attempts
-    discarded; a run that raised is not timed, its error is kept (``errors``) and the rounds go on."""
+    engine, the order rotated each round. Per engine and round: wall seconds, driver-process CPU seconds, the
+    machine's busy CPU seconds (:func:`machine_cpu_s`), attempts discarded; a run that raised is not timed, its
+    error is kept (``errors``) and the rounds go on."""
     names = list(engines)
     out: dict[str, dict[str, list[Any]]] = {n: {"wall": [], "cpu": [], "machine_cpu": [], "discarded": [], "errors": []}
                                             for n in names}
