@@ -200,6 +200,14 @@ def user_traceback(text: str, frames: int | None = 5) -> str:
     return "\n".join(out)
 
 
+def span_s(start: float | None, end: float | None) -> float | None:
+    """Seconds from ``start`` to ``end`` (never negative: two machines' clocks may disagree), None if either is
+    unknown: how long an attempt (or a mapped node's items) ran, wherever it is shown or counted."""
+    if start is None or end is None:
+        return None
+    return max(0.0, end - start)
+
+
 @dataclass
 class AttemptRecord:
     """One try of a node. Times are seconds since the epoch."""
@@ -219,9 +227,7 @@ class AttemptRecord:
 
     @property
     def duration_s(self) -> float | None:
-        if self.started_at is None or self.ended_at is None:
-            return None
-        return max(0.0, self.ended_at - self.started_at)
+        return span_s(self.started_at, self.ended_at)
 
     @property
     def queue_wait_s(self) -> float | None:
@@ -274,8 +280,7 @@ class NodeRecord:
         """How long the last attempt ran on its worker (a mapped node: from its first item's start to its last
         item's end)."""
         if self.items is not None:
-            start, end = self.started_at, self.ended_at
-            return None if start is None or end is None else max(0.0, end - start)
+            return span_s(self.started_at, self.ended_at)
         return self.attempt_history[-1].duration_s if self.attempt_history else None
 
     @property

@@ -18,7 +18,7 @@ from collections.abc import Collection, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from .metrics import LabelKey, MetricKind, MetricsManager, MetricType, label_key
-from ..execution.result import NodeRecord, NodeStatus, RunResult
+from ..execution.result import NodeRecord, NodeStatus, RunResult, span_s
 
 log = logging.getLogger(__name__)
 
@@ -221,9 +221,9 @@ def _attempt_figures(figures: _Figures, row: NodeRow, name: str) -> None:
     ready_at = row.ready_at or 0.0
     for att in row.attempts:
         figures.count((MetricType.NODE_ATTEMPT, name, level, ("worker", att.worker or "unknown")))
-        started, ended = att.started_at, att.ended_at
-        if started is not None and ended is not None:
-            figures.observe((MetricType.EXECUTION_TIME, name, level, None), max(0.0, ended - started))
+        started, duration = att.started_at, span_s(att.started_at, att.ended_at)
+        if duration is not None:
+            figures.observe((MetricType.EXECUTION_TIME, name, level, None), duration)
         if started is not None:  # time from ready (submitted, and inputs done) to running
             ready = max(att.submitted_at, ready_at)
             figures.observe((MetricType.QUEUE_WAIT, name, level, None), max(0.0, started - ready))
