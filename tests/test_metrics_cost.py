@@ -19,7 +19,7 @@ from odibi_ray.execution.result import AttemptRecord, ErrorInfo, ErrorKind, Node
 from odibi_ray.execution.scheduler import Scheduler
 from odibi_ray.observe import ray_export
 from odibi_ray.observe.live import LivePublisher
-from odibi_ray.observe.metrics import MetricError, MetricsManager, MetricType, _parse_fraction
+from odibi_ray.observe.metrics import MetricError, MetricKind, MetricsManager, MetricType, _parse_fraction
 from odibi_ray.observe.run_metrics import MetricsActor, RowBatch, metrics_from_result
 
 
@@ -414,7 +414,8 @@ def test_a_consumer_sent_closed_while_its_input_was_reopened_gets_exact_final_fi
 # --- Ray's metrics endpoint ----------------------------------------------------------------------------------
 
 
-def test_ray_export_sends_every_tag_also_for_a_series_with_other_labels(monkeypatch):
+@pytest.mark.parametrize("path", ["snapshot", "plain_values"])
+def test_ray_export_sends_every_tag_also_for_a_series_with_other_labels(monkeypatch, path):
     calls: list[tuple[str, float, dict[str, str]]] = []
 
     class Fake:
@@ -435,7 +436,11 @@ def test_ray_export_sends_every_tag_also_for_a_series_with_other_labels(monkeypa
     m.increment(MetricType.NODE_SUCCESS, "a", pipeline="p", level="0")
     m.increment(MetricType.CACHE_HIT, "c", cache_dir="/x")  # a label Ray's series do not have: left out
     m.set_gauge(MetricType.NODES_RUNNING, "p", 2, pipeline="p")
-    ray_export.RayExport().apply(m.snapshot())
+    if path == "snapshot":  # the seed's MetricsManager calls (MetricsActor.push)
+        ray_export.RayExport().apply(m.snapshot())
+    else:  # a run's live batches (MetricsActor.push_rows)
+        ray_export.RayExport().apply_values(m.plain_values((MetricKind.COUNTER, MetricKind.GAUGE)))
+    assert len(calls) == 3
     assert all(set(tags) == set(ray_export.TAG_KEYS) for _, _, tags in calls)
     by_name = {name: (value, tags) for name, value, tags in calls}
     assert by_name["odibi_ray_node_successes"] == (1.0, {**dict.fromkeys(ray_export.TAG_KEYS, ""), "name": "a",
@@ -477,3 +482,29 @@ def test_add_keyed_adds_as_increment_and_observe_many_and_refuses_whole():
         with pytest.raises(MetricError):
             keyed.add_keyed(counts, values)  # type: ignore[arg-type]
     assert keyed.snapshot() == plain.snapshot()  # nothing of a refused call was added
+
+
+def test_absorb_adds_as_merge_and_plain_values_are_the_public_values():
+    """The metrics actor's live path: a batch's delta is absorbed (not copied) and mirrored from plain values."""
+    def delta() -> MetricsManager:
+        d = MetricsManager(signed=True)
+        d.increment(MetricType.NODE_SUCCESS, "a", pipeline="p", level="0")
+        d.increment(MetricType.BYTES_WRITTEN, "a", value=0.5, pipeline="p", level="0")  # a Fraction inside
+        d.record(MetricType.EXECUTION_TIME, "a", value=0.1, pipeline="p", level="0")
+        d.set_gauge(MetricType.NODES_RUNNING, "p", 3, pipeline="p")
+        return d
+
+    absorbed, merged = MetricsManager(), MetricsManager()
+    for _ in range(2):
+        absorbed.absorb(delta())
+        merged.merge(delta())
+    kinds = (MetricKind.COUNTER, MetricKind.HISTOGRAM)
+    assert absorbed.snapshot(kinds=kinds) == merged.snapshot(kinds=kinds)
+    assert absorbed.get_metric_value(MetricType.NODES_RUNNING, "p", pipeline="p") == 3
+    values = {(m, dict(key).get("name")): v for m, key, v in absorbed.plain_values((MetricKind.COUNTER,
+                                                                                     MetricKind.GAUGE))}
+    assert values == {(MetricType.NODE_SUCCESS, "a"): 2, (MetricType.BYTES_WRITTEN, "a"): 1,
+                      (MetricType.NODES_RUNNING, "p"): 3}
+    assert all(type(v) in (int, float) for v in values.values())
+    with pytest.raises(MetricError):
+        absorbed.plain_values((MetricKind.HISTOGRAM,))

@@ -128,6 +128,10 @@ class _State(enum.Enum):
     SKIPPED = "skipped"
     CANCELLED = "cancelled"
 
+    #: hashed by identity (members are singletons, compared by identity): Enum's own ``__hash__`` is a Python call,
+    #: and the driver hashed an enum ~20 times a node (cProfile of bench_overhead's skip5000-s1), mostly these
+    __hash__ = object.__hash__
+
     @property
     def open(self) -> bool:
         return self in _OPEN

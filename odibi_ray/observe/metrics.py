@@ -374,6 +374,25 @@ class MetricsManager:
                 self._add_entries(m, entries)
         log.debug("merged %d metric families", len(decoded))
 
+    def absorb(self, other: MetricsManager) -> None:
+        """:meth:`merge` of a manager the caller drops afterwards (a batch's delta): its entries are taken as they
+        are, not copied first (copying every histogram of a 5,000-node batch was ~8% of the metrics actor's time)."""
+        with other._lock:
+            decoded = [(m, list(series.items())) for m, series in other._series.items()]
+        with self._lock:
+            for m, entries in decoded:
+                self._add_entries(m, entries)
+
+    def plain_values(self, kinds: Collection[MetricKind]) -> Iterator[tuple[MetricType, LabelKey, int | float]]:
+        """Every series of the families of ``kinds`` (counters and gauges) with its value as a plain number, in no
+        particular order: what Ray's endpoint mirrors (observe/ray_export.py), without a snapshot's encoding."""
+        if MetricKind.HISTOGRAM in kinds:
+            raise MetricError("plain_values: a histogram has no single value")
+        with self._lock:
+            out = [(m, key, _plain(entry if m.kind is MetricKind.COUNTER else entry.value))
+                   for m, series in self._series.items() if m.kind in kinds for key, entry in series.items()]
+        return iter(out)
+
     def _add_entries(self, m: MetricType, entries: Iterable[tuple[LabelKey, Any]]) -> None:
         """Add decoded (or copied: never shared) entries of ``m`` into this manager; the caller holds the lock."""
         series = self._series.setdefault(m, {})

@@ -13,10 +13,10 @@ recomputation failed: Ray's counters only go up; the actor's figures stay exact)
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .metrics import MetricKind, MetricType, metric_type
+from .metrics import LabelKey, MetricKind, MetricType, metric_type
 from .run_metrics import RUN_LABELS
 
 log = logging.getLogger(__name__)
@@ -43,17 +43,24 @@ class RayExport:
                 if m.kind is MetricKind.HISTOGRAM:
                     continue
                 for series in family.get("series") or ():
-                    self._apply_series(m, series)
+                    self._apply_series(m, series.get("labels", {}), float(series.get("value", 0)))
         except Exception as exc:  # noqa: BLE001 - exporting must never fail the actor's merge
             log.warning("could not publish metrics through ray.util.metrics: %s", exc)
 
-    def _apply_series(self, m: MetricType, series: Mapping[str, Any]) -> None:
-        labels = series.get("labels", {})
+    def apply_values(self, values: Iterable[tuple[MetricType, LabelKey, float]]) -> None:
+        """Add one batch given as its counters' and gauges' plain values (``MetricsManager.plain_values``: the
+        metrics actor's live batches, without encoding a snapshot first); never raises."""
+        try:
+            for m, key, value in values:
+                self._apply_series(m, dict(key), value)
+        except Exception as exc:  # noqa: BLE001 - exporting must never fail the actor's merge
+            log.warning("could not publish metrics through ray.util.metrics: %s", exc)
+
+    def _apply_series(self, m: MetricType, labels: Mapping[str, Any], value: float) -> None:
         if _TAG_SET.issuperset(labels):  # the usual case, made in C: every tag, "" for those the series lacks
             labels = {**_NO_TAGS, **labels}
         else:
             labels = {key: str(labels.get(key, "")) for key in TAG_KEYS}
-        value = float(series.get("value", 0))
         metric = self._metric(m)
         if m.kind is MetricKind.GAUGE:
             metric.set(value, tags=labels)
