@@ -166,6 +166,34 @@ def test_task_spec_is_read_back_named():
     assert back == spec and type(back) is TaskSpec and back.input_names == ("a", "b") and back.timeout_s == 1.5
 
 
+@pytest.mark.parametrize("fn_size", [10, ray_tasks._SPEC_KEY_MAX + 1], ids=["small", "large"])
+def test_task_spec_cache_tells_specs_apart_and_reads_each_once(monkeypatch, fn_size):
+    """A worker unpickles a spec once: again only for different bytes (here: another run id)."""
+    monkeypatch.setattr(ray_tasks, "_SPECS", {})
+    loads = []
+    real = ray_tasks.cloudpickle.loads
+    monkeypatch.setattr(ray_tasks.cloudpickle, "loads", lambda b: loads.append(1) or real(b))
+    specs = [TaskSpec("key", b"f" * fn_size, None, ("a",), "p", run, "n", 3, None, None) for run in ("r-1", "r-2")]
+    wires = [pickle.dumps(tuple(s), protocol=5) for s in specs]
+    assert [ray_tasks._spec(w) for w in wires + [bytes(w) for w in wires]] == specs + specs
+    assert len(loads) == 2
+
+
+def test_process_id_is_the_childs_after_a_fork():
+    from odibi_ray.execution.attempt import process_id
+
+    assert process_id() == os.getpid()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: report what it reads, and leave at once
+        os.write(write, str(process_id() == os.getpid()).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    assert os.read(read, 16) == b"True"
+    os.close(read)
+
+
 
 @pytest.mark.parametrize("call", [1, 7, (2, None, (0, "x", "p", None), None)], ids=["first", "seventh", "tuple"])
 def test_task_head_carries_the_spec_and_the_call(call):

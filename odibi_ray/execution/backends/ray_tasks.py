@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import cloudpickle
 
-from ..attempt import FAILED, NO_IO, AttemptMeta, IOCounts, UpstreamFailed, error_info, run_attempt
+from ..attempt import FAILED, NO_IO, AttemptMeta, IOCounts, UpstreamFailed, error_info, process_id, run_attempt
 from ..fanout import MapItem, MapOutput, flatten_inputs, item_target, task_input_names
 from .worker_keys import WorkerKey, key_in_worker
 from ...checkpoint.codecs import CODECS
@@ -187,7 +187,7 @@ def _execute_chain(specs: tuple[bytes, ...], calls: tuple[Any, ...], boxes: tupl
         except Exception as exc:  # noqa: BLE001 - e.g. its params cannot be unpickled here: its failure, not the task's
             # (unfused, the task would fail with it; fused, the nodes before it keep their outputs)
             now = time.time()
-            value, meta = FAILED, AttemptMeta(now, now, _worker_node_id(), os.getpid(), error_info(exc), NO_IO)
+            value, meta = FAILED, AttemptMeta(now, now, _worker_node_id(), process_id(), error_info(exc), NO_IO)
         out += (value, _wire_meta(meta))
     return tuple(out)
 
@@ -255,7 +255,7 @@ def _run_node(spec: TaskSpec, attempt: int | tuple, input_values: Sequence[Any],
             started = time.time()
             target, reused = key_in_worker(wkey, metas, target, spec.node)
             if reused is not None:  # stored under its key (early cutoff): not run; its consumers read it there
-                meta = AttemptMeta(started, time.time(), _worker_node_id(), os.getpid(), None,
+                meta = AttemptMeta(started, time.time(), _worker_node_id(), process_id(), None,
                                    IOCounts(0, 0, time.time() - started), "", reused.sha256, reused.codec,
                                    target.cache_key, reused.status.value)
                 return reused.ref, meta
@@ -315,14 +315,20 @@ _SPECS: dict[bytes, TaskSpec] = {}
 
 
 def _spec(spec: bytes) -> TaskSpec:
-    """The unpickled task spec, cached per worker process (a spec is sent once per node and attempt)."""
-    digest = hashlib.sha1(spec).digest()
-    out = _SPECS.get(digest)
+    """The unpickled task spec, cached per worker process (a spec is sent once per node and attempt). A small spec
+    (the usual: its function is in it only when small) is its own key, hashed by the dict in C; SHA-1 took ~7 µs a
+    task in place (cProfile in a worker), its hot cost many times over."""
+    key = spec if len(spec) <= _SPEC_KEY_MAX else hashlib.sha1(spec).digest()  # (a pickled spec is > 20 bytes)
+    out = _SPECS.get(key)
     if out is None:
         if len(_SPECS) >= _FN_CACHE_MAX:
             _SPECS.clear()
-        out = _SPECS[digest] = TaskSpec._make(cloudpickle.loads(spec))
+        out = _SPECS[key] = TaskSpec._make(cloudpickle.loads(spec))
     return out
+
+
+#: The largest spec kept under its own bytes (4,096 of them at most: 16 MB); a larger one under its SHA-1.
+_SPEC_KEY_MAX = 4096
 
 
 #: started_at, ended_at, pid, bytes written, bytes read, storage seconds, output sha256 and codec, cache key (a node
@@ -351,6 +357,7 @@ def _hex32(text: str) -> bytes:
     return bytes.fromhex(text) if text else _NONE32
 
 
+@functools.lru_cache(maxsize=16)  # a worker has one Ray node id: converted once, not for every task
 def _node_id_bytes(hex_id: str) -> bytes:
     try:
         return bytes.fromhex(hex_id)
@@ -416,18 +423,14 @@ def _quiet_token_notice(local: bool) -> Iterator[None]:
 
 
 class _Handle:
-    """The two object refs of one attempt; hashed by the metadata ref (the value ref is done when it is)."""
+    """The two object refs of one attempt (the value ref is done when the metadata ref is). One handle is made per
+    attempt and is the attempt's identity, so it is hashed and compared as an object (in C): a hash of its
+    metadata ref was a Python call, ~7 a node in the scheduler's dicts."""
 
     __slots__ = ("meta", "value")
 
     def __init__(self, meta: Any, value: Any) -> None:
         self.meta, self.value = meta, value
-
-    def __hash__(self) -> int:
-        return hash(self.meta)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Handle) and other.meta == self.meta
 
 
 class _Prepared(NamedTuple):
