@@ -337,8 +337,9 @@ class MetricsActor:
         if status is not None:
             add_status_gauges(delta, batch.pipeline, status)
         # Ray's endpoint gets the delta's counters and gauges as plain values, and the manager takes the delta's
-        # entries as they are: a snapshot of every family cost ~40 µs a node of the actor's CPU, a snapshot of those
-        # two and a copy of the delta ~12 (bench_overhead no-op runs; 8 CPUs on 2 cores: the actor competes)
+        # entries as they are: a snapshot of every family once cost ~40 µs a node of the actor's CPU; a snapshot of
+        # the two and a copy of the delta, 51 µs a node in all against 46 now (A/B in a worker, a 5,000-node run's
+        # batches: benchmarks/results/bench_overhead_parts_20261203.txt)
         self.export.apply_values(delta.plain_values(EXPORTED_KINDS))
         self.metrics.absorb(delta)
         self._end_batch(status)

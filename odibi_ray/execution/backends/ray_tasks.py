@@ -312,6 +312,8 @@ def _serialize_guarded(serialize: Callable[[Any], Any], value: Any) -> Any:
 
 
 _SPECS: dict[bytes, TaskSpec] = {}
+#: The largest spec kept under its own bytes (4,096 of them at most: 16 MB); a larger one under its SHA-1.
+_SPEC_KEY_MAX = 4096
 
 
 def _spec(spec: bytes) -> TaskSpec:
@@ -325,10 +327,6 @@ def _spec(spec: bytes) -> TaskSpec:
             _SPECS.clear()
         out = _SPECS[key] = TaskSpec._make(cloudpickle.loads(spec))
     return out
-
-
-#: The largest spec kept under its own bytes (4,096 of them at most: 16 MB); a larger one under its SHA-1.
-_SPEC_KEY_MAX = 4096
 
 
 #: started_at, ended_at, pid, bytes written, bytes read, storage seconds, output sha256 and codec, cache key (a node
